@@ -1,0 +1,5 @@
+"""``python -m batchnlp`` runs the CLI."""
+
+from batchnlp.cli import main
+
+main()

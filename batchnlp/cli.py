@@ -1,0 +1,180 @@
+"""The ``batchnlp`` command: parse flags (and a job spec), call the library, print the outcome.
+
+Commands stay thin; validation lives in :mod:`batchnlp.spec` and :mod:`batchnlp.params`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from batchnlp import __version__
+from batchnlp.errors import BatchnlpError
+from batchnlp.params import KeyValue
+from batchnlp.redaction import configure_logging, redact_text
+
+RUN_EXAMPLES = """
+\b
+Examples:
+  batchnlp run s3://lake/reviews/ s3://lake/labelled/2026-11-24 --task sentiment
+  batchnlp run 'data/*.jsonl' out/ --task sentiment --task classify \\
+      --model classify=s3://models/topics/ --top-k 3
+  batchnlp run reviews.parquet out/ --model sentiment=./my-sst2-checkpoint --workers 2
+  batchnlp run --spec jobs/nightly-sentiment.yaml --overwrite
+"""
+
+# CLI option name → settings key of the job spec, where they differ.
+_SETTING_NAMES = {"task": "tasks", "model": "models", "storage_option": "storage_options"}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="batchnlp")
+def main() -> None:
+    """Batch DistilBERT annotation of JSONL and Parquet data on a Dask cluster."""
+
+
+@main.command(epilog=RUN_EXAMPLES)
+@click.argument("input", required=False)
+@click.argument("output", required=False)
+@click.option(
+    "--spec",
+    "spec_file",
+    type=click.Path(dir_okay=False),
+    help="YAML job spec with the same settings; flags override it. Example: --spec jobs/nightly-sentiment.yaml",
+)
+@click.option(
+    "--task",
+    multiple=True,
+    metavar="NAME",
+    help="Task to run, repeatable: sentiment, classify. Default: sentiment. Example: --task sentiment --task classify",
+)
+@click.option(
+    "--model",
+    multiple=True,
+    type=KeyValue("TASK"),
+    metavar="TASK=REF",
+    help="Model for a task: Hub id[@revision], local directory or s3:// prefix. Example: --model classify=s3://models/topics/",
+)
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=1),
+    help="classify: also keep the N best labels in a top_k list. Example: --top-k 3",
+)
+@click.option(
+    "--input-format",
+    type=click.Choice(["jsonl", "parquet"]),
+    help="Input format when file names do not tell (.jsonl, .jsonl.gz, .jsonl.zst, .parquet). "
+    "Example: --input-format jsonl",
+)
+@click.option("--text-column", help="Column (JSONL field) holding the text. Default: text. Example: --text-column body")
+@click.option("--id-column", help="Column identifying rows in reports. Example: --id-column review_id")
+@click.option(
+    "--rows-per-partition",
+    type=click.IntRange(min=1),
+    help="Rows in one unit of work (about; JSONL is cut by bytes). Default: 10000. Example: --rows-per-partition 50000",
+)
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    help="Use this Dask scheduler instead of an embedded local cluster. Example: --scheduler tcp://10.0.0.5:8786",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Worker processes of the embedded cluster. Default: half the cores. Example: --workers 2",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    help="Where the model runs. Default: auto (cuda when present). Example: --device cpu",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]),
+    help="Numeric precision. Default: auto (fp32 on CPU, bf16/fp16 on CUDA). Example: --precision bf16",
+)
+@click.option(
+    "--max-length",
+    type=click.IntRange(min=8),
+    help="Truncate texts to N tokens. Default: the model's maximum (512 for DistilBERT). Example: --max-length 256",
+)
+@click.option(
+    "--tokens-per-batch",
+    type=click.IntRange(min=8),
+    help="Token budget of one padded batch. Default: 8192. Example: --tokens-per-batch 16384",
+)
+@click.option(
+    "--storage-option",
+    multiple=True,
+    type=KeyValue(),
+    metavar="KEY=VALUE",
+    help="fsspec option for input, output and models. Example: --storage-option anon=true",
+)
+@click.option("--overwrite", is_flag=True, default=None, help="Replace a finished output (one holding _SUCCESS).")
+@click.option("--resume", is_flag=True, default=None, help="Finish an interrupted run, keeping the parts it committed.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging (credentials stay masked).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors.")
+@click.pass_context
+def run(ctx: click.Context, spec_file: str | None, verbose: bool, quiet: bool, **flags: Any) -> None:
+    """Annotate INPUT (file, directory/prefix or glob; local or s3://) into OUTPUT.
+
+    Writes OUTPUT/part-NNNNN.parquet (every input column, one struct column per task, and
+    _error), then _manifest.json, then _SUCCESS. Exits 0 only when every unit is committed;
+    2 for a usage, input or model error; 1 for a failed job.
+    """
+    configure_logging(logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO)
+    try:
+        from batchnlp.runner import run as run_job
+        from batchnlp.spec import JobSpec, load_spec_file
+
+        settings = load_spec_file(spec_file) if spec_file else {}
+        settings = _merge(ctx, settings, flags)
+        summary = run_job(JobSpec.from_settings(settings))
+    except BatchnlpError as e:
+        _fail(str(e), e.exit_code)
+    except Exception as e:
+        if verbose:
+            raise
+        _fail(
+            f"unexpected {type(e).__name__}: {e}\n(this is a bug in batchnlp; rerun with --verbose for the traceback)",
+            1,
+        )
+    if quiet:
+        return
+    t = summary.totals
+    if summary.already_complete:
+        click.echo(f"{summary.output} is already complete (run {summary.run_id}, {t['rows_out']} rows); nothing to do")
+        return
+    click.echo(
+        f"wrote {t['rows_out']} rows ({t['rejected']} rejected) in {t['parts']} parts to {summary.output} "
+        f"in {summary.wall_seconds:.1f} s: {summary.rows_per_second:.1f} rows/s, "
+        f"{t['tokens']} tokens ({t['padded_tokens']} with padding); run {summary.run_id}"
+        + (f"; {summary.units_kept} parts kept from the interrupted run" if summary.units_kept else "")
+    )
+
+
+def _merge(ctx: click.Context, settings: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
+    """Flags given on the command line override the spec file; repeatable ones merge by key."""
+    merged = dict(settings)
+    for name, value in flags.items():
+        source = ctx.get_parameter_source(name)
+        if source not in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT) or value in ((), None):
+            continue
+        key = _SETTING_NAMES.get(name, name)
+        if name in ("model", "storage_option"):
+            base = merged.get(key) if isinstance(merged.get(key), dict) else {}
+            merged[key] = {**base, **dict(value)}
+        elif name == "task":
+            merged[key] = list(value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {redact_text(message)}", err=True)
+    sys.exit(code)

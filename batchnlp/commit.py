@@ -1,0 +1,149 @@
+"""The commit protocol: per-part results, progress records, the manifest and ``_SUCCESS``.
+
+Parts are written by workers under deterministic names; nothing names a part until the
+driver records it. The driver writes a progress record per finished part (for ``--resume``),
+then ``_manifest.json`` and ``_SUCCESS``, both create-only, so readers that trust
+``_SUCCESS`` never see a partial result and a second committer fails loudly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from batchnlp.errors import OutputError
+from batchnlp.formats.base import WorkUnit
+from batchnlp.storage import Location, write_atomic, write_create_only
+
+SUCCESS = "_SUCCESS"
+MANIFEST = "_manifest.json"
+PROGRESS = "_progress"
+JOB_RECORD = "_job.json"
+
+
+@dataclass
+class PartResult:
+    """What one unit produced; small, so thousands of them travel back to the driver cheaply."""
+
+    unit: WorkUnit
+    part: str
+    rows_in: int
+    rows_out: int
+    rejected: int
+    reasons: dict[str, int]
+    tokens: int
+    padded_tokens: int
+    bytes: int
+    sha256: str
+    seconds: dict[str, float]
+    device: str
+    precision: str
+    models: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def to_record(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> PartResult:
+        return cls(**{**record, "unit": WorkUnit(**record["unit"])})
+
+
+def totals(results: list[PartResult]) -> dict[str, Any]:
+    """Sums over parts: the figures the manifest and the CLI report."""
+    reasons: Counter[str] = Counter()
+    seconds: Counter[str] = Counter()
+    for result in results:
+        reasons.update(result.reasons)
+        seconds.update(result.seconds)
+    return {
+        "parts": len(results),
+        "rows_in": sum(r.rows_in for r in results),
+        "rows_out": sum(r.rows_out for r in results),
+        "rejected": sum(r.rejected for r in results),
+        "rejected_by_reason": dict(sorted(reasons.items())),
+        "tokens": sum(r.tokens for r in results),
+        "padded_tokens": sum(r.padded_tokens for r in results),
+        "bytes": sum(r.bytes for r in results),
+        "worker_seconds": {key: round(value, 3) for key, value in sorted(seconds.items())},
+    }
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Committer:
+    """Owns the control files under OUTPUT: what exists, what may be overwritten, what commits."""
+
+    def __init__(self, output: Location) -> None:
+        self.output = output
+        self.fs, self.root = output.split()
+
+    def path(self, name: str) -> str:
+        return self.output.child(name)
+
+    def finished(self) -> bool:
+        return self.fs.exists(self.path(SUCCESS))
+
+    def prepare(self, mode: str, job_record: dict[str, Any]) -> dict[str, PartResult]:
+        """Apply the write mode; return the parts a resumed run may keep (unit id → result)."""
+        if mode == "new" and self.finished():
+            raise OutputError(
+                f"output {self.output.display()} already holds a finished run (_SUCCESS); "
+                "pass --overwrite to replace it or --resume to finish an interrupted run"
+            )
+        if mode == "overwrite":
+            self.clear()
+        kept = self._resumable(job_record) if mode == "resume" else {}
+        if mode != "resume" or not self.fs.exists(self.path(f"{PROGRESS}/{JOB_RECORD}")):
+            write_atomic(self.fs, self.path(f"{PROGRESS}/{JOB_RECORD}"), _json(job_record))
+        return kept
+
+    def clear(self) -> None:
+        """Remove a previous run's files: ``_SUCCESS`` first, so no reader trusts what follows."""
+        for name in (SUCCESS, MANIFEST):
+            if self.fs.exists(self.path(name)):
+                self.fs.rm(self.path(name))
+        for path in self.fs.glob(self.path("part-*")) + self.fs.glob(self.path(f"{PROGRESS}/*")):
+            self.fs.rm(path)
+
+    def record(self, result: PartResult) -> None:
+        """Note a finished part so a crashed driver can be resumed without redoing it."""
+        write_atomic(self.fs, self.path(f"{PROGRESS}/{result.unit.id}.json"), _json(result.to_record()))
+
+    def read_manifest(self) -> dict[str, Any]:
+        return json.loads(self.fs.cat_file(self.path(MANIFEST)))
+
+    def commit(self, manifest: dict[str, Any]) -> None:
+        write_create_only(self.fs, self.path(MANIFEST), _json(manifest))
+        write_create_only(self.fs, self.path(SUCCESS), b"")
+
+    def _resumable(self, job_record: dict[str, Any]) -> dict[str, PartResult]:
+        """Parts whose record matches this job and whose file has the recorded bytes."""
+        job_path = self.path(f"{PROGRESS}/{JOB_RECORD}")
+        if not self.fs.exists(job_path):
+            return {}
+        previous = json.loads(self.fs.cat_file(job_path))
+        changed = [key for key in ("spec_fingerprint", "input_fingerprint") if previous.get(key) != job_record.get(key)]
+        if changed:
+            what = {"spec_fingerprint": "the job spec", "input_fingerprint": "the input listing"}
+            raise OutputError(
+                f"cannot resume {self.output.display()}: "
+                + " and ".join(what[key] for key in changed)
+                + " changed since the interrupted run; use --overwrite to start again"
+            )
+        kept: dict[str, PartResult] = {}
+        for path in self.fs.glob(self.path(f"{PROGRESS}/part-*.json")):
+            result = PartResult.from_record(json.loads(self.fs.cat_file(path)))
+            part_path = self.fs._strip_protocol(result.part)
+            if self.fs.exists(part_path) and sha256(self.fs.cat_file(part_path)) == result.sha256:
+                kept[result.unit.id] = result
+        return kept
+
+
+def _json(data: Any) -> bytes:
+    return json.dumps(data, indent=2, sort_keys=True).encode()

@@ -1,0 +1,67 @@
+"""Input formats: planning a file and reading a unit of it live in one module per format.
+
+Adding a format is one module with ``plan`` and ``read`` and one line in ``READERS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from types import ModuleType
+
+from batchnlp.errors import InputError
+from batchnlp.formats import jsonl, parquet
+from batchnlp.formats.base import ReadResult, WorkUnit
+from batchnlp.storage import InputFile, Location
+
+READERS: dict[str, ModuleType] = {"jsonl": jsonl, "parquet": parquet}
+_SUFFIXES = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+}
+
+__all__ = ["ReadResult", "WorkUnit", "detect_format", "plan_units", "read_unit"]
+
+
+def detect_format(files: list[InputFile], forced: str | None) -> str:
+    """The one format of all input files, from ``--input-format`` or the file names."""
+    if forced:
+        return forced
+    found: dict[str, str] = {}
+    for file in files:
+        name = file.path.lower()
+        for suffix in jsonl.COMPRESSED_SUFFIXES:
+            name = name.removesuffix(suffix)
+        kind = next((fmt for suffix, fmt in _SUFFIXES.items() if name.endswith(suffix)), None)
+        if kind is None:
+            raise InputError(f"cannot tell the format of {file.path} from its name; pass --input-format jsonl|parquet")
+        found.setdefault(kind, file.path)
+    if len(found) > 1:
+        raise InputError(
+            "input mixes formats ("
+            + ", ".join(f"{kind}: {path}" for kind, path in found.items())
+            + "); point the job at one format or pass --input-format"
+        )
+    return next(iter(found))
+
+
+def plan_units(
+    location: Location, files: list[InputFile], fmt: str, rows_per_unit: int, text_column: str
+) -> list[WorkUnit]:
+    """Cut every file into units, numbered in listing order: same input, same units."""
+    fs = location.fs
+    units: list[WorkUnit] = []
+    for file in files:
+        unit_format = "jsonl-lines" if fmt == "jsonl" and jsonl.is_compressed(file.path) else fmt
+        for start, stop, rows in READERS[fmt].plan(fs, file, rows_per_unit, text_column):
+            units.append(WorkUnit(len(units), fs.unstrip_protocol(file.path), unit_format, start, stop, rows))
+    return units
+
+
+def read_unit(location: Location, unit: WorkUnit, text_column: str) -> ReadResult:
+    fs = location.fs
+    fmt = "jsonl" if unit.format.startswith("jsonl") else unit.format
+    local_unit = replace(unit, path=fs._strip_protocol(unit.path))
+    return READERS[fmt].read(fs, local_unit, text_column)

@@ -1,0 +1,64 @@
+"""Parquet: one unit per run of whole row groups, read with footer metadata only at plan time."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from batchnlp.errors import InputError
+from batchnlp.formats.base import ReadResult, WorkUnit
+from batchnlp.storage import InputFile
+
+
+def plan(fs: Any, file: InputFile, rows_per_unit: int, text_column: str) -> Iterator[tuple[int, int, int]]:
+    """Yield ``(first_row_group, stop_row_group, rows)`` covering the file in order.
+
+    Row groups are never split: a row group larger than ``rows_per_unit`` is one unit.
+    """
+    with fs.open(file.path, "rb") as handle:
+        try:
+            meta = pq.ParquetFile(handle).metadata
+        except (pa.ArrowInvalid, OSError) as e:
+            raise InputError(f"{fs.unstrip_protocol(file.path)} is not a readable Parquet file: {e}") from e
+        schema = meta.schema.to_arrow_schema()
+    check_text_column(schema, text_column, fs.unstrip_protocol(file.path))
+    start, rows = 0, 0
+    for group in range(meta.num_row_groups):
+        rows += meta.row_group(group).num_rows
+        if rows >= rows_per_unit:
+            yield start, group + 1, rows
+            start, rows = group + 1, 0
+    if start < meta.num_row_groups and rows:
+        yield start, meta.num_row_groups, rows
+
+
+def check_text_column(schema: pa.Schema, text_column: str, where: str) -> None:
+    """A missing or non-string text column stops the job before any inference."""
+    if text_column not in schema.names:
+        raise InputError(
+            f"{where} has no column {text_column!r}; columns found: {', '.join(schema.names)}. Pass --text-column NAME"
+        )
+    kind = schema.field(text_column).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
+        raise InputError(
+            f"{where}: column {text_column!r} is {kind}, not a string column; pick a string column with --text-column"
+        )
+
+
+def read(fs: Any, unit: WorkUnit, text_column: str) -> ReadResult:
+    with fs.open(unit.path, "rb") as handle:
+        table = pq.ParquetFile(handle).read_row_groups(list(range(unit.start, unit.stop)))
+    return ReadResult(table=table, errors=[None] * table.num_rows)
+
+
+def write(table: pa.Table, metadata: Mapping[str, Any]) -> bytes:
+    """Serialise one part: same table and metadata in, same bytes out (no timestamps)."""
+    merged = {**(table.schema.metadata or {}), b"batchnlp": json.dumps(metadata, sort_keys=True).encode()}
+    buffer = io.BytesIO()
+    pq.write_table(table.replace_schema_metadata(merged), buffer, compression="zstd")
+    return buffer.getvalue()

@@ -1,0 +1,191 @@
+"""One job from start to commit: plan → check → submit → collect → commit.
+
+Everything that can be checked without the cluster (input, text column, models, output) is
+checked first, so a user error never waits for workers to start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from batchnlp import __version__
+from batchnlp.commit import Committer, PartResult, totals
+from batchnlp.errors import BatchnlpError, JobFailed
+from batchnlp.formats import WorkUnit, detect_format, plan_units
+from batchnlp.models import check_ref
+from batchnlp.redaction import redact_url
+from batchnlp.spec import JobSpec
+from batchnlp.storage import InputFile, Location, check_output, list_input
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSummary:
+    """What the CLI prints at the end; the manifest has the full story."""
+
+    output: str
+    run_id: str
+    totals: dict[str, Any]
+    wall_seconds: float
+    units_run: int
+    units_kept: int
+    already_complete: bool = False
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.totals["rows_out"] / self.wall_seconds if self.wall_seconds else 0.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    files: list[InputFile]
+    format: str
+    units: list[WorkUnit]
+
+    @property
+    def fingerprint(self) -> str:
+        listing = [[f.path, f.size, f.etag] for f in self.files]
+        return hashlib.sha256(json.dumps([self.format, listing]).encode()).hexdigest()
+
+
+def plan(spec: JobSpec) -> Plan:
+    source = Location(spec.input, spec.storage_options)
+    files = list_input(source)
+    fmt = detect_format(files, spec.input_format)
+    return Plan(files, fmt, plan_units(source, files, fmt, spec.rows_per_partition, spec.text_column))
+
+
+def run(spec: JobSpec, on_part: Callable[[PartResult], None] | None = None) -> RunSummary:
+    """Run a job to commit; raises a :class:`BatchnlpError` saying what to fix on failure."""
+    from batchnlp.cluster import connect
+    from batchnlp.worker import ModelPlugin, ModelSettings, UnitJob, run_unit
+
+    started = time.perf_counter()
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+    output = Location(spec.output, spec.storage_options)
+    job_plan = plan(spec)
+    for task in spec.tasks:
+        check_ref(task.model, spec.storage_options)
+    check_output(output)
+    committer = Committer(output)
+    if spec.mode == "resume" and committer.finished():
+        manifest = committer.read_manifest()
+        return RunSummary(
+            output.display(), manifest["run_id"], manifest["totals"], 0.0, 0, len(job_plan.units), True, manifest
+        )
+    job_record = {
+        "run_id": run_id,
+        "spec_fingerprint": spec.fingerprint(),
+        "input_fingerprint": job_plan.fingerprint,
+        "spec": spec.redacted(),
+    }
+    kept = committer.prepare(spec.mode, job_record)
+    todo = [unit for unit in job_plan.units if unit.id not in kept]
+    logger.info(
+        "planned %d units from %d %s files; %d to run, %d kept from an earlier attempt",
+        len(job_plan.units),
+        len(job_plan.files),
+        job_plan.format,
+        len(todo),
+        len(kept),
+    )
+    results = dict(kept)
+    if todo:
+        with connect(spec.scheduler, spec.workers) as (client, threads):
+            settings = ModelSettings(
+                tasks=spec.tasks,
+                device=spec.device,
+                precision=spec.precision,
+                tokens_per_batch=spec.tokens_per_batch,
+                max_length=spec.max_length,
+                threads=threads,
+                storage_options=dict(spec.storage_options),
+            )
+            job = UnitJob(Location(spec.input, spec.storage_options), output, spec.text_column, settings.plugin_name)
+            client.register_plugin(ModelPlugin(settings), name=settings.plugin_name)
+            for result in _collect(client, run_unit, todo, job, run_id):
+                committer.record(result)
+                results[result.unit.id] = result
+                if on_part:
+                    on_part(result)
+    ordered = [results[unit.id] for unit in job_plan.units]
+    wall = time.perf_counter() - started
+    manifest = _manifest(spec, job_plan, ordered, run_id, wall)
+    committer.commit(manifest)
+    return RunSummary(output.display(), run_id, manifest["totals"], wall, len(todo), len(kept), False, manifest)
+
+
+def _collect(
+    client: Any, function: Callable[..., PartResult], units: list[WorkUnit], job: Any, run_id: str
+) -> Iterator[PartResult]:
+    """Submit every unit and yield results as they finish; the first failure stops the job."""
+    from distributed import as_completed
+
+    futures = {
+        client.submit(function, unit, job, key=f"batchnlp-{run_id}-{unit.id}", pure=False): unit for unit in units
+    }
+    for future in as_completed(futures):
+        unit = futures[future]
+        try:
+            yield future.result()
+        except BaseException as e:
+            client.cancel(list(futures))
+            if isinstance(e, BatchnlpError) or not isinstance(e, Exception):
+                raise
+            raise JobFailed(f"unit {unit.id} ({unit.describe()}) failed: {type(e).__name__}: {e}") from e
+
+
+def _manifest(spec: JobSpec, job_plan: Plan, results: list[PartResult], run_id: str, wall: float) -> dict[str, Any]:
+    """The commit record: what ran, on what, with which models, and every part it wrote."""
+    models = {}
+    for task in spec.tasks:
+        checksums = {json.dumps(r.models.get(task.name), sort_keys=True) for r in results}
+        if len(checksums) > 1:
+            raise JobFailed(f"model {task.model!r} changed during the run (workers saw different weights); run again")
+        models[task.name] = {
+            "task": task.kind,
+            "ref": redact_url(task.model),
+            "weights": results[0].models.get(task.name) if results else None,
+        }
+    summary = totals(results)
+    return {
+        "batchnlp_version": __version__,
+        "run_id": run_id,
+        "committed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "spec": spec.redacted(),
+        "input": {
+            "format": job_plan.format,
+            "files": [{"path": redact_url(f.path), "size": f.size, "etag": f.etag} for f in job_plan.files],
+        },
+        "models": models,
+        "device": sorted({r.device for r in results}),
+        "precision": sorted({r.precision for r in results}),
+        "parts": [
+            {
+                "path": r.part.rsplit("/", 1)[-1],
+                "source": r.unit.describe(),
+                "unit": r.unit.__dict__,
+                "rows": r.rows_out,
+                "rejected": r.rejected,
+                "tokens": r.tokens,
+                "padded_tokens": r.padded_tokens,
+                "bytes": r.bytes,
+                "sha256": r.sha256,
+                "seconds": {k: round(v, 3) for k, v in r.seconds.items()},
+            }
+            for r in results
+        ],
+        "totals": summary,
+        "wall_seconds": round(wall, 3),
+        "rows_per_second": round(summary["rows_out"] / wall, 2) if wall else None,
+    }

@@ -1,0 +1,207 @@
+"""JobSpec: one validated, immutable description of a job, from flags and/or a YAML file.
+
+Every problem is collected and reported together before any work starts, so a user fixes a
+spec in one round instead of discovering its errors one run at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from batchnlp.errors import SpecError
+
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
+InputFormat = Literal["jsonl", "parquet"]
+WriteMode = Literal["new", "overwrite", "resume"]
+
+DEFAULT_ROWS_PER_PARTITION = 10_000
+DEFAULT_TOKENS_PER_BATCH = 8_192
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One annotation: ``kind`` picks the task code, ``name`` the output column."""
+
+    name: str
+    kind: str
+    model: str
+    top_k: int | None = None
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a run needs, validated. Build it with :meth:`from_settings`."""
+
+    input: str
+    output: str
+    tasks: tuple[TaskSpec, ...]
+    input_format: InputFormat | None = None
+    text_column: str = "text"
+    id_column: str | None = None
+    rows_per_partition: int = DEFAULT_ROWS_PER_PARTITION
+    scheduler: str | None = None
+    workers: int | None = None
+    device: Device = "auto"
+    precision: Precision = "auto"
+    max_length: int | None = None
+    tokens_per_batch: int = DEFAULT_TOKENS_PER_BATCH
+    storage_options: Mapping[str, str] = field(default_factory=dict)
+    mode: WriteMode = "new"
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> JobSpec:
+        """Validate a flat settings mapping (YAML keys or CLI option names) into a JobSpec.
+
+        Raises one :class:`SpecError` listing every problem found.
+        """
+        problems: list[str] = []
+        s = {key.replace("-", "_"): value for key, value in settings.items() if value is not None}
+        known = {f.name for f in dataclasses.fields(cls)} | {"models", "top_k", "overwrite", "resume"}
+        for key in sorted(set(s) - known):
+            problems.append(f"unknown setting {key!r}; known settings: {', '.join(sorted(known))}")
+
+        for key in ("input", "output"):
+            if not isinstance(s.get(key), str) or not s[key].strip():
+                problems.append(f"{key} is required (a path, glob or URL such as s3://bucket/prefix/)")
+        tasks = _tasks_from_settings(s, problems)
+        mode = _write_mode(s, problems)
+        values: dict[str, Any] = {}
+        for name, kind in (("input_format", InputFormat), ("device", Device), ("precision", Precision)):
+            if name in s:
+                values[name] = _choice(name, s[name], kind, problems)
+        for name in ("rows_per_partition", "workers", "max_length", "tokens_per_batch"):
+            if name in s:
+                values[name] = _positive_int(name, s[name], problems)
+        for name in ("text_column", "id_column", "scheduler"):
+            if name in s:
+                if isinstance(s[name], str) and s[name]:
+                    values[name] = s[name]
+                else:
+                    problems.append(f"{name} must be a non-empty string, got {s[name]!r}")
+        options = s.get("storage_options", {})
+        if not isinstance(options, Mapping):
+            problems.append("storage_options must be a mapping of fsspec option names to values")
+            options = {}
+        reserved = {t.name for t in tasks} & {s.get("text_column", "text"), "_error"}
+        for name in sorted(reserved):
+            problems.append(f"task name {name!r} clashes with an input or reserved column; rename the task")
+        if problems:
+            raise SpecError("invalid job spec:\n  - " + "\n  - ".join(problems))
+        return cls(
+            input=s["input"],
+            output=s["output"],
+            tasks=tuple(tasks),
+            storage_options=dict(options),
+            mode=mode,
+            **values,
+        )
+
+    def fingerprint(self) -> str:
+        """A hash of what the output depends on, so ``--resume`` can refuse a changed job."""
+        relevant = dataclasses.asdict(self)
+        for volatile in ("scheduler", "workers", "storage_options", "mode"):
+            relevant.pop(volatile)
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+    def redacted(self) -> dict[str, Any]:
+        """The spec as JSON-ready data with storage option values hidden (for the manifest)."""
+        from batchnlp.redaction import redact_url
+
+        data = dataclasses.asdict(self)
+        data["input"] = redact_url(self.input)
+        data["output"] = redact_url(self.output)
+        data["storage_options"] = {key: "***" for key in self.storage_options}
+        return data
+
+
+def load_spec_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML job spec into a settings mapping; errors name the file and line."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise SpecError(f"cannot read job spec {path}: {e.strerror or e}") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise SpecError(f"job spec {where} is not valid YAML: {getattr(e, 'problem', e)}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SpecError(f"job spec {path} must be a mapping of settings, not {type(data).__name__}")
+    return data
+
+
+def _tasks_from_settings(s: Mapping[str, Any], problems: list[str]) -> list[TaskSpec]:
+    """Tasks come as names (``[sentiment, classify]``) or mappings with name/task/model/top_k."""
+    from batchnlp.tasks import TASKS
+
+    raw = s.get("tasks") or ["sentiment"]
+    if isinstance(raw, str):
+        raw = [raw]
+    models = s.get("models") or {}
+    if not isinstance(models, Mapping):
+        problems.append("models must map task names to model refs (TASK=REF)")
+        models = {}
+    default_top_k = s.get("top_k")
+    tasks: list[TaskSpec] = []
+    for entry in raw:
+        item = {"name": entry} if isinstance(entry, str) else entry
+        if not isinstance(item, Mapping) or not isinstance(item.get("name", item.get("task")), str):
+            problems.append(f"a task must be a name or a mapping with 'name', got {entry!r}")
+            continue
+        name = item.get("name", item.get("task"))
+        kind = item.get("task", name)
+        if kind not in TASKS:
+            problems.append(f"unknown task {kind!r}; available tasks: {', '.join(sorted(TASKS))}")
+            continue
+        model = models.get(name) or item.get("model") or TASKS[kind].default_model
+        if not model:
+            problems.append(f"task {name!r} needs a model: pass --model {name}=HUB_ID|PATH|s3://PREFIX")
+            continue
+        top_k = item.get("top_k", default_top_k if TASKS[kind].supports_top_k else None)
+        if top_k is not None:
+            if not TASKS[kind].supports_top_k:
+                problems.append(f"task {name!r} ({kind}) does not take top_k")
+            top_k = _positive_int(f"top_k of task {name!r}", top_k, problems)
+        tasks.append(TaskSpec(name=name, kind=kind, model=str(model), top_k=top_k))
+    names = [t.name for t in tasks]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"task {name!r} is given twice; give each task a distinct name in a job spec")
+    for name in sorted(set(models) - set(names)):
+        problems.append(f"--model {name}=... names no task of this job (tasks: {', '.join(names)})")
+    return tasks
+
+
+def _write_mode(s: Mapping[str, Any], problems: list[str]) -> WriteMode:
+    if s.get("overwrite") and s.get("resume"):
+        problems.append("--overwrite and --resume exclude each other; pick one")
+    if s.get("overwrite"):
+        return "overwrite"
+    if s.get("resume"):
+        return "resume"
+    return _choice("mode", s.get("mode", "new"), WriteMode, problems)
+
+
+def _choice(name: str, value: Any, kind: Any, problems: list[str]) -> Any:
+    allowed = get_args(kind)
+    if value not in allowed:
+        problems.append(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def _positive_int(name: str, value: Any, problems: list[str]) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        problems.append(f"{name} must be a positive integer, got {value!r}")
+    return value

@@ -1,0 +1,75 @@
+"""Sequence classification (sentiment, topics, multi-label): the text-classification pipeline's
+scoring, batched by token budget.
+
+Scores follow ``transformers.pipeline("text-classification")``: sigmoid for multi-label
+checkpoints (``problem_type: multi_label_classification``) and single-logit heads, softmax
+otherwise; the label is the best-scoring one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from batchnlp.engine import BatchStats, Engine
+from batchnlp.models import load_sequence_classifier
+from batchnlp.spec import TaskSpec
+from batchnlp.tasks.base import Task
+
+LABEL_SCORE = pa.struct([("label", pa.string()), ("score", pa.float32())])
+
+
+class Classify(Task):
+    def __init__(self, spec: TaskSpec, directory: Path, engine: Engine, max_length: int | None) -> None:
+        super().__init__(spec, directory, engine, max_length)
+        self.tokenizer, model = load_sequence_classifier(directory, spec.model)
+        self.model = engine.prepare(model)
+        config = model.config
+        self.labels = [config.id2label[i] for i in range(config.num_labels)]
+        self.sigmoid = config.problem_type == "multi_label_classification" or config.num_labels == 1
+        limits = [max_length, self.tokenizer.model_max_length, config.max_position_embeddings]
+        self.max_length = min(limit for limit in limits if limit)
+
+    @property
+    def output_type(self) -> pa.DataType:
+        fields = list(LABEL_SCORE)
+        if self.spec.top_k:
+            fields.append(pa.field("top_k", pa.list_(LABEL_SCORE)))
+        return pa.struct(fields)
+
+    def annotate(self, texts: list[str]) -> tuple[pa.Array, BatchStats]:
+        input_ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        rows, stats = self.engine.run(self.model, input_ids, self.tokenizer.pad_token_id, lambda out: out.logits)
+        logits = np.stack(rows) if rows else np.zeros((0, len(self.labels)), dtype=np.float32)
+        return self.postprocess(logits), stats
+
+    def postprocess(self, logits: np.ndarray) -> pa.Array:
+        """Scores per label → the output struct (label, score, optional top_k list)."""
+        scores = _sigmoid(logits) if self.sigmoid else _softmax(logits)
+        best = scores.argmax(axis=-1)
+        labels = np.asarray(self.labels, dtype=object)
+        children = [pa.array(labels[best], pa.string()), pa.array(scores[np.arange(len(best)), best], pa.float32())]
+        if self.spec.top_k:
+            k = min(self.spec.top_k, len(self.labels))
+            order = np.argsort(-scores, axis=-1, kind="stable")[:, :k]
+            flat = pa.StructArray.from_arrays(
+                [
+                    pa.array(labels[order].ravel(), pa.string()),
+                    pa.array(np.take_along_axis(scores, order, -1).ravel(), pa.float32()),
+                ],
+                fields=list(LABEL_SCORE),
+            )
+            offsets = pa.array(np.arange(0, len(best) * k + 1, k, dtype=np.int32))
+            children.append(pa.ListArray.from_arrays(offsets, flat, type=pa.list_(LABEL_SCORE)))
+        return pa.StructArray.from_arrays(children, fields=list(self.output_type))
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))

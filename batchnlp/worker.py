@@ -1,0 +1,173 @@
+"""What runs on a Dask worker: the plugin that owns the loaded models, and the unit function.
+
+Models are loaded in ``WorkerPlugin.setup``, which Dask runs on every worker present at
+registration and on every worker that joins or restarts later. They are never pickled
+through the scheduler: only the plugin's small description travels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from batchnlp import __version__
+from batchnlp.commit import PartResult, sha256
+from batchnlp.errors import InputError, JobFailed
+from batchnlp.formats import WorkUnit, parquet, read_unit
+from batchnlp.spec import TaskSpec
+from batchnlp.storage import Location, write_atomic
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """How each worker loads and runs its models."""
+
+    tasks: tuple[TaskSpec, ...]
+    device: str
+    precision: str
+    tokens_per_batch: int
+    max_length: int | None
+    threads: int | None
+    storage_options: dict[str, Any]
+
+    @property
+    def plugin_name(self) -> str:
+        """Distinct per model set, so jobs sharing a cluster do not replace each other's models."""
+        key = json.dumps([[t.name, t.kind, t.model, t.top_k] for t in self.tasks] + [self.device, self.precision])
+        return "batchnlp-models-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+class ModelPlugin(WorkerPlugin):
+    """Loads every task's model once per worker process."""
+
+    idempotent = True
+
+    def __init__(self, settings: ModelSettings) -> None:
+        self.settings = settings
+        self.tasks: dict[str, Any] = {}
+        self.checksums: dict[str, dict[str, str]] = {}
+        self.precision = settings.precision
+        self.device = settings.device
+
+    async def setup(self, worker: Any = None) -> None:
+        # Loading takes seconds: off the event loop, so the worker keeps answering heartbeats.
+        await asyncio.to_thread(self.load)
+
+    def load(self) -> None:
+        from transformers.utils import logging as transformers_logging
+
+        from batchnlp.engine import Engine
+        from batchnlp.models import stage, weight_checksums
+        from batchnlp.tasks import TASKS
+
+        transformers_logging.disable_progress_bar()
+        s = self.settings
+        if s.threads:
+            import torch
+
+            torch.set_num_threads(s.threads)
+        engine = Engine(s.device, s.precision, s.tokens_per_batch)
+        self.device, self.precision = engine.device, engine.precision
+        for spec in s.tasks:
+            directory = stage(spec.model, s.storage_options)
+            self.tasks[spec.name] = TASKS[spec.kind].load()(spec, directory, engine, s.max_length)
+            self.checksums[spec.name] = weight_checksums(directory)
+
+
+@dataclass(frozen=True)
+class UnitJob:
+    """Everything a unit needs besides the models; small and picklable."""
+
+    input: Location
+    output: Location
+    text_column: str
+    plugin_name: str
+
+
+def run_unit(unit: WorkUnit, job: UnitJob) -> PartResult:
+    """The Dask task: annotate one unit with the worker's loaded models."""
+    from distributed import get_worker
+
+    plugin = get_worker().plugins.get(job.plugin_name)
+    if not isinstance(plugin, ModelPlugin) or len(plugin.tasks) != len(plugin.settings.tasks):
+        raise JobFailed(f"models are not loaded on worker {get_worker().address}; see its log for the load error")
+    return annotate_unit(unit, job, plugin)
+
+
+def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResult:
+    """Read, annotate and write one unit; every input row is in the part, valid or not."""
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+    read = read_unit(job.input, unit, job.text_column)
+    table = read.table
+    texts = table.column(job.text_column).to_pylist()
+    errors = [error or _text_problem(text) for error, text in zip(read.errors, texts, strict=True)]
+    valid = [i for i, error in enumerate(errors) if error is None]
+    positions = pa.array(_positions(errors), pa.int64())
+    seconds["read"] = time.perf_counter() - clock
+
+    tokens = padded = 0
+    for name, task in plugin.tasks.items():
+        if name in table.column_names:
+            raise InputError(f"{unit.path} already has a column {name!r}; give the task another name in a job spec")
+        clock = time.perf_counter()
+        column, stats = task.annotate([texts[i] for i in valid])
+        table = table.append_column(pa.field(name, task.output_type), column.take(positions))
+        tokens += stats.tokens
+        padded += stats.padded_tokens
+        seconds[f"model:{name}"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    table = table.append_column("_error", pa.array(errors, pa.string()))
+    metadata = {"version": __version__, "models": plugin.checksums, "precision": plugin.precision}
+    data = parquet.write(table, metadata)
+    fs, _ = job.output.split()
+    part = job.output.child(f"{unit.id}.parquet")
+    write_atomic(fs, part, data)
+    seconds["write"] = time.perf_counter() - clock
+
+    reasons: dict[str, int] = {}
+    for error in errors:
+        if error is not None:
+            reasons[error] = reasons.get(error, 0) + 1
+    return PartResult(
+        unit=unit,
+        part=fs.unstrip_protocol(part),
+        rows_in=len(errors),
+        rows_out=table.num_rows,
+        rejected=len(errors) - len(valid),
+        reasons=reasons,
+        tokens=tokens,
+        padded_tokens=padded,
+        bytes=len(data),
+        sha256=sha256(data),
+        seconds=seconds,
+        device=plugin.device,
+        precision=plugin.precision,
+        models=plugin.checksums,
+    )
+
+
+def _text_problem(text: Any) -> str | None:
+    if text is None:
+        return "text is null"
+    if not text.strip():
+        return "text is empty or whitespace"
+    return None
+
+
+def _positions(errors: list[str | None]) -> list[int | None]:
+    """For each row, its index among the valid rows, or None: ``take`` then places nulls."""
+    positions: list[int | None] = []
+    count = 0
+    for error in errors:
+        positions.append(None if error else count)
+        count += error is None
+    return positions
