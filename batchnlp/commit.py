@@ -30,7 +30,7 @@ class PartResult:
     """What one unit produced; small, so thousands of them travel back to the driver cheaply."""
 
     unit: WorkUnit
-    part: str
+    part: str  # the part file's URL; empty when the unit held no rows and wrote nothing
     rows_in: int
     rows_out: int
     rejected: int
@@ -42,6 +42,8 @@ class PartResult:
     seconds: dict[str, float]
     device: str
     precision: str
+    worker: str  # host:pid of the process that ran it, and when that process loaded its models
+    models_loaded_at: float
     models: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def to_record(self) -> dict[str, Any]:
@@ -119,8 +121,11 @@ class Committer:
         return json.loads(self.fs.cat_file(self.path(MANIFEST)))
 
     def commit(self, manifest: dict[str, Any]) -> None:
-        write_create_only(self.fs, self.path(MANIFEST), _json(manifest))
-        write_create_only(self.fs, self.path(SUCCESS), b"")
+        """Manifest, then ``_SUCCESS`` naming it: the marker's body ties it to this manifest."""
+        data = _json(manifest)
+        write_create_only(self.fs, self.path(MANIFEST), data)
+        marker = {"run_id": manifest["run_id"], "manifest_sha256": sha256(data)}
+        write_create_only(self.fs, self.path(SUCCESS), _json(marker))
 
     def _resumable(self, job_record: dict[str, Any]) -> dict[str, PartResult]:
         """Parts whose record matches this job and whose file has the recorded bytes."""
@@ -139,10 +144,13 @@ class Committer:
         kept: dict[str, PartResult] = {}
         for path in self.fs.glob(self.path(f"{PROGRESS}/part-*.json")):
             result = PartResult.from_record(json.loads(self.fs.cat_file(path)))
-            part_path = self.fs._strip_protocol(result.part)
-            if self.fs.exists(part_path) and sha256(self.fs.cat_file(part_path)) == result.sha256:
+            if not result.part or self._part_intact(result):
                 kept[result.unit.id] = result
         return kept
+
+    def _part_intact(self, result: PartResult) -> bool:
+        part_path = self.fs._strip_protocol(result.part)
+        return self.fs.exists(part_path) and sha256(self.fs.cat_file(part_path)) == result.sha256
 
 
 def _json(data: Any) -> bytes:

@@ -172,7 +172,7 @@ def _manifest(spec: JobSpec, job_plan: Plan, results: list[PartResult], run_id: 
         "precision": sorted({r.precision for r in results}),
         "parts": [
             {
-                "path": r.part.rsplit("/", 1)[-1],
+                "path": r.part.rsplit("/", 1)[-1] or None,
                 "source": r.unit.describe(),
                 "unit": r.unit.__dict__,
                 "rows": r.rows_out,
@@ -182,6 +182,8 @@ def _manifest(spec: JobSpec, job_plan: Plan, results: list[PartResult], run_id: 
                 "bytes": r.bytes,
                 "sha256": r.sha256,
                 "seconds": {k: round(v, 3) for k, v in r.seconds.items()},
+                "worker": r.worker,
+                "models_loaded_at": r.models_loaded_at,
             }
             for r in results
         ],

@@ -143,7 +143,11 @@ def write_create_only(fs: Any, path: str, data: bytes) -> None:
     """Write ``path`` only if it does not exist yet (S3 ``If-None-Match: *``, local ``O_EXCL``).
 
     Used for the commit markers, so two drivers racing on one output cannot both commit.
+    s3fs (2026.9) sends ``If-None-Match`` only with a non-empty body (an empty file is
+    "touched" unconditionally), so an empty marker would not be create-only: refuse it.
     """
+    if not data:
+        raise ValueError("create-only writes need a non-empty body (s3fs touches empty files unconditionally)")
     try:
         with fs.open(path, "xb") as handle:
             handle.write(data)

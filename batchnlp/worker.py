@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +57,7 @@ class ModelPlugin(WorkerPlugin):
         self.checksums: dict[str, dict[str, str]] = {}
         self.precision = settings.precision
         self.device = settings.device
+        self.loaded_at = 0.0
 
     async def setup(self, worker: Any = None) -> None:
         # Loading takes seconds: off the event loop, so the worker keeps answering heartbeats.
@@ -79,6 +82,7 @@ class ModelPlugin(WorkerPlugin):
             directory = stage(spec.model, s.storage_options)
             self.tasks[spec.name] = TASKS[spec.kind].load()(spec, directory, engine, s.max_length)
             self.checksums[spec.name] = weight_checksums(directory)
+        self.loaded_at = time.time()
 
 
 @dataclass(frozen=True)
@@ -126,11 +130,14 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
 
     clock = time.perf_counter()
     table = table.append_column("_error", pa.array(errors, pa.string()))
-    metadata = {"version": __version__, "models": plugin.checksums, "precision": plugin.precision}
-    data = parquet.write(table, metadata)
     fs, _ = job.output.split()
-    part = job.output.child(f"{unit.id}.parquet")
-    write_atomic(fs, part, data)
+    part, data = "", b""
+    if table.num_rows:  # a unit can hold no rows (a byte range inside one long line): no part
+        metadata = {"version": __version__, "models": plugin.checksums, "precision": plugin.precision}
+        data = parquet.write(table, metadata)
+        part = job.output.child(f"{unit.id}.parquet")
+        write_atomic(fs, part, data)
+        part = fs.unstrip_protocol(part)
     seconds["write"] = time.perf_counter() - clock
 
     reasons: dict[str, int] = {}
@@ -139,7 +146,7 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
             reasons[error] = reasons.get(error, 0) + 1
     return PartResult(
         unit=unit,
-        part=fs.unstrip_protocol(part),
+        part=part,
         rows_in=len(errors),
         rows_out=table.num_rows,
         rejected=len(errors) - len(valid),
@@ -151,6 +158,8 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
         seconds=seconds,
         device=plugin.device,
         precision=plugin.precision,
+        worker=f"{socket.gethostname()}:{os.getpid()}",
+        models_loaded_at=plugin.loaded_at,
         models=plugin.checksums,
     )
 

@@ -143,12 +143,24 @@ def _byte_range(handle: Any, start: int, stop: int) -> tuple[int, list[bytes]]:
 
 def _line_range(handle: Any, start: int, stop: int) -> list[bytes]:
     lines = []
-    for number, line in enumerate(handle):
+    for number, line in enumerate(_iter_lines(handle)):
         if number >= stop:
             break
         if number >= start:
             lines.append(line)
     return lines
+
+
+def _iter_lines(handle: Any) -> Iterator[bytes]:
+    """Lines of a stream that may not support ``readline`` (zstd's reader does not)."""
+    pending = b""
+    while block := handle.read(1 << 20):
+        pending += block
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            yield line + b"\n"
+    if pending:
+        yield pending
 
 
 def _line_number(fs: Any, path: str, offset: int) -> int:

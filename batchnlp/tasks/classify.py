@@ -40,7 +40,7 @@ class Classify(Task):
         return pa.struct(fields)
 
     def annotate(self, texts: list[str]) -> tuple[pa.Array, BatchStats]:
-        input_ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        input_ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"] if texts else []
         rows, stats = self.engine.run(self.model, input_ids, self.tokenizer.pad_token_id, lambda out: out.logits)
         logits = np.stack(rows) if rows else np.zeros((0, len(self.labels)), dtype=np.float32)
         return self.postprocess(logits), stats

@@ -1,0 +1,97 @@
+"""Shared fixtures: random DistilBERT checkpoints, a moto S3 server behind a recording proxy,
+and helpers to write inputs. Everything runs on 127.0.0.1 with no network and no GPU."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from batchnlp.testing import build_classifier
+from tests.s3proxy import S3Proxy
+
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No Hub calls that could hang, and a model cache private to the test session."""
+    saved = dict(os.environ)
+    os.environ["BATCHNLP_CACHE"] = str(tmp_path_factory.mktemp("model-cache"))
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_classifier(tmp_path_factory.mktemp("models") / "sentiment")
+
+
+@pytest.fixture(scope="session")
+def topics_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    labels = ["world", "sports", "business", "science", "arts"]
+    return build_classifier(tmp_path_factory.mktemp("models") / "topics", labels, seed=1)
+
+
+@pytest.fixture(scope="session")
+def multilabel_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    labels = ["price", "quality", "service", "delivery"]
+    return build_classifier(tmp_path_factory.mktemp("models") / "aspects", labels, multi_label=True, seed=2)
+
+
+@pytest.fixture(scope="session")
+def s3_proxy() -> Iterator[S3Proxy]:
+    """moto's real server on a free loopback port, reached through a recording proxy.
+
+    The AWS variables are set for the whole session, so Dask worker processes started by
+    the tests inherit them and talk to the same server.
+    """
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    proxy = S3Proxy(server.get_host_and_port()[1]).start()
+    os.environ.update(S3_ENV)
+    os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{proxy.port}"
+    yield proxy
+    proxy.stop()
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_proxy: S3Proxy):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+
+
+@pytest.fixture
+def bucket(s3, request: pytest.FixtureRequest) -> str:
+    """A fresh bucket per test, named after the test."""
+    name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50].strip("-")
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+def upload_dir(s3, local: Path, bucket: str, prefix: str) -> str:
+    for path in sorted(local.iterdir()):
+        s3.upload_file(str(path), bucket, f"{prefix}/{path.name}")
+    return f"s3://{bucket}/{prefix}/"
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path

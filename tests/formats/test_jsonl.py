@@ -1,0 +1,112 @@
+"""JSONL planning and reading: units cover every line exactly once, errors name file and line."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+import zstandard
+
+from batchnlp.errors import InputError
+from batchnlp.formats import plan_units, read_unit
+from batchnlp.storage import Location, list_input
+
+
+def plan_and_read(path, rows_per_unit, text_column="text"):
+    location = Location(str(path), {})
+    units = plan_units(location, list_input(location), "jsonl", rows_per_unit, text_column)
+    return units, [read_unit(location, unit, text_column) for unit in units]
+
+
+@pytest.mark.parametrize("rows_per_unit", [1, 2, 3, 7, 50, 1000])
+def test_byte_ranges_cover_every_line_once(tmp_path, rows_per_unit):
+    path = tmp_path / "in.jsonl"
+    records = [{"i": i, "text": "x" * (i % 37)} for i in range(200)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    units, reads = plan_and_read(path, rows_per_unit)
+    got = [i for read in reads if read.table.num_rows for i in read.table.column("i").to_pylist()]
+    assert got == list(range(200))
+    assert [u.id for u in units] == [f"part-{n:05d}" for n in range(len(units))]
+    assert units == plan_and_read(path, rows_per_unit)[0], "same input, same units"
+
+
+def test_crlf_bom_blank_lines_and_no_final_newline(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"text": "a"}\r\n\r\n{"text": "b"}\n   \n{"text": "c"}')
+    _, reads = plan_and_read(path, 1)
+    assert [t for r in reads for t in r.table.column("text").to_pylist()] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    "line, fragment",
+    [
+        (b'{"text": "ok"', "malformed JSON"),
+        (b'["a list"]', "is an array, not a JSON object"),
+        (b'{"text": "\xff\xfe"}', "invalid UTF-8"),
+    ],
+)
+def test_bad_lines_name_file_and_line_number(tmp_path, line, fragment):
+    path = tmp_path / "bad.jsonl"
+    good = b"".join(json.dumps({"text": f"row {i}"}).encode() + b"\n" for i in range(300))
+    path.write_bytes(good + line + b"\n" + good)
+    location = Location(str(path), {})
+    units = plan_units(location, list_input(location), "jsonl", 40, "text")
+    with pytest.raises(InputError, match=rf"bad\.jsonl:301\b.*{fragment}"):
+        for unit in units:
+            read_unit(location, unit, "text")
+
+
+def test_bad_line_in_the_first_lines_fails_at_plan_time(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "a"}\n{oops}\n')
+    with pytest.raises(InputError, match=r"bad\.jsonl:2:2: malformed JSON"):
+        plan_and_read(path, 10)
+
+
+def test_text_values_that_are_not_strings_become_reasons(tmp_path):
+    path = tmp_path / "in.jsonl"
+    rows = [{"text": "fine"}, {"text": 5}, {"text": {"nested": 1}}, {"other": 1}, {"text": None}, {"text": ["a"]}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _, (read,) = plan_and_read(path, 100)
+    assert read.table.column("text").to_pylist() == ["fine", None, None, None, None, None]
+    assert read.errors == [
+        None,
+        "'text' is a number, not a string",
+        "'text' is an object, not a string",
+        "no 'text' field",
+        None,
+        "'text' is an array, not a string",
+    ]
+    assert read.table.column_names == ["text", "other"]
+
+
+def test_missing_text_field_lists_the_fields_found(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"body": "a", "id": 1}\n')
+    with pytest.raises(InputError, match=r"no 'text' field.*fields found: body, id.*--text-column"):
+        plan_and_read(path, 10)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl.gz", ".jsonl.zst"])
+def test_compressed_files_are_planned_by_line_ranges(tmp_path, suffix):
+    data = "".join(json.dumps({"i": i, "text": f"t{i}"}) + "\n" for i in range(95)).encode()
+    path = tmp_path / f"in{suffix}"
+    path.write_bytes(gzip.compress(data) if suffix.endswith("gz") else zstandard.ZstdCompressor().compress(data))
+    units, reads = plan_and_read(path, 10)
+    assert len(units) == 10 and units[0].format == "jsonl-lines"
+    assert [i for r in reads for i in r.table.column("i").to_pylist()] == list(range(95))
+
+
+def test_truncated_compressed_file_is_an_input_error(tmp_path):
+    data = gzip.compress(b"".join(json.dumps({"text": "x" * 50}).encode() + b"\n" for _ in range(2000)))
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=r"cut\.jsonl\.gz is not a readable compressed file"):
+        plan_and_read(path, 100)
+
+
+def test_empty_file_plans_no_units(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    units, _ = plan_and_read(tmp_path / "empty.jsonl", 10)
+    assert units == []

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from batchnlp.errors import InputError
+from batchnlp.formats import plan_units, read_unit
+from batchnlp.storage import Location, list_input
+
+
+def write(path, table, row_group_size):
+    pq.write_table(table, path, row_group_size=row_group_size)
+    return path
+
+
+def plan(path, rows_per_unit, text_column="text"):
+    location = Location(str(path), {})
+    return location, plan_units(location, list_input(location), "parquet", rows_per_unit, text_column)
+
+
+def test_units_are_runs_of_whole_row_groups(tmp_path):
+    table = pa.table({"i": list(range(100)), "text": [f"t{i}" for i in range(100)]})
+    location, units = plan(write(tmp_path / "a.parquet", table, 10), 25)
+    assert [(u.start, u.stop, u.rows) for u in units] == [(0, 3, 30), (3, 6, 30), (6, 9, 30), (9, 10, 10)]
+    got = [i for u in units for i in read_unit(location, u, "text").table.column("i").to_pylist()]
+    assert got == list(range(100))
+
+
+def test_missing_text_column_lists_the_columns(tmp_path):
+    path = write(tmp_path / "a.parquet", pa.table({"body": ["x"], "id": [1]}), 10)
+    with pytest.raises(InputError, match=r"a\.parquet has no column 'text'; columns found: body, id"):
+        plan(path, 10)
+
+
+def test_text_column_of_the_wrong_type_is_refused(tmp_path):
+    path = write(tmp_path / "a.parquet", pa.table({"text": [1, 2]}), 10)
+    with pytest.raises(InputError, match="column 'text' is int64, not a string column"):
+        plan(path, 10)
+
+
+def test_not_a_parquet_file(tmp_path):
+    (tmp_path / "a.parquet").write_text("hello")
+    with pytest.raises(InputError, match="is not a readable Parquet file"):
+        plan(tmp_path / "a.parquet", 10)

@@ -1,0 +1,236 @@
+"""End to end through the CLI on local disk: a real LocalCluster with worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from batchnlp.cli import main
+from tests import corpus
+from tests.conftest import write_jsonl
+
+BAD_ROWS = [
+    ({"id": 10_000, "text": None}, "text is null"),
+    ({"id": 10_001, "text": ""}, "text is empty or whitespace"),
+    ({"id": 10_002, "text": " \t\n "}, "text is empty or whitespace"),
+    ({"id": 10_003, "text": 42}, "'text' is a number, not a string"),
+    ({"id": 10_004, "text": {"nested": "x"}}, "'text' is an object, not a string"),
+    ({"id": 10_005}, "no 'text' field"),
+]
+
+
+def invoke(*args: str):
+    result = CliRunner().invoke(main, ["run", *map(str, args)])
+    assert "Traceback" not in result.output
+    return result
+
+
+def read_output(out: Path) -> pa.Table:
+    return ds.dataset(out, format="parquet").to_table()
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory, tiny_model, topics_model):
+    """One two-task run over a corpus with bad rows mixed in, shared by the checks below."""
+    root = tmp_path_factory.mktemp("e2e")
+    texts = corpus.texts(400, seed=11)
+    records = [{"id": i, "text": t, "meta": {"source": "web", "stars": i % 5}} for i, t in enumerate(texts)]
+    for position, (row, _) in zip(range(5, 400, 70), BAD_ROWS, strict=False):
+        records.insert(position, row)
+    source = write_jsonl(root / "in" / "reviews.jsonl", records)
+    out = root / "out"
+    result = invoke(
+        source, out, "--task", "sentiment", "--task", "classify",
+        "--model", f"sentiment={tiny_model}", "--model", f"classify={topics_model}", "--top-k", "2",
+        "--workers", "2", "--rows-per-partition", "60",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return records, out, result
+
+
+def test_rows_out_equal_rows_in_in_order_with_columns_passed_through(labelled):
+    records, out, result = labelled
+    table = read_output(out)
+    assert table.num_rows == len(records)
+    assert table.column("id").to_pylist() == [r["id"] for r in records]
+    assert table.column_names == ["id", "text", "meta", "sentiment", "classify", "_error"]
+    assert table.schema.field("sentiment").type == pa.struct([("label", pa.string()), ("score", pa.float32())])
+    assert table.schema.field("classify").type.names == ["label", "score", "top_k"]
+    assert table.column("meta").to_pylist()[0] == {"source": "web", "stars": 0}
+    assert f"wrote {len(records)} rows ({len(BAD_ROWS)} rejected)" in result.output
+
+
+def test_bad_rows_keep_their_place_with_a_reason(labelled):
+    _, out, _ = labelled
+    rows = {row["id"]: row for row in read_output(out).to_pylist()}
+    for bad, reason in BAD_ROWS:
+        row = rows[bad["id"]]
+        assert row["_error"] == reason and row["sentiment"] is None and row["classify"] is None
+    good = [row for row in rows.values() if row["id"] < 10_000]
+    assert all(row["_error"] is None and row["sentiment"]["label"] in ("NEGATIVE", "POSITIVE") for row in good)
+
+
+def test_labels_match_the_pipeline(labelled, tiny_model):
+    from transformers import pipeline
+
+    _, out, _ = labelled
+    rows = [row for row in read_output(out).to_pylist() if row["_error"] is None][:80]
+    expected = pipeline("text-classification", model=str(tiny_model), device="cpu")(
+        [row["text"] for row in rows], truncation=True, batch_size=1
+    )
+    assert [row["sentiment"]["label"] for row in rows] == [e["label"] for e in expected]
+    np.testing.assert_allclose([row["sentiment"]["score"] for row in rows], [e["score"] for e in expected], atol=1e-4)
+
+
+def test_manifest_lists_every_part_then_success(labelled, tiny_model):
+    records, out, _ = labelled
+    manifest = json.loads((out / "_manifest.json").read_text())
+    success = json.loads((out / "_SUCCESS").read_text())
+    assert success["run_id"] == manifest["run_id"]
+    parts = manifest["parts"]
+    assert [p["path"] for p in parts] == [f"part-{i:05d}.parquet" for i in range(len(parts))]
+    assert len(parts) >= 4, "a 400-row file spreads over several units"
+    assert sorted(p.name for p in out.glob("part-*")) == [p["path"] for p in parts]
+    import hashlib
+
+    for part in parts:
+        data = (out / part["path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == part["sha256"] and len(data) == part["bytes"]
+        assert pq.read_metadata(out / part["path"]).num_rows == part["rows"]
+    assert manifest["totals"]["rows_out"] == manifest["totals"]["rows_in"] == len(records)
+    assert manifest["totals"]["rejected"] == len(BAD_ROWS)
+    assert manifest["models"]["sentiment"]["weights"]["model.safetensors"]
+    assert manifest["precision"] == ["fp32"] and manifest["device"] == ["cpu"]
+
+
+def test_two_worker_processes_each_load_the_models_once(labelled):
+    _, out, _ = labelled
+    parts = json.loads((out / "_manifest.json").read_text())["parts"]
+    loads: dict[str, set[float]] = {}
+    for part in parts:
+        loads.setdefault(part["worker"], set()).add(part["models_loaded_at"])
+    assert len(loads) == 2, "both worker processes ran units"
+    assert all(len(times) == 1 for times in loads.values()), "each worker loaded its models once"
+
+
+def test_output_loads_in_pandas_datasets_and_duckdb(labelled, tmp_path):
+    import datasets
+    import duckdb
+    import pandas as pd
+
+    records, out, _ = labelled
+    frame = pd.read_parquet(out)
+    assert len(frame) == len(records) and list(frame.columns)[-1] == "_error"
+    loaded = datasets.load_dataset(
+        "parquet", data_files=str(out / "part-*.parquet"), split="train", cache_dir=str(tmp_path)
+    )
+    assert loaded.num_rows == len(records) and "sentiment" in loaded.column_names
+    count = duckdb.sql(f"select count(*), count(_error) from read_parquet('{out}/part-*.parquet')").fetchall()
+    assert count == [(len(records), len(BAD_ROWS))]
+
+
+def test_finished_output_is_refused_or_resumed(labelled, tiny_model):
+    _, out, _ = labelled
+    source = out.parent / "in" / "reviews.jsonl"
+    refused = invoke(source, out, "--model", f"sentiment={tiny_model}")
+    assert refused.exit_code == 2 and "--overwrite" in refused.output
+    resumed = invoke(
+        source, out, "--task", "sentiment", "--task", "classify", "--model", f"sentiment={tiny_model}",
+        "--model", f"classify={tiny_model}", "--top-k", "2", "--rows-per-partition", "60", "--resume",
+    )  # fmt: skip
+    assert resumed.exit_code == 0 and "already complete" in resumed.output
+
+
+@pytest.mark.parametrize(
+    "make_args, fragment",
+    [
+        (lambda d, m: [d / "missing.jsonl", d / "o", "--model", f"sentiment={m}"], "missing.jsonl does not exist"),
+        (lambda d, m: [d / "in.jsonl", d / "o", "--model", f"sentiment={d}/nope"], "model directory"),
+        (lambda d, m: [d / "in.jsonl", d / "o"], "--model TASK=PATH_OR_S3"),
+        (lambda d, m: [d / "in.jsonl", d / "o", "--model", f"sentiment={m}", "--text-column", "body"], "fields found"),
+        (lambda d, m: [d / "in.jsonl", d / "o", "--task", "summarise"], "unknown task 'summarise'"),
+        (lambda d, m: [d / "in.jsonl", d / "o", "--model", "sentiment"], "is not TASK=VALUE"),
+    ],
+    ids=["missing-input", "missing-model", "hub-unreachable", "missing-text-column", "unknown-task", "bad-flag"],
+)
+def test_user_errors_stop_before_any_work_with_a_message(tmp_path, tiny_model, make_args, fragment):
+    write_jsonl(tmp_path / "in.jsonl", [{"text": "fine"}])
+    result = invoke(*make_args(tmp_path, tiny_model))
+    assert result.exit_code == 2, result.output
+    assert fragment in result.output
+    assert not (tmp_path / "o" / "_SUCCESS").exists()
+
+
+def test_missing_parquet_text_column_names_the_columns(tmp_path, tiny_model):
+    pq.write_table(pa.table({"body": ["a"], "id": [1]}), tmp_path / "in.parquet")
+    result = invoke(tmp_path / "in.parquet", tmp_path / "o", "--model", f"sentiment={tiny_model}")
+    assert result.exit_code == 2 and "has no column 'text'; columns found: body, id" in result.output
+
+
+def test_malformed_line_deep_in_a_file_stops_the_job_naming_the_line(tmp_path, tiny_model):
+    lines = [json.dumps({"text": f"row {i} is fine"}) for i in range(500)]
+    lines[420] = '{"text": "broken'
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    result = invoke(
+        tmp_path / "in.jsonl", tmp_path / "o", "--model", f"sentiment={tiny_model}",
+        "--rows-per-partition", "100", "--workers", "1",
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "in.jsonl:421:" in result.output and "malformed JSON" in result.output
+    assert not (tmp_path / "o" / "_SUCCESS").exists()
+
+
+def test_spec_file_with_flag_override(tmp_path, tiny_model):
+    write_jsonl(tmp_path / "in.jsonl", [{"body": f"text {i}", "n": i} for i in range(30)])
+    spec = tmp_path / "job.yaml"
+    spec.write_text(
+        f"input: {tmp_path / 'in.jsonl'}\noutput: {tmp_path / 'wrong'}\ntext_column: body\n"
+        f"models:\n  sentiment: {tiny_model}\nworkers: 1\nrows_per_partition: 10\n"
+    )
+    result = invoke("--spec", spec, str(tmp_path / "in.jsonl"), tmp_path / "right", "--rows-per-partition", "15")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "right" / "_manifest.json").read_text())
+    assert manifest["spec"]["rows_per_partition"] == 15 and manifest["spec"]["text_column"] == "body"
+    assert not (tmp_path / "wrong").exists()
+
+
+def test_existing_scheduler_is_used_and_left_running(tmp_path, tiny_model):
+    from distributed import Client, LocalCluster
+
+    write_jsonl(tmp_path / "in.jsonl", [{"text": f"text number {i}"} for i in range(40)])
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+        result = invoke(
+            tmp_path / "in.jsonl", tmp_path / "o", "--model", f"sentiment={tiny_model}",
+            "--scheduler", cluster.scheduler_address,
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        with Client(cluster) as client:
+            assert len(client.scheduler_info()["workers"]) == 1, "the job did not shut the cluster down"
+    assert read_output(tmp_path / "o").num_rows == 40
+
+
+def test_real_subprocess_run_and_help(tmp_path, tiny_model):
+    write_jsonl(tmp_path / "in.jsonl", [{"text": "a fine day"}, {"text": None}])
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    help_text = subprocess.run(
+        [sys.executable, "-m", "batchnlp", "run", "--help"], capture_output=True, text=True, env=env, check=True
+    ).stdout
+    for option in ("--task", "--model", "--top-k", "--scheduler", "--storage-option", "--resume", "Examples:"):
+        assert option in help_text
+    done = subprocess.run(
+        [sys.executable, "-m", "batchnlp", "run", str(tmp_path / "in.jsonl"), str(tmp_path / "o"),
+         "--model", f"sentiment={tiny_model}", "--workers", "1"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "wrote 2 rows (1 rejected)" in done.stdout

@@ -1,0 +1,88 @@
+from pathlib import Path
+
+import pytest
+
+from batchnlp.errors import SpecError
+from batchnlp.spec import JobSpec, load_spec_file
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_and_task_models():
+    spec = JobSpec.from_settings({"input": "in/", "output": "out/"})
+    assert [(t.name, t.kind) for t in spec.tasks] == [("sentiment", "sentiment")]
+    assert spec.tasks[0].model.startswith("distilbert/")
+    spec = JobSpec.from_settings(
+        {
+            "input": "a",
+            "output": "b",
+            "tasks": ["sentiment", "classify"],
+            "models": {"classify": "s3://m/t/"},
+            "top_k": 3,
+        }
+    )
+    assert spec.tasks[1].model == "s3://m/t/" and spec.tasks[1].top_k == 3 and spec.tasks[0].top_k is None
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(SpecError) as info:
+        JobSpec.from_settings(
+            {
+                "output": "",
+                "tasks": ["sentiment", "nope", "classify"],
+                "precision": "fp8",
+                "rows_per_partition": 0,
+                "colour": "red",
+                "overwrite": True,
+                "resume": True,
+            }
+        )
+    message = str(info.value)
+    for fragment in (
+        "input is required",
+        "output is required",
+        "unknown task 'nope'",
+        "task 'classify' needs a model",
+        "precision must be one of",
+        "rows_per_partition must be a positive integer",
+        "unknown setting 'colour'",
+        "--overwrite and --resume exclude each other",
+    ):
+        assert fragment in message
+
+
+def test_named_tasks_from_a_spec_and_clashes():
+    spec = JobSpec.from_settings(
+        {"input": "a", "output": "b", "tasks": [{"name": "topics", "task": "classify", "model": "m", "top_k": 2}]}
+    )
+    assert spec.tasks[0].name == "topics" and spec.tasks[0].kind == "classify"
+    with pytest.raises(SpecError, match="given twice"):
+        JobSpec.from_settings({"input": "a", "output": "b", "tasks": ["sentiment", "sentiment"]})
+    with pytest.raises(SpecError, match="clashes"):
+        JobSpec.from_settings({"input": "a", "output": "b", "tasks": [{"name": "_error", "task": "sentiment"}]})
+
+
+def test_fingerprint_ignores_where_it_runs_but_not_what_it_computes():
+    base = {"input": "a", "output": "b"}
+    one = JobSpec.from_settings(base)
+    assert one.fingerprint() == JobSpec.from_settings({**base, "workers": 4, "overwrite": True}).fingerprint()
+    assert one.fingerprint() != JobSpec.from_settings({**base, "text_column": "body"}).fingerprint()
+
+
+def test_redacted_spec_hides_storage_option_values():
+    spec = JobSpec.from_settings({"input": "s3://k:secret@b/x", "output": "b", "storage_options": {"secret": "abc"}})
+    data = spec.redacted()
+    assert data["storage_options"] == {"secret": "***"}
+    assert "secret@" not in data["input"]
+
+
+def test_yaml_errors_name_file_and_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("input: a\noutput: [b\n")
+    with pytest.raises(SpecError, match=r"bad.yaml:\d+:\d+"):
+        load_spec_file(path)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "jobs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_job_specs_validate(path):
+    JobSpec.from_settings(load_spec_file(path))
