@@ -14,7 +14,7 @@ import re
 from urllib.parse import urlsplit, urlunsplit
 
 _SECRET_PATTERNS = (
-    re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{12,}\b"),
+    re.compile(r"(?:AKIA|ASIA)[A-Z0-9]{16}"),
     re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])"),
     re.compile(r"(?i)(x-amz-security-token|x-amz-signature|x-amz-credential|signature|token)=([^&\s]+)"),
 )
@@ -65,7 +65,8 @@ def configure_logging(level: int) -> None:
     logging.getLogger("batchnlp").setLevel(level)
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(max(level, logging.INFO))
-    chatty = "debug" if level <= logging.DEBUG else "warning"
+    # Never DEBUG: distributed's debug lines dump pickled task payloads (with storage options).
+    chatty = "info" if level <= logging.DEBUG else "warning"
     # dask configures the "distributed" logger when it is imported, in this process and in
     # worker processes: its config variable covers both, setLevel covers an earlier import.
     os.environ["DASK_LOGGING__DISTRIBUTED"] = chatty

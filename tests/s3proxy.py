@@ -42,7 +42,9 @@ class S3Proxy:
                 for key, value in response.getheaders():
                     if key.lower() not in HOP_HEADERS | {"content-length"}:
                         self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
+                # A HEAD answer has no body but carries the object's length.
+                length = response.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", length or str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
