@@ -23,6 +23,7 @@ SUCCESS = "_SUCCESS"
 MANIFEST = "_manifest.json"
 PROGRESS = "_progress"
 JOB_RECORD = "_job.json"
+MAX_EXAMPLES = 20
 
 
 @dataclass
@@ -35,6 +36,7 @@ class PartResult:
     rows_out: int
     rejected: int
     reasons: dict[str, int]
+    rejected_examples: list[dict[str, Any]]  # the first few: row in the part, id, reason
     tokens: int
     padded_tokens: int
     bytes: int
@@ -58,7 +60,9 @@ def totals(results: list[PartResult]) -> dict[str, Any]:
     """Sums over parts: the figures the manifest and the CLI report."""
     reasons: Counter[str] = Counter()
     seconds: Counter[str] = Counter()
+    examples: list[dict[str, Any]] = []
     for result in results:
+        examples.extend({"part": result.unit.id, **example} for example in result.rejected_examples)
         reasons.update(result.reasons)
         seconds.update(result.seconds)
     return {
@@ -67,6 +71,7 @@ def totals(results: list[PartResult]) -> dict[str, Any]:
         "rows_out": sum(r.rows_out for r in results),
         "rejected": sum(r.rejected for r in results),
         "rejected_by_reason": dict(sorted(reasons.items())),
+        "rejected_examples": examples[:MAX_EXAMPLES],
         "tokens": sum(r.tokens for r in results),
         "padded_tokens": sum(r.padded_tokens for r in results),
         "bytes": sum(r.bytes for r in results),
@@ -98,12 +103,14 @@ class Committer:
                 f"output {self.output.display()} already holds a finished run (_SUCCESS); "
                 "pass --overwrite to replace it or --resume to finish an interrupted run"
             )
-        if mode == "overwrite":
-            self.clear()
-        kept = self._resumable(job_record) if mode == "resume" else {}
-        if mode != "resume" or not self.fs.exists(self.path(f"{PROGRESS}/{JOB_RECORD}")):
-            write_atomic(self.fs, self.path(f"{PROGRESS}/{JOB_RECORD}"), _json(job_record))
-        return kept
+        if mode == "resume":
+            kept = self._resumable(job_record)
+            if kept:
+                return kept
+        # A new run owns the output: leftovers of an interrupted attempt must not be resumed later.
+        self.clear()
+        write_atomic(self.fs, self.path(f"{PROGRESS}/{JOB_RECORD}"), _json(job_record))
+        return {}
 
     def clear(self) -> None:
         """Remove a previous run's files: ``_SUCCESS`` first, so no reader trusts what follows."""
@@ -135,7 +142,7 @@ class Committer:
         previous = json.loads(self.fs.cat_file(job_path))
         changed = [key for key in ("spec_fingerprint", "input_fingerprint") if previous.get(key) != job_record.get(key)]
         if changed:
-            what = {"spec_fingerprint": "the job spec", "input_fingerprint": "the input listing"}
+            what = {"spec_fingerprint": "the job spec", "input_fingerprint": "the input listing or its units"}
             raise OutputError(
                 f"cannot resume {self.output.display()}: "
                 + " and ".join(what[key] for key in changed)

@@ -172,9 +172,12 @@ def _stage_remote(parsed: ModelRef, storage_options: Mapping[str, Any], cache: P
 
 
 def _hub_files(parsed: ModelRef) -> list[str]:
-    from huggingface_hub import snapshot_download
+    """File names of a Hub checkpoint without downloading it (from the local cache when offline)."""
+    from huggingface_hub import constants, snapshot_download
 
     try:
+        if constants.HF_HUB_OFFLINE:
+            return os.listdir(snapshot_download(parsed.location, revision=parsed.revision, local_files_only=True))
         infos = snapshot_download(parsed.location, revision=parsed.revision, dry_run=True)
     except Exception as e:  # network, auth, missing repo: all end the same way for the user
         raise _hub_error(parsed, e) from e

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from batchnlp import __version__
+from batchnlp.cluster import connect, local_layout
 from batchnlp.commit import Committer, PartResult, totals
 from batchnlp.errors import BatchnlpError, JobFailed
 from batchnlp.formats import WorkUnit, detect_format, plan_units
@@ -26,6 +27,9 @@ from batchnlp.spec import JobSpec
 from batchnlp.storage import InputFile, Location, check_output, list_input
 
 logger = logging.getLogger(__name__)
+
+# Units are sized before connecting; on an external cluster without --workers, assume this many.
+EXTERNAL_WORKERS_GUESS = 8
 
 
 @dataclass
@@ -54,20 +58,22 @@ class Plan:
 
     @property
     def fingerprint(self) -> str:
+        """Input listing and unit layout: a resumed run must cut the input exactly the same way."""
         listing = [[f.path, f.size, f.etag] for f in self.files]
-        return hashlib.sha256(json.dumps([self.format, listing]).encode()).hexdigest()
+        units = [[u.path, u.format, u.start, u.stop] for u in self.units]
+        return hashlib.sha256(json.dumps([self.format, listing, units]).encode()).hexdigest()
 
 
 def plan(spec: JobSpec) -> Plan:
     source = Location(spec.input, spec.storage_options)
     files = list_input(source)
     fmt = detect_format(files, spec.input_format)
-    return Plan(files, fmt, plan_units(source, files, fmt, spec.rows_per_partition, spec.text_column))
+    workers = (spec.workers or EXTERNAL_WORKERS_GUESS) if spec.scheduler else local_layout(spec.workers)[0]
+    return Plan(files, fmt, plan_units(source, files, fmt, spec.rows_per_partition, spec.text_column, workers))
 
 
 def run(spec: JobSpec, on_part: Callable[[PartResult], None] | None = None) -> RunSummary:
     """Run a job to commit; raises a :class:`BatchnlpError` saying what to fix on failure."""
-    from batchnlp.cluster import connect
     from batchnlp.worker import ModelPlugin, ModelSettings, UnitJob, run_unit
 
     started = time.perf_counter()
@@ -111,7 +117,13 @@ def run(spec: JobSpec, on_part: Callable[[PartResult], None] | None = None) -> R
                 threads=threads,
                 storage_options=dict(spec.storage_options),
             )
-            job = UnitJob(Location(spec.input, spec.storage_options), output, spec.text_column, settings.plugin_name)
+            job = UnitJob(
+                Location(spec.input, spec.storage_options),
+                output,
+                spec.text_column,
+                spec.id_column,
+                settings.plugin_name,
+            )
             client.register_plugin(ModelPlugin(settings), name=settings.plugin_name)
             for result in _collect(client, run_unit, todo, job, run_id):
                 committer.record(result)

@@ -21,7 +21,6 @@ Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
 InputFormat = Literal["jsonl", "parquet"]
 WriteMode = Literal["new", "overwrite", "resume"]
 
-DEFAULT_ROWS_PER_PARTITION = 10_000
 DEFAULT_TOKENS_PER_BATCH = 8_192
 
 
@@ -45,7 +44,7 @@ class JobSpec:
     input_format: InputFormat | None = None
     text_column: str = "text"
     id_column: str | None = None
-    rows_per_partition: int = DEFAULT_ROWS_PER_PARTITION
+    rows_per_partition: int | None = None  # None: sized from the input and the worker count
     scheduler: str | None = None
     workers: int | None = None
     device: Device = "auto"

@@ -14,6 +14,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import pyarrow as pa
@@ -25,6 +26,8 @@ from batchnlp.errors import InputError, JobFailed
 from batchnlp.formats import WorkUnit, parquet, read_unit
 from batchnlp.spec import TaskSpec
 from batchnlp.storage import Location, write_atomic
+
+EXAMPLES_PER_PART = 5
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ class UnitJob:
     input: Location
     output: Location
     text_column: str
+    id_column: str | None
     plugin_name: str
 
 
@@ -144,6 +148,12 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
     for error in errors:
         if error is not None:
             reasons[error] = reasons.get(error, 0) + 1
+    ids = table.column(job.id_column) if job.id_column in table.column_names else None
+    rejected_rows = (i for i, error in enumerate(errors) if error is not None)
+    examples = [
+        {"row": i, "id": ids[i].as_py() if ids is not None else None, "reason": errors[i]}
+        for i in islice(rejected_rows, EXAMPLES_PER_PART)
+    ]
     return PartResult(
         unit=unit,
         part=part,
@@ -151,6 +161,7 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
         rows_out=table.num_rows,
         rejected=len(errors) - len(valid),
         reasons=reasons,
+        rejected_examples=examples,
         tokens=tokens,
         padded_tokens=padded,
         bytes=len(data),

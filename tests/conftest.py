@@ -27,7 +27,7 @@ def _isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     """No Hub calls that could hang, and a model cache private to the test session."""
     saved = dict(os.environ)
     os.environ["BATCHNLP_CACHE"] = str(tmp_path_factory.mktemp("model-cache"))
-    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    os.environ["HF_HUB_OFFLINE"] = "1"  # deterministic: the Hub is never asked, network or not
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     yield
     os.environ.clear()

@@ -52,7 +52,7 @@ def labelled(tmp_path_factory, tiny_model, topics_model):
     result = invoke(
         source, out, "--task", "sentiment", "--task", "classify",
         "--model", f"sentiment={tiny_model}", "--model", f"classify={topics_model}", "--top-k", "2",
-        "--workers", "2", "--rows-per-partition", "60",
+        "--workers", "2", "--rows-per-partition", "60", "--id-column", "id",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     return records, out, result
@@ -76,6 +76,8 @@ def test_bad_rows_keep_their_place_with_a_reason(labelled):
     for bad, reason in BAD_ROWS:
         row = rows[bad["id"]]
         assert row["_error"] == reason and row["sentiment"] is None and row["classify"] is None
+    examples = json.loads((out / "_manifest.json").read_text())["totals"]["rejected_examples"]
+    assert [(e["id"], e["reason"]) for e in examples] == [(bad["id"], reason) for bad, reason in BAD_ROWS]
     good = [row for row in rows.values() if row["id"] < 10_000]
     assert all(row["_error"] is None and row["sentiment"]["label"] in ("NEGATIVE", "POSITIVE") for row in good)
 

@@ -22,6 +22,8 @@ _SUFFIXES = {
     ".json": "jsonl",
 }
 
+MIN_AUTO_ROWS, MAX_AUTO_ROWS, UNITS_PER_WORKER = 500, 10_000, 4
+
 __all__ = ["ReadResult", "WorkUnit", "detect_format", "plan_units", "read_unit"]
 
 
@@ -48,16 +50,33 @@ def detect_format(files: list[InputFile], forced: str | None) -> str:
 
 
 def plan_units(
-    location: Location, files: list[InputFile], fmt: str, rows_per_unit: int, text_column: str
+    location: Location,
+    files: list[InputFile],
+    fmt: str,
+    rows_per_unit: int | None,
+    text_column: str,
+    workers: int,
 ) -> list[WorkUnit]:
-    """Cut every file into units, numbered in listing order: same input, same units."""
+    """Cut every file into units, numbered in listing order: same input and settings, same units.
+
+    Without an explicit ``rows_per_unit``, units are sized so every worker gets several of
+    them (a small file still uses the whole cluster), within sensible bounds.
+    """
     fs = location.fs
+    layouts = [READERS[fmt].describe(fs, file, text_column) for file in files]
+    if rows_per_unit is None:
+        rows_per_unit = auto_rows_per_unit(sum(layout.rows for layout in layouts), workers)
     units: list[WorkUnit] = []
-    for file in files:
+    for file, layout in zip(files, layouts, strict=True):
         unit_format = "jsonl-lines" if fmt == "jsonl" and jsonl.is_compressed(file.path) else fmt
-        for start, stop, rows in READERS[fmt].plan(fs, file, rows_per_unit, text_column):
+        for start, stop, rows in layout.cut(rows_per_unit):
             units.append(WorkUnit(len(units), fs.unstrip_protocol(file.path), unit_format, start, stop, rows))
     return units
+
+
+def auto_rows_per_unit(total_rows: int, workers: int) -> int:
+    """About four units per worker, between 500 and 10,000 rows each."""
+    return max(MIN_AUTO_ROWS, min(MAX_AUTO_ROWS, -(-total_rows // (UNITS_PER_WORKER * max(1, workers)))))
 
 
 def read_unit(location: Location, unit: WorkUnit, text_column: str) -> ReadResult:

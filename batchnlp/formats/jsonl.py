@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -29,21 +30,39 @@ def is_compressed(path: str) -> bool:
     return path.endswith(COMPRESSED_SUFFIXES)
 
 
-def plan(fs: Any, file: InputFile, rows_per_unit: int, text_column: str) -> Iterator[tuple[int, int, int | None]]:
-    """Yield ``(start, stop, rows)``: byte ranges for plain files, line ranges for compressed ones."""
+@dataclass(frozen=True)
+class JsonlLayout:
+    """What planning needs to know of one file, measured once."""
+
+    size: int
+    average_line: float
+    lines: int | None  # counted for compressed files, which are cut by line ranges
+
+    @property
+    def rows(self) -> int:
+        """Rows in the file: exact when counted, estimated from the sampled line length otherwise."""
+        if self.lines is not None:
+            return self.lines
+        return round(self.size / self.average_line) if self.size else 0
+
+    def cut(self, rows_per_unit: int) -> Iterator[tuple[int, int, int | None]]:
+        """``(start, stop, rows)``: line ranges when counted, else byte ranges cut at line ends."""
+        if self.lines is not None:
+            for start in range(0, self.lines, rows_per_unit):
+                yield start, min(start + rows_per_unit, self.lines), None
+            return
+        step = max(1, int(self.average_line * rows_per_unit))
+        for start in range(0, self.size, step):
+            yield start, min(start + step, self.size), None
+
+
+def describe(fs: Any, file: InputFile, text_column: str) -> JsonlLayout:
+    """Sample (and, if compressed, count) a file; a bad first line or missing field fails here."""
     where = fs.unstrip_protocol(file.path)
-    if is_compressed(file.path):
-        lines = _count_lines(fs, file.path, where)
-        _check_sample(fs, file.path, where, text_column)
-        for start in range(0, lines, rows_per_unit):
-            yield start, min(start + rows_per_unit, lines), None
-        return
     if file.size == 0:
-        return
-    average = _check_sample(fs, file.path, where, text_column)
-    step = max(1, int(average * rows_per_unit))
-    for start in range(0, file.size, step):
-        yield start, min(start + step, file.size), None
+        return JsonlLayout(0, 1.0, 0 if is_compressed(file.path) else None)
+    lines = _count_lines(fs, file.path, where) if is_compressed(file.path) else None
+    return JsonlLayout(file.size, _check_sample(fs, file.path, where, text_column), lines)
 
 
 def read(fs: Any, unit: WorkUnit, text_column: str) -> ReadResult:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -15,11 +16,30 @@ from batchnlp.formats.base import ReadResult, WorkUnit
 from batchnlp.storage import InputFile
 
 
-def plan(fs: Any, file: InputFile, rows_per_unit: int, text_column: str) -> Iterator[tuple[int, int, int]]:
-    """Yield ``(first_row_group, stop_row_group, rows)`` covering the file in order.
+@dataclass(frozen=True)
+class ParquetLayout:
+    """Row counts of a file's row groups, from its footer."""
 
-    Row groups are never split: a row group larger than ``rows_per_unit`` is one unit.
-    """
+    row_groups: tuple[int, ...]
+
+    @property
+    def rows(self) -> int:
+        return sum(self.row_groups)
+
+    def cut(self, rows_per_unit: int) -> Iterator[tuple[int, int, int]]:
+        """``(first_row_group, stop_row_group, rows)``; a row group is never split."""
+        start, rows = 0, 0
+        for group, count in enumerate(self.row_groups):
+            rows += count
+            if rows >= rows_per_unit:
+                yield start, group + 1, rows
+                start, rows = group + 1, 0
+        if rows:
+            yield start, len(self.row_groups), rows
+
+
+def describe(fs: Any, file: InputFile, text_column: str) -> ParquetLayout:
+    """Read the footer only; a missing or non-string text column fails here."""
     with fs.open(file.path, "rb") as handle:
         try:
             meta = pq.ParquetFile(handle).metadata
@@ -27,14 +47,7 @@ def plan(fs: Any, file: InputFile, rows_per_unit: int, text_column: str) -> Iter
             raise InputError(f"{fs.unstrip_protocol(file.path)} is not a readable Parquet file: {e}") from e
         schema = meta.schema.to_arrow_schema()
     check_text_column(schema, text_column, fs.unstrip_protocol(file.path))
-    start, rows = 0, 0
-    for group in range(meta.num_row_groups):
-        rows += meta.row_group(group).num_rows
-        if rows >= rows_per_unit:
-            yield start, group + 1, rows
-            start, rows = group + 1, 0
-    if start < meta.num_row_groups and rows:
-        yield start, meta.num_row_groups, rows
+    return ParquetLayout(tuple(meta.row_group(group).num_rows for group in range(meta.num_row_groups)))
 
 
 def check_text_column(schema: pa.Schema, text_column: str, where: str) -> None:

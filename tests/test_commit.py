@@ -1,0 +1,75 @@
+"""The commit protocol without a cluster: write modes, progress records and resume checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from batchnlp.commit import Committer, PartResult, sha256, totals
+from batchnlp.errors import OutputError
+from batchnlp.formats import WorkUnit
+from batchnlp.storage import Location
+
+JOB = {"run_id": "r1", "spec_fingerprint": "s1", "input_fingerprint": "i1", "spec": {}}
+
+
+def fake_part(committer: Committer, index: int, data: bytes) -> PartResult:
+    unit = WorkUnit(index, "file:///in.jsonl", "jsonl", index * 10, index * 10 + 10)
+    path = committer.path(f"{unit.id}.parquet")
+    committer.fs.pipe_file(path, data)
+    return PartResult(
+        unit=unit, part=committer.fs.unstrip_protocol(path), rows_in=3, rows_out=3, rejected=1,
+        reasons={"text is null": 1}, rejected_examples=[{"row": 2, "id": None, "reason": "text is null"}],
+        tokens=10, padded_tokens=16, bytes=len(data), sha256=sha256(data), seconds={"read": 0.1},
+        device="cpu", precision="fp32", worker="h:1", models_loaded_at=0.0,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def committer(tmp_path) -> Committer:
+    return Committer(Location(str(tmp_path / "out"), {}))
+
+
+def test_resume_keeps_only_parts_whose_bytes_match_their_record(committer):
+    committer.prepare("new", JOB)
+    for index in range(3):
+        committer.record(fake_part(committer, index, f"data {index}".encode()))
+    committer.fs.pipe_file(committer.path("part-00001.parquet"), b"torn or different bytes")
+    committer.fs.rm(committer.path("part-00002.parquet"))
+    kept = committer.prepare("resume", {**JOB, "run_id": "r2"})
+    assert sorted(kept) == ["part-00000"]
+
+
+@pytest.mark.parametrize(
+    "change, named", [("spec_fingerprint", "the job spec"), ("input_fingerprint", "the input listing or its units")]
+)
+def test_resume_refuses_a_changed_job(committer, change, named):
+    committer.prepare("new", JOB)
+    committer.record(fake_part(committer, 0, b"x"))
+    with pytest.raises(OutputError, match=f"{named} changed since the interrupted run"):
+        committer.prepare("resume", {**JOB, change: "other"})
+
+
+def test_a_new_run_clears_an_interrupted_attempt_and_commit_is_create_only(committer):
+    committer.prepare("new", JOB)
+    committer.record(fake_part(committer, 0, b"x"))
+    committer.prepare("new", {**JOB, "run_id": "r2"})
+    assert committer.prepare("resume", {**JOB, "run_id": "r3"}) == {}, "nothing left to resume"
+    committer.commit({"run_id": "r3", "parts": []})
+    assert json.loads(committer.fs.cat_file(committer.path("_SUCCESS")))["run_id"] == "r3"
+    with pytest.raises(OutputError, match="already exists"):
+        committer.commit({"run_id": "r4", "parts": []})
+    with pytest.raises(OutputError, match="--overwrite"):
+        committer.prepare("new", JOB)
+    committer.prepare("overwrite", JOB)
+    assert not committer.finished()
+
+
+def test_totals_add_up_parts_and_keep_examples(committer):
+    committer.prepare("new", JOB)
+    results = [fake_part(committer, i, b"x") for i in range(2)]
+    summary = totals(results)
+    assert summary["rows_in"] == 6 and summary["rejected"] == 2
+    assert summary["rejected_by_reason"] == {"text is null": 2}
+    assert summary["rejected_examples"][1] == {"part": "part-00001", "row": 2, "id": None, "reason": "text is null"}
