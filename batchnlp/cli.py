@@ -86,7 +86,7 @@ def main() -> None:
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
-    help="Worker processes of the embedded cluster. Default: half the cores. Example: --workers 2",
+    help="Worker processes of the embedded cluster. Default: one per core, as memory allows. Example: --workers 2",
 )
 @click.option(
     "--device",
@@ -151,7 +151,8 @@ def run(ctx: click.Context, spec_file: str | None, verbose: bool, quiet: bool, *
         click.echo(f"{summary.output} is already complete (run {summary.run_id}, {t['rows_out']} rows); nothing to do")
         return
     click.echo(
-        f"wrote {t['rows_out']} rows ({t['rejected']} rejected) in {t['parts']} parts to {summary.output} "
+        f"wrote {t['rows_out']} rows ({t['rejected']} rejected) in {t['parts']} part{'s' * (t['parts'] != 1)} "
+        f"to {summary.output} "
         f"in {summary.wall_seconds:.1f} s: {summary.rows_per_second:.1f} rows/s, "
         f"{t['tokens']} tokens ({t['padded_tokens']} with padding); run {summary.run_id}"
         + (f"; {summary.units_kept} parts kept from the interrupted run" if summary.units_kept else "")
@@ -166,6 +167,9 @@ def _merge(ctx: click.Context, settings: dict[str, Any], flags: dict[str, Any]) 
         if source not in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT) or value in ((), None):
             continue
         key = _SETTING_NAMES.get(name, name)
+        if name in ("overwrite", "resume"):  # a write mode on the command line replaces the spec's
+            for mode_key in ("mode", "overwrite", "resume"):
+                merged.pop(mode_key, None)
         if name in ("model", "storage_option"):
             base = merged.get(key) if isinstance(merged.get(key), dict) else {}
             merged[key] = {**base, **dict(value)}

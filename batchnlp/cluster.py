@@ -14,14 +14,22 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
-def local_layout(workers: int | None, cores: int | None = None) -> tuple[int, int]:
+# Resident memory of one worker process holding a DistilBERT-base model (measured: ~1.1 GB).
+MEMORY_PER_WORKER = 1.5 * 2**30
+
+
+def local_layout(workers: int | None, cores: int | None = None, memory: int | None = None) -> tuple[int, int]:
     """(worker processes, torch threads each) without oversubscribing the cores.
 
-    By default two threads per worker: intra-op parallelism for the model, while several
-    processes read, tokenise and write in parallel.
+    By default one single-threaded process per core, as memory allows: on CPU, processes
+    beat intra-op threads (5,000 rows, DistilBERT-base, 2 cores: 2 × 1 thread did 25.0 rows/s,
+    1 × 2 threads 21.8), and they read, tokenise and write in parallel too.
     """
+    import psutil
+
     cores = cores or len(os.sched_getaffinity(0))
-    count = workers or max(1, cores // 2)
+    memory = memory or psutil.virtual_memory().available
+    count = workers or max(1, min(cores, int(memory // MEMORY_PER_WORKER)))
     return count, max(1, cores // count)
 
 
@@ -32,7 +40,7 @@ def connect(scheduler: str | None, workers: int | None) -> Iterator[tuple[Any, i
 
     if scheduler:
         if workers:
-            logger.warning("--workers is ignored with --scheduler: the cluster's own workers are used")
+            logger.info("--workers with --scheduler only sizes the units; the cluster's own workers run them")
         client = Client(scheduler, timeout="30s")
         try:
             yield client, None

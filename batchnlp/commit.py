@@ -106,6 +106,9 @@ class Committer:
         if mode == "resume":
             kept = self._resumable(job_record)
             if kept:
+                # A manifest without _SUCCESS is a commit that died half-way: nothing trusts it.
+                if self.fs.exists(self.path(MANIFEST)):
+                    self.fs.rm(self.path(MANIFEST))
                 return kept
         # A new run owns the output: leftovers of an interrupted attempt must not be resumed later.
         self.clear()

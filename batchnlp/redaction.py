@@ -63,8 +63,8 @@ def configure_logging(level: int) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     logging.getLogger("batchnlp").setLevel(level)
-    for name in NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(max(level, logging.INFO))
+    for name in NOISY_LOGGERS:  # INFO at most: their DEBUG output carries request headers
+        logging.getLogger(name).setLevel(logging.INFO if level <= logging.DEBUG else logging.WARNING)
     # Never DEBUG: distributed's debug lines dump pickled task payloads (with storage options).
     chatty = "info" if level <= logging.DEBUG else "warning"
     # dask configures the "distributed" logger when it is imported, in this process and in

@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+import pyarrow as pa
+
 from batchnlp import __version__
 from batchnlp.cluster import connect, local_layout
 from batchnlp.commit import Committer, PartResult, totals
 from batchnlp.errors import BatchnlpError, JobFailed
-from batchnlp.formats import WorkUnit, detect_format, plan_units
+from batchnlp.formats import WorkUnit, detect_format, plan_units, unify, unit_schema
 from batchnlp.models import check_ref
 from batchnlp.redaction import redact_url
 from batchnlp.spec import JobSpec
@@ -55,6 +57,7 @@ class Plan:
     files: list[InputFile]
     format: str
     units: list[WorkUnit]
+    schema: pa.Schema | None  # None for JSONL until every unit's schema is known
 
     @property
     def fingerprint(self) -> str:
@@ -69,7 +72,8 @@ def plan(spec: JobSpec) -> Plan:
     files = list_input(source)
     fmt = detect_format(files, spec.input_format)
     workers = (spec.workers or EXTERNAL_WORKERS_GUESS) if spec.scheduler else local_layout(spec.workers)[0]
-    return Plan(files, fmt, plan_units(source, files, fmt, spec.rows_per_partition, spec.text_column, workers))
+    unit_plan = plan_units(source, files, fmt, spec.rows_per_partition, spec.text_column, workers)
+    return Plan(files, fmt, unit_plan.units, unit_plan.schema)
 
 
 def run(spec: JobSpec, on_part: Callable[[PartResult], None] | None = None) -> RunSummary:
@@ -117,13 +121,11 @@ def run(spec: JobSpec, on_part: Callable[[PartResult], None] | None = None) -> R
                 threads=threads,
                 storage_options=dict(spec.storage_options),
             )
-            job = UnitJob(
-                Location(spec.input, spec.storage_options),
-                output,
-                spec.text_column,
-                spec.id_column,
-                settings.plugin_name,
-            )
+            source = Location(spec.input, spec.storage_options)
+            schema = job_plan.schema
+            if schema is None:
+                schema = _infer_schema(client, source, job_plan.units, spec.text_column)
+            job = UnitJob(source, output, spec.text_column, spec.id_column, schema, settings.plugin_name)
             client.register_plugin(ModelPlugin(settings), name=settings.plugin_name)
             for result in _collect(client, run_unit, todo, job, run_id):
                 committer.record(result)
@@ -137,19 +139,37 @@ def run(spec: JobSpec, on_part: Callable[[PartResult], None] | None = None) -> R
     return RunSummary(output.display(), run_id, manifest["totals"], wall, len(todo), len(kept), False, manifest)
 
 
+def _infer_schema(client: Any, source: Location, units: list[WorkUnit], text_column: str) -> pa.Schema:
+    """Every part gets one schema: each unit infers its own on the cluster, the driver unifies them.
+
+    All units take part, not only those left to run, so a resumed run finds the same schema.
+    Reading JSONL twice costs far less than the model, and a malformed line stops the job here,
+    before any inference.
+    """
+    futures = {client.submit(unit_schema, source, unit, text_column, pure=False): unit for unit in units}
+    schemas = {unit.id: schema for unit, schema in _results(client, futures)}
+    return unify([(unit.describe(), schemas[unit.id]) for unit in units])
+
+
 def _collect(
     client: Any, function: Callable[..., PartResult], units: list[WorkUnit], job: Any, run_id: str
 ) -> Iterator[PartResult]:
-    """Submit every unit and yield results as they finish; the first failure stops the job."""
-    from distributed import as_completed
-
+    """Submit every unit and yield results as they finish."""
     futures = {
         client.submit(function, unit, job, key=f"batchnlp-{run_id}-{unit.id}", pure=False): unit for unit in units
     }
+    for _, result in _results(client, futures):
+        yield result
+
+
+def _results(client: Any, futures: dict[Any, WorkUnit]) -> Iterator[tuple[WorkUnit, Any]]:
+    """(unit, result) as futures finish; the first failure cancels the rest and names its unit."""
+    from distributed import as_completed
+
     for future in as_completed(futures):
         unit = futures[future]
         try:
-            yield future.result()
+            yield unit, future.result()
         except BaseException as e:
             client.cancel(list(futures))
             if isinstance(e, BatchnlpError) or not isinstance(e, Exception):
@@ -170,6 +190,7 @@ def _manifest(spec: JobSpec, job_plan: Plan, results: list[PartResult], run_id: 
             "weights": results[0].models.get(task.name) if results else None,
         }
     summary = totals(results)
+    source = Location(spec.input, spec.storage_options)
     return {
         "batchnlp_version": __version__,
         "run_id": run_id,
@@ -177,7 +198,7 @@ def _manifest(spec: JobSpec, job_plan: Plan, results: list[PartResult], run_id: 
         "spec": spec.redacted(),
         "input": {
             "format": job_plan.format,
-            "files": [{"path": redact_url(f.path), "size": f.size, "etag": f.etag} for f in job_plan.files],
+            "files": [{"path": source.display(f.path), "size": f.size, "etag": f.etag} for f in job_plan.files],
         },
         "models": models,
         "device": sorted({r.device for r in results}),

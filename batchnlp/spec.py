@@ -88,6 +88,10 @@ class JobSpec:
         if not isinstance(options, Mapping):
             problems.append("storage_options must be a mapping of fsspec option names to values")
             options = {}
+        if values.get("precision") == "fp16" and values.get("device") == "cpu":
+            problems.append("precision fp16 needs a CUDA device; on CPU use bf16 or int8")
+        if values.get("precision") == "int8" and values.get("device") == "cuda":
+            problems.append("precision int8 (dynamic quantisation) runs on CPU only; on CUDA use bf16 or fp16")
         reserved = {t.name for t in tasks} & {s.get("text_column", "text"), "_error"}
         for name in sorted(reserved):
             problems.append(f"task name {name!r} clashes with an input or reserved column; rename the task")

@@ -41,7 +41,9 @@ def build_classifier(
     """Save a random DistilBERT sequence classifier (config, tokenizer, safetensors) to ``dest``."""
     import torch
     from transformers import AutoTokenizer, DistilBertConfig, DistilBertForSequenceClassification
+    from transformers.utils import logging as transformers_logging
 
+    transformers_logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(vocabulary_dir())
     tokenizer.model_max_length = 512
     config = DistilBertConfig(

@@ -96,6 +96,7 @@ class UnitJob:
     output: Location
     text_column: str
     id_column: str | None
+    schema: pa.Schema  # every part gets exactly these input columns and types
     plugin_name: str
 
 
@@ -113,7 +114,7 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
     """Read, annotate and write one unit; every input row is in the part, valid or not."""
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
-    read = read_unit(job.input, unit, job.text_column)
+    read = read_unit(job.input, unit, job.text_column, job.schema)
     table = read.table
     texts = table.column(job.text_column).to_pylist()
     errors = [error or _text_problem(text) for error, text in zip(read.errors, texts, strict=True)]

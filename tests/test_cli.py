@@ -206,6 +206,38 @@ def test_spec_file_with_flag_override(tmp_path, tiny_model):
     assert not (tmp_path / "wrong").exists()
 
 
+def test_a_write_mode_flag_replaces_the_spec_s_mode(tmp_path):
+    spec = tmp_path / "job.yaml"
+    spec.write_text(f"input: {tmp_path / 'missing.jsonl'}\noutput: {tmp_path / 'o'}\nresume: true\n")
+    result = invoke("--spec", spec, "--overwrite")
+    assert result.exit_code == 2 and "missing.jsonl does not exist" in result.output
+
+
+def test_jsonl_fields_whose_types_drift_between_units_share_one_schema(tmp_path, tiny_model):
+    records = [{"text": f"row {i}", "score": None, "meta": {"a": i}} for i in range(40)]
+    records += [{"text": f"row {i}", "score": i, "meta": {"b": "x"}} for i in range(40, 80)]
+    records += [{"text": f"row {i}", "score": i / 2, "late": True} for i in range(80, 120)]
+    write_jsonl(tmp_path / "in.jsonl", records)
+    result = invoke(
+        tmp_path / "in.jsonl", tmp_path / "o", "--model", f"sentiment={tiny_model}",
+        "--rows-per-partition", "40", "--workers", "1",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    schemas = {pq.read_schema(part).remove_metadata() for part in (tmp_path / "o").glob("part-*.parquet")}
+    assert len(schemas) == 1 and len(list((tmp_path / "o").glob("part-*.parquet"))) >= 3
+    table = read_output(tmp_path / "o")
+    assert table.schema.field("score").type == pa.float64()
+    assert table.column_names[:4] == ["text", "score", "meta", "late"]
+    assert table.column("score").to_pylist() == [None] * 40 + [float(i) for i in range(40, 80)] + [
+        i / 2 for i in range(80, 120)
+    ]
+    import duckdb
+    import pandas as pd
+
+    assert len(pd.read_parquet(tmp_path / "o")) == 120
+    assert duckdb.sql(f"select count(late) from read_parquet('{tmp_path}/o/part-*.parquet')").fetchall() == [(40,)]
+
+
 def test_existing_scheduler_is_used_and_left_running(tmp_path, tiny_model):
     from distributed import Client, LocalCluster
 

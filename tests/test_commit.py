@@ -73,3 +73,12 @@ def test_totals_add_up_parts_and_keep_examples(committer):
     assert summary["rows_in"] == 6 and summary["rejected"] == 2
     assert summary["rejected_by_reason"] == {"text is null": 2}
     assert summary["rejected_examples"][1] == {"part": "part-00001", "row": 2, "id": None, "reason": "text is null"}
+
+
+def test_resume_finishes_a_commit_that_died_between_manifest_and_success(committer):
+    committer.prepare("new", JOB)
+    committer.record(fake_part(committer, 0, b"x"))
+    committer.fs.pipe_file(committer.path("_manifest.json"), b"{}")  # the driver died right here
+    assert sorted(committer.prepare("resume", JOB)) == ["part-00000"]
+    committer.commit({"run_id": "r1", "parts": []})
+    assert committer.finished()

@@ -86,3 +86,10 @@ def test_yaml_errors_name_file_and_line(tmp_path):
 @pytest.mark.parametrize("path", sorted((ROOT / "jobs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_job_specs_validate(path):
     JobSpec.from_settings(load_spec_file(path))
+
+
+def test_precision_that_cannot_run_on_the_device_is_refused_up_front():
+    with pytest.raises(SpecError, match="fp16 needs a CUDA device"):
+        JobSpec.from_settings({"input": "a", "output": "b", "device": "cpu", "precision": "fp16"})
+    with pytest.raises(SpecError, match=r"int8 .* runs on CPU only"):
+        JobSpec.from_settings({"input": "a", "output": "b", "device": "cuda", "precision": "int8"})

@@ -5,12 +5,14 @@ Adding a format is one module with ``plan`` and ``read`` and one line in ``READE
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from types import ModuleType
+
+import pyarrow as pa
 
 from batchnlp.errors import InputError
 from batchnlp.formats import jsonl, parquet
-from batchnlp.formats.base import ReadResult, WorkUnit
+from batchnlp.formats.base import ReadResult, WorkUnit, conform, unify
 from batchnlp.storage import InputFile, Location
 
 READERS: dict[str, ModuleType] = {"jsonl": jsonl, "parquet": parquet}
@@ -24,7 +26,15 @@ _SUFFIXES = {
 
 MIN_AUTO_ROWS, MAX_AUTO_ROWS, UNITS_PER_WORKER = 500, 10_000, 4
 
-__all__ = ["ReadResult", "WorkUnit", "detect_format", "plan_units", "read_unit"]
+__all__ = ["ReadResult", "UnitPlan", "WorkUnit", "detect_format", "plan_units", "read_unit", "unify"]
+
+
+@dataclass(frozen=True)
+class UnitPlan:
+    """The units of a job and, where the format declares one, the schema every part will have."""
+
+    units: list[WorkUnit]
+    schema: pa.Schema | None
 
 
 def detect_format(files: list[InputFile], forced: str | None) -> str:
@@ -56,7 +66,7 @@ def plan_units(
     rows_per_unit: int | None,
     text_column: str,
     workers: int,
-) -> list[WorkUnit]:
+) -> UnitPlan:
     """Cut every file into units, numbered in listing order: same input and settings, same units.
 
     Without an explicit ``rows_per_unit``, units are sized so every worker gets several of
@@ -71,7 +81,9 @@ def plan_units(
         unit_format = "jsonl-lines" if fmt == "jsonl" and jsonl.is_compressed(file.path) else fmt
         for start, stop, rows in layout.cut(rows_per_unit):
             units.append(WorkUnit(len(units), fs.unstrip_protocol(file.path), unit_format, start, stop, rows))
-    return units
+    schemas = [(fs.unstrip_protocol(f.path), layout.schema) for f, layout in zip(files, layouts, strict=True)]
+    known = all(schema is not None for _, schema in schemas)
+    return UnitPlan(units, unify(schemas) if known and schemas else None)
 
 
 def auto_rows_per_unit(total_rows: int, workers: int) -> int:
@@ -79,8 +91,16 @@ def auto_rows_per_unit(total_rows: int, workers: int) -> int:
     return max(MIN_AUTO_ROWS, min(MAX_AUTO_ROWS, -(-total_rows // (UNITS_PER_WORKER * max(1, workers)))))
 
 
-def read_unit(location: Location, unit: WorkUnit, text_column: str) -> ReadResult:
+def read_unit(location: Location, unit: WorkUnit, text_column: str, schema: pa.Schema | None = None) -> ReadResult:
+    """Read one unit; with ``schema``, its columns are conformed to the job's one schema."""
     fs = location.fs
     fmt = "jsonl" if unit.format.startswith("jsonl") else unit.format
-    local_unit = replace(unit, path=fs._strip_protocol(unit.path))
-    return READERS[fmt].read(fs, local_unit, text_column)
+    result = READERS[fmt].read(fs, replace(unit, path=fs._strip_protocol(unit.path)), text_column)
+    if schema is not None:
+        result.table = conform(result.table, schema, unit.describe())
+    return result
+
+
+def unit_schema(location: Location, unit: WorkUnit, text_column: str) -> pa.Schema:
+    """The schema one unit infers on its own (a Dask task: JSONL schemas need the data)."""
+    return read_unit(location, unit, text_column).table.schema

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from batchnlp.errors import InputError
+
 
 @dataclass(frozen=True)
 class WorkUnit:
@@ -27,7 +29,7 @@ class WorkUnit:
         return f"part-{self.index:05d}"
 
     def describe(self) -> str:
-        kind = {"parquet": "row groups", "jsonl": "bytes", "jsonl-lines": "lines"}[self.format]
+        kind = {"parquet": "row groups", "jsonl-lines": "lines"}.get(self.format, "bytes")
         return f"{self.path} {kind} {self.start}-{self.stop}"
 
 
@@ -41,3 +43,37 @@ class ReadResult:
 
     table: pa.Table
     errors: list[str | None]
+
+
+def unify(schemas: list[tuple[str, pa.Schema]]) -> pa.Schema:
+    """One schema for every part, so multi-file readers see one table.
+
+    Types are promoted as Arrow permits (null → any, int → double, struct fields merged);
+    a real conflict (string here, number there) names the two places that disagree.
+    """
+    merged: pa.Schema | None = None
+    first = ""
+    for where, schema in schemas:
+        try:
+            merged = schema if merged is None else pa.unify_schemas([merged, schema], promote_options="permissive")
+        except (pa.ArrowTypeError, pa.ArrowInvalid) as e:
+            raise InputError(
+                f"the input's columns disagree in type between {first} and {where}: {e}. "
+                "Make the column's type consistent across files"
+            ) from e
+        first = first or where
+    return merged if merged is not None else pa.schema([])
+
+
+def conform(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
+    """Reorder, widen and complete a unit's columns to the job's schema (absent columns as nulls)."""
+    columns = []
+    for field in schema:
+        if field.name not in table.column_names:
+            columns.append(pa.nulls(table.num_rows, field.type))
+            continue
+        try:
+            columns.append(table.column(field.name).cast(field.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+            raise InputError(f"{where}: column {field.name!r} cannot be read as {field.type}: {e}") from e
+    return pa.Table.from_arrays(columns, schema=schema.remove_metadata())

@@ -37,6 +37,7 @@ class JsonlLayout:
     size: int
     average_line: float
     lines: int | None  # counted for compressed files, which are cut by line ranges
+    schema = None  # JSON has none: it is inferred from every unit once the cluster runs
 
     @property
     def rows(self) -> int:

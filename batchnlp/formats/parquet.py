@@ -21,6 +21,7 @@ class ParquetLayout:
     """Row counts of a file's row groups, from its footer."""
 
     row_groups: tuple[int, ...]
+    schema: pa.Schema
 
     @property
     def rows(self) -> int:
@@ -47,7 +48,7 @@ def describe(fs: Any, file: InputFile, text_column: str) -> ParquetLayout:
             raise InputError(f"{fs.unstrip_protocol(file.path)} is not a readable Parquet file: {e}") from e
         schema = meta.schema.to_arrow_schema()
     check_text_column(schema, text_column, fs.unstrip_protocol(file.path))
-    return ParquetLayout(tuple(meta.row_group(group).num_rows for group in range(meta.num_row_groups)))
+    return ParquetLayout(tuple(meta.row_group(group).num_rows for group in range(meta.num_row_groups)), schema)
 
 
 def check_text_column(schema: pa.Schema, text_column: str, where: str) -> None:

@@ -15,7 +15,7 @@ from batchnlp.storage import Location, list_input
 
 def plan_and_read(path, rows_per_unit, text_column="text"):
     location = Location(str(path), {})
-    units = plan_units(location, list_input(location), "jsonl", rows_per_unit, text_column, workers=1)
+    units = plan_units(location, list_input(location), "jsonl", rows_per_unit, text_column, workers=1).units
     return units, [read_unit(location, unit, text_column) for unit in units]
 
 
@@ -51,7 +51,7 @@ def test_bad_lines_name_file_and_line_number(tmp_path, line, fragment):
     good = b"".join(json.dumps({"text": f"row {i}"}).encode() + b"\n" for i in range(300))
     path.write_bytes(good + line + b"\n" + good)
     location = Location(str(path), {})
-    units = plan_units(location, list_input(location), "jsonl", 40, "text", workers=1)
+    units = plan_units(location, list_input(location), "jsonl", 40, "text", workers=1).units
     with pytest.raises(InputError, match=rf"bad\.jsonl:301\b.*{fragment}"):
         for unit in units:
             read_unit(location, unit, "text")

@@ -16,7 +16,7 @@ def write(path, table, row_group_size):
 
 def plan(path, rows_per_unit, text_column="text"):
     location = Location(str(path), {})
-    return location, plan_units(location, list_input(location), "parquet", rows_per_unit, text_column, workers=1)
+    return location, plan_units(location, list_input(location), "parquet", rows_per_unit, text_column, workers=1).units
 
 
 def test_units_are_runs_of_whole_row_groups(tmp_path):
@@ -48,7 +48,7 @@ def test_not_a_parquet_file(tmp_path):
 def test_units_are_sized_for_the_workers_without_an_explicit_size(tmp_path):
     table = pa.table({"text": [f"t{i}" for i in range(8000)]})
     location = Location(str(write(tmp_path / "a.parquet", table, 100)), {})
-    units = plan_units(location, list_input(location), "parquet", None, "text", workers=2)
+    units = plan_units(location, list_input(location), "parquet", None, "text", workers=2).units
     assert len(units) == 8 and {u.rows for u in units} == {1000}
-    small = plan_units(location, list_input(location), "parquet", None, "text", workers=64)
+    small = plan_units(location, list_input(location), "parquet", None, "text", workers=64).units
     assert {u.rows for u in small} == {500}, "never below 500 rows a unit"
