@@ -137,12 +137,16 @@ class Committer:
         marker = {"run_id": manifest["run_id"], "manifest_sha256": sha256(data)}
         write_create_only(self.fs, self.path(SUCCESS), _json(marker))
 
+    def previous_job(self) -> dict[str, Any] | None:
+        """The job record an earlier (maybe interrupted) run left, if any."""
+        job_path = self.path(f"{PROGRESS}/{JOB_RECORD}")
+        return json.loads(self.fs.cat_file(job_path)) if self.fs.exists(job_path) else None
+
     def _resumable(self, job_record: dict[str, Any]) -> dict[str, PartResult]:
         """Parts whose record matches this job and whose file has the recorded bytes."""
-        job_path = self.path(f"{PROGRESS}/{JOB_RECORD}")
-        if not self.fs.exists(job_path):
+        previous = self.previous_job()
+        if previous is None:
             return {}
-        previous = json.loads(self.fs.cat_file(job_path))
         changed = [key for key in ("spec_fingerprint", "input_fingerprint") if previous.get(key) != job_record.get(key)]
         if changed:
             what = {"spec_fingerprint": "the job spec", "input_fingerprint": "the input listing or its units"}

@@ -58,6 +58,7 @@ class Plan:
     format: str
     units: list[WorkUnit]
     schema: pa.Schema | None  # None for JSONL until every unit's schema is known
+    rows_per_unit: int
 
     @property
     def fingerprint(self) -> str:
@@ -67,13 +68,15 @@ class Plan:
         return hashlib.sha256(json.dumps([self.format, listing, units]).encode()).hexdigest()
 
 
-def plan(spec: JobSpec) -> Plan:
+def plan(spec: JobSpec, rows_per_unit: int | None = None) -> Plan:
+    """Units for ``spec``; ``rows_per_unit`` (an interrupted run's) overrides automatic sizing."""
     source = Location(spec.input, spec.storage_options)
     files = list_input(source)
     fmt = detect_format(files, spec.input_format)
     workers = (spec.workers or EXTERNAL_WORKERS_GUESS) if spec.scheduler else local_layout(spec.workers)[0]
-    unit_plan = plan_units(source, files, fmt, spec.rows_per_partition, spec.text_column, workers)
-    return Plan(files, fmt, unit_plan.units, unit_plan.schema)
+    rows = spec.rows_per_partition or rows_per_unit
+    unit_plan = plan_units(source, files, fmt, rows, spec.text_column, workers)
+    return Plan(files, fmt, unit_plan.units, unit_plan.schema, unit_plan.rows_per_unit)
 
 
 def run(spec: JobSpec, on_part: Callable[[PartResult], None] | None = None) -> RunSummary:
@@ -83,11 +86,13 @@ def run(spec: JobSpec, on_part: Callable[[PartResult], None] | None = None) -> R
     started = time.perf_counter()
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     output = Location(spec.output, spec.storage_options)
-    job_plan = plan(spec)
+    committer = Committer(output)
+    # Automatic unit sizing depends on the machine: a resumed run reuses the interrupted one's.
+    previous = committer.previous_job() if spec.mode == "resume" else None
+    job_plan = plan(spec, previous.get("rows_per_unit") if previous else None)
     for task in spec.tasks:
         check_ref(task.model, spec.storage_options)
     check_output(output)
-    committer = Committer(output)
     if spec.mode == "resume" and committer.finished():
         manifest = committer.read_manifest()
         return RunSummary(
@@ -97,6 +102,7 @@ def run(spec: JobSpec, on_part: Callable[[PartResult], None] | None = None) -> R
         "run_id": run_id,
         "spec_fingerprint": spec.fingerprint(),
         "input_fingerprint": job_plan.fingerprint,
+        "rows_per_unit": job_plan.rows_per_unit,
         "spec": spec.redacted(),
     }
     kept = committer.prepare(spec.mode, job_record)

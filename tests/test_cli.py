@@ -206,6 +206,25 @@ def test_spec_file_with_flag_override(tmp_path, tiny_model):
     assert not (tmp_path / "wrong").exists()
 
 
+def test_resume_recomputes_only_units_without_an_intact_part(tmp_path, tiny_model):
+    write_jsonl(tmp_path / "in.jsonl", [{"id": i, "text": f"review number {i} " * (i % 7 + 1)} for i in range(2400)])
+    args = [tmp_path / "in.jsonl", tmp_path / "o", "--model", f"sentiment={tiny_model}", "--workers", "1"]
+    assert invoke(*args).exit_code == 0
+    out = tmp_path / "o"
+    before = {p.name: p.read_bytes() for p in out.glob("part-*.parquet")}
+    assert len(before) == 4, "automatic sizing: 4 units for one worker"
+    # An interrupted run: no commit yet, one part lost, one torn.
+    (out / "_SUCCESS").unlink()
+    (out / "_manifest.json").unlink()
+    (out / "part-00001.parquet").unlink()
+    (out / "part-00002.parquet").write_bytes(b"torn")
+    resumed = invoke(*args, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert "2 parts kept from the interrupted run" in resumed.output
+    assert {p.name: p.read_bytes() for p in out.glob("part-*.parquet")} == before, "same bytes, deterministic"
+    assert read_output(out).column("id").to_pylist() == list(range(2400))
+
+
 def test_a_write_mode_flag_replaces_the_spec_s_mode(tmp_path):
     spec = tmp_path / "job.yaml"
     spec.write_text(f"input: {tmp_path / 'missing.jsonl'}\noutput: {tmp_path / 'o'}\nresume: true\n")

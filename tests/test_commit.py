@@ -82,3 +82,9 @@ def test_resume_finishes_a_commit_that_died_between_manifest_and_success(committ
     assert sorted(committer.prepare("resume", JOB)) == ["part-00000"]
     committer.commit({"run_id": "r1", "parts": []})
     assert committer.finished()
+
+
+def test_the_job_record_is_readable_for_a_resumed_run(committer):
+    assert committer.previous_job() is None
+    committer.prepare("new", {**JOB, "rows_per_unit": 1234})
+    assert committer.previous_job()["rows_per_unit"] == 1234

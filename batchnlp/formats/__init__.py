@@ -35,6 +35,7 @@ class UnitPlan:
 
     units: list[WorkUnit]
     schema: pa.Schema | None
+    rows_per_unit: int
 
 
 def detect_format(files: list[InputFile], forced: str | None) -> str:
@@ -83,7 +84,7 @@ def plan_units(
             units.append(WorkUnit(len(units), fs.unstrip_protocol(file.path), unit_format, start, stop, rows))
     schemas = [(fs.unstrip_protocol(f.path), layout.schema) for f, layout in zip(files, layouts, strict=True)]
     known = all(schema is not None for _, schema in schemas)
-    return UnitPlan(units, unify(schemas) if known and schemas else None)
+    return UnitPlan(units, unify(schemas) if known and schemas else None, rows_per_unit)
 
 
 def auto_rows_per_unit(total_rows: int, workers: int) -> int:
