@@ -25,6 +25,9 @@ Examples:
       --model classify=s3://models/topics/ --top-k 3
   batchnlp run reviews.parquet out/ --model sentiment=./my-sst2-checkpoint --workers 2
   batchnlp run --spec jobs/nightly-sentiment.yaml --overwrite
+  batchnlp run contracts.parquet out/ --task qa --text-column body --question-column question
+  batchnlp run tickets/ out/ --task qa --question "What product is affected?" --allow-no-answer
+  batchnlp run --spec jobs/contract-fields.yaml     # several named questions per document
 """
 
 # CLI option name → settings key of the job spec, where they differ.
@@ -50,7 +53,8 @@ def main() -> None:
     "--task",
     multiple=True,
     metavar="NAME",
-    help="Task to run, repeatable: sentiment, classify. Default: sentiment. Example: --task sentiment --task classify",
+    help="Task to run, repeatable: sentiment, classify, qa. Default: sentiment. "
+    "Example: --task sentiment --task classify",
 )
 @click.option(
     "--model",
@@ -63,6 +67,34 @@ def main() -> None:
     "--top-k",
     type=click.IntRange(min=1),
     help="classify: also keep the N best labels in a top_k list. Example: --top-k 3",
+)
+@click.option(
+    "--question",
+    metavar="TEXT",
+    help='qa: ask every row this question. Example: --question "Who is the buyer?"',
+)
+@click.option(
+    "--question-column",
+    metavar="NAME",
+    help="qa: column (JSONL field) holding each row's question. Example: --question-column question",
+)
+@click.option(
+    "--doc-stride",
+    type=click.IntRange(min=0),
+    help="qa: tokens of overlap between the windows of a long text. Default: 128 (at most half of --max-length). "
+    "Example: --doc-stride 64",
+)
+@click.option(
+    "--max-answer-length",
+    type=click.IntRange(min=1),
+    help="qa: longest answer in tokens. Default: 15. Example: --max-answer-length 30",
+)
+@click.option(
+    "--allow-no-answer",
+    is_flag=True,
+    default=None,
+    help="qa: answer empty (score = the null score) when no span beats it, for SQuAD2-style models. "
+    "Example: --allow-no-answer",
 )
 @click.option(
     "--input-format",
@@ -101,7 +133,8 @@ def main() -> None:
 @click.option(
     "--max-length",
     type=click.IntRange(min=8),
-    help="Truncate texts to N tokens. Default: the model's maximum (512 for DistilBERT). Example: --max-length 256",
+    help="Truncate texts to N tokens; qa cuts longer texts into windows of N tokens instead. Default: the model's "
+    "maximum (512 for DistilBERT), 384 for qa. Example: --max-length 256",
 )
 @click.option(
     "--tokens-per-batch",

@@ -69,10 +69,13 @@ class Engine:
         input_ids: Sequence[Sequence[int]],
         pad_id: int,
         head: Callable[[Any], Any],
+        token_type_ids: Sequence[Sequence[int]] | None = None,
     ) -> tuple[list[np.ndarray], BatchStats]:
         """Run ``model`` over every row; ``head(outputs)`` picks a ``[batch, ...]`` tensor.
 
-        Returns one numpy row per input row, in input order.
+        ``token_type_ids`` (one list per row, padded with 0) is for models that tell a question
+        from its context by segment, such as BERT; DistilBERT takes none. Returns one numpy row
+        per input row, in input order, still padded to its batch's width along the token axis.
         """
         import torch
 
@@ -83,11 +86,17 @@ class Engine:
             width = padded_length(max(lengths[i] for i in batch))
             ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
+            types = torch.zeros((len(batch), width), dtype=torch.long)
             for row, index in enumerate(batch):
                 ids[row, : lengths[index]] = torch.as_tensor(input_ids[index])
                 mask[row, : lengths[index]] = 1
+                if token_type_ids is not None:
+                    types[row, : lengths[index]] = torch.as_tensor(token_type_ids[index])
+            inputs = {"input_ids": ids, "attention_mask": mask}
+            if token_type_ids is not None:
+                inputs["token_type_ids"] = types
             with torch.inference_mode(), self._autocast():
-                outputs = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
+                outputs = model(**{key: value.to(self.device) for key, value in inputs.items()})
                 values = head(outputs).float().cpu().numpy()
             for row, index in enumerate(batch):
                 results[index] = values[row]

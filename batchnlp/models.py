@@ -92,15 +92,29 @@ def weight_checksums(directory: Path) -> dict[str, str]:
 
 def load_sequence_classifier(directory: Path, ref: str) -> tuple[Any, Any]:
     """(tokenizer, model) in fp32 on the CPU; the engine moves and converts the model."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
+
+    return _load(directory, ref, AutoModelForSequenceClassification, "a sequence classifier")
+
+
+def load_question_answerer(directory: Path, ref: str) -> tuple[Any, Any]:
+    """(tokenizer, model) of an extractive QA checkpoint (start/end logits), fp32 on the CPU."""
+    from transformers import AutoModelForQuestionAnswering
+
+    return _load(directory, ref, AutoModelForQuestionAnswering, "a question-answering model")
+
+
+def _load(directory: Path, ref: str, auto_class: Any, what: str) -> tuple[Any, Any]:
+    """Safetensors only, no remote code, and a fast tokenizer: tasks need its offsets and windows."""
+    from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model = auto_class.from_pretrained(
             directory, use_safetensors=True, trust_remote_code=False, attn_implementation="sdpa"
         )
     except (OSError, ValueError, KeyError) as e:
-        raise ModelError(f"cannot load model {ref!r} as a sequence classifier: {e}") from e
+        raise ModelError(f"cannot load model {ref!r} as {what}: {e}") from e
     if not getattr(tokenizer, "is_fast", False):
         raise ModelError(f"model {ref!r} has no fast tokenizer (tokenizer.json); batchnlp needs one")
     return tokenizer, model.eval()

@@ -21,7 +21,7 @@ import pyarrow as pa
 from batchnlp import __version__
 from batchnlp.cluster import connect, local_layout
 from batchnlp.commit import Committer, PartResult, totals
-from batchnlp.errors import BatchnlpError, JobFailed
+from batchnlp.errors import BatchnlpError, InputError, JobFailed
 from batchnlp.formats import WorkUnit, detect_format, plan_units, unify, unit_schema
 from batchnlp.models import check_ref
 from batchnlp.redaction import redact_url
@@ -131,6 +131,7 @@ def run(spec: JobSpec, on_part: Callable[[PartResult], None] | None = None) -> R
             schema = job_plan.schema
             if schema is None:
                 schema = _infer_schema(client, source, job_plan.units, spec.text_column)
+            _check_question_columns(spec, schema)
             job = UnitJob(source, output, spec.text_column, spec.id_column, schema, settings.plugin_name)
             client.register_plugin(ModelPlugin(settings), name=settings.plugin_name)
             for result in _collect(client, run_unit, todo, job, run_id):
@@ -155,6 +156,16 @@ def _infer_schema(client: Any, source: Location, units: list[WorkUnit], text_col
     futures = {client.submit(unit_schema, source, unit, text_column, pure=False): unit for unit in units}
     schemas = {unit.id: schema for unit, schema in _results(client, futures)}
     return unify([(unit.describe(), schemas[unit.id]) for unit in units])
+
+
+def _check_question_columns(spec: JobSpec, schema: pa.Schema) -> None:
+    """A misspelt --question-column stops the job before inference, not after rejecting every row."""
+    for task in spec.tasks:
+        if task.question_column and task.question_column not in schema.names:
+            raise InputError(
+                f"task {task.name!r} reads questions from column {task.question_column!r}, which the input "
+                f"does not have; columns found: {', '.join(schema.names)}. Pass --question-column NAME"
+            )
 
 
 def _collect(

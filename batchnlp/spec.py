@@ -22,6 +22,9 @@ InputFormat = Literal["jsonl", "parquet"]
 WriteMode = Literal["new", "overwrite", "resume"]
 
 DEFAULT_TOKENS_PER_BATCH = 8_192
+DEFAULT_MAX_ANSWER_LENGTH = 15  # tokens, as transformers' question-answering pipeline
+QA_KEYS = ("question", "question_column", "doc_stride", "max_answer_length", "allow_no_answer")
+TASK_KEYS = ("name", "task", "model", "top_k", *QA_KEYS)
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,13 @@ class TaskSpec:
     kind: str
     model: str
     top_k: int | None = None
+    # qa only: a fixed question or the column holding each row's question (exactly one), and
+    # how contexts are windowed and answers bounded (None: derived from --max-length).
+    question: str | None = None
+    question_column: str | None = None
+    doc_stride: int | None = None
+    max_answer_length: int | None = None
+    allow_no_answer: bool = False
 
 
 @dataclass(frozen=True)
@@ -62,7 +72,7 @@ class JobSpec:
         """
         problems: list[str] = []
         s = {key.replace("-", "_"): value for key, value in settings.items() if value is not None}
-        known = {f.name for f in dataclasses.fields(cls)} | {"models", "top_k", "overwrite", "resume"}
+        known = {f.name for f in dataclasses.fields(cls)} | {"models", "top_k", "overwrite", "resume", *QA_KEYS}
         for key in sorted(set(s) - known):
             problems.append(f"unknown setting {key!r}; known settings: {', '.join(sorted(known))}")
 
@@ -92,7 +102,8 @@ class JobSpec:
             problems.append("precision fp16 needs a CUDA device; on CPU use bf16 or int8")
         if values.get("precision") == "int8" and values.get("device") == "cuda":
             problems.append("precision int8 (dynamic quantisation) runs on CPU only; on CUDA use bf16 or fp16")
-        reserved = {t.name for t in tasks} & {s.get("text_column", "text"), "_error"}
+        inputs = {s.get("text_column", "text"), "_error", *(t.question_column for t in tasks if t.question_column)}
+        reserved = {t.name for t in tasks} & inputs
         for name in sorted(reserved):
             problems.append(f"task name {name!r} clashes with an input or reserved column; rename the task")
         if problems:
@@ -165,6 +176,8 @@ def _tasks_from_settings(s: Mapping[str, Any], problems: list[str]) -> list[Task
             problems.append(f"a task must be a name or a mapping with 'name', got {entry!r}")
             continue
         name = item.get("name", item.get("task"))
+        for key in sorted(set(item) - set(TASK_KEYS)):
+            problems.append(f"task {name!r} has an unknown key {key!r}; task keys: {', '.join(TASK_KEYS)}")
         kind = item.get("task", name)
         if kind not in TASKS:
             problems.append(f"unknown task {kind!r}; available tasks: {', '.join(sorted(TASKS))}")
@@ -178,13 +191,56 @@ def _tasks_from_settings(s: Mapping[str, Any], problems: list[str]) -> list[Task
             if not TASKS[kind].supports_top_k:
                 problems.append(f"task {name!r} ({kind}) does not take top_k")
             top_k = _positive_int(f"top_k of task {name!r}", top_k, problems)
-        tasks.append(TaskSpec(name=name, kind=kind, model=str(model), top_k=top_k))
+        qa = _qa_settings(name, kind, item, s, problems)
+        tasks.append(TaskSpec(name=name, kind=kind, model=str(model), top_k=top_k, **qa))
     names = [t.name for t in tasks]
+    given = [key for key in QA_KEYS if key in s]
+    if given and not any(TASKS[t.kind].takes_question for t in tasks):
+        problems.append(f"{', '.join(given)} apply to qa tasks only, and this job has none (add --task qa)")
     for name in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"task {name!r} is given twice; give each task a distinct name in a job spec")
     for name in sorted(set(models) - set(names)):
         problems.append(f"--model {name}=... names no task of this job (tasks: {', '.join(names)})")
     return tasks
+
+
+def _qa_settings(name: str, kind: str, item: Mapping[str, Any], s: Mapping[str, Any], problems: list[str]) -> dict:
+    """A qa task's question and span settings: its own keys, else the job-level ones.
+
+    A task that names its own question or question column replaces both job-level ones, so a
+    spec can set ``question_column`` for most tasks and a fixed ``question`` for one.
+    """
+    from batchnlp.tasks import TASKS
+
+    if not TASKS[kind].takes_question:
+        for key in sorted(set(QA_KEYS) & set(item)):
+            problems.append(f"task {name!r} ({kind}) does not take {key}; only qa tasks do")
+        return {}
+    defaults = {key: s.get(key) for key in QA_KEYS}
+    if "question" in item or "question_column" in item:
+        defaults.update(question=None, question_column=None)
+    value = {key: item.get(key, defaults[key]) for key in QA_KEYS}
+    if (value["question"] is None) == (value["question_column"] is None):
+        problems.append(
+            f"task {name!r} (qa) needs exactly one of question (--question TEXT) or question_column "
+            "(--question-column NAME)"
+        )
+    for key in ("question", "question_column"):
+        if value[key] is not None and not (isinstance(value[key], str) and value[key].strip()):
+            problems.append(f"{key} of task {name!r} must be a non-empty string, got {value[key]!r}")
+    if value["doc_stride"] is not None:
+        value["doc_stride"] = _positive_int(f"doc_stride of task {name!r}", value["doc_stride"], problems, minimum=0)
+        stride, window = value["doc_stride"], s.get("max_length")
+        if isinstance(stride, int) and isinstance(window, int) and stride >= window:
+            problems.append(f"doc_stride of task {name!r} must be less than max_length ({s['max_length']})")
+    if value["max_answer_length"] is None:
+        value["max_answer_length"] = DEFAULT_MAX_ANSWER_LENGTH
+    _positive_int(f"max_answer_length of task {name!r}", value["max_answer_length"], problems)
+    if value["allow_no_answer"] is None:
+        value["allow_no_answer"] = False
+    if not isinstance(value["allow_no_answer"], bool):
+        problems.append(f"allow_no_answer of task {name!r} must be true or false, got {value['allow_no_answer']!r}")
+    return value
 
 
 def _write_mode(s: Mapping[str, Any], problems: list[str]) -> WriteMode:
@@ -204,7 +260,8 @@ def _choice(name: str, value: Any, kind: Any, problems: list[str]) -> Any:
     return value
 
 
-def _positive_int(name: str, value: Any, problems: list[str]) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        problems.append(f"{name} must be a positive integer, got {value!r}")
+def _positive_int(name: str, value: Any, problems: list[str], minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
+        problems.append(f"{name} must be {what}, got {value!r}")
     return value

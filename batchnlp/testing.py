@@ -7,6 +7,7 @@ a random model mean nothing; speed and plumbing do not depend on them.
 
     python -m batchnlp.testing /tmp/tiny-sentiment            # tiny, 2 labels
     python -m batchnlp.testing /tmp/base-topics --size base --labels world,sports,business,tech
+    python -m batchnlp.testing /tmp/tiny-qa --qa                # extractive QA (start/end logits)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 SIZES = {
     "tiny": {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64},
@@ -39,25 +41,50 @@ def build_classifier(
     seed: int = 0,
 ) -> Path:
     """Save a random DistilBERT sequence classifier (config, tokenizer, safetensors) to ``dest``."""
+    from transformers import DistilBertForSequenceClassification
+
+    problem_type = "multi_label_classification" if multi_label else "single_label_classification"
+    return _build(
+        dest,
+        DistilBertForSequenceClassification,
+        size,
+        seed,
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        problem_type=problem_type,
+    )
+
+
+def build_question_answerer(dest: str | Path, *, size: str = "tiny", cased: bool = False, seed: int = 0) -> Path:
+    """Save a random DistilBERT extractive QA model (start/end logits) to ``dest``.
+
+    ``cased=True`` keeps case and accents in the tokenizer, as ``distilbert-base-cased`` does,
+    so character offsets are tested on text the tokenizer did not normalise (the vocabulary
+    stays lower-case, so capitalised words split into more pieces or [UNK]).
+    """
+    from transformers import DistilBertForQuestionAnswering
+
+    return _build(dest, DistilBertForQuestionAnswering, size, seed, do_lower_case=not cased)
+
+
+def _build(dest: str | Path, model_class: Any, size: str, seed: int, do_lower_case: bool = True, **labels: Any) -> Path:
     import torch
-    from transformers import AutoTokenizer, DistilBertConfig, DistilBertForSequenceClassification
+    from transformers import AutoTokenizer, DistilBertConfig
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
-    tokenizer = AutoTokenizer.from_pretrained(vocabulary_dir())
+    tokenizer = AutoTokenizer.from_pretrained(vocabulary_dir(), do_lower_case=do_lower_case)
     tokenizer.model_max_length = 512
     config = DistilBertConfig(
         vocab_size=tokenizer.vocab_size,
         max_position_embeddings=512,
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
-        problem_type="multi_label_classification" if multi_label else "single_label_classification",
         # A wide initialisation spreads the logits, so labels do not hinge on rounding noise.
         initializer_range=0.2 if size == "tiny" else 0.02,
+        **labels,
         **SIZES[size],
     )
     torch.manual_seed(seed)
-    model = DistilBertForSequenceClassification(config).eval()
+    model = model_class(config).eval()
     dest = Path(dest)
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
@@ -65,13 +92,17 @@ def build_classifier(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Save a random-weight DistilBERT classifier.")
+    parser = argparse.ArgumentParser(description="Save a random-weight DistilBERT classifier or QA model.")
     parser.add_argument("dest")
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--labels", default="NEGATIVE,POSITIVE", help="comma-separated label names")
     parser.add_argument("--multi-label", action="store_true")
+    parser.add_argument("--qa", action="store_true", help="an extractive question-answering model instead")
     args = parser.parse_args(argv)
-    path = build_classifier(args.dest, args.labels.split(","), multi_label=args.multi_label, size=args.size)
+    if args.qa:
+        path = build_question_answerer(args.dest, size=args.size)
+    else:
+        path = build_classifier(args.dest, args.labels.split(","), multi_label=args.multi_label, size=args.size)
     print(path)
 
 

@@ -8,6 +8,7 @@ through the scheduler: only the plugin's small description travels.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import os
@@ -26,6 +27,7 @@ from batchnlp.errors import InputError, JobFailed
 from batchnlp.formats import WorkUnit, parquet, read_unit
 from batchnlp.spec import TaskSpec
 from batchnlp.storage import Location, write_atomic
+from batchnlp.tasks.base import value_problem
 
 EXAMPLES_PER_PART = 5
 
@@ -45,7 +47,7 @@ class ModelSettings:
     @property
     def plugin_name(self) -> str:
         """Distinct per model set, so jobs sharing a cluster do not replace each other's models."""
-        key = json.dumps([[t.name, t.kind, t.model, t.top_k] for t in self.tasks] + [self.device, self.precision])
+        key = json.dumps([list(dataclasses.astuple(t)) for t in self.tasks] + [self.device, self.precision])
         return "batchnlp-models-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
@@ -117,9 +119,8 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
     read = read_unit(job.input, unit, job.text_column, job.schema)
     table = read.table
     texts = table.column(job.text_column).to_pylist()
-    errors = [error or _text_problem(text) for error, text in zip(read.errors, texts, strict=True)]
-    valid = [i for i, error in enumerate(errors) if error is None]
-    positions = pa.array(_positions(errors), pa.int64())
+    text_errors = [error or value_problem(text, "text") for error, text in zip(read.errors, texts, strict=True)]
+    errors = list(text_errors)
     seconds["read"] = time.perf_counter() - clock
 
     tokens = padded = 0
@@ -127,8 +128,13 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
         if name in table.column_names:
             raise InputError(f"{unit.path} already has a column {name!r}; give the task another name in a job spec")
         clock = time.perf_counter()
-        column, stats = task.annotate([texts[i] for i in valid])
+        problems = [error or problem for error, problem in zip(text_errors, task.row_problems(table), strict=True)]
+        valid = [i for i, problem in enumerate(problems) if problem is None]
+        column, stats = task.annotate([texts[i] for i in valid], table.take(valid))
+        positions = pa.array(_positions(problems), pa.int64())
         table = table.append_column(pa.field(name, task.output_type), column.take(positions))
+        # _error keeps the first reason a row was not annotated: its text's, else a task's.
+        errors = [error or problem for error, problem in zip(errors, problems, strict=True)]
         tokens += stats.tokens
         padded += stats.padded_tokens
         seconds[f"model:{name}"] = time.perf_counter() - clock
@@ -160,7 +166,7 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
         part=part,
         rows_in=len(errors),
         rows_out=table.num_rows,
-        rejected=len(errors) - len(valid),
+        rejected=len(errors) - errors.count(None),
         reasons=reasons,
         rejected_examples=examples,
         tokens=tokens,
@@ -174,14 +180,6 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
         models_loaded_at=plugin.loaded_at,
         models=plugin.checksums,
     )
-
-
-def _text_problem(text: Any) -> str | None:
-    if text is None:
-        return "text is null"
-    if not text.strip():
-        return "text is empty or whitespace"
-    return None
 
 
 def _positions(errors: list[str | None]) -> list[int | None]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from batchnlp.testing import build_classifier
+from batchnlp.testing import build_classifier, build_question_answerer
 from tests.s3proxy import S3Proxy
 
 S3_ENV = {
@@ -49,6 +49,11 @@ def topics_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def multilabel_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     labels = ["price", "quality", "service", "delivery"]
     return build_classifier(tmp_path_factory.mktemp("models") / "aspects", labels, multi_label=True, seed=2)
+
+
+@pytest.fixture(scope="session")
+def qa_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_question_answerer(tmp_path_factory.mktemp("models") / "qa")
 
 
 @pytest.fixture(scope="session")

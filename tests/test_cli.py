@@ -287,3 +287,35 @@ def test_real_subprocess_run_and_help(tmp_path, tiny_model):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "wrote 2 rows (1 rejected)" in done.stdout
+
+
+def test_qa_answers_a_question_column_and_named_questions_from_a_spec(tmp_path, qa_model):
+    contexts = corpus.texts(30, seed=21)
+    records = [{"id": i, "text": c, "question": "Who is the buyer?"} for i, c in enumerate(contexts)]
+    records += [
+        {"id": 30, "text": "The buyer is John.", "question": None},
+        {"id": 31, "text": None, "question": "Who?"},
+    ]
+    source = write_jsonl(tmp_path / "in.jsonl", records)
+    result = invoke(source, tmp_path / "col", "--task", "qa", "--question-column", "question",
+                    "--model", f"qa={qa_model}", "--workers", "1")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    table = read_output(tmp_path / "col")
+    answers = table.column("qa").to_pylist()
+    assert table.column_names == ["id", "text", "question", "qa", "_error"]
+    assert all(c[a["start"] : a["end"]] == a["answer"] for a, c in zip(answers[:30], contexts, strict=True))
+    assert answers[30:] == [None, None]
+    assert table.column("_error").to_pylist()[29:] == [None, "question is null", "text is null"]
+
+    spec = tmp_path / "fields.yaml"
+    spec.write_text(
+        f"input: {source}\noutput: {tmp_path / 'named'}\nworkers: 1\n"
+        f"tasks:\n  - {{name: party, task: qa, question: 'Who is the buyer?', model: {qa_model}}}\n"
+        f"  - {{name: price, task: qa, question: 'What is the price?', model: {qa_model}}}\n"
+    )
+    assert invoke("--spec", spec).exit_code == 0
+    named = read_output(tmp_path / "named")
+    assert named.column("party").to_pylist()[:30] == answers[:30], "same question, same answers"
+    assert named.column("price").null_count == 1 and named.column("_error").to_pylist()[30:] == [None, "text is null"]
+    bad = invoke(source, tmp_path / "o", "--task", "qa", "--model", f"qa={qa_model}", "--question-column", "q")
+    assert bad.exit_code == 2 and "column 'q', which the input does not have" in bad.output

@@ -21,6 +21,7 @@ class TaskInfo:
     default_model: str | None
     supports_top_k: bool
     help: str
+    takes_question: bool = False  # qa: --question / --question-column and the span settings
 
     def load(self) -> type[Task]:
         module, _, name = self.target.partition(":")
@@ -39,5 +40,12 @@ TASKS: dict[str, TaskInfo] = {
         default_model=None,
         supports_top_k=True,
         help="any sequence-classification checkpoint; --top-k N keeps the N best labels",
+    ),
+    "qa": TaskInfo(
+        target="batchnlp.tasks.qa:QuestionAnswering",
+        default_model="distilbert/distilbert-base-cased-distilled-squad",
+        supports_top_k=False,
+        help="extractive question answering: the span of the text that answers --question or --question-column",
+        takes_question=True,
     ),
 }

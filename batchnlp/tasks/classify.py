@@ -39,7 +39,7 @@ class Classify(Task):
             fields.append(pa.field("top_k", pa.list_(LABEL_SCORE)))
         return pa.struct(fields)
 
-    def annotate(self, texts: list[str]) -> tuple[pa.Array, BatchStats]:
+    def annotate(self, texts: list[str], rows: pa.Table | None = None) -> tuple[pa.Array, BatchStats]:
         input_ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"] if texts else []
         rows, stats = self.engine.run(self.model, input_ids, self.tokenizer.pad_token_id, lambda out: out.logits)
         logits = np.stack(rows) if rows else np.zeros((0, len(self.labels)), dtype=np.float32)

@@ -1,0 +1,173 @@
+"""Extractive question answering: the span of each text that answers a question.
+
+Answers equal transformers 4.x's ``QuestionAnsweringPipeline`` (removed in 5.x) with the same
+checkpoint and settings: the question goes first (second for left-padding tokenizers), long
+contexts are cut into windows of ``max_length`` tokens overlapping by ``doc_stride``, spans are
+scored as in :mod:`batchnlp.tasks.spans`, widened to whole words, and windows whose answers are
+the same text (ignoring case) add their scores, the first window's position kept.
+
+Unlike the pipeline, which runs one window at a time, the windows of every row of a unit are
+batched together by length through the shared :class:`~batchnlp.engine.Engine`, and the span
+search runs over whole chunks of windows at once.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from batchnlp.engine import BatchStats, Engine
+from batchnlp.models import load_question_answerer
+from batchnlp.spec import TaskSpec
+from batchnlp.tasks.base import Task, value_problem
+from batchnlp.tasks.spans import best_spans, word_bounds
+
+ANSWER = pa.struct([("answer", pa.string()), ("score", pa.float32()), ("start", pa.int32()), ("end", pa.int32())])
+DEFAULT_MAX_LENGTH = 384  # the pipeline's max_seq_len
+DEFAULT_DOC_STRIDE = 128
+WINDOWS_PER_CHUNK = 512  # bounds the span search's memory: 512 × 384 × 15 floats ≈ 12 MB
+
+
+class QuestionAnswering(Task):
+    def __init__(self, spec: TaskSpec, directory: Path, engine: Engine, max_length: int | None) -> None:
+        super().__init__(spec, directory, engine, max_length)
+        self.tokenizer, model = load_question_answerer(directory, spec.model)
+        self.model = engine.prepare(model)
+        # The pipeline's defaults: windows of at most 384 tokens, overlapping by at most half a window.
+        limits = [
+            max_length or DEFAULT_MAX_LENGTH,
+            self.tokenizer.model_max_length,
+            model.config.max_position_embeddings,
+        ]
+        self.max_length = min(limit for limit in limits if limit)
+        stride = spec.doc_stride
+        self.doc_stride = min(self.max_length // 2, DEFAULT_DOC_STRIDE) if stride is None else stride
+        self.question_first = self.tokenizer.padding_side == "right"
+        self.context_index = 1 if self.question_first else 0
+        self.token_types = "token_type_ids" in inspect.signature(model.forward).parameters
+
+    @property
+    def output_type(self) -> pa.DataType:
+        return ANSWER
+
+    def row_problems(self, table: pa.Table) -> list[str | None]:
+        """A question that is missing, blank, not a string, or too long to leave room for context."""
+        if self.spec.question is not None:
+            questions: list = [self.spec.question] * table.num_rows
+        elif self.spec.question_column not in table.column_names:
+            return [f"no {self.spec.question_column!r} field"] * table.num_rows
+        else:
+            column = table.column(self.spec.question_column)
+            if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
+                problem = f"question column {self.spec.question_column!r} is {column.type}, not a string"
+                return [problem] * table.num_rows
+            questions = column.to_pylist()
+        problems = [value_problem(question, "question") for question in questions]
+        usable = [question for question, problem in zip(questions, problems, strict=True) if problem is None]
+        room = self.max_length - self.tokenizer.num_special_tokens_to_add(pair=True) - self.doc_stride
+        lengths = iter(len(ids) for ids in self._tokens(usable))
+        for i, problem in enumerate(problems):
+            if problem is None and (length := next(lengths)) >= room:
+                problems[i] = (
+                    f"question is {length} tokens; with max_length {self.max_length} and doc_stride "
+                    f"{self.doc_stride} it must be under {room}"
+                )
+        return problems
+
+    def annotate(self, texts: list[str], rows: pa.Table | None = None) -> tuple[pa.Array, BatchStats]:
+        if self.spec.question is not None:
+            questions = [self.spec.question] * len(texts)
+        else:
+            questions = rows.column(self.spec.question_column).to_pylist()
+        return self.answer(texts, questions)
+
+    def answer(self, contexts: list[str], questions: list[str]) -> tuple[pa.Array, BatchStats]:
+        """The best answer to each question in its context, and the batching statistics."""
+        if not contexts:
+            return pa.array([], ANSWER), BatchStats()
+        pairs = (questions, contexts) if self.question_first else (contexts, questions)
+        encoded = self.tokenizer(
+            *pairs,
+            truncation="only_second" if self.question_first else "only_first",
+            max_length=self.max_length,
+            stride=self.doc_stride,
+            return_overflowing_tokens=True,
+            return_offsets_mapping=True,
+            return_token_type_ids=self.token_types,
+        )
+        logits, stats = self.engine.run(
+            self.model,
+            encoded["input_ids"],
+            self.tokenizer.pad_token_id,
+            _start_end,
+            encoded["token_type_ids"] if self.token_types else None,
+        )
+        best: list[dict[str, dict]] = [{} for _ in contexts]  # per row: answer.lower() → answer
+        null = np.full(len(contexts), np.inf, np.float32)
+        rows = np.asarray(encoded["overflow_to_sample_mapping"])
+        for chunk in range(0, len(logits), WINDOWS_PER_CHUNK):
+            windows = range(chunk, min(chunk + WINDOWS_PER_CHUNK, len(logits)))
+            self._collect(encoded, logits, windows, rows, contexts, best, null)
+        return self._choose(best, null), stats
+
+    def _collect(self, encoded, logits, windows, rows, contexts, best, null) -> None:
+        """Decode a chunk of windows and fold each window's answer into its row's candidates."""
+        width = max(len(encoded["input_ids"][w]) for w in windows)
+        lengths = np.array([len(encoded["input_ids"][w]) for w in windows])
+        stacked = np.zeros((len(windows), width, 2), np.float32)
+        ids = np.full((len(windows), width), -1)
+        sequences = np.full((len(windows), width), -1)
+        words = np.full((len(windows), width), -1)
+        offsets = np.zeros((len(windows), width, 2), np.int64)
+        for row, w in enumerate(windows):
+            n = lengths[row]
+            stacked[row, :n] = logits[w][:n]
+            ids[row, :n] = encoded["input_ids"][w]
+            sequences[row, :n] = [-1 if s is None else s for s in encoded.sequence_ids(w)]
+            words[row, :n] = [-1 if s is None else s for s in encoded.word_ids(w)]
+            offsets[row, :n] = encoded["offset_mapping"][w]
+        allowed = (sequences == self.context_index) | (ids == self.tokenizer.cls_token_id)
+        spans = best_spans(stacked, lengths, allowed, self.spec.max_answer_length)
+        first, last = word_bounds(words, sequences)
+        picked = np.arange(len(windows))
+        char_starts = offsets[picked, first[picked, spans.starts], 0]
+        char_ends = offsets[picked, last[picked, spans.ends], 1]
+        window_rows = rows[windows.start : windows.stop]
+        np.minimum.at(null, window_rows, spans.null_scores)
+        for k in np.flatnonzero(spans.found):
+            row = window_rows[k]
+            text = contexts[row][char_starts[k] : char_ends[k]]
+            seen = best[row].get(text.lower())
+            if seen:
+                seen["score"] += float(spans.scores[k])
+            else:
+                best[row][text.lower()] = {
+                    "answer": text,
+                    "score": float(spans.scores[k]),
+                    "start": int(char_starts[k]),
+                    "end": int(char_ends[k]),
+                }
+
+    def _choose(self, best: list[dict[str, dict]], null: np.ndarray) -> pa.Array:
+        """Highest score per row, the earliest on a tie; the empty answer if the null score beats it."""
+        answers = []
+        for candidates, null_score in zip(best, null, strict=True):
+            top = max(candidates.values(), key=lambda answer: answer["score"], default=None)
+            no_answer = {"answer": "", "score": float(null_score), "start": 0, "end": 0}
+            if self.spec.allow_no_answer and (top is None or null_score > top["score"]):
+                top = no_answer
+            answers.append(top or {**no_answer, "score": 0.0})
+        return pa.array(answers, ANSWER)
+
+    def _tokens(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+
+def _start_end(outputs):
+    """Start and end logits side by side: ``[batch, tokens, 2]``."""
+    import torch
+
+    return torch.stack([outputs.start_logits, outputs.end_logits], dim=-1)
