@@ -73,7 +73,10 @@ def _build(dest: str | Path, model_class: Any, size: str, seed: int, do_lower_ca
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
-    tokenizer = AutoTokenizer.from_pretrained(vocabulary_dir(), do_lower_case=do_lower_case)
+    # As distilbert-base-*'s own tokenizers: no token_type_ids, which DistilBERT does not take.
+    tokenizer = AutoTokenizer.from_pretrained(
+        vocabulary_dir(), do_lower_case=do_lower_case, model_input_names=["input_ids", "attention_mask"]
+    )
     tokenizer.model_max_length = 512
     config = DistilBertConfig(
         vocab_size=tokenizer.vocab_size,
