@@ -130,7 +130,8 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
         clock = time.perf_counter()
         problems = [error or problem for error, problem in zip(text_errors, task.row_problems(table), strict=True)]
         valid = [i for i, problem in enumerate(problems) if problem is None]
-        column, stats = task.annotate([texts[i] for i in valid], table.take(valid))
+        rows = table.select(list(task.input_columns)).take(valid) if task.input_columns else None
+        column, stats = task.annotate([texts[i] for i in valid], rows)
         positions = pa.array(_positions(problems), pa.int64())
         table = table.append_column(pa.field(name, task.output_type), column.take(positions))
         # _error keeps the first reason a row was not annotated: its text's, else a task's.

@@ -31,6 +31,11 @@ class Task(ABC):
     def output_type(self) -> pa.DataType:
         """The Arrow type of the task's output column."""
 
+    @property
+    def input_columns(self) -> tuple[str, ...]:
+        """Columns besides the text that :meth:`annotate` reads (qa's question column); none here."""
+        return ()
+
     def row_problems(self, table: pa.Table) -> list[str | None]:
         """Why this task cannot annotate each row of a unit, beyond its text (None: it can).
 
@@ -44,8 +49,8 @@ class Task(ABC):
     def annotate(self, texts: list[str], rows: pa.Table | None = None) -> tuple[pa.Array, BatchStats]:
         """One output value per text, in order, and the batching statistics.
 
-        ``rows`` holds the same rows of the unit's table, for tasks that read more than the
-        text; a task that reads only the text ignores it.
+        ``rows`` holds the same rows of the unit's table, restricted to :attr:`input_columns`
+        (so a task that reads only the text costs no copy of the rest).
         """
 
 

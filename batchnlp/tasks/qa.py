@@ -53,6 +53,10 @@ class QuestionAnswering(Task):
     def output_type(self) -> pa.DataType:
         return ANSWER
 
+    @property
+    def input_columns(self) -> tuple[str, ...]:
+        return (self.spec.question_column,) if self.spec.question_column else ()
+
     def row_problems(self, table: pa.Table) -> list[str | None]:
         """A question that is missing, blank, not a string, or too long to leave room for context."""
         if self.spec.question is not None:
