@@ -54,6 +54,7 @@ class RunSummary:
 
 @dataclass(frozen=True)
 class Plan:
+    source: Location
     files: list[InputFile]
     format: str
     units: list[WorkUnit]
@@ -76,7 +77,7 @@ def plan(spec: JobSpec, rows_per_unit: int | None = None) -> Plan:
     workers = (spec.workers or EXTERNAL_WORKERS_GUESS) if spec.scheduler else local_layout(spec.workers)[0]
     rows = spec.rows_per_partition or rows_per_unit
     unit_plan = plan_units(source, files, fmt, rows, spec.text_column, workers)
-    return Plan(files, fmt, unit_plan.units, unit_plan.schema, unit_plan.rows_per_unit)
+    return Plan(source, files, fmt, unit_plan.units, unit_plan.schema, unit_plan.rows_per_unit)
 
 
 def run(spec: JobSpec, on_part: Callable[[PartResult], None] | None = None) -> RunSummary:
@@ -127,12 +128,11 @@ def run(spec: JobSpec, on_part: Callable[[PartResult], None] | None = None) -> R
                 threads=threads,
                 storage_options=dict(spec.storage_options),
             )
-            source = Location(spec.input, spec.storage_options)
             schema = job_plan.schema
             if schema is None:
-                schema = _infer_schema(client, source, job_plan.units, spec.text_column)
+                schema = _infer_schema(client, job_plan.source, job_plan.units, spec.text_column)
             _check_question_columns(spec, schema)
-            job = UnitJob(source, output, spec.text_column, spec.id_column, schema, settings.plugin_name)
+            job = UnitJob(job_plan.source, output, spec.text_column, spec.id_column, schema, settings.plugin_name)
             client.register_plugin(ModelPlugin(settings), name=settings.plugin_name)
             for result in _collect(client, run_unit, todo, job, run_id):
                 committer.record(result)
@@ -207,7 +207,6 @@ def _manifest(spec: JobSpec, job_plan: Plan, results: list[PartResult], run_id: 
             "weights": results[0].models.get(task.name) if results else None,
         }
     summary = totals(results)
-    source = Location(spec.input, spec.storage_options)
     return {
         "batchnlp_version": __version__,
         "run_id": run_id,
@@ -215,7 +214,9 @@ def _manifest(spec: JobSpec, job_plan: Plan, results: list[PartResult], run_id: 
         "spec": spec.redacted(),
         "input": {
             "format": job_plan.format,
-            "files": [{"path": source.display(f.path), "size": f.size, "etag": f.etag} for f in job_plan.files],
+            "files": [
+                {"path": job_plan.source.display(f.path), "size": f.size, "etag": f.etag} for f in job_plan.files
+            ],
         },
         "models": models,
         "device": sorted({r.device for r in results}),
