@@ -72,9 +72,10 @@ class QuestionAnswering(Task):
         problems = [value_problem(question, "question") for question in questions]
         usable = [question for question, problem in zip(questions, problems, strict=True) if problem is None]
         room = self.max_length - self.tokenizer.num_special_tokens_to_add(pair=True) - self.doc_stride
-        lengths = iter(len(ids) for ids in self._tokens(usable))
+        distinct = list(dict.fromkeys(usable))  # a fixed question is tokenised once, not per row
+        lengths = dict(zip(distinct, map(len, self._tokens(distinct)), strict=True))
         for i, problem in enumerate(problems):
-            if problem is None and (length := next(lengths)) >= room:
+            if problem is None and (length := lengths[questions[i]]) >= room:
                 problems[i] = (
                     f"question is {length} tokens; with max_length {self.max_length} and doc_stride "
                     f"{self.doc_stride} it must be under {room}"
