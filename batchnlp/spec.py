@@ -21,7 +21,6 @@ Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
 InputFormat = Literal["jsonl", "parquet"]
 WriteMode = Literal["new", "overwrite", "resume"]
 
-DEFAULT_TOKENS_PER_BATCH = 8_192
 DEFAULT_MAX_ANSWER_LENGTH = 15  # tokens, as transformers' question-answering pipeline
 QA_KEYS = ("question", "question_column", "doc_stride", "max_answer_length", "allow_no_answer")
 TASK_KEYS = ("name", "task", "model", "top_k", *QA_KEYS)
@@ -60,7 +59,7 @@ class JobSpec:
     device: Device = "auto"
     precision: Precision = "auto"
     max_length: int | None = None
-    tokens_per_batch: int = DEFAULT_TOKENS_PER_BATCH
+    tokens_per_batch: int | None = None  # None: the engine's default for the device
     storage_options: Mapping[str, str] = field(default_factory=dict)
     mode: WriteMode = "new"
 
