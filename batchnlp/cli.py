@@ -118,7 +118,8 @@ def main() -> None:
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
-    help="Worker processes of the embedded cluster. Default: one per core, as memory allows. Example: --workers 2",
+    help="Worker processes of the embedded cluster. Default: one per core, as memory allows; "
+    "on GPUs, three per GPU. Example: --workers 2",
 )
 @click.option(
     "--device",
@@ -139,7 +140,7 @@ def main() -> None:
 @click.option(
     "--tokens-per-batch",
     type=click.IntRange(min=8),
-    help="Token budget of one padded batch. Default: 8192. Example: --tokens-per-batch 16384",
+    help="Token budget of one padded batch. Default: 8192 on CPU, 262144 on CUDA. Example: --tokens-per-batch 16384",
 )
 @click.option(
     "--storage-option",
@@ -188,6 +189,7 @@ def run(ctx: click.Context, spec_file: str | None, verbose: bool, quiet: bool, *
         f"to {summary.output} "
         f"in {summary.wall_seconds:.1f} s: {summary.rows_per_second:.1f} rows/s, "
         f"{t['tokens']} tokens ({t['padded_tokens']} with padding); run {summary.run_id}"
+        + (f"; first row after {first_row:.1f} s" if (first_row := summary.manifest["startup"]["first_row_s"]) else "")
         + (f"; {summary.units_kept} parts kept from the interrupted run" if summary.units_kept else "")
     )
 

@@ -47,6 +47,8 @@ class PartResult:
     worker: str  # host:pid of the process that ran it, and when that process loaded its models
     models_loaded_at: float
     models: dict[str, dict[str, str]] = field(default_factory=dict)
+    oom_splits: int = 0  # batches halved after running out of device memory
+    first_output_at: float | None = None  # wall clock when the unit's first rows were annotated
 
     def to_record(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -74,6 +76,7 @@ def totals(results: list[PartResult]) -> dict[str, Any]:
         "rejected_examples": examples[:MAX_EXAMPLES],
         "tokens": sum(r.tokens for r in results),
         "padded_tokens": sum(r.padded_tokens for r in results),
+        "oom_splits": sum(r.oom_splits for r in results),
         "bytes": sum(r.bytes for r in results),
         "worker_seconds": {key: round(value, 3) for key, value in sorted(seconds.items())},
     }

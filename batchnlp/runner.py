@@ -74,7 +74,10 @@ def plan(spec: JobSpec, rows_per_unit: int | None = None) -> Plan:
     source = Location(spec.input, spec.storage_options)
     files = list_input(source)
     fmt = detect_format(files, spec.input_format)
-    workers = (spec.workers or EXTERNAL_WORKERS_GUESS) if spec.scheduler else local_layout(spec.workers)[0]
+    if spec.scheduler:
+        workers = spec.workers or EXTERNAL_WORKERS_GUESS
+    else:
+        workers = local_layout(spec.workers, spec.device).workers
     rows = spec.rows_per_partition or rows_per_unit
     unit_plan = plan_units(source, files, fmt, rows, spec.text_column, workers)
     return Plan(source, files, fmt, unit_plan.units, unit_plan.schema, unit_plan.rows_per_unit)
@@ -118,7 +121,7 @@ def run(spec: JobSpec, on_part: Callable[[PartResult], None] | None = None) -> R
     )
     results = dict(kept)
     if todo:
-        with connect(spec.scheduler, spec.workers) as (client, threads):
+        with connect(spec.scheduler, spec.workers, spec.device) as (client, threads):
             settings = ModelSettings(
                 tasks=spec.tasks,
                 device=spec.device,
@@ -128,12 +131,14 @@ def run(spec: JobSpec, on_part: Callable[[PartResult], None] | None = None) -> R
                 threads=threads,
                 storage_options=dict(spec.storage_options),
             )
-            schema = job_plan.schema
-            if schema is None:
-                schema = _infer_schema(client, job_plan.source, job_plan.units, spec.text_column)
+            inferring = None
+            if job_plan.schema is None:
+                inferring = _infer_schema(client, job_plan.source, job_plan.units, spec.text_column)
+            # Returns once every worker has its models; JSONL schemas are inferred meanwhile.
+            client.register_plugin(ModelPlugin(settings), name=settings.plugin_name)
+            schema = job_plan.schema or _unified_schema(client, inferring or {}, job_plan.units)
             _check_question_columns(spec, schema)
             job = UnitJob(job_plan.source, output, spec.text_column, spec.id_column, schema, settings.plugin_name)
-            client.register_plugin(ModelPlugin(settings), name=settings.plugin_name)
             for result in _collect(client, run_unit, todo, job, run_id):
                 committer.record(result)
                 results[result.unit.id] = result
@@ -142,18 +147,36 @@ def run(spec: JobSpec, on_part: Callable[[PartResult], None] | None = None) -> R
     ordered = [results[unit.id] for unit in job_plan.units]
     wall = time.perf_counter() - started
     manifest = _manifest(spec, job_plan, ordered, run_id, wall)
+    manifest["startup"] = _startup([r for r in ordered if r.unit.id not in kept])
     committer.commit(manifest)
     return RunSummary(output.display(), run_id, manifest["totals"], wall, len(todo), len(kept), False, manifest)
 
 
-def _infer_schema(client: Any, source: Location, units: list[WorkUnit], text_column: str) -> pa.Schema:
-    """Every part gets one schema: each unit infers its own on the cluster, the driver unifies them.
+def _startup(results: list[PartResult]) -> dict[str, float | None]:
+    """Seconds from this process's start to the first worker with models, and to the first annotated row."""
+    import psutil
+
+    process_started = psutil.Process().create_time()
+    loaded = [r.models_loaded_at for r in results if r.models_loaded_at]
+    first = [r.first_output_at for r in results if r.first_output_at]
+    return {
+        "models_loaded_s": round(min(loaded) - process_started, 3) if loaded else None,
+        "first_row_s": round(min(first) - process_started, 3) if first else None,
+    }
+
+
+def _infer_schema(client: Any, source: Location, units: list[WorkUnit], text_column: str) -> dict[Any, WorkUnit]:
+    """Every part gets one schema: each unit infers its own on the cluster (these futures)...
 
     All units take part, not only those left to run, so a resumed run finds the same schema.
-    Reading JSONL twice costs far less than the model, and a malformed line stops the job here,
+    Reading JSONL twice costs far less than the model, and a malformed line stops the job
     before any inference.
     """
-    futures = {client.submit(unit_schema, source, unit, text_column, pure=False): unit for unit in units}
+    return {client.submit(unit_schema, source, unit, text_column, pure=False): unit for unit in units}
+
+
+def _unified_schema(client: Any, futures: dict[Any, WorkUnit], units: list[WorkUnit]) -> pa.Schema:
+    """...and the driver unifies them."""
     schemas = {unit.id: schema for unit, schema in _results(client, futures)}
     return unify([(unit.describe(), schemas[unit.id]) for unit in units])
 

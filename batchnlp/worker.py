@@ -23,6 +23,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from batchnlp import __version__
 from batchnlp.commit import PartResult, sha256
+from batchnlp.engine import BatchStats
 from batchnlp.errors import InputError, JobFailed
 from batchnlp.formats import WorkUnit, parquet, read_unit
 from batchnlp.spec import TaskSpec
@@ -39,7 +40,7 @@ class ModelSettings:
     tasks: tuple[TaskSpec, ...]
     device: str
     precision: str
-    tokens_per_batch: int
+    tokens_per_batch: int | None
     max_length: int | None
     threads: int | None
     storage_options: dict[str, Any]
@@ -123,7 +124,7 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
     errors = list(text_errors)
     seconds["read"] = time.perf_counter() - clock
 
-    tokens = padded = 0
+    totals = BatchStats()
     for name, task in plugin.tasks.items():
         if name in table.column_names:
             raise InputError(f"{unit.path} already has a column {name!r}; give the task another name in a job spec")
@@ -136,9 +137,9 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
         table = table.append_column(pa.field(name, task.output_type), column.take(positions))
         # _error keeps the first reason a row was not annotated: its text's, else a task's.
         errors = [error or problem for error, problem in zip(errors, problems, strict=True)]
-        tokens += stats.tokens
-        padded += stats.padded_tokens
+        totals.add(stats)
         seconds[f"model:{name}"] = time.perf_counter() - clock
+    seconds["input_wait"] = totals.input_wait_s
 
     clock = time.perf_counter()
     table = table.append_column("_error", pa.array(errors, pa.string()))
@@ -170,8 +171,10 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
         rejected=len(errors) - errors.count(None),
         reasons=reasons,
         rejected_examples=examples,
-        tokens=tokens,
-        padded_tokens=padded,
+        tokens=totals.tokens,
+        padded_tokens=totals.padded_tokens,
+        oom_splits=totals.oom_splits,
+        first_output_at=totals.first_output_at,
         bytes=len(data),
         sha256=sha256(data),
         seconds=seconds,

@@ -1,9 +1,48 @@
-from batchnlp.cluster import local_layout
+import os
+
+from batchnlp.cluster import Layout, local_layout, start_local_cluster, visible_gpus
+
+GIB = 2**30
 
 
-def test_local_layout_never_oversubscribes_cores_or_memory():
-    gib = 2**30
-    assert local_layout(None, cores=8, memory=64 * gib) == (8, 1)
-    assert local_layout(None, cores=8, memory=4 * gib) == (2, 4)
-    assert local_layout(None, cores=2, memory=gib // 2) == (1, 2)
-    assert local_layout(3, cores=8, memory=64 * gib) == (3, 2)
+def test_cpu_layout_never_oversubscribes_cores_or_memory():
+    assert local_layout(None, cores=8, memory=64 * GIB) == Layout(8, 1, 1)
+    assert local_layout(None, cores=8, memory=4 * GIB) == Layout(2, 1, 4)
+    assert local_layout(None, cores=2, memory=GIB // 2) == Layout(1, 1, 2)
+    assert local_layout(3, cores=8, memory=64 * GIB) == Layout(3, 1, 2)
+
+
+def test_gpu_layout_pins_workers_round_robin_to_gpus():
+    assert local_layout(None, "cuda", cores=12, gpus=("0", "1")) == Layout(6, 2, 2, ("0", "1") * 3)
+    assert local_layout(None, "auto", cores=16, gpus=("3",)) == Layout(3, 2, 5, ("3",) * 3)
+    assert local_layout(1, "auto", cores=16, gpus=("0", "1")).gpus == ("0",), "--workers caps the processes"
+    assert local_layout(3, "auto", cores=16, gpus=("0",)).gpus == ("0", "0", "0")
+    assert local_layout(None, "cpu", cores=2, memory=64 * GIB, gpus=("0",)) == Layout(2, 1, 1), "--device cpu"
+    assert local_layout(None, "auto", cores=2, memory=64 * GIB, gpus=()) == Layout(2, 1, 1), "no GPU: CPU layout"
+
+
+def test_visible_gpus_reads_cuda_visible_devices_then_device_files(tmp_path):
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "2,0"}) == ("2", "0")
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "GPU-8f3a,GPU-77c1"}) == ("GPU-8f3a", "GPU-77c1")
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == ()
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "1,-1,2"}) == ("1",), "CUDA stops at the first invalid entry"
+    for name in ("nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm"):
+        (tmp_path / name).touch()
+    assert visible_gpus({}, dev=tmp_path) == ("0", "1")
+    assert visible_gpus({}, dev=tmp_path / "missing") == ()
+
+
+def test_each_gpu_worker_process_sees_only_its_own_gpu():
+    """Pinning is by environment, so it is checked on real worker processes without a GPU."""
+    from distributed import Client
+
+    cluster = start_local_cluster(Layout(2, 2, 1, ("1", "0")))
+    try:
+        with Client(cluster) as client:
+            client.wait_for_workers(2)
+            seen = client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+            threads = client.nthreads()
+    finally:
+        cluster.close()
+    assert sorted(seen.values()) == ["0", "1"]
+    assert set(threads.values()) == {2}
