@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchnlp.errors import InputError
-from batchnlp.formats import plan_units, read_unit
+from batchnlp.formats import auto_rows_per_unit, plan_units, read_unit
 from batchnlp.storage import Location, list_input
 
 
@@ -50,5 +50,10 @@ def test_units_are_sized_for_the_workers_without_an_explicit_size(tmp_path):
     location = Location(str(write(tmp_path / "a.parquet", table, 100)), {})
     units = plan_units(location, list_input(location), "parquet", None, "text", workers=2).units
     assert len(units) == 8 and {u.rows for u in units} == {1000}
-    small = plan_units(location, list_input(location), "parquet", None, "text", workers=64).units
-    assert {u.rows for u in small} == {500}, "never below 500 rows a unit"
+
+
+def test_automatic_sizing_gives_every_worker_the_same_number_of_units():
+    assert auto_rows_per_unit(8000, 2) == 1000  # four a worker
+    assert auto_rows_per_unit(1200, 2) == 300, "four a worker would be 150 rows: two a worker instead"
+    assert auto_rows_per_unit(120, 2) == 60, "one a worker below the minimum"
+    assert auto_rows_per_unit(10_000_000, 4) == 10_000
