@@ -17,6 +17,7 @@ from batchnlp.engine import BatchStats, Engine
 from batchnlp.models import load_sequence_classifier
 from batchnlp.spec import TaskSpec
 from batchnlp.tasks.base import Task
+from batchnlp.tasks.first_token import trim_last_layer
 
 LABEL_SCORE = pa.struct([("label", pa.string()), ("score", pa.float32())])
 
@@ -25,6 +26,7 @@ class Classify(Task):
     def __init__(self, spec: TaskSpec, directory: Path, engine: Engine, max_length: int | None) -> None:
         super().__init__(spec, directory, engine, max_length)
         self.tokenizer, model = load_sequence_classifier(directory, spec.model)
+        trim_last_layer(model)
         self.model = engine.prepare(model)
         config = model.config
         self.labels = [config.id2label[i] for i in range(config.num_labels)]
