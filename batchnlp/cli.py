@@ -151,6 +151,12 @@ def main() -> None:
 )
 @click.option("--overwrite", is_flag=True, default=None, help="Replace a finished output (one holding _SUCCESS).")
 @click.option("--resume", is_flag=True, default=None, help="Finish an interrupted run, keeping the parts it committed.")
+@click.option(
+    "--break-lock",
+    is_flag=True,
+    default=None,
+    help="Take OUTPUT even though another run's _lock.json says it is writing there (it must be dead).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging (credentials stay masked).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors.")
 @click.pass_context

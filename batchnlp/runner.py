@@ -23,6 +23,7 @@ from batchnlp.cluster import connect, local_layout
 from batchnlp.commit import Committer, PartResult, totals
 from batchnlp.errors import BatchnlpError, InputError, JobFailed
 from batchnlp.formats import WorkUnit, detect_format, plan_units, unify, unit_schema
+from batchnlp.lock import OutputLock
 from batchnlp.models import check_ref
 from batchnlp.redaction import redact_url
 from batchnlp.spec import JobSpec
@@ -85,8 +86,6 @@ def plan(spec: JobSpec, rows_per_unit: int | None = None) -> Plan:
 
 def run(spec: JobSpec, on_part: Callable[[PartResult], None] | None = None) -> RunSummary:
     """Run a job to commit; raises a :class:`BatchnlpError` saying what to fix on failure."""
-    from batchnlp.worker import ModelPlugin, ModelSettings, UnitJob, run_unit
-
     started = time.perf_counter()
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     output = Location(spec.output, spec.storage_options)
@@ -109,6 +108,22 @@ def run(spec: JobSpec, on_part: Callable[[PartResult], None] | None = None) -> R
         "rows_per_unit": job_plan.rows_per_unit,
         "spec": spec.redacted(),
     }
+    with OutputLock(output, run_id, spec.break_lock):
+        return _run_locked(spec, job_plan, committer, job_record, started, on_part)
+
+
+def _run_locked(
+    spec: JobSpec,
+    job_plan: Plan,
+    committer: Committer,
+    job_record: dict[str, Any],
+    started: float,
+    on_part: Callable[[PartResult], None] | None,
+) -> RunSummary:
+    """Everything that writes under OUTPUT: only ever run while holding its lock."""
+    from batchnlp.worker import ModelPlugin, ModelSettings, UnitJob, run_unit
+
+    output, run_id = committer.output, job_record["run_id"]
     kept = committer.prepare(spec.mode, job_record)
     todo = [unit for unit in job_plan.units if unit.id not in kept]
     logger.info(

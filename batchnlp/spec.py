@@ -62,6 +62,7 @@ class JobSpec:
     tokens_per_batch: int | None = None  # None: the engine's default for the device
     storage_options: Mapping[str, str] = field(default_factory=dict)
     mode: WriteMode = "new"
+    break_lock: bool = False  # take OUTPUT even if another run's lock says it is writing there
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> JobSpec:
@@ -93,6 +94,11 @@ class JobSpec:
                     values[name] = s[name]
                 else:
                     problems.append(f"{name} must be a non-empty string, got {s[name]!r}")
+        if "break_lock" in s:
+            if isinstance(s["break_lock"], bool):
+                values["break_lock"] = s["break_lock"]
+            else:
+                problems.append(f"break_lock must be true or false, got {s['break_lock']!r}")
         options = s.get("storage_options", {})
         if not isinstance(options, Mapping):
             problems.append("storage_options must be a mapping of fsspec option names to values")
@@ -119,7 +125,7 @@ class JobSpec:
     def fingerprint(self) -> str:
         """A hash of what the output depends on, so ``--resume`` can refuse a changed job."""
         relevant = dataclasses.asdict(self)
-        for volatile in ("scheduler", "workers", "storage_options", "mode"):
+        for volatile in ("scheduler", "workers", "storage_options", "mode", "break_lock"):
             relevant.pop(volatile)
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 

@@ -139,23 +139,30 @@ def write_atomic(fs: Any, path: str, data: bytes) -> None:
         fs.pipe_file(path, data)
 
 
-def write_create_only(fs: Any, path: str, data: bytes) -> None:
+def create_only(fs: Any, path: str, data: bytes) -> bool:
     """Write ``path`` only if it does not exist yet (S3 ``If-None-Match: *``, local ``O_EXCL``).
 
-    Used for the commit markers, so two drivers racing on one output cannot both commit.
-    s3fs (2026.9) sends ``If-None-Match`` only with a non-empty body (an empty file is
-    "touched" unconditionally), so an empty marker would not be create-only: refuse it.
+    Returns False, writing nothing, when it exists. s3fs (2026.9) sends ``If-None-Match`` only
+    with a non-empty body (an empty file is "touched" unconditionally), so an empty body would
+    not be create-only: refuse it.
     """
     if not data:
         raise ValueError("create-only writes need a non-empty body (s3fs touches empty files unconditionally)")
     try:
         with fs.open(path, "xb") as handle:
             handle.write(data)
-    except FileExistsError as e:
+    except FileExistsError:
+        return False
+    return True
+
+
+def write_create_only(fs: Any, path: str, data: bytes) -> None:
+    """:func:`create_only` for the commit markers, so two drivers racing on one output cannot both commit."""
+    if not create_only(fs, path, data):
         raise OutputError(
             f"{fs.unstrip_protocol(path)} already exists: another run committed this output; "
             "use --overwrite to replace it"
-        ) from e
+        )
 
 
 def _protocols(fs: Any) -> tuple[str, ...]:
