@@ -23,6 +23,10 @@ logger = logging.getLogger(__name__)
 
 # Resident memory of one worker process holding a DistilBERT-base model (measured: ~1.1 GB).
 MEMORY_PER_WORKER = 1.5 * 2**30
+# A unit whose worker dies (a SIGKILL, a reclaimed node, the OOM killer) is rerun on another
+# worker this many times; a unit that kills more workers than that (a row that exhausts memory
+# every time) fails the job with Dask's KilledWorker, naming the unit, instead of killing them all.
+ALLOWED_FAILURES = 3
 # Units in flight per GPU worker: one on the GPU while another reads, tokenises and writes.
 UNITS_PER_GPU_WORKER = 2
 # One Python process feeds a GPU under 1M tokens/s: tokenising and kernel launches hold its
@@ -119,15 +123,17 @@ def connect(scheduler: str | None, workers: int | None, device: str) -> Iterator
 
 def start_local_cluster(layout: Layout) -> Any:
     """A LocalCluster of worker processes as ``layout`` says, each pinned to its GPU if any."""
+    import dask
     from distributed import LocalCluster
 
-    cluster = LocalCluster(
-        n_workers=0 if layout.gpus else layout.workers,
-        threads_per_worker=layout.threads,
-        processes=True,
-        dashboard_address=":0",
-        silence_logs=logging.WARNING,
-    )
+    with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
+        cluster = LocalCluster(
+            n_workers=0 if layout.gpus else layout.workers,
+            threads_per_worker=layout.threads,
+            processes=True,
+            dashboard_address=":0",
+            silence_logs=logging.WARNING,
+        )
     for name, gpu in enumerate(layout.gpus):
         options = {**cluster.new_spec["options"], "env": {"CUDA_VISIBLE_DEVICES": gpu}}
         cluster.worker_spec[name] = {**cluster.new_spec, "options": options}
