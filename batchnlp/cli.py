@@ -107,8 +107,8 @@ def main() -> None:
 @click.option(
     "--rows-per-partition",
     type=click.IntRange(min=1),
-    help="Rows in one unit of work (about: JSONL is cut by bytes). Default: about 4 units per worker, "
-    "500 to 10000 rows each. Example: --rows-per-partition 50000",
+    help="Rows in one unit of work (about: JSONL is cut by bytes). Default: 4 units per worker (fewer where "
+    "units would fall under 250 rows), at most 10000 rows each. Example: --rows-per-partition 50000",
 )
 @click.option(
     "--scheduler",

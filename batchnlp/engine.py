@@ -90,13 +90,15 @@ def cpu_has_bf16() -> bool:
     return bool(check()) if check is not None else True
 
 
-def pad_batch(rows: Sequence[Sequence[int]], width: int, fill: int) -> np.ndarray:
-    """``rows`` as one ``[len(rows), width]`` int64 matrix, right-padded with ``fill``."""
-    lengths = np.fromiter((len(row) for row in rows), dtype=np.int64, count=len(rows))
-    matrix = np.full((len(rows), width), fill, dtype=np.int64)
-    matrix[np.arange(width) < lengths[:, None]] = np.fromiter(
-        chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum())
-    )
+def token_mask(lengths: Sequence[int], width: int) -> np.ndarray:
+    """``[len(lengths), width]`` booleans, True where a row has a token (its first ``length`` places)."""
+    return np.arange(width) < np.asarray(lengths, dtype=np.int64)[:, None]
+
+
+def pad_batch(rows: Sequence[Sequence[int]], mask: np.ndarray, fill: int) -> np.ndarray:
+    """``rows`` as one int64 matrix shaped like ``mask`` (their :func:`token_mask`), right-padded with ``fill``."""
+    matrix = np.full(mask.shape, fill, dtype=np.int64)
+    matrix[mask] = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=int(mask.sum()))
     return matrix
 
 
@@ -105,11 +107,10 @@ class Engine:
 
     def __init__(self, device: str, precision: str, tokens_per_batch: int | None = None) -> None:
         self.device, self.precision = resolve(device, precision)
-        kind = self.device.split(":")[0]
-        self.tokens_per_batch = tokens_per_batch or DEFAULT_TOKENS_PER_BATCH[kind]
+        self.tokens_per_batch = tokens_per_batch or DEFAULT_TOKENS_PER_BATCH[self.device]
         # Tensor cores want widths in multiples of 8; a CPU's vector units gain nothing from
         # padding, so there every padded token would be wasted work.
-        self.pad_multiple = 8 if kind == "cuda" else 1
+        self.pad_multiple = 8 if self.device == "cuda" else 1
         if self.device == "cpu" and self.precision == "bf16" and not cpu_has_bf16():
             logger.warning(
                 "--precision bf16 on a CPU without native bf16 units (AVX-512 BF16 or AMX) runs emulated, "
@@ -124,7 +125,7 @@ class Engine:
             from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
             # One scale per output channel, not per matrix: the same speed, and on a real encoder
-            # (MiniLM, benchmarks/precision_agreement.py) 95% of labels kept instead of 84%.
+            # (MiniLM, benchmarks/precision_agreement.py) 90.5% of labels kept instead of 83%.
             with warnings.catch_warnings():  # torch.ao's deprecation notice; its successor is not in torch
                 warnings.simplefilter("ignore")
                 return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
@@ -153,21 +154,25 @@ class Engine:
         """
         stats = BatchStats()
         lengths = [len(ids) for ids in input_ids]
-        batches = token_budget_batches(lengths, self.tokens_per_batch, self.pad_multiple)
-        widths = {id(b): padded_length(max(lengths[i] for i in b), self.pad_multiple) for b in batches}
+        batches = [
+            (batch, padded_length(max(lengths[i] for i in batch), self.pad_multiple))
+            for batch in token_budget_batches(lengths, self.tokens_per_batch, self.pad_multiple)
+        ]
         stats.tokens = sum(lengths)
-        stats.padded_tokens = sum(widths[id(b)] * len(b) for b in batches)
+        stats.padded_tokens = sum(width * len(batch) for batch, width in batches)
         stats.batches = len(batches)
 
-        def inputs(batch: list[int]) -> dict[str, Any]:
+        def inputs(sized: tuple[list[int], int]) -> dict[str, Any]:
             import torch
 
-            width = widths[id(batch)]
-            ids = pad_batch([input_ids[i] for i in batch], width, pad_id)
-            mask = np.arange(width) < np.array([lengths[i] for i in batch])[:, None]
-            arrays = {"input_ids": ids, "attention_mask": mask.astype(np.int64)}
+            batch, width = sized
+            mask = token_mask([lengths[i] for i in batch], width)
+            arrays = {
+                "input_ids": pad_batch([input_ids[i] for i in batch], mask, pad_id),
+                "attention_mask": mask.astype(np.int64),
+            }
             if token_type_ids is not None:
-                arrays["token_type_ids"] = pad_batch([token_type_ids[i] for i in batch], width, 0)
+                arrays["token_type_ids"] = pad_batch([token_type_ids[i] for i in batch], mask, 0)
             tensors = {key: torch.from_numpy(value) for key, value in arrays.items()}
             if self.device != "cpu":
                 tensors = {key: value.pin_memory() for key, value in tensors.items()}
@@ -176,7 +181,7 @@ class Engine:
         outputs: list[tuple[list[int], Any]] = []
         feed = _prefetch(batches, inputs) if self.device != "cpu" else ((b, inputs(b)) for b in batches)
         clock = time.perf_counter()
-        for batch, tensors in feed:
+        for (batch, _), tensors in feed:
             stats.input_wait_s += time.perf_counter() - clock
             outputs.extend(self._forward(model, batch, tensors, head, stats))
             if stats.first_output_at is None:  # the first rows are out: the start-up figure
@@ -227,7 +232,7 @@ def _to_host(values: Any) -> np.ndarray:
     return values if isinstance(values, np.ndarray) else values.cpu().numpy()
 
 
-def _prefetch(batches: list[list[int]], build: Callable[[list[int]], Any]) -> Iterator[tuple[list[int], Any]]:
+def _prefetch(batches: Sequence[Any], build: Callable[[Any], Any]) -> Iterator[tuple[Any, Any]]:
     """Yield ``(batch, build(batch))`` with up to PREFETCH_BATCHES built ahead on a thread.
 
     Padding and pinning release the GIL for most of their time, so they overlap the model's

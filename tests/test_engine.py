@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from batchnlp.engine import Engine, _prefetch, choose, pad_batch
+from batchnlp.engine import Engine, _prefetch, choose, pad_batch, token_mask
 from batchnlp.errors import SpecError
 
 
@@ -43,7 +43,7 @@ def test_impossible_combinations_are_refused(asked, cuda, message):
 
 
 def test_pad_batch_right_pads_each_row():
-    matrix = pad_batch([[5, 6, 7], [8], []], 4, 0)
+    matrix = pad_batch([[5, 6, 7], [8], []], token_mask([3, 1, 0], 4), 0)
     assert matrix.dtype == np.int64
     assert matrix.tolist() == [[5, 6, 7, 0], [8, 0, 0, 0], [0, 0, 0, 0]]
 
