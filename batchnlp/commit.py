@@ -150,12 +150,14 @@ class Committer:
         previous = self.previous_job()
         if previous is None:
             return {}
-        changed = [key for key in ("spec_fingerprint", "input_fingerprint") if previous.get(key) != job_record.get(key)]
+        what = {"spec_fingerprint": "the job spec", "input_fingerprint": "the input listing or its units"}
+        changed = [what[key] for key in what if previous.get(key) != job_record.get(key)]
+        models, earlier = job_record.get("model_versions", {}), previous.get("model_versions", {})
+        changed += [f"the model of task {name!r}" for name in models if earlier.get(name) != models[name]]
         if changed:
-            what = {"spec_fingerprint": "the job spec", "input_fingerprint": "the input listing or its units"}
             raise OutputError(
                 f"cannot resume {self.output.display()}: "
-                + " and ".join(what[key] for key in changed)
+                + " and ".join(changed)
                 + " changed since the interrupted run; use --overwrite to start again"
             )
         kept: dict[str, PartResult] = {}

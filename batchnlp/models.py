@@ -46,18 +46,28 @@ def parse_ref(ref: str) -> ModelRef:
     return ModelRef(ref, "hub", repo, revision or None)
 
 
-def check_ref(ref: str, storage_options: Mapping[str, Any]) -> None:
-    """Driver-side pre-flight: the model exists and has safetensors weights, before any work."""
+def check_ref(ref: str, storage_options: Mapping[str, Any]) -> str:
+    """Driver-side pre-flight: the model exists and has safetensors weights, before any work.
+
+    Returns the model's version, so ``--resume`` can refuse a model that changed under the same
+    ref: a Hub commit hash, the ETags of a remote prefix's files, or the content hash of a local
+    directory's config and weights (content, not mtimes: a copied checkpoint is the same model).
+    """
     parsed = parse_ref(ref)
     if parsed.kind == "local":
         path = Path(parsed.location)
         if not path.is_dir():
             raise ModelError(f"model directory {ref!r} not found")
         _check_files(ref, [p.name for p in path.iterdir()])
-    elif parsed.kind == "remote":
-        _check_files(ref, [name for name, _ in _remote_listing(parsed, storage_options)])
-    else:
-        _check_files(ref, _hub_files(parsed))
+        contents = {**weight_checksums(path), "config.json": _file_sha256(path / "config.json")}
+        return "sha256:" + _digest(contents)
+    if parsed.kind == "remote":
+        listing = _remote_listing(parsed, storage_options)
+        _check_files(ref, [name for name, _ in listing])
+        return "etags:" + _digest(listing)
+    names, commit = _hub_files(parsed)
+    _check_files(ref, names)
+    return f"revision:{commit}"
 
 
 def stage(ref: str, storage_options: Mapping[str, Any], cache_dir: str | None = None) -> Path:
@@ -80,14 +90,19 @@ def default_cache_dir() -> str:
 
 def weight_checksums(directory: Path) -> dict[str, str]:
     """sha256 of every weight file, recorded in the manifest so a run names exactly its model."""
-    sums = {}
-    for path in sorted(directory.glob("*.safetensors")):
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            while block := handle.read(1 << 22):
-                digest.update(block)
-        sums[path.name] = digest.hexdigest()
-    return sums
+    return {path.name: _file_sha256(path) for path in sorted(directory.glob("*.safetensors"))}
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(repr(value).encode()).hexdigest()[:24]
 
 
 def load_sequence_classifier(directory: Path, ref: str) -> tuple[Any, Any]:
@@ -141,7 +156,8 @@ def _remote_listing(parsed: ModelRef, storage_options: Mapping[str, Any]) -> lis
 
     fs, path = url_to_fs(parsed.location, **storage_options)
     try:
-        entries = fs.ls(path.rstrip("/"), detail=True)
+        # refresh: a long-lived worker's cached listing would hide a re-uploaded model
+        entries = fs.ls(path.rstrip("/"), detail=True, refresh=True)
     except FileNotFoundError:
         entries = []
     except PermissionError as e:
@@ -164,7 +180,7 @@ def _stage_remote(parsed: ModelRef, storage_options: Mapping[str, Any], cache: P
 
     listing = _remote_listing(parsed, storage_options)
     _check_files(parsed.raw, [name for name, _ in listing])
-    key = hashlib.sha256(repr((parsed.location, listing)).encode()).hexdigest()[:24]
+    key = _digest((parsed.location, listing))
     target = cache / key
     if target.is_dir():
         return target
@@ -185,17 +201,18 @@ def _stage_remote(parsed: ModelRef, storage_options: Mapping[str, Any], cache: P
     return target
 
 
-def _hub_files(parsed: ModelRef) -> list[str]:
-    """File names of a Hub checkpoint without downloading it (from the local cache when offline)."""
+def _hub_files(parsed: ModelRef) -> tuple[list[str], str]:
+    """File names and commit hash of a Hub checkpoint without downloading it (cache only when offline)."""
     from huggingface_hub import constants, snapshot_download
 
     try:
         if constants.HF_HUB_OFFLINE:
-            return os.listdir(snapshot_download(parsed.location, revision=parsed.revision, local_files_only=True))
+            path = snapshot_download(parsed.location, revision=parsed.revision, local_files_only=True)
+            return os.listdir(path), Path(path).name  # the snapshot directory is named by its commit
         infos = snapshot_download(parsed.location, revision=parsed.revision, dry_run=True)
     except Exception as e:  # network, auth, missing repo: all end the same way for the user
         raise _hub_error(parsed, e) from e
-    return [info.filename for info in infos]
+    return [info.filename for info in infos], infos[0].commit_hash if infos else "unknown"
 
 
 def _stage_hub(parsed: ModelRef) -> Path:

@@ -93,8 +93,7 @@ def run(spec: JobSpec, on_part: Callable[[PartResult], None] | None = None) -> R
     # Automatic unit sizing depends on the machine: a resumed run reuses the interrupted one's.
     previous = committer.previous_job() if spec.mode == "resume" else None
     job_plan = plan(spec, previous.get("rows_per_unit") if previous else None)
-    for task in spec.tasks:
-        check_ref(task.model, spec.storage_options)
+    model_versions = {task.name: check_ref(task.model, spec.storage_options) for task in spec.tasks}
     check_output(output)
     if spec.mode == "resume" and committer.finished():
         manifest = committer.read_manifest()
@@ -105,6 +104,7 @@ def run(spec: JobSpec, on_part: Callable[[PartResult], None] | None = None) -> R
         "run_id": run_id,
         "spec_fingerprint": spec.fingerprint(),
         "input_fingerprint": job_plan.fingerprint,
+        "model_versions": model_versions,
         "rows_per_unit": job_plan.rows_per_unit,
         "spec": spec.redacted(),
     }
@@ -161,7 +161,7 @@ def _run_locked(
                     on_part(result)
     ordered = [results[unit.id] for unit in job_plan.units]
     wall = time.perf_counter() - started
-    manifest = _manifest(spec, job_plan, ordered, run_id, wall)
+    manifest = _manifest(spec, job_plan, ordered, job_record, wall)
     manifest["startup"] = _startup([r for r in ordered if r.unit.id not in kept])
     committer.commit(manifest)
     return RunSummary(output.display(), run_id, manifest["totals"], wall, len(todo), len(kept), False, manifest)
@@ -232,7 +232,9 @@ def _results(client: Any, futures: dict[Any, WorkUnit]) -> Iterator[tuple[WorkUn
             raise JobFailed(f"unit {unit.id} ({unit.describe()}) failed: {type(e).__name__}: {e}") from e
 
 
-def _manifest(spec: JobSpec, job_plan: Plan, results: list[PartResult], run_id: str, wall: float) -> dict[str, Any]:
+def _manifest(
+    spec: JobSpec, job_plan: Plan, results: list[PartResult], job_record: dict[str, Any], wall: float
+) -> dict[str, Any]:
     """The commit record: what ran, on what, with which models, and every part it wrote."""
     models = {}
     for task in spec.tasks:
@@ -242,12 +244,13 @@ def _manifest(spec: JobSpec, job_plan: Plan, results: list[PartResult], run_id: 
         models[task.name] = {
             "task": task.kind,
             "ref": redact_url(task.model),
+            "version": job_record["model_versions"][task.name],
             "weights": results[0].models.get(task.name) if results else None,
         }
     summary = totals(results)
     return {
         "batchnlp_version": __version__,
-        "run_id": run_id,
+        "run_id": job_record["run_id"],
         "committed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "spec": spec.redacted(),
         "input": {

@@ -11,7 +11,13 @@ from batchnlp.errors import OutputError
 from batchnlp.formats import WorkUnit
 from batchnlp.storage import Location
 
-JOB = {"run_id": "r1", "spec_fingerprint": "s1", "input_fingerprint": "i1", "spec": {}}
+JOB = {
+    "run_id": "r1",
+    "spec_fingerprint": "s1",
+    "input_fingerprint": "i1",
+    "model_versions": {"sentiment": "sha256:1"},
+    "spec": {},
+}
 
 
 def fake_part(committer: Committer, index: int, data: bytes) -> PartResult:
@@ -42,13 +48,18 @@ def test_resume_keeps_only_parts_whose_bytes_match_their_record(committer):
 
 
 @pytest.mark.parametrize(
-    "change, named", [("spec_fingerprint", "the job spec"), ("input_fingerprint", "the input listing or its units")]
+    "change, value, named",
+    [
+        ("spec_fingerprint", "other", "the job spec"),
+        ("input_fingerprint", "other", "the input listing or its units"),
+        ("model_versions", {"sentiment": "sha256:2"}, "the model of task 'sentiment'"),
+    ],
 )
-def test_resume_refuses_a_changed_job(committer, change, named):
+def test_resume_refuses_a_changed_job(committer, change, value, named):
     committer.prepare("new", JOB)
     committer.record(fake_part(committer, 0, b"x"))
     with pytest.raises(OutputError, match=f"{named} changed since the interrupted run"):
-        committer.prepare("resume", {**JOB, change: "other"})
+        committer.prepare("resume", {**JOB, change: value})
 
 
 def test_a_new_run_clears_an_interrupted_attempt_and_commit_is_create_only(committer):

@@ -30,6 +30,18 @@ def test_pickle_only_checkpoints_are_refused(tiny_model, tmp_path):
         check_ref(str(pickled), {})
 
 
+def test_a_model_s_version_follows_its_content_not_its_location(tiny_model, tmp_path, s3, bucket):
+    copy = shutil.copytree(tiny_model, tmp_path / "copy")
+    version = check_ref(str(tiny_model), {})
+    assert version.startswith("sha256:") and check_ref(str(copy), {}) == version, "a copied checkpoint is the same"
+    url = upload_dir(s3, copy, bucket, "models/versioned")
+    remote = check_ref(url, {})
+    (copy / "model.safetensors").write_bytes((copy / "model.safetensors").read_bytes()[:-4] + b"    ")
+    assert check_ref(str(copy), {}) != version, "retrained weights under the same path"
+    upload_dir(s3, copy, bucket, "models/versioned")
+    assert check_ref(url, {}) != remote, "re-uploaded weights under the same prefix"
+
+
 def test_missing_local_model_is_named(tmp_path):
     with pytest.raises(ModelError, match=r"model directory .*nope.* not found"):
         check_ref(str(tmp_path / "nope"), {})
