@@ -105,6 +105,13 @@ def main() -> None:
 @click.option("--text-column", help="Column (JSONL field) holding the text. Default: text. Example: --text-column body")
 @click.option("--id-column", help="Column identifying rows in reports. Example: --id-column review_id")
 @click.option(
+    "--on-bad-lines",
+    type=click.Choice(["stop", "skip", "quarantine"]),
+    help="JSONL lines that are not a JSON object (malformed, invalid UTF-8): stop naming the line (default), "
+    "skip them (counted in the manifest), or quarantine them (also kept byte for byte under OUTPUT/_rejected/). "
+    "Example: --on-bad-lines quarantine",
+)
+@click.option(
     "--rows-per-partition",
     type=click.IntRange(min=1),
     help="Rows in one unit of work (about: JSONL is cut by bytes). Default: 4 units per worker (fewer where "
@@ -198,6 +205,13 @@ def run(ctx: click.Context, spec_file: str | None, verbose: bool, quiet: bool, *
         + (f"; first row after {first_row:.1f} s" if (first_row := summary.manifest["startup"]["first_row_s"]) else "")
         + (f"; {summary.units_kept} parts kept from the interrupted run" if summary.units_kept else "")
     )
+    if t["bad_lines"]:
+        where = "under _rejected/" if summary.manifest["spec"]["on_bad_lines"] == "quarantine" else "skipped"
+        first = t["bad_line_examples"][0]
+        click.echo(
+            f"{t['bad_lines']} input line{'s' * (t['bad_lines'] != 1)} that were not JSON objects {where}, "
+            f"first {first['source']}:{first['line']} ({first['reason']}); see _manifest.json"
+        )
 
 
 def _merge(ctx: click.Context, settings: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from batchnlp.storage import Location, write_atomic, write_create_only
 SUCCESS = "_SUCCESS"
 MANIFEST = "_manifest.json"
 PROGRESS = "_progress"
+REJECTED = "_rejected"  # --on-bad-lines quarantine: raw bad lines, one file per unit
 JOB_RECORD = "_job.json"
 MAX_EXAMPLES = 20
 
@@ -49,6 +50,9 @@ class PartResult:
     models: dict[str, dict[str, str]] = field(default_factory=dict)
     oom_splits: int = 0  # batches halved after running out of device memory
     first_output_at: float | None = None  # wall clock when the unit's first rows were annotated
+    bad_lines: int = 0  # source lines that were not rows (--on-bad-lines skip|quarantine)
+    bad_line_examples: list[dict[str, Any]] = field(default_factory=list)  # the first few: source, line, reason
+    quarantine: dict[str, Any] | None = None  # the unit's _rejected/ file: path, lines, bytes, sha256
 
     def to_record(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -63,8 +67,10 @@ def totals(results: list[PartResult]) -> dict[str, Any]:
     reasons: Counter[str] = Counter()
     seconds: Counter[str] = Counter()
     examples: list[dict[str, Any]] = []
+    bad_examples: list[dict[str, Any]] = []
     for result in results:
         examples.extend({"part": result.unit.id, **example} for example in result.rejected_examples)
+        bad_examples.extend(result.bad_line_examples)
         reasons.update(result.reasons)
         seconds.update(result.seconds)
     return {
@@ -74,6 +80,8 @@ def totals(results: list[PartResult]) -> dict[str, Any]:
         "rejected": sum(r.rejected for r in results),
         "rejected_by_reason": dict(sorted(reasons.items())),
         "rejected_examples": examples[:MAX_EXAMPLES],
+        "bad_lines": sum(r.bad_lines for r in results),
+        "bad_line_examples": bad_examples[:MAX_EXAMPLES],
         "tokens": sum(r.tokens for r in results),
         "padded_tokens": sum(r.padded_tokens for r in results),
         "oom_splits": sum(r.oom_splits for r in results),
@@ -125,6 +133,8 @@ class Committer:
                 self.fs.rm(self.path(name))
         for path in self.fs.glob(self.path("part-*")) + self.fs.glob(self.path(f"{PROGRESS}/*")):
             self.fs.rm(path)
+        if self.fs.exists(self.path(REJECTED)):
+            self.fs.rm(self.path(REJECTED), recursive=True)
 
     def record(self, result: PartResult) -> None:
         """Note a finished part so a crashed driver can be resumed without redoing it."""
@@ -163,13 +173,16 @@ class Committer:
         kept: dict[str, PartResult] = {}
         for path in self.fs.glob(self.path(f"{PROGRESS}/part-*.json")):
             result = PartResult.from_record(json.loads(self.fs.cat_file(path)))
-            if not result.part or self._part_intact(result):
+            if self._part_intact(result):
                 kept[result.unit.id] = result
         return kept
 
     def _part_intact(self, result: PartResult) -> bool:
-        part_path = self.fs._strip_protocol(result.part)
-        return self.fs.exists(part_path) and sha256(self.fs.cat_file(part_path)) == result.sha256
+        """The part and its quarantined lines (if any) hold exactly the recorded bytes."""
+        files = [(self.fs._strip_protocol(result.part), result.sha256)] if result.part else []
+        if result.quarantine:
+            files.append((self.path(result.quarantine["path"]), result.quarantine["sha256"]))
+        return all(self.fs.exists(path) and sha256(self.fs.cat_file(path)) == digest for path, digest in files)
 
 
 def _json(data: Any) -> bytes:

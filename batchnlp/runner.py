@@ -22,7 +22,7 @@ from batchnlp import __version__
 from batchnlp.cluster import connect, local_layout
 from batchnlp.commit import Committer, PartResult, totals
 from batchnlp.errors import BatchnlpError, InputError, JobFailed
-from batchnlp.formats import WorkUnit, detect_format, plan_units, unify, unit_schema
+from batchnlp.formats import ReadOptions, WorkUnit, detect_format, plan_units, unify, unit_schema
 from batchnlp.lock import OutputLock
 from batchnlp.models import check_ref
 from batchnlp.redaction import redact_url
@@ -80,7 +80,7 @@ def plan(spec: JobSpec, rows_per_unit: int | None = None) -> Plan:
     else:
         workers = local_layout(spec.workers, spec.device).workers
     rows = spec.rows_per_partition or rows_per_unit
-    unit_plan = plan_units(source, files, fmt, rows, spec.text_column, workers)
+    unit_plan = plan_units(source, files, fmt, rows, spec.read_options, workers)
     return Plan(source, files, fmt, unit_plan.units, unit_plan.schema, unit_plan.rows_per_unit)
 
 
@@ -148,12 +148,12 @@ def _run_locked(
             )
             inferring = None
             if job_plan.schema is None:
-                inferring = _infer_schema(client, job_plan.source, job_plan.units, spec.text_column)
+                inferring = _infer_schema(client, job_plan.source, job_plan.units, spec.read_options)
             # Returns once every worker has its models; JSONL schemas are inferred meanwhile.
             client.register_plugin(ModelPlugin(settings), name=settings.plugin_name)
             schema = job_plan.schema or _unified_schema(client, inferring or {}, job_plan.units)
             _check_question_columns(spec, schema)
-            job = UnitJob(job_plan.source, output, spec.text_column, spec.id_column, schema, settings.plugin_name)
+            job = UnitJob(job_plan.source, output, spec.read_options, spec.id_column, schema, settings.plugin_name)
             for result in _collect(client, run_unit, todo, job, run_id):
                 committer.record(result)
                 results[result.unit.id] = result
@@ -180,14 +180,14 @@ def _startup(results: list[PartResult]) -> dict[str, float | None]:
     }
 
 
-def _infer_schema(client: Any, source: Location, units: list[WorkUnit], text_column: str) -> dict[Any, WorkUnit]:
+def _infer_schema(client: Any, source: Location, units: list[WorkUnit], options: ReadOptions) -> dict[Any, WorkUnit]:
     """Every part gets one schema: each unit infers its own on the cluster (these futures)...
 
     All units take part, not only those left to run, so a resumed run finds the same schema.
     Reading JSONL twice costs far less than the model, and a malformed line stops the job
     before any inference.
     """
-    return {client.submit(unit_schema, source, unit, text_column, pure=False): unit for unit in units}
+    return {client.submit(unit_schema, source, unit, options, pure=False): unit for unit in units}
 
 
 def _unified_schema(client: Any, futures: dict[Any, WorkUnit], units: list[WorkUnit]) -> pa.Schema:
@@ -269,6 +269,8 @@ def _manifest(
                 "unit": r.unit.__dict__,
                 "rows": r.rows_out,
                 "rejected": r.rejected,
+                "bad_lines": r.bad_lines,
+                "quarantine": r.quarantine,
                 "tokens": r.tokens,
                 "padded_tokens": r.padded_tokens,
                 "bytes": r.bytes,

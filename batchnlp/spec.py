@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from batchnlp.errors import SpecError
+from batchnlp.formats.base import BadLinePolicy, ReadOptions
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
@@ -53,6 +54,7 @@ class JobSpec:
     input_format: InputFormat | None = None
     text_column: str = "text"
     id_column: str | None = None
+    on_bad_lines: BadLinePolicy = "stop"
     rows_per_partition: int | None = None  # None: sized from the input and the worker count
     scheduler: str | None = None
     workers: int | None = None
@@ -82,7 +84,8 @@ class JobSpec:
         tasks = _tasks_from_settings(s, problems)
         mode = _write_mode(s, problems)
         values: dict[str, Any] = {}
-        for name, kind in (("input_format", InputFormat), ("device", Device), ("precision", Precision)):
+        choices = (("input_format", InputFormat), ("on_bad_lines", BadLinePolicy), ("device", Device))
+        for name, kind in (*choices, ("precision", Precision)):
             if name in s:
                 values[name] = _choice(name, s[name], kind, problems)
         for name in ("rows_per_partition", "workers", "max_length", "tokens_per_batch"):
@@ -121,6 +124,10 @@ class JobSpec:
             mode=mode,
             **values,
         )
+
+    @property
+    def read_options(self) -> ReadOptions:
+        return ReadOptions(self.text_column, self.on_bad_lines)
 
     def fingerprint(self) -> str:
         """A hash of what the output depends on, so ``--resume`` can refuse a changed job."""

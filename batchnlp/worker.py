@@ -22,10 +22,10 @@ import pyarrow as pa
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from batchnlp import __version__
-from batchnlp.commit import PartResult, sha256
+from batchnlp.commit import REJECTED, PartResult, sha256
 from batchnlp.engine import BatchStats
 from batchnlp.errors import InputError, JobFailed
-from batchnlp.formats import WorkUnit, parquet, read_unit
+from batchnlp.formats import BadLine, ReadOptions, WorkUnit, parquet, read_unit
 from batchnlp.spec import TaskSpec
 from batchnlp.storage import Location, write_atomic
 from batchnlp.tasks.base import value_problem
@@ -97,7 +97,7 @@ class UnitJob:
 
     input: Location
     output: Location
-    text_column: str
+    read: ReadOptions
     id_column: str | None
     schema: pa.Schema  # every part gets exactly these input columns and types
     plugin_name: str
@@ -117,9 +117,9 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
     """Read, annotate and write one unit; every input row is in the part, valid or not."""
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
-    read = read_unit(job.input, unit, job.text_column, job.schema)
+    read = read_unit(job.input, unit, job.read, job.schema)
     table = read.table
-    texts = table.column(job.text_column).to_pylist()
+    texts = table.column(job.read.text_column).to_pylist()
     text_errors = [error or value_problem(text, "text") for error, text in zip(read.errors, texts, strict=True)]
     errors = list(text_errors)
     seconds["read"] = time.perf_counter() - clock
@@ -144,6 +144,7 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
     clock = time.perf_counter()
     table = table.append_column("_error", pa.array(errors, pa.string()))
     fs, _ = job.output.split()
+    quarantine = _quarantine(fs, job, unit, read.bad_lines) if job.read.on_bad_lines == "quarantine" else None
     part, data = "", b""
     if table.num_rows:  # a unit can hold no rows (a byte range inside one long line): no part
         metadata = {"version": __version__, "models": plugin.checksums, "precision": plugin.precision}
@@ -175,6 +176,11 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
         padded_tokens=totals.padded_tokens,
         oom_splits=totals.oom_splits,
         first_output_at=totals.first_output_at,
+        bad_lines=len(read.bad_lines),
+        bad_line_examples=[
+            {"source": unit.path, "line": bad.line, "reason": bad.reason} for bad in read.bad_lines[:EXAMPLES_PER_PART]
+        ],
+        quarantine=quarantine,
         bytes=len(data),
         sha256=sha256(data),
         seconds=seconds,
@@ -184,6 +190,27 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
         models_loaded_at=plugin.loaded_at,
         models=plugin.checksums,
     )
+
+
+def _quarantine(fs: Any, job: UnitJob, unit: WorkUnit, bad_lines: list[BadLine]) -> dict[str, Any] | None:
+    """Keep a unit's bad lines byte for byte in OUTPUT/_rejected/, where each came from beside them.
+
+    ``_rejected/part-NNNNN.jsonl`` holds the raw lines (fix them and feed the folder back in:
+    listings skip the ``_reasons`` folder); ``_rejected/_reasons/part-NNNNN.jsonl`` gives each
+    one's source file, line number and reason, in the same order. Deterministic names and
+    atomic writes: a retried unit rewrites the same files.
+    """
+    if not bad_lines:
+        return None
+    data = b"".join(bad.raw + b"\n" for bad in bad_lines)
+    reasons = "".join(
+        json.dumps({"source": unit.path, "line": bad.line, "reason": bad.reason}, ensure_ascii=False) + "\n"
+        for bad in bad_lines
+    )
+    path = job.output.child(f"{REJECTED}/{unit.id}.jsonl")
+    write_atomic(fs, job.output.child(f"{REJECTED}/_reasons/{unit.id}.jsonl"), reasons.encode())
+    write_atomic(fs, path, data)
+    return {"path": f"{REJECTED}/{unit.id}.jsonl", "lines": len(bad_lines), "bytes": len(data), "sha256": sha256(data)}
 
 
 def _positions(errors: list[str | None]) -> list[int | None]:

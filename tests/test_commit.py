@@ -47,6 +47,22 @@ def test_resume_keeps_only_parts_whose_bytes_match_their_record(committer):
     assert sorted(kept) == ["part-00000"]
 
 
+def test_resume_keeps_a_part_only_with_its_quarantined_lines_intact(committer):
+    committer.prepare("new", JOB)
+    committer.fs.makedirs(committer.path("_rejected"), exist_ok=True)
+    for index in range(3):
+        result = fake_part(committer, index, f"data {index}".encode())
+        raw = f"bad line {index}\n".encode()
+        committer.fs.pipe_file(committer.path(f"_rejected/{result.unit.id}.jsonl"), raw)
+        result.quarantine = {"path": f"_rejected/{result.unit.id}.jsonl", "lines": 1, "sha256": sha256(raw)}
+        committer.record(result)
+    committer.fs.rm(committer.path("_rejected/part-00001.jsonl"))
+    committer.fs.pipe_file(committer.path("_rejected/part-00002.jsonl"), b"edited\n")
+    assert sorted(committer.prepare("resume", {**JOB, "run_id": "r2"})) == ["part-00000"]
+    committer.prepare("new", {**JOB, "run_id": "r3"})
+    assert not committer.fs.exists(committer.path("_rejected")), "a new run clears the quarantine"
+
+
 @pytest.mark.parametrize(
     "change, value, named",
     [

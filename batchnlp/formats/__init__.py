@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from batchnlp.errors import InputError
 from batchnlp.formats import jsonl, parquet
-from batchnlp.formats.base import ReadResult, WorkUnit, conform, unify
+from batchnlp.formats.base import BadLine, ReadOptions, ReadResult, WorkUnit, conform, unify
 from batchnlp.storage import InputFile, Location
 
 READERS: dict[str, ModuleType] = {"jsonl": jsonl, "parquet": parquet}
@@ -29,7 +29,17 @@ _SUFFIXES = {
 # cost throughput on CPU: too few rows of each length to batch without padding.
 MIN_AUTO_ROWS, MAX_AUTO_ROWS, UNITS_PER_WORKER = 250, 10_000, 4
 
-__all__ = ["ReadResult", "UnitPlan", "WorkUnit", "detect_format", "plan_units", "read_unit", "unify"]
+__all__ = [
+    "BadLine",
+    "ReadOptions",
+    "ReadResult",
+    "UnitPlan",
+    "WorkUnit",
+    "detect_format",
+    "plan_units",
+    "read_unit",
+    "unify",
+]
 
 
 @dataclass(frozen=True)
@@ -68,7 +78,7 @@ def plan_units(
     files: list[InputFile],
     fmt: str,
     rows_per_unit: int | None,
-    text_column: str,
+    options: ReadOptions,
     workers: int,
 ) -> UnitPlan:
     """Cut every file into units, numbered in listing order: same input and settings, same units.
@@ -77,7 +87,7 @@ def plan_units(
     them (a small file still uses the whole cluster), within sensible bounds.
     """
     fs = location.fs
-    layouts = [READERS[fmt].describe(fs, file, text_column) for file in files]
+    layouts = [READERS[fmt].describe(fs, file, options) for file in files]
     if rows_per_unit is None:
         rows_per_unit = auto_rows_per_unit(sum(layout.rows for layout in layouts), workers)
     units: list[WorkUnit] = []
@@ -97,16 +107,16 @@ def auto_rows_per_unit(total_rows: int, workers: int) -> int:
     return max(1, min(MAX_AUTO_ROWS, -(-total_rows // (per_worker * workers))))
 
 
-def read_unit(location: Location, unit: WorkUnit, text_column: str, schema: pa.Schema | None = None) -> ReadResult:
+def read_unit(location: Location, unit: WorkUnit, options: ReadOptions, schema: pa.Schema | None = None) -> ReadResult:
     """Read one unit; with ``schema``, its columns are conformed to the job's one schema."""
     fs = location.fs
     fmt = "jsonl" if unit.format.startswith("jsonl") else unit.format
-    result = READERS[fmt].read(fs, replace(unit, path=fs._strip_protocol(unit.path)), text_column)
+    result = READERS[fmt].read(fs, replace(unit, path=fs._strip_protocol(unit.path)), options)
     if schema is not None:
         result.table = conform(result.table, schema, unit.describe())
     return result
 
 
-def unit_schema(location: Location, unit: WorkUnit, text_column: str) -> pa.Schema:
+def unit_schema(location: Location, unit: WorkUnit, options: ReadOptions) -> pa.Schema:
     """The schema one unit infers on its own (a Dask task: JSONL schemas need the data)."""
-    return read_unit(location, unit, text_column).table.schema
+    return read_unit(location, unit, options).table.schema

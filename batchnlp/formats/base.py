@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import pyarrow as pa
 
 from batchnlp.errors import InputError
+
+BadLinePolicy = Literal["stop", "skip", "quarantine"]
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How every unit of a job is read.
+
+    ``on_bad_lines`` decides what a line that is not a JSON object does (malformed JSON,
+    invalid UTF-8, an array): ``stop`` the job naming it, ``skip`` it (counted and reported),
+    or ``quarantine`` it (also kept byte for byte under OUTPUT/_rejected/).
+    """
+
+    text_column: str = "text"
+    on_bad_lines: BadLinePolicy = "stop"
+
+
+@dataclass(frozen=True)
+class BadLine:
+    """A source line that could not become a row; ``raw`` is its exact bytes, newline stripped."""
+
+    line: int  # 1-based, in the source file
+    reason: str
+    raw: bytes
 
 
 @dataclass(frozen=True)
@@ -43,6 +68,7 @@ class ReadResult:
 
     table: pa.Table
     errors: list[str | None]
+    bad_lines: list[BadLine] = field(default_factory=list)  # set aside under --on-bad-lines skip|quarantine
 
 
 def unify(schemas: list[tuple[str, pa.Schema]]) -> pa.Schema:
@@ -68,12 +94,12 @@ def unify(schemas: list[tuple[str, pa.Schema]]) -> pa.Schema:
 def conform(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
     """Reorder, widen and complete a unit's columns to the job's schema (absent columns as nulls)."""
     columns = []
-    for field in schema:
-        if field.name not in table.column_names:
-            columns.append(pa.nulls(table.num_rows, field.type))
+    for column in schema:
+        if column.name not in table.column_names:
+            columns.append(pa.nulls(table.num_rows, column.type))
             continue
         try:
-            columns.append(table.column(field.name).cast(field.type))
+            columns.append(table.column(column.name).cast(column.type))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
-            raise InputError(f"{where}: column {field.name!r} cannot be read as {field.type}: {e}") from e
+            raise InputError(f"{where}: column {column.name!r} cannot be read as {column.type}: {e}") from e
     return pa.Table.from_arrays(columns, schema=schema.remove_metadata())

@@ -8,21 +8,27 @@ cannot be entered mid-stream; they are planned by line ranges after one counting
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import zstandard
 
 from batchnlp.errors import InputError
-from batchnlp.formats.base import ReadResult, WorkUnit
+from batchnlp.formats.base import BadLine, BadLinePolicy, ReadOptions, ReadResult, WorkUnit
 from batchnlp.storage import InputFile
 
 COMPRESSED_SUFFIXES = (".gz", ".zst", ".bz2", ".xz")
 SAMPLE_BYTES = 1 << 20
 SAMPLE_LINES = 200
+MAX_LINE_PROBE = 64 << 20
 
+# A \uD800-\uDFFF escape: valid JSON syntax, but alone it is no character and Arrow cannot store it.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _JSON_TYPE_NAMES = {dict: "an object", list: "an array", int: "a number", float: "a number", bool: "a boolean"}
 
 
@@ -57,63 +63,100 @@ class JsonlLayout:
             yield start, min(start + step, self.size), None
 
 
-def describe(fs: Any, file: InputFile, text_column: str) -> JsonlLayout:
+def describe(fs: Any, file: InputFile, options: ReadOptions) -> JsonlLayout:
     """Sample (and, if compressed, count) a file; a bad first line or missing field fails here."""
     where = fs.unstrip_protocol(file.path)
     if file.size == 0:
         return JsonlLayout(0, 1.0, 0 if is_compressed(file.path) else None)
     lines = _count_lines(fs, file.path, where) if is_compressed(file.path) else None
-    return JsonlLayout(file.size, _check_sample(fs, file.path, where, text_column), lines)
+    return JsonlLayout(file.size, _check_sample(fs, file.path, where, options), lines)
 
 
-def read(fs: Any, unit: WorkUnit, text_column: str) -> ReadResult:
+def read(fs: Any, unit: WorkUnit, options: ReadOptions) -> ReadResult:
     where = fs.unstrip_protocol(unit.path)
     if unit.format == "jsonl-lines":
         with fs.open(unit.path, "rb", compression="infer") as handle:
             lines = _line_range(handle, unit.start, unit.stop)
 
-        def line_number(index: int) -> int:
-            return unit.start + index + 1
+        def first_line() -> int:
+            return unit.start + 1
 
     else:
         with fs.open(unit.path, "rb") as handle:
             first_offset, lines = _byte_range(handle, unit.start, unit.stop)
 
-        def line_number(index: int) -> int:  # counting newlines costs a read: only for errors
-            return _line_number(fs, unit.path, first_offset) + index
+        @functools.cache
+        def first_line() -> int:  # counting newlines costs a read: only for errors, once per unit
+            return _line_number(fs, unit.path, first_offset)
 
-    records = list(_parse(lines, where, line_number, at_file_start=unit.start == 0))
-    return _to_table(records, text_column, unit.describe())
+    parsed = _parse(lines, where, first_line, unit.start == 0, options.on_bad_lines)
+    result = _to_table(parsed, options.text_column, where, first_line)
+    result.bad_lines = parsed.bad_lines
+    return result
+
+
+@dataclass
+class _Parsed:
+    """The JSON objects of a run of lines, where each came from, and the lines set aside."""
+
+    records: list[dict[str, Any]]
+    indexes: list[int]  # records[i] is line first_line() + indexes[i]
+    bad_lines: list[BadLine]
 
 
 def _parse(
-    lines: list[bytes], where: str, line_number: Callable[[int], int], at_file_start: bool
-) -> Iterator[dict[str, Any]]:
-    """Decode and parse each line; blank lines are not rows and yield nothing."""
+    lines: list[bytes], where: str, first_line: Callable[[], int], at_file_start: bool, policy: BadLinePolicy
+) -> _Parsed:
+    """Decode and parse each line; blank lines are not rows and yield nothing.
+
+    A line that is not a JSON object stops the job naming it, or under ``skip``/``quarantine``
+    is set aside as a :class:`BadLine`, so every line is either a row or accounted for.
+    """
+    parsed = _Parsed([], [], [])
     for index, raw in enumerate(lines):
-        try:
-            text = raw.decode("utf-8-sig" if at_file_start and index == 0 else "utf-8")
-        except UnicodeDecodeError as e:
-            raise InputError(
-                f"{where}:{line_number(index)}: invalid UTF-8 at byte {e.start} of the line; "
-                "re-encode the file as UTF-8"
-            ) from e
-        if not text.strip():
+        record, column, reason = _record(raw, bom_allowed=at_file_start and index == 0)
+        if reason is None:
+            if record is not None:
+                parsed.records.append(record)
+                parsed.indexes.append(index)
             continue
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as e:
+        line = first_line() + index
+        if policy == "stop":
             raise InputError(
-                f"{where}:{line_number(index)}:{e.colno}: malformed JSON ({e.msg}); fix or remove the line"
-            ) from e
-        if not isinstance(record, dict):
-            kind = _JSON_TYPE_NAMES.get(type(record), "a string")
-            raise InputError(f"{where}:{line_number(index)}: the line is {kind}, not a JSON object")
-        yield record
+                f"{where}:{line}{f':{column}' if column else ''}: {reason}; fix or remove the line, "
+                "or pass --on-bad-lines skip (or quarantine) to set such lines aside"
+            )
+        parsed.bad_lines.append(
+            BadLine(line, reason if column is None else f"{reason} at column {column}", raw.removesuffix(b"\n"))
+        )
+    return parsed
 
 
-def _to_table(records: list[dict[str, Any]], text_column: str, where: str) -> ReadResult:
+def _record(raw: bytes, bom_allowed: bool) -> tuple[dict[str, Any] | None, int | None, str | None]:
+    """``(record, column, problem)`` of one line: a blank line is ``(None, None, None)``."""
+    try:
+        text = raw.decode("utf-8-sig" if bom_allowed else "utf-8")
+    except UnicodeDecodeError as e:
+        return None, None, f"invalid UTF-8 at byte {e.start} of the line (re-encode the file as UTF-8)"
+    if not text.strip():
+        return None, None, None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as e:
+        return None, e.colno, f"malformed JSON ({e.msg})"
+    if not isinstance(record, dict):
+        return None, None, f"the line is {_JSON_TYPE_NAMES.get(type(record), 'a string')}, not a JSON object"
+    if _SURROGATE_ESCAPE.search(text):  # rare: only such lines pay for the check
+        try:
+            json.dumps(record, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return None, None, "a string holds an unpaired surrogate escape (\\udXXX): not valid Unicode"
+    return record, None, None
+
+
+def _to_table(parsed: _Parsed, text_column: str, where: str, first_line: Callable[[], int]) -> ReadResult:
     """Columns in order of first appearance; the text column normalised to strings."""
+    records = parsed.records
     names: dict[str, None] = {}
     for record in records:
         names.update(dict.fromkeys(record))
@@ -134,15 +177,27 @@ def _to_table(records: list[dict[str, Any]], text_column: str, where: str) -> Re
         if name == text_column:
             columns[name] = pa.array(texts, type=pa.string())
             continue
+        values = [record.get(name) for record in records]
         try:
-            columns[name] = pa.array([record.get(name) for record in records])
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-            raise InputError(
-                f"{where}: field {name!r} mixes value types across lines ({e}); make its type consistent"
-            ) from e
+            columns[name] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
+            raise InputError(_type_drift(values, name, where, lambda i: first_line() + parsed.indexes[i], e)) from e
     if text_column not in columns:
         columns[text_column] = pa.array(texts, type=pa.string())
     return ReadResult(table=pa.table(columns), errors=errors)
+
+
+def _type_drift(values: list[Any], name: str, where: str, line_of: Callable[[int], int], error: Exception) -> str:
+    """Name the first line whose ``name`` field has another JSON type than the lines before it."""
+    kinds = [(i, _JSON_TYPE_NAMES.get(type(v), "a string")) for i, v in enumerate(values) if v is not None]
+    first = kinds[0] if kinds else None
+    drift = next(((i, kind) for i, kind in kinds if first and kind != first[1]), None)
+    if first is None or drift is None:
+        return f"{where}: field {name!r} cannot be stored as one column ({error}); make its values consistent"
+    return (
+        f"{where}:{line_of(drift[0])}: field {name!r} is {drift[1]} here but {first[1]} on line "
+        f"{line_of(first[0])}; make the field's type consistent"
+    )
 
 
 def _byte_range(handle: Any, start: int, stop: int) -> tuple[int, list[bytes]]:
@@ -198,29 +253,53 @@ def _line_number(fs: Any, path: str, offset: int) -> int:
 
 
 def _count_lines(fs: Any, path: str, where: str) -> int:
+    """Lines of a compressed file, in one decompressing pass that also proves the file is whole."""
     count, last = 0, b"\n"
     try:
-        with fs.open(path, "rb", compression="infer") as handle:
-            while block := handle.read(1 << 22):
+        with fs.open(path, "rb", compression=None if path.endswith(".zst") else "infer") as handle:
+            for block in _zstd_blocks(handle) if path.endswith(".zst") else iter(lambda: handle.read(1 << 22), b""):
                 count += block.count(b"\n")
                 last = block[-1:]
-    except (EOFError, OSError, ValueError) as e:
+    except (EOFError, OSError, ValueError, zstandard.ZstdError) as e:
         raise InputError(f"{where} is not a readable compressed file (truncated or corrupt?): {e}") from e
     return count + (last != b"\n")
 
 
-def _check_sample(fs: Any, path: str, where: str, text_column: str) -> float:
+def _zstd_blocks(handle: Any) -> Iterator[bytes]:
+    """Decompressed blocks of a zstd stream of one or more frames; EOFError if the last frame is cut.
+
+    The stream readers of ``zstandard`` (and so fsspec's) end quietly at a truncated frame.
+    """
+    decompressor = zstandard.ZstdDecompressor().decompressobj()
+    while block := handle.read(1 << 22):
+        while block:
+            if decompressor.eof:  # the next frame starts here
+                decompressor = zstandard.ZstdDecompressor().decompressobj()
+            yield decompressor.decompress(block)
+            block = decompressor.unused_data if decompressor.eof else b""
+    if not decompressor.eof:
+        raise EOFError("the zstd stream ends inside a frame")
+
+
+def _check_sample(fs: Any, path: str, where: str, options: ReadOptions) -> float:
     """Parse the first lines of a file: malformed JSON or a missing text field fail at plan time.
 
-    Returns the average line length in bytes, used to size byte-range units.
+    Returns the average line length in bytes, used to size byte-range units. A first line
+    longer than the sample is read on to its end (up to MAX_LINE_PROBE), so a file of
+    megabyte rows is not mistaken for one with a truncated line.
     """
     with fs.open(path, "rb", compression="infer") as handle:
         sample = handle.read(SAMPLE_BYTES)
+        while b"\n" not in sample and len(sample) < MAX_LINE_PROBE and (block := handle.read(SAMPLE_BYTES)):
+            sample += block
     lines = sample.split(b"\n")
     if len(lines) > 1:
         lines = lines[:-1]  # the last piece may be cut mid-line
+    elif len(sample) >= MAX_LINE_PROBE:
+        return float(len(sample))  # one line longer than the probe: nothing complete to check
     lines = lines[:SAMPLE_LINES]
-    records = list(_parse(lines, where, lambda index: index + 1, at_file_start=True))
+    parsed = _parse(lines, where, lambda: 1, True, options.on_bad_lines)
+    records, text_column = parsed.records, options.text_column
     if records and not any(text_column in record for record in records):
         found = sorted({key for record in records for key in record})
         raise InputError(

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchnlp.errors import InputError
-from batchnlp.formats.base import ReadResult, WorkUnit
+from batchnlp.formats.base import ReadOptions, ReadResult, WorkUnit
 from batchnlp.storage import InputFile
 
 
@@ -39,15 +39,15 @@ class ParquetLayout:
             yield start, len(self.row_groups), rows
 
 
-def describe(fs: Any, file: InputFile, text_column: str) -> ParquetLayout:
+def describe(fs: Any, file: InputFile, options: ReadOptions) -> ParquetLayout:
     """Read the footer only; a missing or non-string text column fails here."""
     with fs.open(file.path, "rb") as handle:
         try:
             meta = pq.ParquetFile(handle).metadata
         except (pa.ArrowInvalid, OSError) as e:
             raise InputError(f"{fs.unstrip_protocol(file.path)} is not a readable Parquet file: {e}") from e
-        schema = meta.schema.to_arrow_schema()
-    check_text_column(schema, text_column, fs.unstrip_protocol(file.path))
+        schema = _plain(meta.schema.to_arrow_schema())
+    check_text_column(schema, options.text_column, fs.unstrip_protocol(file.path))
     return ParquetLayout(tuple(meta.row_group(group).num_rows for group in range(meta.num_row_groups)), schema)
 
 
@@ -64,10 +64,25 @@ def check_text_column(schema: pa.Schema, text_column: str, where: str) -> None:
         )
 
 
-def read(fs: Any, unit: WorkUnit, text_column: str) -> ReadResult:
-    with fs.open(unit.path, "rb") as handle:
-        table = pq.ParquetFile(handle).read_row_groups(list(range(unit.start, unit.stop)))
-    return ReadResult(table=table, errors=[None] * table.num_rows)
+def read(fs: Any, unit: WorkUnit, options: ReadOptions) -> ReadResult:
+    """Whole row groups; a corrupt one stops the job naming the file and its row groups."""
+    try:
+        with fs.open(unit.path, "rb") as handle:
+            table = pq.ParquetFile(handle).read_row_groups(list(range(unit.start, unit.stop)))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, EOFError) as e:
+        if isinstance(e, (PermissionError, FileNotFoundError, ConnectionError, TimeoutError)):
+            raise  # storage errors are not the file's fault: reported as such by the runner
+        raise InputError(f"{fs.unstrip_protocol(unit.path)} row groups {unit.start}-{unit.stop - 1}: {e}") from e
+    return ReadResult(table=table.cast(_plain(table.schema)), errors=[None] * table.num_rows)
+
+
+def _plain(schema: pa.Schema) -> pa.Schema:
+    """Dictionary-encoded columns as their values' type: the encoding is a file's storage detail,
+    and files of one input that differ only in it must unify."""
+    for index, column in enumerate(schema):
+        if pa.types.is_dictionary(column.type):
+            schema = schema.set(index, column.with_type(column.type.value_type))
+    return schema
 
 
 def write(table: pa.Table, metadata: Mapping[str, Any]) -> bytes:

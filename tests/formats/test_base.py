@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchnlp.errors import InputError
-from batchnlp.formats import plan_units, read_unit
+from batchnlp.formats import ReadOptions, plan_units, read_unit
 from batchnlp.formats.base import conform, unify
 from batchnlp.storage import Location, list_input
 
@@ -34,9 +34,9 @@ def test_parquet_files_with_different_schemas_share_one(tmp_path):
     pq.write_table(pa.table({"id": pa.array([1], pa.int32()), "text": ["a"]}), tmp_path / "a.parquet")
     pq.write_table(pa.table({"text": ["b"], "id": pa.array([2], pa.int64()), "lang": ["en"]}), tmp_path / "b.parquet")
     location = Location(str(tmp_path), {})
-    plan = plan_units(location, list_input(location), "parquet", 10, "text", workers=1)
+    plan = plan_units(location, list_input(location), "parquet", 10, ReadOptions(), workers=1)
     assert plan.schema.names == ["id", "text", "lang"] and plan.schema.field("id").type == pa.int64()
-    tables = [read_unit(location, unit, "text", plan.schema).table for unit in plan.units]
+    tables = [read_unit(location, unit, ReadOptions(), plan.schema).table for unit in plan.units]
     assert pa.concat_tables(tables).to_pylist() == [
         {"id": 1, "text": "a", "lang": None},
         {"id": 2, "text": "b", "lang": "en"},
@@ -46,4 +46,4 @@ def test_parquet_files_with_different_schemas_share_one(tmp_path):
 def test_jsonl_has_no_schema_at_plan_time(tmp_path):
     (tmp_path / "a.jsonl").write_text('{"text": "a"}\n')
     location = Location(str(tmp_path), {})
-    assert plan_units(location, list_input(location), "jsonl", 10, "text", workers=1).schema is None
+    assert plan_units(location, list_input(location), "jsonl", 10, ReadOptions(), workers=1).schema is None

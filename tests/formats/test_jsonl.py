@@ -9,14 +9,16 @@ import pytest
 import zstandard
 
 from batchnlp.errors import InputError
-from batchnlp.formats import plan_units, read_unit
+from batchnlp.formats import ReadOptions, plan_units, read_unit
 from batchnlp.storage import Location, list_input
 
 
 def plan_and_read(path, rows_per_unit, text_column="text"):
     location = Location(str(path), {})
-    units = plan_units(location, list_input(location), "jsonl", rows_per_unit, text_column, workers=1).units
-    return units, [read_unit(location, unit, text_column) for unit in units]
+    units = plan_units(
+        location, list_input(location), "jsonl", rows_per_unit, ReadOptions(text_column), workers=1
+    ).units
+    return units, [read_unit(location, unit, ReadOptions(text_column)) for unit in units]
 
 
 @pytest.mark.parametrize("rows_per_unit", [1, 2, 3, 7, 50, 1000])
@@ -51,10 +53,10 @@ def test_bad_lines_name_file_and_line_number(tmp_path, line, fragment):
     good = b"".join(json.dumps({"text": f"row {i}"}).encode() + b"\n" for i in range(300))
     path.write_bytes(good + line + b"\n" + good)
     location = Location(str(path), {})
-    units = plan_units(location, list_input(location), "jsonl", 40, "text", workers=1).units
+    units = plan_units(location, list_input(location), "jsonl", 40, ReadOptions(), workers=1).units
     with pytest.raises(InputError, match=rf"bad\.jsonl:301\b.*{fragment}"):
         for unit in units:
-            read_unit(location, unit, "text")
+            read_unit(location, unit, ReadOptions())
 
 
 def test_bad_line_in_the_first_lines_fails_at_plan_time(tmp_path):

@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchnlp.errors import InputError
-from batchnlp.formats import auto_rows_per_unit, plan_units, read_unit
+from batchnlp.formats import ReadOptions, auto_rows_per_unit, plan_units, read_unit
 from batchnlp.storage import Location, list_input
 
 
@@ -16,14 +16,16 @@ def write(path, table, row_group_size):
 
 def plan(path, rows_per_unit, text_column="text"):
     location = Location(str(path), {})
-    return location, plan_units(location, list_input(location), "parquet", rows_per_unit, text_column, workers=1).units
+    return location, plan_units(
+        location, list_input(location), "parquet", rows_per_unit, ReadOptions(text_column), workers=1
+    ).units
 
 
 def test_units_are_runs_of_whole_row_groups(tmp_path):
     table = pa.table({"i": list(range(100)), "text": [f"t{i}" for i in range(100)]})
     location, units = plan(write(tmp_path / "a.parquet", table, 10), 25)
     assert [(u.start, u.stop, u.rows) for u in units] == [(0, 3, 30), (3, 6, 30), (6, 9, 30), (9, 10, 10)]
-    got = [i for u in units for i in read_unit(location, u, "text").table.column("i").to_pylist()]
+    got = [i for u in units for i in read_unit(location, u, ReadOptions()).table.column("i").to_pylist()]
     assert got == list(range(100))
 
 
@@ -48,7 +50,7 @@ def test_not_a_parquet_file(tmp_path):
 def test_units_are_sized_for_the_workers_without_an_explicit_size(tmp_path):
     table = pa.table({"text": [f"t{i}" for i in range(8000)]})
     location = Location(str(write(tmp_path / "a.parquet", table, 100)), {})
-    units = plan_units(location, list_input(location), "parquet", None, "text", workers=2).units
+    units = plan_units(location, list_input(location), "parquet", None, ReadOptions(), workers=2).units
     assert len(units) == 8 and {u.rows for u in units} == {1000}
 
 
