@@ -17,6 +17,7 @@ from typing import Any
 
 from batchnlp.errors import OutputError
 from batchnlp.formats.base import WorkUnit
+from batchnlp.redaction import redact_url
 from batchnlp.storage import Location, write_atomic, write_create_only
 
 SUCCESS = "_SUCCESS"
@@ -55,7 +56,8 @@ class PartResult:
     quarantine: dict[str, Any] | None = None  # the unit's _rejected/ file: path, lines, bytes, sha256
 
     def to_record(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """JSON-ready; the unit's URL loses user info and query string (a presigned URL's are credentials)."""
+        return dataclasses.asdict(dataclasses.replace(self, unit=redacted_unit(self.unit)))
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> PartResult:
@@ -88,6 +90,11 @@ def totals(results: list[PartResult]) -> dict[str, Any]:
         "bytes": sum(r.bytes for r in results),
         "worker_seconds": {key: round(value, 3) for key, value in sorted(seconds.items())},
     }
+
+
+def redacted_unit(unit: WorkUnit) -> WorkUnit:
+    """``unit`` as records and the manifest show it: no credentials in its URL."""
+    return dataclasses.replace(unit, path=redact_url(unit.path))
 
 
 def sha256(data: bytes) -> str:

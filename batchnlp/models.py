@@ -129,6 +129,11 @@ def _load(directory: Path, ref: str, auto_class: Any, what: str) -> tuple[Any, A
             directory, use_safetensors=True, trust_remote_code=False, attn_implementation="sdpa"
         )
     except (OSError, ValueError, KeyError) as e:
+        if "trust_remote_code" in str(e):  # transformers' advice (pass trust_remote_code=True) is not ours
+            raise ModelError(
+                f"cannot load model {ref!r} as {what}: it needs its own Python code (auto_map in its config), "
+                "and batchnlp never runs a checkpoint's code. Use a model type that transformers ships"
+            ) from e
         raise ModelError(f"cannot load model {ref!r} as {what}: {e}") from e
     if not getattr(tokenizer, "is_fast", False):
         raise ModelError(f"model {ref!r} has no fast tokenizer (tokenizer.json); batchnlp needs one")

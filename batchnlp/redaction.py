@@ -1,9 +1,12 @@
 """Keep credentials out of everything batchnlp prints or writes.
 
 URLs lose user info and query strings (presigned signatures); free text loses anything shaped
-like an AWS access key id, a 40-character secret or a session token. The logging filter applies
-the same rules to every record, and botocore's DEBUG output (which prints Authorization
-headers) is capped at INFO.
+like an AWS access key id, a 40-character secret, a session token, a Hugging Face token, a
+URL's user info or a credential-named value. Every log record of the driver is redacted when it
+is made (a log record factory), and so is everything our handler prints, tracebacks included.
+The embedded cluster's worker processes do the same from start-up (they import this module as
+a Dask preload), since their own log lines (a failed task's exception, say) reach the same
+stderr. botocore's DEBUG output (which prints Authorization headers) is capped at INFO.
 """
 
 from __future__ import annotations
@@ -11,15 +14,30 @@ from __future__ import annotations
 import logging
 import os
 import re
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-_SECRET_PATTERNS = (
-    re.compile(r"(?:AKIA|ASIA)[A-Z0-9]{16}"),
-    re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])"),
-    re.compile(r"(?i)(x-amz-security-token|x-amz-signature|x-amz-credential|signature|token)=([^&\s]+)"),
+_AWS_KEY_ID = re.compile(r"(?:AKIA|ASIA)[A-Z0-9]{16}")
+_SECRET_40 = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])")
+# STS session tokens and similar bearer blobs: long runs of base64 (hashes are shorter: 64 hex).
+_LONG_TOKEN = re.compile(r"(?<![A-Za-z0-9/+=%])[A-Za-z0-9/+=%]{100,}")
+_QUERY_SECRET = re.compile(
+    r"(?i)\b(x-amz-security-token|x-amz-signature|x-amz-credential|awsaccesskeyid|signature|token|sig)=([^&\s:'\"]+)"
+)
+_HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{30,}")
+# scheme://user:password@host or scheme://token@host: everything between :// and @ goes.
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
+# 'secret': 'value', "token": "value", secret='value' (reprs of dicts, kwargs, JSON).
+_NAMED_VALUE = re.compile(
+    r"""(?ix)
+    (['"]?\b(?:aws_)?(?:access_key_id|secret_access_key|session_token|key|secret|token|password|passwd|
+    credentials?|account_key|sas_token|client_secret)['"]?\s*[:=]\s*)
+    (['"])(?:(?!\2).)+\2
+    """
 )
 NOISY_LOGGERS = ("botocore", "aiobotocore", "s3fs", "boto3", "urllib3", "fsspec")
 CHATTY_LOGGERS = ("distributed", "transformers", "huggingface_hub")
+PRELOAD = "distributed.worker.preload"
 
 
 def redact_url(url: str) -> str:
@@ -35,9 +53,13 @@ def redact_url(url: str) -> str:
 
 def redact_text(text: str) -> str:
     """Mask credential-shaped substrings in free text (messages, log lines)."""
-    text = _SECRET_PATTERNS[0].sub("AKIA****", text)
-    text = _SECRET_PATTERNS[1].sub(lambda m: "****" if _looks_random(m.group(0)) else m.group(0), text)
-    return _SECRET_PATTERNS[2].sub(lambda m: f"{m.group(1)}=****", text)
+    text = _USERINFO.sub(r"\1***@", text)
+    text = _QUERY_SECRET.sub(lambda m: f"{m.group(1)}=****", text)
+    text = _NAMED_VALUE.sub(lambda m: f"{m.group(1)}{m.group(2)}***{m.group(2)}", text)
+    text = _AWS_KEY_ID.sub("AKIA****", text)
+    text = _HF_TOKEN.sub("hf_****", text)
+    text = _LONG_TOKEN.sub(lambda m: "****" if _looks_random(m.group(0)) else m.group(0), text)
+    return _SECRET_40.sub(lambda m: "****" if _looks_random(m.group(0)) else m.group(0), text)
 
 
 def _looks_random(word: str) -> bool:
@@ -49,15 +71,65 @@ class RedactingFilter(logging.Filter):
     """Rewrites each record's message with :func:`redact_text`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact_text(record.getMessage())
-        record.args = ()
+        _redact_record(record)
         return True
+
+
+class RedactingFormatter(logging.Formatter):
+    """Wraps a handler's formatter and redacts all it produces, tracebacks and stack included."""
+
+    def __init__(self, inner: logging.Formatter | None = None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(self.inner.format(record))
+
+
+def _redact_record(record: logging.LogRecord) -> None:
+    try:
+        message = record.getMessage()
+    except Exception:  # a malformed call: logging reports it itself when it formats the record
+        return
+    record.msg, record.args = redact_text(message), ()
+
+
+def _install_record_factory() -> None:
+    """Redact every record of this process as it is made, whichever handler prints it."""
+    make = logging.getLogRecordFactory()
+    if getattr(make, "batchnlp_redacts", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        _redact_record(record)
+        return record
+
+    factory.batchnlp_redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
+
+def protect_process() -> None:
+    """Redact every log record of this process and every line its existing handlers write."""
+    _install_record_factory()
+    named = (v for v in logging.root.manager.loggerDict.values() if isinstance(v, logging.Logger))
+    for logger in (logging.getLogger(), *named):
+        for handler in logger.handlers:
+            if not isinstance(handler.formatter, RedactingFormatter):
+                handler.setFormatter(RedactingFormatter(handler.formatter))
+
+
+def dask_setup(worker: Any = None) -> None:
+    """Dask preload hook: worker processes of the embedded cluster redact their logs from start-up."""
+    protect_process()
 
 
 def configure_logging(level: int) -> None:
     """One stderr handler with redaction; AWS client libraries never below INFO."""
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.setFormatter(
+        RedactingFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    )
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -72,3 +144,20 @@ def configure_logging(level: int) -> None:
     os.environ["DASK_LOGGING__DISTRIBUTED"] = chatty
     for name in CHATTY_LOGGERS:  # cluster start-up chatter only with --verbose
         logging.getLogger(name).setLevel(chatty.upper())
+    _install_record_factory()
+    _preload_in_workers()
+
+
+def _preload_in_workers() -> None:
+    """Workers that this process's nannies start import this module first (see :func:`dask_setup`).
+
+    Their log lines (a failed task's exception text, which names the unit's URL) go to the same
+    stderr as ours, unfiltered otherwise. Nannies read the preload list from this process's
+    Dask config; workers started elsewhere (``--scheduler``) need ``--preload batchnlp.redaction``.
+    """
+    import dask.config
+
+    preload = dask.config.get(PRELOAD, None) or []
+    preload = [preload] if isinstance(preload, str) else list(preload)
+    if __name__ not in preload:
+        dask.config.set({PRELOAD: [*preload, __name__]})

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from batchnlp import __version__
 from batchnlp.cluster import connect, local_layout
-from batchnlp.commit import Committer, PartResult, totals
+from batchnlp.commit import Committer, PartResult, redacted_unit, totals
 from batchnlp.errors import BatchnlpError, InputError, JobFailed
 from batchnlp.formats import ReadOptions, WorkUnit, detect_format, plan_units, unify, unit_schema
 from batchnlp.lock import OutputLock
@@ -265,8 +265,8 @@ def _manifest(
         "parts": [
             {
                 "path": r.part.rsplit("/", 1)[-1] or None,
-                "source": r.unit.describe(),
-                "unit": r.unit.__dict__,
+                "source": redacted_unit(r.unit).describe(),
+                "unit": redacted_unit(r.unit).__dict__,
                 "rows": r.rows_out,
                 "rejected": r.rejected,
                 "bad_lines": r.bad_lines,

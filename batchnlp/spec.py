@@ -144,6 +144,8 @@ class JobSpec:
         data["input"] = redact_url(self.input)
         data["output"] = redact_url(self.output)
         data["storage_options"] = {key: "***" for key in self.storage_options}
+        for task in data["tasks"]:
+            task["model"] = redact_url(task["model"])
         return data
 
 

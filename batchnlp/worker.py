@@ -26,6 +26,7 @@ from batchnlp.commit import REJECTED, PartResult, sha256
 from batchnlp.engine import BatchStats
 from batchnlp.errors import InputError, JobFailed
 from batchnlp.formats import BadLine, ReadOptions, WorkUnit, parquet, read_unit
+from batchnlp.redaction import redact_url
 from batchnlp.spec import TaskSpec
 from batchnlp.storage import Location, write_atomic
 from batchnlp.tasks.base import value_problem
@@ -178,7 +179,8 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
         first_output_at=totals.first_output_at,
         bad_lines=len(read.bad_lines),
         bad_line_examples=[
-            {"source": unit.path, "line": bad.line, "reason": bad.reason} for bad in read.bad_lines[:EXAMPLES_PER_PART]
+            {"source": redact_url(unit.path), "line": bad.line, "reason": bad.reason}
+            for bad in read.bad_lines[:EXAMPLES_PER_PART]
         ],
         quarantine=quarantine,
         bytes=len(data),
@@ -204,7 +206,7 @@ def _quarantine(fs: Any, job: UnitJob, unit: WorkUnit, bad_lines: list[BadLine])
         return None
     data = b"".join(bad.raw + b"\n" for bad in bad_lines)
     reasons = "".join(
-        json.dumps({"source": unit.path, "line": bad.line, "reason": bad.reason}, ensure_ascii=False) + "\n"
+        json.dumps({"source": redact_url(unit.path), "line": bad.line, "reason": bad.reason}, ensure_ascii=False) + "\n"
         for bad in bad_lines
     )
     path = job.output.child(f"{REJECTED}/{unit.id}.jsonl")

@@ -121,7 +121,7 @@ def test_every_bad_value_keeps_its_row_with_a_reason(tmp_path, job):
     assert by_id["huge-1"][0]["text"] == HUGE and by_id["huge-1"][0]["sentiment"] is not None
     assert [by_id[f"u{i}"][0]["text"] for i in range(len(UNICODE))] == UNICODE, "text round-trips exactly"
     assert all(by_id[f"u{i}"][0]["sentiment"] is not None for i in range(len(UNICODE)))
-    assert [r["text"] for r in by_id["dup"]] == ["1", "2"] and len(by_id[None]) == 2
+    assert [r["text"] for r in by_id["dup"]] == ["one", "two"] and len(by_id[None]) == 2
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     assert manifest["totals"]["rejected"] == 9 and manifest["totals"]["bad_lines"] == 0
     assert (tmp_path / "out" / "_SUCCESS").exists()
