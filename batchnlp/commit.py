@@ -18,7 +18,7 @@ from typing import Any
 from batchnlp.errors import OutputError
 from batchnlp.formats.base import WorkUnit
 from batchnlp.redaction import redact_url
-from batchnlp.storage import Location, write_atomic, write_create_only
+from batchnlp.storage import Location, storage_errors, write_atomic, write_create_only
 
 SUCCESS = "_SUCCESS"
 MANIFEST = "_manifest.json"
@@ -135,20 +135,22 @@ class Committer:
 
     def clear(self) -> None:
         """Remove a previous run's files: ``_SUCCESS`` first, so no reader trusts what follows."""
-        for name in (SUCCESS, MANIFEST):
-            if self.fs.exists(self.path(name)):
-                self.fs.rm(self.path(name))
-        for path in self.fs.glob(self.path("part-*")) + self.fs.glob(self.path(f"{PROGRESS}/*")):
-            self.fs.rm(path)
-        if self.fs.exists(self.path(REJECTED)):
-            self.fs.rm(self.path(REJECTED), recursive=True)
+        with storage_errors("delete", self.output.display()):
+            for name in (SUCCESS, MANIFEST):
+                if self.fs.exists(self.path(name)):
+                    self.fs.rm(self.path(name))
+            for path in self.fs.glob(self.path("part-*")) + self.fs.glob(self.path(f"{PROGRESS}/*")):
+                self.fs.rm(path)
+            if self.fs.exists(self.path(REJECTED)):
+                self.fs.rm(self.path(REJECTED), recursive=True)
 
     def record(self, result: PartResult) -> None:
         """Note a finished part so a crashed driver can be resumed without redoing it."""
         write_atomic(self.fs, self.path(f"{PROGRESS}/{result.unit.id}.json"), _json(result.to_record()))
 
     def read_manifest(self) -> dict[str, Any]:
-        return json.loads(self.fs.cat_file(self.path(MANIFEST)))
+        with storage_errors("read", self.fs.unstrip_protocol(self.path(MANIFEST))):
+            return json.loads(self.fs.cat_file(self.path(MANIFEST)))
 
     def commit(self, manifest: dict[str, Any]) -> None:
         """Manifest, then ``_SUCCESS`` naming it: the marker's body ties it to this manifest."""
@@ -160,7 +162,8 @@ class Committer:
     def previous_job(self) -> dict[str, Any] | None:
         """The job record an earlier (maybe interrupted) run left, if any."""
         job_path = self.path(f"{PROGRESS}/{JOB_RECORD}")
-        return json.loads(self.fs.cat_file(job_path)) if self.fs.exists(job_path) else None
+        with storage_errors("read", self.fs.unstrip_protocol(job_path)):
+            return json.loads(self.fs.cat_file(job_path)) if self.fs.exists(job_path) else None
 
     def _resumable(self, job_record: dict[str, Any]) -> dict[str, PartResult]:
         """Parts whose record matches this job and whose file has the recorded bytes."""

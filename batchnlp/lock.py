@@ -21,8 +21,8 @@ import time
 from types import TracebackType
 from typing import Any
 
-from batchnlp.errors import OutputError
-from batchnlp.storage import Location, create_only, write_atomic
+from batchnlp.errors import BatchnlpError, OutputError
+from batchnlp.storage import Location, create_only, storage_errors, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +52,10 @@ class OutputLock:
     ) -> None:
         self.stop.set()
         self.renewer.join()
-        holder = self.holder()
-        if holder is not None and holder.get("run_id") == self.run_id:
-            self.fs.rm(self.path)
+        with storage_errors("delete", self.fs.unstrip_protocol(self.path)):
+            holder = self.holder()
+            if holder is not None and holder.get("run_id") == self.run_id:
+                self.fs.rm(self.path)
 
     def acquire(self) -> None:
         for _ in range(3):  # a lock removed or broken between our create and our read: try again
@@ -98,11 +99,16 @@ class OutputLock:
 
     def _renew_until_stopped(self) -> None:
         while not self.stop.wait(self.renew):
-            holder = self.holder()
-            if holder is None or holder.get("run_id") != self.run_id:
-                logger.warning("the lock on %s was broken by another run", self.output.display())
-                return
-            write_atomic(self.fs, self.path, self._record())
+            try:
+                holder = self.holder()
+                if holder is None or holder.get("run_id") != self.run_id:
+                    logger.warning("the lock on %s was broken by another run", self.output.display())
+                    return
+                write_atomic(self.fs, self.path, self._record())
+            except (BatchnlpError, OSError) as e:
+                # A thread's exception would print a traceback and end the renewals silently; the
+                # run goes on, and the next renewal may succeed before the lock looks stale.
+                logger.warning("could not renew the lock on %s: %s", self.output.display(), e)
 
 
 def stale(holder: dict[str, Any], now: float | None = None) -> str | None:

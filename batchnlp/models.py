@@ -157,16 +157,15 @@ def _check_files(ref: str, names: list[str]) -> None:
 
 def _remote_listing(parsed: ModelRef, storage_options: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(file name, version tag) of every file directly under a remote prefix."""
-    from fsspec.core import url_to_fs
+    from batchnlp.storage import Location, storage_errors
 
-    fs, path = url_to_fs(parsed.location, **storage_options)
-    try:
-        # refresh: a long-lived worker's cached listing would hide a re-uploaded model
-        entries = fs.ls(path.rstrip("/"), detail=True, refresh=True)
-    except FileNotFoundError:
-        entries = []
-    except PermissionError as e:
-        raise ModelError(f"no access to model {parsed.raw!r}: {e}") from e
+    fs, path = Location(parsed.location, storage_options).split()  # with batchnlp.retry's policy
+    with storage_errors("list", fs.unstrip_protocol(path), ModelError, what="model"):
+        try:
+            # refresh: a long-lived worker's cached listing would hide a re-uploaded model
+            entries = fs.ls(path.rstrip("/"), detail=True, refresh=True)
+        except FileNotFoundError:
+            entries = []
     files = [
         (entry["name"].rsplit("/", 1)[-1], str(entry.get("ETag") or entry.get("size")))
         for entry in entries
@@ -181,7 +180,7 @@ def _stage_remote(parsed: ModelRef, storage_options: Mapping[str, Any], cache: P
     """Download once per machine; a concurrent worker either wins the rename or reuses the result."""
     from fnmatch import fnmatch
 
-    from fsspec.core import url_to_fs
+    from batchnlp.storage import Location, storage_errors
 
     listing = _remote_listing(parsed, storage_options)
     _check_files(parsed.raw, [name for name, _ in listing])
@@ -189,13 +188,15 @@ def _stage_remote(parsed: ModelRef, storage_options: Mapping[str, Any], cache: P
     target = cache / key
     if target.is_dir():
         return target
-    fs, path = url_to_fs(parsed.location, **storage_options)
+    fs, path = Location(parsed.location, storage_options).split()
     partial = cache / f".{key}.{uuid.uuid4().hex}"
     partial.mkdir(parents=True)
     try:
         for name, _ in listing:
             if any(fnmatch(name, pattern) for pattern in STAGED_PATTERNS):
-                fs.get_file(f"{path.rstrip('/')}/{name}", str(partial / name))
+                source = f"{path.rstrip('/')}/{name}"
+                with storage_errors("read", fs.unstrip_protocol(source), ModelError, what="model"):
+                    fs.get_file(source, str(partial / name))
         try:
             partial.rename(target)
         except OSError:

@@ -187,7 +187,9 @@ def _infer_schema(client: Any, source: Location, units: list[WorkUnit], options:
     Reading JSONL twice costs far less than the model, and a malformed line stops the job
     before any inference.
     """
-    return {client.submit(unit_schema, source, unit, options, pure=False): unit for unit in units}
+    from batchnlp.worker import guarded
+
+    return {client.submit(guarded, unit_schema, source, unit, options, pure=False): unit for unit in units}
 
 
 def _unified_schema(client: Any, futures: dict[Any, WorkUnit], units: list[WorkUnit]) -> pa.Schema:
@@ -210,8 +212,11 @@ def _collect(
     client: Any, function: Callable[..., PartResult], units: list[WorkUnit], job: Any, run_id: str
 ) -> Iterator[PartResult]:
     """Submit every unit and yield results as they finish."""
+    from batchnlp.worker import guarded
+
     futures = {
-        client.submit(function, unit, job, key=f"batchnlp-{run_id}-{unit.id}", pure=False): unit for unit in units
+        client.submit(guarded, function, unit, job, key=f"batchnlp-{run_id}-{unit.id}", pure=False): unit
+        for unit in units
     }
     for _, result in _results(client, futures):
         yield result
@@ -221,10 +226,15 @@ def _results(client: Any, futures: dict[Any, WorkUnit]) -> Iterator[tuple[WorkUn
     """(unit, result) as futures finish; the first failure cancels the rest and names its unit."""
     from distributed import as_completed
 
+    from batchnlp.worker import Refused
+
     for future in as_completed(futures):
         unit = futures[future]
         try:
-            yield unit, future.result()
+            result = future.result()
+            if isinstance(result, Refused):
+                raise result.error(result.message)
+            yield unit, result
         except BaseException as e:
             client.cancel(list(futures))
             if isinstance(e, BatchnlpError) or not isinstance(e, Exception):

@@ -24,7 +24,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from batchnlp import __version__
 from batchnlp.commit import REJECTED, PartResult, sha256
 from batchnlp.engine import BatchStats
-from batchnlp.errors import InputError, JobFailed
+from batchnlp.errors import BatchnlpError, InputError, JobFailed
 from batchnlp.formats import BadLine, ReadOptions, WorkUnit, parquet, read_unit
 from batchnlp.redaction import redact_url
 from batchnlp.spec import TaskSpec
@@ -102,6 +102,26 @@ class UnitJob:
     id_column: str | None
     schema: pa.Schema  # every part gets exactly these input columns and types
     plugin_name: str
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A task's user-facing failure, returned rather than raised.
+
+    Dask logs every raised task exception with its traceback on the worker's stderr ("Compute
+    Failed"); a refusal the user must act on (a 403, a malformed line) is only a message.
+    """
+
+    error: type[BatchnlpError]
+    message: str
+
+
+def guarded(function: Any, *args: Any) -> Any:
+    """Run a Dask task's ``function``; a BatchnlpError comes back as a :class:`Refused` value."""
+    try:
+        return function(*args)
+    except BatchnlpError as e:
+        return Refused(type(e), str(e))
 
 
 def run_unit(unit: WorkUnit, job: UnitJob) -> PartResult:

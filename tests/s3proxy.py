@@ -1,24 +1,69 @@
-"""A recording HTTP proxy on 127.0.0.1 in front of moto's server.
+"""A recording, fault-injecting HTTP proxy on 127.0.0.1 in front of moto's server.
 
 Tests point ``AWS_ENDPOINT_URL`` here, so every S3 request that s3fs or boto3 makes, from the
 test process or from Dask worker processes, is forwarded to moto and logged as
 ``(method, path)``. That lets a test count real requests (how often an input is read)
 without patching any of our functions.
+
+A test can also arm faults: "the next N requests matching (method, path regex) get ...":
+
+- ``"500"``: HTTP 500 InternalError, ``"503"``: HTTP 503 SlowDown (S3's throttling answer),
+  ``"403"``: HTTP 403 AccessDenied (permanent), each with S3's XML error body;
+- ``"reset"``: the request is read, then the socket is closed with a TCP reset and no answer;
+- ``"delay"``: the request reaches moto, and its answer is held back ``seconds`` before it is
+  sent (a slow response: a write has happened when its answer is late or lost).
+
+The proxy lives in the test process; worker processes reach it over loopback, so plain
+in-memory rules under a lock are seen by every request. It binds 127.0.0.1 only, forwards to
+127.0.0.1 only, and answers nobody else.
 """
 
 from __future__ import annotations
 
 import http.client
+import re
+import socket
+import struct
 import threading
+import time
+import uuid
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Literal
+from xml.sax.saxutils import escape
 
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection"}
+
+Fault = Literal["500", "503", "403", "reset", "delay"]
+ERRORS: dict[str, tuple[int, str, str, str]] = {
+    "500": (500, "Internal Server Error", "InternalError", "We encountered an internal error. Please try again."),
+    "503": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
+    "403": (403, "Forbidden", "AccessDenied", "Access Denied"),
+}
+
+
+@dataclass
+class Rule:
+    """Arm ``fault`` for the next ``times`` requests whose method and path match, after skipping ``after``."""
+
+    fault: Fault
+    method: str  # "GET", "PUT", ... or "*"
+    path: re.Pattern[str]  # searched in the request path, query string included
+    times: int
+    after: int = 0
+    seconds: float = 0.0  # for "delay"
+    injected: int = 0
+
+    def matches(self, method: str, path: str) -> bool:
+        return self.method in ("*", method) and self.path.search(path) is not None
 
 
 class S3Proxy:
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.requests: list[tuple[str, str]] = []
+        self.injected: list[tuple[str, str, str]] = []  # (fault, method, path) of every fault served
+        self.rules: list[Rule] = []
         self._lock = threading.Lock()
         proxy = self
 
@@ -29,26 +74,62 @@ class S3Proxy:
                 pass
 
             def _forward(self) -> None:
+                if self.client_address[0] != "127.0.0.1":  # bounded: loopback clients only
+                    self.close_connection = True
+                    return
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
-                with proxy._lock:
-                    proxy.requests.append((self.command, self.path))
+                rule = proxy._take(self.command, self.path)
+                if rule is not None and rule.fault == "reset":
+                    self._reset()
+                    return
+                if rule is not None and rule.fault in ERRORS:
+                    self._error(rule.fault)
+                    return
                 upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_HEADERS}
                 upstream.request(self.command, self.path, body=body, headers=headers)
                 response = upstream.getresponse()
                 data = response.read()
-                self.send_response(response.status, response.reason)
-                for key, value in response.getheaders():
-                    if key.lower() not in HOP_HEADERS | {"content-length"}:
-                        self.send_header(key, value)
-                # A HEAD answer has no body but carries the object's length.
-                length = response.getheader("Content-Length") if self.command == "HEAD" else None
-                self.send_header("Content-Length", length or str(len(data)))
+                upstream.close()
+                if rule is not None:  # "delay": moto has acted; its answer comes late
+                    time.sleep(rule.seconds)
+                try:
+                    self.send_response(response.status, response.reason)
+                    for key, value in response.getheaders():
+                        if key.lower() not in HOP_HEADERS | {"content-length"}:
+                            self.send_header(key, value)
+                    # A HEAD answer has no body but carries the object's length.
+                    length = response.getheader("Content-Length") if self.command == "HEAD" else None
+                    self.send_header("Content-Length", length or str(len(data)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(data)
+                except OSError:  # the client gave up waiting (its read timeout) and hung up
+                    self.close_connection = True
+
+            def _error(self, fault: str) -> None:
+                status, reason, code, message = ERRORS[fault]
+                body = (
+                    '<?xml version="1.0" encoding="UTF-8"?>\n'
+                    f"<Error><Code>{code}</Code><Message>{message}</Message>"
+                    f"<Resource>{escape(self.path.split('?', 1)[0])}</Resource>"
+                    f"<RequestId>{uuid.uuid4().hex[:16].upper()}</RequestId></Error>"
+                ).encode()
+                self.send_response(status, reason)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("x-amz-request-id", uuid.uuid4().hex[:16].upper())
+                self.send_header("Content-Length", "0" if self.command == "HEAD" else str(len(body)))
                 self.end_headers()
                 if self.command != "HEAD":
-                    self.wfile.write(data)
-                upstream.close()
+                    self.wfile.write(body)
+
+            def _reset(self) -> None:
+                """Close with RST (linger 0) and no answer: what a dropped connection looks like."""
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.close_connection = True
+                self.wfile = _Discard()  # the server's own flush after this request must not write
+                self.connection.close()
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
 
@@ -65,10 +146,56 @@ class S3Proxy:
         self.server.shutdown()
         self.server.server_close()
 
+    def inject(
+        self, fault: Fault, method: str, path: str, times: int = 1, after: int = 0, seconds: float = 0.0
+    ) -> Rule:
+        """Arm a fault for the next ``times`` matching requests (``path`` is a regex); returns the rule."""
+        if fault not in (*ERRORS, "reset", "delay"):
+            raise ValueError(f"unknown fault {fault!r}")
+        rule = Rule(fault, method.upper(), re.compile(path), times, after, seconds)
+        with self._lock:
+            self.rules.append(rule)
+        return rule
+
+    def _take(self, method: str, path: str) -> Rule | None:
+        """Record the request; the first armed rule it matches fires (and is used up after ``times``)."""
+        with self._lock:
+            self.requests.append((method, path))
+            for rule in self.rules:
+                if rule.injected < rule.times and rule.matches(method, path):
+                    if rule.after > 0:
+                        rule.after -= 1
+                        continue
+                    rule.injected += 1
+                    self.injected.append((rule.fault, method, path))
+                    return rule
+        return None
+
+    def faults(self, fault: str | None = None, method: str | None = None) -> int:
+        """How many faults were served, optionally of one kind and method."""
+        with self._lock:
+            return sum(1 for f, m, _ in self.injected if fault in (None, f) and method in (None, m))
+
     def count(self, method: str, path_part: str) -> int:
         with self._lock:
             return sum(1 for m, p in self.requests if m == method and path_part in p)
 
     def clear(self) -> None:
+        """Forget recorded requests and served faults, and disarm every rule."""
         with self._lock:
             self.requests.clear()
+            self.injected.clear()
+            self.rules.clear()
+
+
+class _Discard:
+    closed = False
+
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -13,7 +13,7 @@ import pyarrow as pa
 from batchnlp.errors import InputError
 from batchnlp.formats import jsonl, parquet
 from batchnlp.formats.base import BadLine, ReadOptions, ReadResult, WorkUnit, conform, unify
-from batchnlp.storage import InputFile, Location
+from batchnlp.storage import InputFile, Location, storage_errors
 
 READERS: dict[str, ModuleType] = {"jsonl": jsonl, "parquet": parquet}
 _SUFFIXES = {
@@ -87,7 +87,10 @@ def plan_units(
     them (a small file still uses the whole cluster), within sensible bounds.
     """
     fs = location.fs
-    layouts = [READERS[fmt].describe(fs, file, options) for file in files]
+    layouts = []
+    for file in files:
+        with storage_errors("read", fs.unstrip_protocol(file.path), InputError, what="input"):
+            layouts.append(READERS[fmt].describe(fs, file, options))
     if rows_per_unit is None:
         rows_per_unit = auto_rows_per_unit(sum(layout.rows for layout in layouts), workers)
     units: list[WorkUnit] = []
@@ -111,7 +114,8 @@ def read_unit(location: Location, unit: WorkUnit, options: ReadOptions, schema: 
     """Read one unit; with ``schema``, its columns are conformed to the job's one schema."""
     fs = location.fs
     fmt = "jsonl" if unit.format.startswith("jsonl") else unit.format
-    result = READERS[fmt].read(fs, replace(unit, path=fs._strip_protocol(unit.path)), options)
+    with storage_errors("read", unit.path, InputError, what="input"):
+        result = READERS[fmt].read(fs, replace(unit, path=fs._strip_protocol(unit.path)), options)
     if schema is not None:
         result.table = conform(result.table, schema, unit.describe())
     return result
