@@ -5,8 +5,11 @@ Commands stay thin; validation lives in :mod:`batchnlp.spec` and :mod:`batchnlp.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -15,7 +18,7 @@ from click.core import ParameterSource
 from batchnlp import __version__
 from batchnlp.errors import BatchnlpError
 from batchnlp.params import KeyValue
-from batchnlp.redaction import configure_logging, redact_text
+from batchnlp.redaction import configure_logging, redact_text, redact_url
 
 RUN_EXAMPLES = """
 \b
@@ -29,6 +32,30 @@ Examples:
   batchnlp run tickets/ out/ --task qa --question "What product is affected?" --allow-no-answer
   batchnlp run --spec jobs/contract-fields.yaml     # several named questions per document
 """
+
+SUBMIT_EXAMPLES = """
+\b
+Examples:
+  batchnlp submit --spec jobs/nightly-labels.yaml --queue batchnlp-gpu --job-definition batchnlp-gpu
+  batchnlp submit --spec s3://lake/specs/nightly.yaml --queue batchnlp-multi-node \\
+      --job-definition batchnlp-multi-node --nodes 4 --run-date 2026-11-24
+  batchnlp submit --spec jobs/nightly-labels.yaml --queue q --job-definition d --dry-run -- --workers 2
+"""
+
+# Spec placeholders, set the same way by `run` and by `submit` (which passes them on to `run`).
+PARAM_OPTION = click.option(
+    "--param",
+    multiple=True,
+    type=KeyValue("NAME", typed=False),
+    metavar="NAME=VALUE",
+    help="Value of ${NAME} in the job spec (see also --run-date). Example: --param table=tickets",
+)
+RUN_DATE_OPTION = click.option(
+    "--run-date",
+    metavar="DATE",
+    help="The date the run is for, ${run_date} in the spec (${yesterday} is the day before): a date, an ISO "
+    "timestamp or 'today' (the default, UTC; submit fixes it at submission). Example: --run-date 2026-11-24",
+)
 
 # CLI option name → settings key of the job spec, where they differ.
 _SETTING_NAMES = {"task": "tasks", "model": "models", "storage_option": "storage_options"}
@@ -46,8 +73,8 @@ def main() -> None:
 @click.option(
     "--spec",
     "spec_file",
-    type=click.Path(dir_okay=False),
-    help="YAML job spec with the same settings; flags override it. Example: --spec jobs/nightly-sentiment.yaml",
+    help="YAML job spec with the same settings, a path, an s3:// URL or env:VARIABLE; flags override it. "
+    "Example: --spec jobs/nightly-sentiment.yaml",
 )
 @click.option(
     "--task",
@@ -164,10 +191,20 @@ def main() -> None:
     default=None,
     help="Take OUTPUT even though another run's _lock.json says it is writing there (it must be dead).",
 )
+@PARAM_OPTION
+@RUN_DATE_OPTION
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging (credentials stay masked).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors.")
 @click.pass_context
-def run(ctx: click.Context, spec_file: str | None, verbose: bool, quiet: bool, **flags: Any) -> None:
+def run(
+    ctx: click.Context,
+    spec_file: str | None,
+    verbose: bool,
+    quiet: bool,
+    param: Any,
+    run_date: str | None,
+    **flags: Any,
+) -> None:
     """Annotate INPUT (file, directory/prefix or glob; local or s3://) into OUTPUT.
 
     Writes OUTPUT/part-NNNNN.parquet (every input column, one struct column per task, and
@@ -175,22 +212,15 @@ def run(ctx: click.Context, spec_file: str | None, verbose: bool, quiet: bool, *
     2 for a usage, input or model error; 1 for a failed job.
     """
     configure_logging(logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO)
-    try:
+    with _user_errors(verbose):
         from batchnlp.runner import run as run_job
         from batchnlp.spec import JobSpec, load_spec_file
+        from batchnlp.templating import render
 
         settings = load_spec_file(spec_file) if spec_file else {}
-        settings = _merge(ctx, settings, flags)
+        params = {**dict(param), **({"run_date": run_date} if run_date else {})}
+        settings = render(_merge(ctx, settings, flags), params)
         summary = run_job(JobSpec.from_settings(settings))
-    except BatchnlpError as e:
-        _fail(str(e), e.exit_code)
-    except Exception as e:
-        if verbose:
-            raise
-        _fail(
-            f"unexpected {type(e).__name__}: {e}\n(this is a bug in batchnlp; rerun with --verbose for the traceback)",
-            1,
-        )
     if quiet:
         return
     t = summary.totals
@@ -233,6 +263,120 @@ def _merge(ctx: click.Context, settings: dict[str, Any], flags: dict[str, Any]) 
         else:
             merged[key] = value
     return merged
+
+
+@main.command(context_settings={"ignore_unknown_options": True}, epilog=SUBMIT_EXAMPLES)
+@click.option("--spec", "spec", required=True, help="Job spec: a local file (sent inline) or an s3:// URL.")
+@click.option("--queue", required=True, help="AWS Batch job queue. Example: --queue batchnlp-gpu-spot")
+@click.option("--job-definition", required=True, help="Job definition name[:revision]. Example: --job-definition bnlp")
+@PARAM_OPTION
+@click.option(
+    "--nodes",
+    type=click.IntRange(min=2),
+    help="Run as a multi-node parallel job over N machines (on-demand queues only). Example: --nodes 4",
+)
+@click.option("--env", multiple=True, type=KeyValue("NAME", typed=False), metavar="NAME=VALUE", help="Extra variable.")
+@click.option("--name", help="Job name. Default: batchnlp-<spec name>-<run date>.")
+@click.option("--region", help="AWS region. Default: the AWS configuration's.")
+@RUN_DATE_OPTION
+@click.option("--dry-run", is_flag=True, help="Print the SubmitJob request and stop.")
+@click.argument("run_args", nargs=-1, type=click.UNPROCESSED)
+def submit(
+    spec: str,
+    queue: str,
+    job_definition: str,
+    param: Any,
+    nodes: int | None,
+    env: Any,
+    name: str | None,
+    region: str | None,
+    run_date: str | None,
+    dry_run: bool,
+    run_args: tuple[str, ...],
+) -> None:
+    """Submit a job spec to AWS Batch; RUN_ARGS after -- go to `batchnlp run` in the container."""
+    with _user_errors(False):
+        from batchnlp.submit import Submission
+        from batchnlp.submit import submit as submit_job
+
+        submission = Submission(spec, queue, job_definition, dict(param), run_args, dict(env), nodes, name, run_date)
+        request = submission.request()
+        if dry_run:
+            click.echo(json.dumps(request, indent=2))
+            return
+        job = submit_job(request, region)
+    click.echo(f"submitted {job['jobName']}: job id {job['jobId']}\n{job['link']}")
+    click.echo(f"follow it with: batchnlp status {job['jobId']} --follow")
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--follow", is_flag=True, help="Print each status change until the job succeeds or fails.")
+@click.option("--region", help="AWS region. Default: the AWS configuration's.")
+def status(job_id: str, follow: bool, region: str | None) -> None:
+    """Show an AWS Batch job's status, attempts and log stream; exit 1 if it failed."""
+    with _user_errors(False):
+        from batchnlp import submit as batch
+
+        jobs = batch.follow(job_id, region) if follow else iter([batch.describe(job_id, region)])
+        job = {}
+        for job in jobs:
+            click.echo(batch.summary(job))
+    if job.get("status") == "FAILED":
+        sys.exit(1)
+
+
+@main.group()
+def models() -> None:
+    """Stage checkpoints in object storage, for jobs that cannot reach the Hugging Face Hub."""
+
+
+@models.command("pull")
+@click.argument("ref")
+@click.argument("dest")
+@click.option("--overwrite", is_flag=True, help="Replace the files of a model already at DEST.")
+@click.option("--storage-option", multiple=True, type=KeyValue(), metavar="KEY=VALUE", help="fsspec option for DEST.")
+def models_pull(ref: str, dest: str, overwrite: bool, storage_option: Any) -> None:
+    """Copy REF (Hub id[@revision] or local directory) to DEST, e.g. s3://bucket/models/sst2/."""
+    with _user_errors(False):
+        from batchnlp.model_store import pull
+
+        provenance = pull(ref, dest, dict(storage_option), overwrite)
+    revision = f" at revision {provenance['revision']}" if provenance["revision"] else ""
+    click.echo(f"copied {ref}{revision} to {redact_url(dest)}: {', '.join(provenance['files'])}")
+
+
+@models.command("ls")
+@click.argument("url")
+@click.option("--storage-option", multiple=True, type=KeyValue(), metavar="KEY=VALUE", help="fsspec option for URL.")
+def models_ls(url: str, storage_option: Any) -> None:
+    """List the checkpoints at URL and one level below it."""
+    with _user_errors(False):
+        from batchnlp.model_store import list_models
+
+        found = list_models(url, dict(storage_option))
+    if not found:
+        click.echo(f"no checkpoints (config.json) at {redact_url(url)} or one level below")
+    for model in found:
+        revision = model["revision"] or "-"
+        source = f"  {model['source']}@{revision} pulled {model['pulled_at']}" if model["source"] else ""
+        click.echo(f"{model['url']}  {model['files']} files  {model['bytes'] / 1e6:.1f} MB{source}")
+
+
+@contextmanager
+def _user_errors(verbose: bool) -> Iterator[None]:
+    """A BatchnlpError ends the command with its message and exit code; anything else is a bug."""
+    try:
+        yield
+    except BatchnlpError as e:
+        _fail(str(e), e.exit_code)
+    except Exception as e:
+        if verbose:
+            raise
+        _fail(
+            f"unexpected {type(e).__name__}: {e}\n(this is a bug in batchnlp; rerun with --verbose for the traceback)",
+            1,
+        )
 
 
 def _fail(message: str, code: int) -> None:

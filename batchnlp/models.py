@@ -59,7 +59,7 @@ def check_ref(ref: str, storage_options: Mapping[str, Any]) -> str:
         if not path.is_dir():
             raise ModelError(f"model directory {ref!r} not found")
         _check_files(ref, [p.name for p in path.iterdir()])
-        contents = {**weight_checksums(path), "config.json": _file_sha256(path / "config.json")}
+        contents = {**weight_checksums(path), "config.json": file_sha256(path / "config.json")}
         return "sha256:" + _digest(contents)
     if parsed.kind == "remote":
         listing = _remote_listing(parsed, storage_options)
@@ -90,10 +90,10 @@ def default_cache_dir() -> str:
 
 def weight_checksums(directory: Path) -> dict[str, str]:
     """sha256 of every weight file, recorded in the manifest so a run names exactly its model."""
-    return {path.name: _file_sha256(path) for path in sorted(directory.glob("*.safetensors"))}
+    return {path.name: file_sha256(path) for path in sorted(directory.glob("*.safetensors"))}
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(1 << 22):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any, Literal, get_args
 
 from batchnlp.errors import SpecError
 from batchnlp.formats.base import BadLinePolicy, ReadOptions
+from batchnlp.redaction import redact_url
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
@@ -138,8 +140,6 @@ class JobSpec:
 
     def redacted(self) -> dict[str, Any]:
         """The spec as JSON-ready data with storage option values hidden (for the manifest)."""
-        from batchnlp.redaction import redact_url
-
         data = dataclasses.asdict(self)
         data["input"] = redact_url(self.input)
         data["output"] = redact_url(self.output)
@@ -149,26 +149,45 @@ class JobSpec:
         return data
 
 
-def load_spec_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML job spec into a settings mapping; errors name the file and line."""
+def load_spec_file(ref: str | Path) -> dict[str, Any]:
+    """Read a YAML job spec into a settings mapping; errors name the file and line.
+
+    ``ref`` is a local path, any fsspec URL (``s3://bucket/specs/nightly.yaml``), or
+    ``env:NAME`` for spec text held in an environment variable (how ``batchnlp submit`` hands
+    a local spec to a container).
+    """
     import yaml
 
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise SpecError(f"cannot read job spec {path}: {e.strerror or e}") from e
+    ref = str(ref)
+    text = _spec_text(ref)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        where = f"{ref}:{mark.line + 1}:{mark.column + 1}" if mark else ref
         raise SpecError(f"job spec {where} is not valid YAML: {getattr(e, 'problem', e)}") from e
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise SpecError(f"job spec {path} must be a mapping of settings, not {type(data).__name__}")
+        raise SpecError(f"job spec {ref} must be a mapping of settings, not {type(data).__name__}")
     return data
+
+
+def _spec_text(ref: str) -> str:
+    if ref.startswith("env:"):
+        name = ref.removeprefix("env:")
+        if name not in os.environ:
+            raise SpecError(f"job spec {ref}: the environment variable {name} is not set")
+        return os.environ[name]
+    try:
+        if "://" in ref:
+            from batchnlp.storage import Location
+
+            fs, path = Location(ref, {}).split()
+            return fs.cat_file(path).decode("utf-8")
+        return Path(ref).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"cannot read job spec {redact_url(ref)}: {getattr(e, 'strerror', None) or e}") from e
 
 
 def _tasks_from_settings(s: Mapping[str, Any], problems: list[str]) -> list[TaskSpec]:

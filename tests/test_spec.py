@@ -4,6 +4,7 @@ import pytest
 
 from batchnlp.errors import SpecError
 from batchnlp.spec import JobSpec, load_spec_file
+from batchnlp.templating import render
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,7 +86,7 @@ def test_yaml_errors_name_file_and_line(tmp_path):
 
 @pytest.mark.parametrize("path", sorted((ROOT / "jobs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_job_specs_validate(path):
-    JobSpec.from_settings(load_spec_file(path))
+    JobSpec.from_settings(render(load_spec_file(path), {"run_date": "2026-11-25"}))
 
 
 def test_precision_that_cannot_run_on_the_device_is_refused_up_front():

@@ -1,0 +1,83 @@
+"""``batchnlp models pull`` and ``models ls``: checkpoints staged in object storage.
+
+Jobs in private subnets cannot reach the Hugging Face Hub. ``pull`` copies a checkpoint's safe
+files (config, tokenizer, ``*.safetensors``) from the Hub (where a network is available) or a
+local directory to a prefix such as ``s3://bucket/models/sst2/``, and writes
+``batchnlp-model.json`` last, naming the source, its revision and each file's sha256. Jobs then
+load the model from that prefix; the manifest records its version.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from fnmatch import fnmatch
+from typing import Any
+
+from batchnlp.errors import ModelError, OutputError
+from batchnlp.models import STAGED_PATTERNS, check_ref, file_sha256, parse_ref, stage
+from batchnlp.storage import Location, storage_errors
+
+PROVENANCE = "batchnlp-model.json"
+
+
+def pull(ref: str, dest: str, storage_options: Mapping[str, Any], overwrite: bool = False) -> dict[str, Any]:
+    """Copy the checkpoint ``ref`` (Hub id[@revision] or local directory) to ``dest``; returns its provenance."""
+    parsed = parse_ref(ref)
+    if parsed.kind == "remote":
+        raise ModelError(f"{ref!r} is already in object storage; pull copies from the Hub or a local directory")
+    directory = stage(ref, storage_options)  # safetensors only, checked; the Hub's snapshot is named by commit
+    revision = directory.name if parsed.kind == "hub" else None
+    files = sorted(p for p in directory.iterdir() if any(fnmatch(p.name, pattern) for pattern in STAGED_PATTERNS))
+    location = Location(dest, storage_options)
+    fs, root = location.split()
+    with storage_errors("list", location.display(), OutputError, what="model destination"):
+        existing = fs.exists(root) and fs.ls(root)
+    if existing and not overwrite:
+        raise OutputError(f"{location.display()} already holds files; pass --overwrite to replace the model there")
+    provenance = {
+        "source": ref,
+        "revision": revision,
+        "files": {path.name: file_sha256(path) for path in files if path.name != PROVENANCE},
+        "pulled_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    for path in files:
+        if path.name != PROVENANCE:
+            target = location.child(path.name)
+            with storage_errors("write", fs.unstrip_protocol(target), OutputError):
+                fs.put_file(str(path), target)
+    with storage_errors("write", location.display(), OutputError):
+        fs.pipe_file(location.child(PROVENANCE), json.dumps(provenance, indent=2).encode())
+    check_ref(dest, storage_options)  # what a job will see: config, tokenizer and weights in place
+    return provenance
+
+
+def list_models(url: str, storage_options: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every checkpoint at ``url`` or one level below it: name, files, bytes, source and revision."""
+    location = Location(url, storage_options)
+    fs, root = location.split()
+    with storage_errors("list", location.display(), OutputError, what="models"):
+        entries = fs.ls(root.rstrip("/"), detail=True, refresh=True)
+        candidates = [(root, entries)] + [
+            (entry["name"], fs.ls(entry["name"], detail=True, refresh=True))
+            for entry in entries
+            if entry.get("type") == "directory"
+        ]
+        models = []
+        for prefix, listing in candidates:
+            names = {entry["name"].rsplit("/", 1)[-1]: entry for entry in listing if entry.get("type") == "file"}
+            if "config.json" not in names:
+                continue
+            provenance = json.loads(fs.cat_file(f"{prefix}/{PROVENANCE}")) if PROVENANCE in names else {}
+            models.append(
+                {
+                    "url": fs.unstrip_protocol(prefix),
+                    "files": len(names),
+                    "bytes": sum(int(entry.get("size") or 0) for entry in names.values()),
+                    "source": provenance.get("source"),
+                    "revision": provenance.get("revision"),
+                    "pulled_at": provenance.get("pulled_at"),
+                }
+            )
+    return models
