@@ -1,0 +1,1013 @@
+"""The deployment templates under infra/: lint, deploy into moto, check the settings that matter.
+
+No network and no Docker engine. ``infra/aws/batch.yaml`` is linted with cfn-lint and created
+as a CloudFormation stack in moto, twice (Spot single-node capacity with on-demand fallback, and
+on-demand only). moto 5.2.5's CloudFormation cannot create ``Type: multinode`` job definitions
+and silently skips ``AWS::Scheduler::Schedule``, while its Batch and Scheduler APIs accept both;
+so those two resources are taken out of the stack and registered through the APIs from the
+template's own properties (intrinsics resolved against the deployed stack), one source of truth.
+The commands the job definitions, the schedule and the Kubernetes manifests start go through
+the real ``batchnlp run`` up to the validated job (spec loaded, ``${run_date}`` filled in), and
+the S3 locations of that job are checked against the job role's policy.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date, datetime, timedelta, timezone
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+import yaml
+
+INFRA = Path(__file__).resolve().parent.parent / "infra"
+REPO = INFRA.parent  # stands for the image's working directory, which holds jobs/
+TEMPLATE = INFRA / "aws" / "batch.yaml"
+REGION = "us-east-1"
+ACCOUNT = "123456789012"  # moto's default account
+KMS_KEY = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+IMAGE = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/batchnlp:0.1.0"
+SCHEDULED_TIME = "2026-11-24T02:00:00Z"  # what EventBridge Scheduler puts for the placeholder
+# Resources moto's CloudFormation cannot create (see the module docstring), and outputs naming them.
+API_ONLY = {"MultiNodeJobDefinition": "MultiNodeJobDefinitionArn", "NightlySchedule": "ScheduleName"}
+NO_VALUE = object()
+
+# The second stack's spec lives in S3, where its job role may read it (under InputPrefix).
+TICKETS_SPEC = "s3://acme-lake/raw/tickets/_specs/tickets.yaml"
+TICKETS_SPEC_TEXT = """\
+input: s3://acme-lake/raw/tickets/dt=${run_date}/
+output: s3://acme-labels/tickets/dt=${run_date}/
+tasks: [sentiment]
+text_column: body
+"""
+
+# Two deployments in one account; between them they take both sides of every condition but
+# OnDemandFallback=false with Spot (the queue then has the Spot environment alone).
+SPOT = {
+    "InputBucket": "acme-lake",
+    "InputPrefix": "raw/reviews",
+    "OutputBucket": "acme-lake",
+    "OutputPrefix": "labelled/reviews",  # jobs/nightly-labels.yaml (the JobSpec default) writes below it
+    "ModelBucket": "acme-models",
+    "ModelPrefix": "models",
+    "ListBucketScope": "prefixes",
+    "SingleNodeCapacity": "SPOT",
+    "SingleNodeMaxVcpus": "96",
+    "ScheduleTimezone": "Europe/Berlin",
+    # 02:30 in Berlin is 00:30 or 01:30 UTC: the scheduled time's UTC date is the local date.
+    "ScheduleExpression": "cron(30 2 * * ? *)",
+}
+ON_DEMAND = {  # ListBucketScope left at its default (bucket)
+    "InputBucket": "acme-lake",
+    "InputPrefix": "raw/tickets",
+    "OutputBucket": "acme-labels",
+    "OutputPrefix": "tickets",
+    "JobSpec": TICKETS_SPEC,
+    "SingleNodeCapacity": "ON_DEMAND",
+    "ScheduledJobType": "multi-node",
+    "MultiNodeNodes": "3",
+    "GpusPerNode": "4",
+    "MultiNodeInstanceType": "g5.12xlarge",
+    "PlacementGroup": "batchnlp-cluster",
+}
+
+
+# ------------------------------------------------------------------ template helpers
+
+
+def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
+    """The template as plain data, short-form tags (!Ref, !Sub...) in their long form."""
+    from cfnlint.decode import decode_str
+
+    template, problems = decode_str(path.read_text(encoding="utf-8"))
+    assert not problems, problems
+    return json.loads(json.dumps(template))  # cfn-lint's node classes → plain dicts and lists
+
+
+class DeployedStack:
+    """One stack in moto, and a resolver of the template's intrinsics against it."""
+
+    def __init__(self, name: str, template: dict[str, Any], parameters: dict[str, str]) -> None:
+        self.name = name
+        self.template = template
+        self.parameters = {key: str(slot.get("Default", "")) for key, slot in template["Parameters"].items()}
+        self.parameters.update(parameters)
+        self.physical: dict[str, str] = {}
+
+    # -- deployment
+    def create(self, cloudformation: Any) -> None:
+        body = copy.deepcopy(self.template)
+        for logical, output in API_ONLY.items():
+            del body["Resources"][logical]
+            del body["Outputs"][output]
+        cloudformation.create_stack(
+            StackName=self.name,
+            TemplateBody=json.dumps(body),
+            Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in self.parameters.items()],
+            Capabilities=["CAPABILITY_IAM"],
+        )
+        stack = cloudformation.describe_stacks(StackName=self.name)["Stacks"][0]
+        assert stack["StackStatus"] == "CREATE_COMPLETE", stack.get("StackStatusReason")
+        resources = cloudformation.describe_stack_resources(StackName=self.name)["StackResources"]
+        # (moto lists a resource whose Condition is false as a record with no logical id.)
+        self.physical = {
+            r["LogicalResourceId"]: r.get("PhysicalResourceId", "") for r in resources if "LogicalResourceId" in r
+        }
+        # Every resource the template declares was made (those whose Condition holds), except the
+        # two registered through the APIs.
+        wanted = {k for k, r in body["Resources"].items() if "Condition" not in r or self.condition(r["Condition"])}
+        assert set(self.physical) == wanted
+        self.outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+
+    def properties(self, logical: str) -> dict[str, Any]:
+        return self.resolve(self.template["Resources"][logical]["Properties"])
+
+    # -- intrinsics
+    def resolve(self, node: Any) -> Any:
+        if isinstance(node, list):
+            return [v for v in (self.resolve(item) for item in node) if v is not NO_VALUE]
+        if not isinstance(node, dict):
+            return node
+        if len(node) == 1:
+            (function, argument) = next(iter(node.items()))
+            if function == "Ref":
+                return self.ref(argument)
+            if function == "Fn::GetAtt":
+                logical, attribute = argument.split(".", 1) if isinstance(argument, str) else argument
+                return self.get_att(logical, attribute)
+            if function == "Fn::If":
+                condition, when_true, when_false = argument
+                return self.resolve(when_true if self.condition(condition) else when_false)
+            if function == "Fn::Sub":
+                text, variables = (argument, {}) if isinstance(argument, str) else argument
+                values = {key: self.resolve(value) for key, value in variables.items()}
+                return re.sub(r"\$\{([^}!]+)\}", lambda m: str(self.variable(m.group(1), values)), text)
+            assert not function.startswith("Fn::"), f"resolver lacks {function}"
+        return {k: v for k, v in ((k, self.resolve(v)) for k, v in node.items()) if v is not NO_VALUE}
+
+    def variable(self, name: str, values: dict[str, Any]) -> Any:
+        if name in values:
+            return values[name]
+        if "." in name:
+            return self.get_att(*name.split(".", 1))
+        return self.ref(name)
+
+    def ref(self, name: str) -> Any:
+        pseudo = {
+            "AWS::Region": REGION,
+            "AWS::AccountId": ACCOUNT,
+            "AWS::StackName": self.name,
+            "AWS::Partition": "aws",
+            "AWS::NoValue": NO_VALUE,
+        }
+        if name in pseudo:
+            return pseudo[name]
+        if name in self.parameters:
+            value = self.parameters[name]
+            kind = self.template["Parameters"][name]["Type"]
+            return value.split(",") if kind.startswith("List") or kind == "CommaDelimitedList" else value
+        return self.physical[name]
+
+    def get_att(self, logical: str, attribute: str) -> str:
+        import boto3
+
+        kind = self.template["Resources"][logical]["Type"]
+        physical = self.physical[logical]
+        if (kind, attribute) == ("AWS::IAM::Role", "Arn"):
+            return boto3.client("iam", region_name=REGION).get_role(RoleName=physical)["Role"]["Arn"]
+        if (kind, attribute) == ("AWS::SQS::Queue", "Arn"):
+            sqs = boto3.client("sqs", region_name=REGION)
+            return sqs.get_queue_attributes(QueueUrl=physical, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        raise AssertionError(f"resolver lacks GetAtt {kind}.{attribute}")
+
+    def condition(self, name: str) -> bool:
+        return self.evaluate(self.template["Conditions"][name])
+
+    def evaluate(self, node: dict[str, Any]) -> bool:
+        ((function, argument),) = node.items()
+        if function == "Condition":
+            return self.condition(argument)
+        if function == "Fn::Equals":
+            left, right = (self.resolve(side) for side in argument)
+            return str(left) == str(right)
+        if function == "Fn::Not":
+            return not self.evaluate(argument[0])
+        if function == "Fn::And":
+            return all(self.evaluate(item) for item in argument)
+        if function == "Fn::Or":
+            return any(self.evaluate(item) for item in argument)
+        raise AssertionError(f"resolver lacks condition function {function}")
+
+
+def to_api(value: Any, shape: Any) -> Any:
+    """CloudFormation properties → the API request ``shape`` (botocore's model) describes.
+
+    CloudFormation spells members in PascalCase, Batch's API in camelCase, Scheduler's in
+    PascalCase too: members are matched case-insensitively, and a property with no counterpart
+    fails the test instead of being dropped. Map keys (Parameters, log Options, Tags) are kept.
+    """
+    kind = shape.type_name
+    if kind == "structure":
+        members = {name.lower(): name for name in shape.members}
+        converted = {}
+        for key, item in value.items():
+            assert key.lower() in members, f"{key} has no counterpart in {shape.name}"
+            member = members[key.lower()]
+            converted[member] = to_api(item, shape.members[member])
+        return converted
+    if kind == "list":
+        return [to_api(item, shape.member) for item in value]
+    if kind == "map":
+        return {key: to_api(item, shape.value) for key, item in value.items()}
+    if kind in ("integer", "long"):
+        return int(value)
+    if kind == "boolean":
+        return value if isinstance(value, bool) else str(value).lower() == "true"
+    if kind == "string":
+        return str(value)
+    return value
+
+
+def api_request(client: Any, operation: str, properties: dict[str, Any]) -> dict[str, Any]:
+    return to_api(properties, client.meta.service_model.operation_model(operation).input_shape)
+
+
+def batchnlp_args(command: list[str], parameters: dict[str, str]) -> list[str]:
+    """A job definition's command after AWS Batch's Ref::name substitution."""
+    return [parameters[word[5:]] if word.startswith("Ref::") else word for word in command]
+
+
+def parse_run(args: list[str]) -> dict[str, Any]:
+    """Parse a ``batchnlp`` command line with the real CLI: a misspelt flag fails here."""
+    from batchnlp.cli import main
+
+    assert args[0] == "run", args
+    with main.commands["run"].make_context("run", list(args[1:])) as context:
+        return context.params
+
+
+@contextmanager
+def in_image_workdir() -> Iterator[None]:
+    """The repository root stands for the image's working directory, which holds jobs/."""
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+
+
+class _Planned(BaseException):
+    """Carries the validated job out of `batchnlp run` (past its handler of Exception)."""
+
+
+def plan_run(args: list[str], env: dict[str, str] | None = None) -> Any:
+    """The JobSpec the real ``batchnlp run`` builds from ``args`` in the image's working
+    directory: flags parsed, spec loaded, placeholders filled, settings validated. Nothing runs.
+
+    An ``s3://`` spec is read from moto's S3 with boto3 (batchnlp reads it with s3fs, which
+    moto's in-process mock does not reach).
+    """
+    import batchnlp.spec
+    from batchnlp.cli import main
+
+    real_spec_text = batchnlp.spec._spec_text
+
+    def spec_text(ref: str) -> str:
+        if not ref.startswith("s3://"):
+            return real_spec_text(ref)
+        bucket, key = ref.removeprefix("s3://").split("/", 1)
+        return client("s3").get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+
+    def planned(spec: Any) -> None:
+        raise _Planned(spec)
+
+    try:
+        with (
+            in_image_workdir(),
+            mock.patch("batchnlp.runner.run", planned),
+            mock.patch("batchnlp.spec._spec_text", spec_text),
+            mock.patch("batchnlp.cli.configure_logging"),
+            mock.patch.dict(os.environ, env or {}),
+        ):
+            main.main(list(args), prog_name="batchnlp", standalone_mode=False)
+    except _Planned as done:
+        return done.args[0]
+    except SystemExit as e:
+        raise AssertionError(f"batchnlp {' '.join(args)} exited {e.code}; its message is in the captured stderr") from e
+    raise AssertionError(f"batchnlp {' '.join(args)} returned without running a job")
+
+
+def s3_parts(url: str) -> tuple[str, str]:
+    bucket, _, key = url.removeprefix("s3://").partition("/")
+    return bucket, key
+
+
+def may(statements: list[dict[str, Any]], action: str, resource: str, prefix: str | None = None) -> bool:
+    """IAM's answer to an Allow-only policy: some statement names the action and matches the
+    resource (``*`` matches any characters, ``/`` included), and its condition holds. The only
+    condition these S3 grants use is ``StringLike`` on ``s3:prefix``, a key absent from requests
+    without a prefix (HeadBucket), where the condition fails."""
+    for statement in statements:
+        if action not in as_list(statement["Action"]):
+            continue
+        if not any(fnmatchcase(resource, pattern) for pattern in as_list(statement["Resource"])):
+            continue
+        condition = statement.get("Condition")
+        if condition is None:
+            return True
+        assert list(condition) == ["StringLike"] and list(condition["StringLike"]) == ["s3:prefix"], condition
+        patterns = as_list(condition["StringLike"]["s3:prefix"])
+        if prefix is not None and any(fnmatchcase(prefix, pattern) for pattern in patterns):
+            return True
+    return False
+
+
+def k8s_expand(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' expansion of a container's command and args: ``$$`` is a literal ``$``,
+    ``$(NAME)`` a defined variable's value, and any other reference stays as written."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return env.get(match.group(1), match.group(0))
+
+    return re.sub(r"\$\$|\$\(([^)]*)\)", replace, text)
+
+
+def retry_action(rules: list[dict[str, str]], exit_code: int | None = None, reason: str = "", status: str = "") -> str:
+    """AWS Batch's evaluateOnExit: the first rule whose given patterns all match decides; a
+    pattern ending in * matches by prefix; an attempt that matches no rule is retried."""
+
+    def matches(pattern: str | None, value: str) -> bool:
+        if pattern is None:
+            return True
+        return value.startswith(pattern[:-1]) if pattern.endswith("*") else value == pattern
+
+    for rule in rules:
+        if (
+            matches(rule.get("onExitCode"), "" if exit_code is None else str(exit_code))
+            and matches(rule.get("onReason"), reason)
+            and matches(rule.get("onStatusReason"), status)
+        ):
+            return rule["action"].upper()
+    return "RETRY"
+
+
+# ------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    return load_template()
+
+
+@pytest.fixture(scope="module")
+def aws(template: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Both stacks deployed in one moto account; the API-only resources registered from the template."""
+    import boto3
+    from moto import mock_aws
+
+    fake = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+    }
+    with mock.patch.dict(os.environ, fake), mock_aws(config={"batch": {"use_docker": False}}):
+        # The S3 fixtures of other tests point every client at a loopback server: not here.
+        for name in [key for key in os.environ if key.startswith("AWS_ENDPOINT_URL")]:
+            del os.environ[name]
+        ec2 = boto3.client("ec2", region_name=REGION)
+        vpc = ec2.create_vpc(CidrBlock="10.20.0.0/16")["Vpc"]["VpcId"]
+        subnets = []
+        for i, zone in enumerate("ab"):
+            subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.20.{i}.0/24", AvailabilityZone=f"{REGION}{zone}")
+            subnets.append(subnet["Subnet"]["SubnetId"])
+        # moto's CloudFormation insists on a ServiceRole (AWS does not: it falls back to the
+        # service-linked role); pass that role explicitly. moto also leaves a CommaDelimitedList
+        # parameter's *default* unsplit, so InstanceTypes is passed as well.
+        linked = boto3.client("iam").create_service_linked_role(AWSServiceName="batch.amazonaws.com")
+        s3 = boto3.client("s3", region_name=REGION)
+        bucket, key = s3_parts(TICKETS_SPEC)
+        s3.create_bucket(Bucket=bucket)
+        s3.put_object(Bucket=bucket, Key=key, Body=TICKETS_SPEC_TEXT.encode())
+        common = {
+            "ImageUri": IMAGE,
+            "VpcId": vpc,
+            "SubnetIds": ",".join(subnets),
+            "KmsKeyArn": KMS_KEY,
+            "InstanceTypes": template["Parameters"]["InstanceTypes"]["Default"],
+            "BatchServiceRoleArn": linked["Role"]["Arn"],
+        }
+        cloudformation = boto3.client("cloudformation", region_name=REGION)
+        batch = boto3.client("batch", region_name=REGION)
+        scheduler = boto3.client("scheduler", region_name=REGION)
+        stacks = {}
+        for name, parameters in (("nightly", SPOT), ("tickets", ON_DEMAND)):
+            stack = DeployedStack(name, template, {**common, **parameters})
+            stack.create(cloudformation)
+            # What moto's CloudFormation cannot make, its APIs register from the same properties.
+            definition = stack.properties("MultiNodeJobDefinition")
+            registered = batch.register_job_definition(**api_request(batch, "RegisterJobDefinition", definition))
+            stack.physical["MultiNodeJobDefinition"] = registered["jobDefinitionArn"]
+            schedule = stack.properties("NightlySchedule")
+            scheduler.create_schedule(**api_request(scheduler, "CreateSchedule", schedule))
+            stack.physical["NightlySchedule"] = schedule["Name"]
+            stacks[name] = stack
+        yield {"stacks": stacks, "subnets": subnets, "vpc": vpc}
+
+
+def client(service: str) -> Any:
+    import boto3
+
+    return boto3.client(service, region_name=REGION)
+
+
+def compute_environment(stack: DeployedStack, logical: str) -> dict[str, Any]:
+    found = client("batch").describe_compute_environments(computeEnvironments=[stack.physical[logical]])
+    return found["computeEnvironments"][0]
+
+
+def job_definition(stack: DeployedStack, logical: str) -> dict[str, Any]:
+    found = client("batch").describe_job_definitions(jobDefinitions=[stack.physical[logical]])
+    return found["jobDefinitions"][0]
+
+
+def role_policies(stack: DeployedStack, logical: str) -> list[dict[str, Any]]:
+    iam = client("iam")
+    name = stack.physical[logical]
+    statements = []
+    for policy in iam.list_role_policies(RoleName=name)["PolicyNames"]:
+        document = iam.get_role_policy(RoleName=name, PolicyName=policy)["PolicyDocument"]
+        if isinstance(document, str):  # moto returns inline policies made by CloudFormation as Python repr text
+            document = ast.literal_eval(document)
+        statements += document["Statement"]
+    return statements
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+# ------------------------------------------------------------------ lint
+
+
+AWS_TEMPLATES = sorted(p for p in (INFRA / "aws").iterdir() if p.suffix in (".yaml", ".yml", ".json"))
+
+
+@pytest.mark.parametrize("path", AWS_TEMPLATES, ids=lambda p: p.name)
+def test_cfn_lint_finds_nothing(path: Path) -> None:
+    from cfnlint.api import lint
+    from cfnlint.config import ManualArgs
+
+    # Errors, warnings and informational findings alike.
+    matches = lint(path.read_text(encoding="utf-8"), config=ManualArgs(regions=[REGION], include_checks=["I"]))
+    assert [f"{m.rule.id} {m.message} (line {m.linenumber})" for m in matches] == []
+
+
+def test_the_lint_sees_the_template_and_catches_a_misspelt_property() -> None:
+    from cfnlint.api import lint
+    from cfnlint.config import ManualArgs
+
+    assert TEMPLATE in AWS_TEMPLATES
+    broken = TEMPLATE.read_text(encoding="utf-8").replace("MinvCpus: 0", "MinVcpus: 0", 1)
+    assert [m.rule.id for m in lint(broken, config=ManualArgs(regions=[REGION]))] == ["E3002"]
+
+
+def test_defaults_name_a_spec_of_the_image_and_list_whole_buckets(template: dict[str, Any]) -> None:
+    parameters = template["Parameters"]
+    assert parameters["JobSpec"]["Default"] == "jobs/nightly-labels.yaml"
+    assert (REPO / parameters["JobSpec"]["Default"]).is_file()  # the image copies jobs/ to its working directory
+    # batchnlp's HeadBucket check of the output bucket needs s3:ListBucket without a prefix.
+    assert parameters["ListBucketScope"]["Default"] == "bucket"
+    assert parameters["ListBucketScope"]["AllowedValues"] == ["prefixes", "bucket"]
+    # The test stacks deploy both values, one of them as the default.
+    assert SPOT["ListBucketScope"] == "prefixes" and "ListBucketScope" not in ON_DEMAND
+
+
+# ------------------------------------------------------------------ compute and queues
+
+
+def test_compute_environments_scale_to_zero_on_gpu_families(aws: dict[str, Any]) -> None:
+    for stack in aws["stacks"].values():
+        for logical in ("SingleNodeComputeEnvironment", "OnDemandComputeEnvironment"):
+            environment = compute_environment(stack, logical)
+            resources = environment["computeResources"]
+            assert environment["type"] == "MANAGED" and environment["state"] == "ENABLED"
+            assert resources["minvCpus"] == 0 and resources.get("desiredvCpus", 0) == 0
+            assert resources["instanceTypes"] == ["g5", "g6"]
+            assert resources["ec2Configuration"] == [{"imageType": "ECS_AL2023_NVIDIA"}]
+            assert sorted(resources["subnets"]) == sorted(aws["subnets"])
+            assert resources["securityGroupIds"] == [stack.physical["BatchSecurityGroup"]]
+            assert resources["instanceRole"].endswith(f"instance-profile/{stack.physical['InstanceProfile']}")
+            assert resources["launchTemplate"]["launchTemplateId"] == stack.physical["InstanceLaunchTemplate"]
+    spot = aws["stacks"]["nightly"]
+    assert compute_environment(spot, "SingleNodeComputeEnvironment")["computeResources"]["maxvCpus"] == 96
+    assert "placementGroup" not in compute_environment(spot, "OnDemandComputeEnvironment")["computeResources"]
+    placed = compute_environment(aws["stacks"]["tickets"], "OnDemandComputeEnvironment")["computeResources"]
+    assert placed["placementGroup"] == "batchnlp-cluster"  # multi-node instances close together
+
+
+def test_single_node_capacity_is_spot_or_on_demand_by_parameter(aws: dict[str, Any]) -> None:
+    spot = compute_environment(aws["stacks"]["nightly"], "SingleNodeComputeEnvironment")["computeResources"]
+    assert (spot["type"], spot["allocationStrategy"]) == ("SPOT", "SPOT_PRICE_CAPACITY_OPTIMIZED")
+    on_demand = compute_environment(aws["stacks"]["tickets"], "SingleNodeComputeEnvironment")["computeResources"]
+    assert (on_demand["type"], on_demand["allocationStrategy"]) == ("EC2", "BEST_FIT_PROGRESSIVE")
+    for stack in aws["stacks"].values():  # multi-node jobs never run on Spot
+        assert compute_environment(stack, "OnDemandComputeEnvironment")["computeResources"]["type"] == "EC2"
+
+
+def test_queue_order_falls_back_to_on_demand_and_multi_node_stays_on_demand(aws: dict[str, Any]) -> None:
+    batch = client("batch")
+
+    def order(stack: DeployedStack, logical: str) -> list[str]:
+        queue = batch.describe_job_queues(jobQueues=[stack.physical[logical]])["jobQueues"][0]
+        assert queue["state"] == "ENABLED"
+        by_arn = {arn: name for name, arn in stack.physical.items()}
+        return [
+            by_arn[e["computeEnvironment"]] for e in sorted(queue["computeEnvironmentOrder"], key=lambda e: e["order"])
+        ]
+
+    spot, on_demand = aws["stacks"]["nightly"], aws["stacks"]["tickets"]
+    assert order(spot, "SingleNodeJobQueue") == ["SingleNodeComputeEnvironment", "OnDemandComputeEnvironment"]
+    assert order(on_demand, "SingleNodeJobQueue") == ["SingleNodeComputeEnvironment"]
+    for stack in (spot, on_demand):
+        assert order(stack, "MultiNodeJobQueue") == ["OnDemandComputeEnvironment"]
+    assert spot.outputs["SingleNodeJobQueueArn"].endswith(":job-queue/nightly-gpu")
+
+
+def test_nodes_reach_each_other_only_inside_the_security_group(aws: dict[str, Any]) -> None:
+    ec2 = client("ec2")
+    for stack in aws["stacks"].values():
+        group_id = stack.physical["BatchSecurityGroup"]
+        group = ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]
+        assert group["VpcId"] == aws["vpc"]
+        (rule,) = group["IpPermissions"]
+        assert (rule["IpProtocol"], rule["FromPort"], rule["ToPort"]) == ("tcp", 0, 65535)  # 8786 and workers
+        assert [pair["GroupId"] for pair in rule["UserIdGroupPairs"]] == [group_id]
+        assert rule["IpRanges"] == [] and rule["Ipv6Ranges"] == []
+
+
+def test_instances_get_an_encrypted_root_volume_and_imdsv2(aws: dict[str, Any]) -> None:
+    stack = aws["stacks"]["nightly"]
+    versions = client("ec2").describe_launch_template_versions(
+        LaunchTemplateId=stack.physical["InstanceLaunchTemplate"]
+    )
+    data = versions["LaunchTemplateVersions"][0]["LaunchTemplateData"]
+    (volume,) = data["BlockDeviceMappings"]
+    assert volume["Ebs"]["Encrypted"] is True and volume["Ebs"]["VolumeSize"] == 100
+    assert data["MetadataOptions"]["HttpTokens"] == "required"
+
+
+# ------------------------------------------------------------------ job definitions
+
+RETRY_CASES = [
+    # (exit code, container reason, job status reason) → action
+    ((None, "", "Host EC2 (instance i-0abc) terminated."), "RETRY"),  # Spot reclaim or host failure
+    ((None, "CannotPullContainerError: pull rate limit", "Task failed to start"), "RETRY"),
+    ((1, "", "Essential container in task exited"), "RETRY"),  # batchnlp: transient, --resume continues
+    ((2, "", "Essential container in task exited"), "EXIT"),  # batchnlp: bad spec/input/model/output
+    ((137, "OutOfMemoryError: Container killed due to memory usage", ""), "EXIT"),
+    ((None, "ResourceInitializationError: unable to pull secrets", ""), "EXIT"),
+]
+
+
+@pytest.mark.parametrize("logical", ["SingleNodeJobDefinition", "MultiNodeJobDefinition"])
+def test_retry_strategy_retries_hosts_pulls_and_exit_1_only(aws: dict[str, Any], logical: str) -> None:
+    definition = job_definition(aws["stacks"]["nightly"], logical)
+    strategy = definition["retryStrategy"]
+    rules = strategy["evaluateOnExit"]
+    assert strategy["attempts"] == 3
+    assert len(rules) <= 5  # AWS Batch's limit
+    assert rules[-1]["action"].upper() == "EXIT" and rules[-1]["onReason"] == "*"  # nothing falls through to RETRY
+    for (exit_code, reason, status), expected in RETRY_CASES:
+        assert retry_action(rules, exit_code, reason, status) == expected, (exit_code, reason, status)
+
+
+def test_single_node_definition_runs_batchnlp_on_one_gpu(aws: dict[str, Any]) -> None:
+    stack = aws["stacks"]["nightly"]
+    definition = job_definition(stack, "SingleNodeJobDefinition")
+    container = definition["containerProperties"]
+    assert definition["type"] == "container"
+    assert container["image"] == IMAGE
+    requirements = {r["type"]: str(r["value"]) for r in container["resourceRequirements"]}
+    assert requirements == {"GPU": "1", "VCPU": "4", "MEMORY": "14336"}
+    assert container["jobRoleArn"] == stack.get_att("JobRole", "Arn")
+    assert container["executionRoleArn"] == stack.get_att("ExecutionRole", "Arn")
+    assert container["logConfiguration"]["logDriver"] == "awslogs"
+    assert container["logConfiguration"]["options"]["awslogs-group"] == "/aws/batch/nightly"
+    assert definition["parameters"] == {"spec": "jobs/nightly-labels.yaml", "run_date": "today"}
+    assert container["command"] == ["run", "--spec", "Ref::spec", "--resume", "--run-date", "Ref::run_date"]
+    args = batchnlp_args(container["command"], definition["parameters"])
+    params = parse_run(args)
+    assert params["resume"] is True  # a retried or repeated job continues, or exits 0 when committed
+    assert (params["spec_file"], params["run_date"]) == ("jobs/nightly-labels.yaml", "today")
+    assert (params["input"], params["output"]) == (None, None)  # the spec names both
+    # A submission without run_date: each attempt reads the partition before its own UTC date.
+    before = datetime.now(timezone.utc).date()
+    job = plan_run(args)
+    after = datetime.now(timezone.utc).date()
+    assert job.mode == "resume"
+    assert job.output in {f"s3://acme-lake/labelled/reviews/dt={day - timedelta(days=1)}/" for day in (before, after)}
+    # moto's CloudFormation drops Timeout; the template's own value is checked instead.
+    assert stack.properties("SingleNodeJobDefinition")["Timeout"] == {"AttemptDurationSeconds": "43200"}
+
+
+def multi_node_properties(stack: DeployedStack) -> dict[str, Any]:
+    """moto's Batch keeps a multi-node definition's nodeProperties but shows them on jobs only."""
+    batch = client("batch")
+    job = batch.submit_job(
+        jobName="multi-node-check",
+        jobQueue=stack.physical["MultiNodeJobQueue"],
+        jobDefinition=stack.physical["MultiNodeJobDefinition"],
+    )
+    return batch.describe_jobs(jobs=[job["jobId"]])["jobs"][0]["nodeProperties"]
+
+
+def test_multi_node_definition_runs_the_same_command_on_every_node(aws: dict[str, Any]) -> None:
+    for stack, nodes, gpus in ((aws["stacks"]["nightly"], 2, "1"), (aws["stacks"]["tickets"], 3, "4")):
+        definition = job_definition(stack, "MultiNodeJobDefinition")
+        single = job_definition(stack, "SingleNodeJobDefinition")
+        assert definition["type"] == "multinode"
+        assert definition["parameters"] == single["parameters"]
+        assert definition["retryStrategy"] == single["retryStrategy"]
+        assert definition["timeout"] == {"attemptDurationSeconds": 43200}
+        properties = multi_node_properties(stack)
+        assert (properties["numNodes"], properties["mainNode"]) == (nodes, 0)
+        (node_range,) = properties["nodeRangeProperties"]
+        assert node_range["targetNodes"] == "0:"  # node 0 (scheduler + driver) and every worker node
+        container = node_range["container"]
+        assert container["command"] == single["containerProperties"]["command"]
+        assert container["image"] == IMAGE
+        assert {r["type"]: r["value"] for r in container["resourceRequirements"]}["GPU"] == gpus
+        assert container["jobRoleArn"] == stack.get_att("JobRole", "Arn")
+        assert container["logConfiguration"]["options"]["awslogs-stream-prefix"] == "multi-node"
+    assert "instanceType" not in multi_node_properties(aws["stacks"]["nightly"])["nodeRangeProperties"][0]["container"]
+    tickets = multi_node_properties(aws["stacks"]["tickets"])["nodeRangeProperties"][0]["container"]
+    assert tickets["instanceType"] == "g5.12xlarge"
+
+
+def test_log_group_keeps_logs_for_the_retention_parameter(aws: dict[str, Any]) -> None:
+    (group,) = client("logs").describe_log_groups(logGroupNamePrefix="/aws/batch/nightly")["logGroups"]
+    assert group["retentionInDays"] == 30
+
+
+# ------------------------------------------------------------------ roles
+
+
+def test_job_role_reaches_the_named_prefixes_and_key_only(aws: dict[str, Any]) -> None:
+    stack = aws["stacks"]["nightly"]
+    trust = client("iam").get_role(RoleName=stack.physical["JobRole"])["Role"]["AssumeRolePolicyDocument"]
+    assert [s["Principal"] for s in trust["Statement"]] == [{"Service": "ecs-tasks.amazonaws.com"}]
+    assert client("iam").list_attached_role_policies(RoleName=stack.physical["JobRole"])["AttachedPolicies"] == []
+    statements = {s["Sid"]: s for s in role_policies(stack, "JobRole")}
+    assert all(s["Effect"] == "Allow" for s in statements.values())
+
+    def objects(bucket: str, prefix: str) -> list[str]:
+        return [f"arn:aws:s3:::{bucket}/{prefix}", f"arn:aws:s3:::{bucket}/{prefix}/*"]
+
+    def listing(bucket: str, prefix: str) -> dict[str, Any]:
+        return {
+            "Action": "s3:ListBucket",
+            "Resource": f"arn:aws:s3:::{bucket}",
+            "Condition": {"StringLike": {"s3:prefix": [prefix, f"{prefix}/*"]}},
+        }
+
+    expected = {
+        "ReadInput": {"Action": ["s3:GetObject"], "Resource": objects("acme-lake", "raw/reviews")},
+        "WriteOutput": {
+            "Action": ["s3:AbortMultipartUpload", "s3:DeleteObject", "s3:GetObject", "s3:PutObject"],
+            "Resource": objects("acme-lake", "labelled/reviews"),
+        },
+        "ReadModels": {"Action": ["s3:GetObject"], "Resource": objects("acme-models", "models")},
+    }
+    for sid, want in expected.items():
+        assert sorted(as_list(statements[sid]["Action"])) == want["Action"], sid
+        assert as_list(statements[sid]["Resource"]) == want["Resource"], sid
+        assert "Condition" not in statements[sid]
+    for sid, (bucket, prefix) in {  # ListBucketScope=prefixes
+        "ListInput": ("acme-lake", "raw/reviews"),
+        "ListOutput": ("acme-lake", "labelled/reviews"),
+        "ListModels": ("acme-models", "models"),
+    }.items():
+        assert {k: statements[sid][k] for k in ("Action", "Resource", "Condition")} == listing(bucket, prefix), sid
+    key = statements["UseKeyThroughS3"]
+    assert sorted(as_list(key["Action"])) == ["kms:Decrypt", "kms:GenerateDataKey"]
+    assert key["Resource"] == KMS_KEY
+    assert key["Condition"] == {"StringEquals": {"kms:ViaService": f"s3.{REGION}.amazonaws.com"}}
+    assert set(statements) == set(expected) | {"ListInput", "ListOutput", "ListModels", "UseKeyThroughS3"}
+    # Nothing else: no wildcard action, no resource outside the three prefixes, the buckets and the key.
+    for statement in statements.values():
+        assert all(not action.endswith("*") for action in as_list(statement["Action"]))
+        assert all(resource != "*" for resource in as_list(statement["Resource"]))
+
+
+def test_job_role_without_model_bucket_or_prefix_conditions(aws: dict[str, Any]) -> None:
+    statements = {s["Sid"]: s for s in role_policies(aws["stacks"]["tickets"], "JobRole")}
+    assert set(statements) == {"ReadInput", "ListInput", "WriteOutput", "ListOutput", "UseKeyThroughS3"}
+    # ListBucketScope=bucket (the default): key names in the whole buckets, never their contents.
+    assert (statements["ListInput"]["Resource"], statements["ListOutput"]["Resource"]) == (
+        "arn:aws:s3:::acme-lake",
+        "arn:aws:s3:::acme-labels",
+    )
+    assert "Condition" not in statements["ListInput"] and "Condition" not in statements["ListOutput"]
+    assert as_list(statements["WriteOutput"]["Resource"]) == [
+        "arn:aws:s3:::acme-labels/tickets",
+        "arn:aws:s3:::acme-labels/tickets/*",
+    ]
+
+
+def test_execution_and_instance_roles_hold_no_data_access(aws: dict[str, Any]) -> None:
+    stack = aws["stacks"]["nightly"]
+    statements = {s["Sid"]: s for s in role_policies(stack, "ExecutionRole")}
+    assert statements["WriteLogs"]["Resource"] == f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/batch/nightly:*"
+    assert all(action.startswith("ecr:") for action in statements["PullImage"]["Action"])
+    # The instance role is the ECS agent's managed policy alone (moto ignores ManagedPolicyArns: read
+    # from the template).
+    assert stack.properties("InstanceRole")["ManagedPolicyArns"] == [
+        "arn:aws:iam::aws:policy/service-role/AmazonEC2ContainerServiceforEC2Role"
+    ]
+    assert client("iam").list_role_policies(RoleName=stack.physical["InstanceRole"])["PolicyNames"] == []
+
+
+def test_scheduler_role_may_submit_this_stacks_jobs_only(aws: dict[str, Any]) -> None:
+    stack = aws["stacks"]["nightly"]
+    trust = client("iam").get_role(RoleName=stack.physical["SchedulerRole"])["Role"]["AssumeRolePolicyDocument"]
+    assert [s["Principal"] for s in trust["Statement"]] == [{"Service": "scheduler.amazonaws.com"}]
+    statements = {s["Sid"]: s for s in role_policies(stack, "SchedulerRole")}
+    assert statements["SubmitJob"]["Action"] == "batch:SubmitJob"
+    prefix = f"arn:aws:batch:{REGION}:{ACCOUNT}"
+    assert sorted(statements["SubmitJob"]["Resource"]) == sorted(
+        [
+            stack.physical["SingleNodeJobQueue"],
+            stack.physical["MultiNodeJobQueue"],
+            f"{prefix}:job-definition/nightly-gpu:*",
+            f"{prefix}:job-definition/nightly-multi-node:*",
+        ]
+    )
+    assert statements["DeadLetters"] == {
+        "Sid": "DeadLetters",
+        "Effect": "Allow",
+        "Action": "sqs:SendMessage",
+        "Resource": stack.get_att("ScheduleDeadLetterQueue", "Arn"),
+    }
+
+
+# ------------------------------------------------------------------ schedule
+
+
+def submission(stack: DeployedStack) -> dict[str, Any]:
+    """The SubmitJob request the schedule sends, as EventBridge Scheduler would fill it in."""
+    target = client("scheduler").get_schedule(Name=stack.physical["NightlySchedule"])["Target"]
+    text = target["Input"]
+    # The scheduled time alone: it is the same for every delivery of one invocation, where the
+    # execution id and attempt number are not.
+    assert re.findall(r"<aws\.scheduler\.[a-z-]+>", text) == ["<aws.scheduler.scheduled-time>"]
+    return json.loads(text.replace("<aws.scheduler.scheduled-time>", SCHEDULED_TIME))
+
+
+def scheduled_command(stack: DeployedStack) -> list[str]:
+    """Submit the schedule's request to moto's Batch; the container command of the job it makes,
+    after AWS Batch's Ref:: substitution with the job's parameters (defaults + request)."""
+    batch = client("batch")
+    request = submission(stack)
+    api = api_request(batch, "SubmitJob", request)  # a valid SubmitJob call
+    (job,) = batch.describe_jobs(jobs=[batch.submit_job(**api)["jobId"]])["jobs"]
+    assert (job["jobQueue"], job["jobDefinition"]) == (request["JobQueue"], request["JobDefinition"])
+    if "nodeProperties" in job:
+        command = job["nodeProperties"]["nodeRangeProperties"][0]["container"]["command"]
+    else:
+        command = job_definition(stack, "SingleNodeJobDefinition")["containerProperties"]["command"]
+    return batchnlp_args(command, job["parameters"])
+
+
+def test_schedule_fires_nightly_in_its_time_zone(aws: dict[str, Any]) -> None:
+    stack = aws["stacks"]["nightly"]
+    schedule = client("scheduler").get_schedule(Name="nightly-nightly")
+    assert schedule["ScheduleExpression"] == "cron(30 2 * * ? *)"
+    assert schedule["ScheduleExpressionTimezone"] == "Europe/Berlin"
+    assert schedule["State"] == "ENABLED"
+    assert schedule["FlexibleTimeWindow"] == {"Mode": "OFF"}
+    target = schedule["Target"]
+    assert target["Arn"] == "arn:aws:scheduler:::aws-sdk:batch:submitJob"
+    assert target["RoleArn"] == stack.get_att("SchedulerRole", "Arn")
+    assert target["RetryPolicy"] == {"MaximumEventAgeInSeconds": 3600, "MaximumRetryAttempts": 5}
+    assert target["DeadLetterConfig"] == {"Arn": stack.get_att("ScheduleDeadLetterQueue", "Arn")}
+    defaults = client("scheduler").get_schedule(Name="tickets-nightly")
+    assert (defaults["ScheduleExpression"], defaults["ScheduleExpressionTimezone"]) == ("cron(0 2 * * ? *)", "UTC")
+
+
+SCHEDULED_RUNS = [
+    # stack, queue, job definition, spec, the dated input and output the run resolves to
+    (
+        "nightly",
+        "SingleNodeJobQueue",
+        "SingleNodeJobDefinition",
+        "jobs/nightly-labels.yaml",  # ${yesterday}: the day before the scheduled time's date
+        ("s3://acme-lake/raw/reviews/dt=2026-11-23/", "s3://acme-lake/labelled/reviews/dt=2026-11-23/"),
+    ),
+    (
+        "tickets",
+        "MultiNodeJobQueue",
+        "MultiNodeJobDefinition",
+        TICKETS_SPEC,  # ${run_date}: the scheduled time's date
+        ("s3://acme-lake/raw/tickets/dt=2026-11-24/", "s3://acme-labels/tickets/dt=2026-11-24/"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "queue", "definition", "spec", "paths"), SCHEDULED_RUNS)
+def test_schedule_submits_the_spec_for_its_scheduled_time(
+    aws: dict[str, Any], name: str, queue: str, definition: str, spec: str, paths: tuple[str, str]
+) -> None:
+    stack = aws["stacks"][name]
+    assert submission(stack) == {
+        "JobName": f"{name}-nightly",
+        "JobQueue": stack.physical[queue],
+        "JobDefinition": stack.physical[definition],
+        "Parameters": {"spec": spec, "run_date": SCHEDULED_TIME},
+    }
+    args = scheduled_command(stack)
+    params = parse_run(args)
+    assert (params["spec_file"], params["run_date"], params["resume"]) == (spec, SCHEDULED_TIME, True)
+    assert (params["input"], params["output"]) == (None, None)  # the spec names both
+    # Every delivery of one night's invocation resolves to the same dated output: a duplicate
+    # finds it committed and exits 0, a retry resumes it.
+    job = plan_run(args)
+    assert (job.input, job.output, job.mode) == (*paths, "resume")
+
+
+@pytest.mark.parametrize("name", ["nightly", "tickets"])
+def test_job_role_reaches_what_the_scheduled_run_reads_and_writes(aws: dict[str, Any], name: str) -> None:
+    stack = aws["stacks"][name]
+    statements = role_policies(stack, "JobRole")
+    args = scheduled_command(stack)
+    job = plan_run(args)
+    spec = parse_run(args)["spec_file"]
+    if spec.startswith("s3://"):
+        assert may(statements, "s3:GetObject", "arn:aws:s3:::" + spec.removeprefix("s3://"))
+    bucket, key = s3_parts(job.input)
+    assert may(statements, "s3:GetObject", f"arn:aws:s3:::{bucket}/{key}part-0001.jsonl.zst")
+    assert may(statements, "s3:ListBucket", f"arn:aws:s3:::{bucket}", prefix=key)
+    bucket, key = s3_parts(job.output)
+    for action in ("s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"):
+        for name in ("part-00000.parquet", "_manifest.json", "_lock.json", "_SUCCESS", "_rejected/part-00000.jsonl"):
+            assert may(statements, action, f"arn:aws:s3:::{bucket}/{key}{name}"), (action, name)
+    assert may(statements, "s3:ListBucket", f"arn:aws:s3:::{bucket}", prefix=key)
+    assert not may(statements, "s3:PutObject", f"arn:aws:s3:::{bucket}/elsewhere/{key}_SUCCESS")
+    # batchnlp's HeadBucket check of the output bucket is s3:ListBucket without s3:prefix: only
+    # the whole-bucket grant allows it, so under ListBucketScope=prefixes that check fails.
+    head_bucket = may(statements, "s3:ListBucket", f"arn:aws:s3:::{bucket}")
+    assert head_bucket == (stack.parameters["ListBucketScope"] == "bucket")
+
+
+def test_job_role_reads_the_default_specs_models(aws: dict[str, Any]) -> None:
+    stack = aws["stacks"]["nightly"]
+    statements = role_policies(stack, "JobRole")
+    job = plan_run(scheduled_command(stack))
+    for task in job.tasks:
+        bucket, key = s3_parts(task.model)
+        assert may(statements, "s3:GetObject", f"arn:aws:s3:::{bucket}/{key}config.json"), task.model
+        assert may(statements, "s3:ListBucket", f"arn:aws:s3:::{bucket}", prefix=key), task.model
+
+
+@pytest.mark.parametrize(("queue", "definition", "nodes"), [("gpu", "gpu", None), ("multi-node", "multi-node", 3)])
+def test_batchnlp_submit_reaches_the_stacks_queues_and_definitions(
+    aws: dict[str, Any], queue: str, definition: str, nodes: int | None
+) -> None:
+    from batchnlp.submit import Submission
+
+    stack = aws["stacks"]["nightly"]
+    # batchnlp submit --spec jobs/nightly-labels.yaml --queue nightly-gpu --job-definition nightly-gpu ...
+    submitted = Submission(
+        "jobs/nightly-labels.yaml", f"nightly-{queue}", f"nightly-{definition}", nodes=nodes, run_date="2026-11-24"
+    )
+    with in_image_workdir():
+        request = submitted.request()
+    batch = client("batch")
+    (job,) = batch.describe_jobs(jobs=[batch.submit_job(**request)["jobId"]])["jobs"]
+    logical = "MultiNodeJobDefinition" if nodes else "SingleNodeJobDefinition"
+    assert job["jobDefinition"] == stack.physical[logical]
+    overrides = (
+        request["nodeOverrides"]["nodePropertyOverrides"][0]["containerOverrides"]
+        if nodes
+        else request["containerOverrides"]
+    )
+    environment = {item["name"]: item["value"] for item in overrides["environment"]}
+    job_spec = plan_run(overrides["command"], env=environment)  # the spec travels inline
+    assert (job_spec.output, job_spec.mode) == ("s3://acme-lake/labelled/reviews/dt=2026-11-23/", "resume")
+
+
+# ------------------------------------------------------------------ Kubernetes
+
+
+def k8s(name: str) -> dict[str, Any]:
+    (document,) = list(yaml.safe_load_all((INFRA / "k8s" / name).read_text(encoding="utf-8")))
+    return document
+
+
+def env(container: dict[str, Any]) -> dict[str, Any]:
+    return {item["name"]: item for item in container.get("env", [])}
+
+
+def test_cronjob_runs_batchnlp_nightly_on_one_gpu() -> None:
+    cronjob = k8s("cronjob.yaml")
+    assert (cronjob["apiVersion"], cronjob["kind"]) == ("batch/v1", "CronJob")
+    spec = cronjob["spec"]
+    assert len(spec["schedule"].split()) == 5 and spec["timeZone"]
+    assert spec["concurrencyPolicy"] == "Forbid"
+    job = spec["jobTemplate"]["spec"]
+    pod = job["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"  # podFailurePolicy requires it
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    # Exit code 2 (user error) fails the Job at once; 1 is retried up to backoffLimit.
+    rules = job["podFailurePolicy"]["rules"]
+    fail = [r for r in rules if r["action"] == "FailJob"]
+    assert fail and fail[0]["onExitCodes"] == {"containerName": container["name"], "operator": "In", "values": [2]}
+    assert job["backoffLimit"] >= 1
+    # The run date comes from the Job's name, which the CronJob derives from the scheduled time.
+    assert env(container)["JOB_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.labels['batch.kubernetes.io/job-name']"
+    )
+    # The image's entrypoint is tini (PID 1: forwards SIGTERM, reaps worker processes), then batchnlp.
+    assert container["command"][:4] == ["/usr/bin/tini", "--", "/bin/sh", "-c"]
+    params = parse_run(container["args"])
+    assert (params["spec_file"], params["resume"]) == ("jobs/nightly-labels.yaml", True)
+
+
+def run_cronjob_container(job_name: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """The CronJob's container command after tini, expanded as Kubernetes does, run by /bin/sh
+    with a stand-in `batchnlp` that prints the arguments it was given, one per line."""
+    cronjob = k8s("cronjob.yaml")
+    (container,) = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    variables = {"JOB_NAME": job_name, "AWS_DEFAULT_REGION": env(container)["AWS_DEFAULT_REGION"]["value"]}
+    argv = [k8s_expand(word, variables) for word in container["command"][2:] + container["args"]]
+    stand_in = tmp_path / "bin" / "batchnlp"
+    stand_in.parent.mkdir(exist_ok=True)
+    stand_in.write_text("#!/bin/sh\nprintf '%s\\n' \"$@\"\n")
+    stand_in.chmod(0o755)
+    environment = {**os.environ, **variables, "PATH": f"{stand_in.parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(argv, capture_output=True, text=True, env=environment, timeout=30, check=False)
+
+
+@pytest.mark.skipif(shutil.which("date") is None or not Path("/bin/sh").exists(), reason="needs /bin/sh and date")
+def test_cronjob_passes_the_scheduled_time_of_its_job_as_run_date(tmp_path: Path) -> None:
+    name = k8s("cronjob.yaml")["metadata"]["name"]
+    scheduled = datetime(2026, 11, 24, 2, 0, tzinfo=timezone.utc)
+    # The CronJob controller names each Job <cronjob>-<scheduled time in minutes since the epoch>;
+    # every pod of that Job (retries included, hours later) carries the name in its job-name label.
+    result = run_cronjob_container(f"{name}-{int(scheduled.timestamp()) // 60}", tmp_path)
+    assert result.returncode == 0, result.stderr
+    args = result.stdout.splitlines()
+    assert parse_run(args)["run_date"] == "2026-11-24T02:00:00Z"
+    job = plan_run(args)
+    assert (job.input, job.output, job.mode) == (
+        "s3://acme-lake/raw/reviews/dt=2026-11-23/",
+        "s3://acme-lake/labelled/reviews/dt=2026-11-23/",
+        "resume",
+    )
+    # A Job created by hand under another name has no night: exit 2, which fails the Job at once.
+    result = run_cronjob_container("batchnlp-manual-1", tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert "scheduled time in minutes since the epoch" in result.stderr
+
+
+def test_daskjob_points_the_driver_at_the_operators_scheduler() -> None:
+    daskjob = k8s("daskjob.yaml")
+    assert (daskjob["apiVersion"], daskjob["kind"]) == ("kubernetes.dask.org/v1", "DaskJob")
+    (driver,) = daskjob["spec"]["job"]["spec"]["containers"]
+    cluster = daskjob["spec"]["cluster"]["spec"]
+    # The operator sets DASK_SCHEDULER_ADDRESS (tcp://<name>-scheduler.<namespace>.svc.cluster.local:8786)
+    # in the job pod; Kubernetes expands $(...) in args.
+    params = parse_run(driver["args"])
+    assert params["scheduler"] == "$(DASK_SCHEDULER_ADDRESS)"
+    assert (params["spec_file"], params["resume"]) == ("jobs/nightly-labels.yaml", True)
+    assert date.fromisoformat(params["run_date"])  # a fixed night, never `today`
+    name = daskjob["metadata"]["name"]
+    address = f"tcp://{name}-scheduler.default.svc.cluster.local:8786"
+    job = plan_run([k8s_expand(word, {"DASK_SCHEDULER_ADDRESS": address}) for word in driver["args"]])
+    yesterday = date.fromisoformat(params["run_date"]) - timedelta(days=1)
+    assert (job.scheduler, job.output) == (address, f"s3://acme-lake/labelled/reviews/dt={yesterday}/")
+    assert cluster["scheduler"]["service"]["selector"]["dask.org/cluster-name"] == name
+    (worker,) = cluster["worker"]["spec"]["containers"]
+    assert cluster["worker"]["replicas"] >= 1
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert worker["command"][:2] == ["dask", "worker"]
+    (scheduler,) = cluster["scheduler"]["spec"]["containers"]
+    assert scheduler["command"][:2] == ["dask", "scheduler"]
+    assert 8786 in [p["containerPort"] for p in scheduler["ports"]]
+    assert 8786 in [p["port"] for p in cluster["scheduler"]["service"]["ports"]]
+    assert len({c["image"] for c in (driver, worker, scheduler)}) == 1  # one image, same versions everywhere
