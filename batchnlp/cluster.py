@@ -49,7 +49,9 @@ def visible_gpus(environ: dict[str, str] | None = None, dev: Path = Path("/dev")
     """The GPUs this process may use, without importing torch (2-4 s of start-up on a small host).
 
     ``CUDA_VISIBLE_DEVICES`` when set (indices or UUIDs, as CUDA reads it: up to the first
-    invalid entry), else the NVIDIA device files present.
+    invalid entry), else as many indices as there are NVIDIA device files. CUDA numbers the
+    GPUs it sees from 0, whatever the files are called: a container given the host's third GPU
+    (AWS Batch on a multi-GPU instance) has only ``/dev/nvidia2``, which CUDA calls device 0.
     """
     environ = os.environ if environ is None else environ
     if "CUDA_VISIBLE_DEVICES" in environ:
@@ -61,7 +63,7 @@ def visible_gpus(environ: dict[str, str] | None = None, dev: Path = Path("/dev")
             gpus.append(entry)
         return tuple(gpus)
     found = (re.fullmatch(r"nvidia(\d+)", p.name) for p in dev.glob("nvidia*")) if dev.is_dir() else ()
-    return tuple(str(i) for i in sorted(int(m.group(1)) for m in found if m))
+    return tuple(str(i) for i in range(sum(1 for m in found if m)))
 
 
 def local_layout(

@@ -30,6 +30,11 @@ def test_visible_gpus_reads_cuda_visible_devices_then_device_files(tmp_path):
         (tmp_path / name).touch()
     assert visible_gpus({}, dev=tmp_path) == ("0", "1")
     assert visible_gpus({}, dev=tmp_path / "missing") == ()
+    container = tmp_path / "container"  # given the host's GPUs 2 and 5: CUDA calls them 0 and 1
+    container.mkdir()
+    for name in ("nvidia2", "nvidia5", "nvidiactl"):
+        (container / name).touch()
+    assert visible_gpus({}, dev=container) == ("0", "1")
 
 
 def test_each_gpu_worker_process_sees_only_its_own_gpu():
