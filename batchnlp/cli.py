@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -213,6 +214,7 @@ def run(
     """
     configure_logging(logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO)
     with _user_errors(verbose):
+        from batchnlp.aws_batch import multinode_job, node_role, serve_child
         from batchnlp.runner import run as run_job
         from batchnlp.spec import JobSpec, load_spec_file
         from batchnlp.templating import render
@@ -220,7 +222,13 @@ def run(
         settings = load_spec_file(spec_file) if spec_file else {}
         params = {**dict(param), **({"run_date": run_date} if run_date else {})}
         settings = render(_merge(ctx, settings, flags), params)
-        summary = run_job(JobSpec.from_settings(settings))
+        spec = JobSpec.from_settings(settings)
+        role = node_role(os.environ)  # an AWS Batch multi-node job's main or child node, else single
+        if role.kind == "child":  # only Dask workers here, until the main node's scheduler closes
+            serve_child(role, spec.device, spec.workers)
+            return
+        with multinode_job(spec, role) as spec:  # main node: the job's own scheduler, every node joined
+            summary = run_job(spec)
     if quiet:
         return
     t = summary.totals

@@ -1,0 +1,320 @@
+"""Multi-node AWS Batch jobs: the role each environment gives a node, and a real two-"node"
+Dask cluster on loopback (the main node in this process, a child node in a subprocess).
+
+The environments are the variables AWS Batch documents for each kind of job ("AWS Batch job
+environment variables" and "Environment variables" of multi-node parallel jobs). Nothing here
+binds outside 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from batchnlp.aws_batch import (
+    BatchEnvironmentError,
+    NodeRole,
+    main_node,
+    multinode_job,
+    node_role,
+    serve_child,
+    worker_options,
+)
+from batchnlp.cluster import ALLOWED_FAILURES, Layout, local_layout
+from batchnlp.errors import JobFailed, SpecError
+from batchnlp.spec import JobSpec
+from tests.conftest import write_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+# Every AWS Batch container job gets these; they say nothing about nodes.
+COMMON = {
+    "AWS_BATCH_JOB_ID": "5b4d6b1c-3f4e-4c1a-9d1e-0d6f7c1e2a3b",
+    "AWS_BATCH_JOB_ATTEMPT": "1",
+    "AWS_BATCH_CE_NAME": "batchnlp-on-demand",
+    "AWS_BATCH_JQ_NAME": "batchnlp-multi-node",
+}
+
+
+def mnp(index: int, nodes: int = 3, main: int = 0, ip: str | None = "10.0.3.17") -> dict[str, str]:
+    """The environment of node ``index`` of a multi-node parallel job, as AWS Batch sets it."""
+    env = {
+        **COMMON,
+        "AWS_BATCH_JOB_ID": f"{COMMON['AWS_BATCH_JOB_ID']}#{index}",
+        "AWS_BATCH_JOB_NODE_INDEX": str(index),
+        "AWS_BATCH_JOB_NUM_NODES": str(nodes),
+        "AWS_BATCH_JOB_MAIN_NODE_INDEX": str(main),
+    }
+    if index != main and ip is not None:  # only child nodes are told the main node's address
+        env["AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS"] = ip
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- roles --------------------------------------------------------------------------------
+
+
+def test_outside_a_multi_node_job_a_node_is_single():
+    assert node_role({}) == NodeRole()
+    assert node_role(COMMON) == NodeRole("single")
+    array_child = {**COMMON, "AWS_BATCH_JOB_ARRAY_INDEX": "7", "AWS_BATCH_JOB_ARRAY_SIZE": "40"}
+    role = node_role(array_child)
+    assert role.kind == "single" and not role.multinode and role.child_nodes == ()
+    assert node_role({"AWS_BATCH_JOB_NODE_INDEX": "", "AWS_BATCH_JOB_NUM_NODES": " "}).kind == "single"
+
+
+def test_main_node_knows_its_child_nodes():
+    role = node_role(mnp(0, nodes=3))
+    assert role == NodeRole("main", 0, 3, 0, None)
+    assert role.multinode and role.child_nodes == (1, 2)
+    assert role.worker_name(4) == "batchnlp-node0-4"
+    # The main node need not be node 0 (the job definition's mainNode picks it).
+    assert node_role(mnp(2, nodes=4, main=2)).child_nodes == (0, 1, 3)
+    # A one-node MNP job is a main node with no children: it just runs.
+    assert node_role(mnp(0, nodes=1)).child_nodes == ()
+    with pytest.raises(ValueError, match="no main node address"):
+        role.scheduler_address()
+
+
+def test_child_node_finds_the_main_nodes_scheduler():
+    role = node_role(mnp(2, nodes=3, ip="10.0.3.17"))
+    assert role == NodeRole("child", 2, 3, 0, "10.0.3.17")
+    assert role.scheduler_address() == "tcp://10.0.3.17:8786"
+    assert role.scheduler_address(9000) == "tcp://10.0.3.17:9000"
+    assert role.worker_name(0) == "batchnlp-node2-0"
+    assert node_role(mnp(0, nodes=2, main=1, ip=" 172.31.0.9 ")).scheduler_address() == "tcp://172.31.0.9:8786"
+    assert "node 2 (child) of a 3-node job" in role.describe()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"AWS_BATCH_JOB_NODE_INDEX": "1"}, "AWS_BATCH_JOB_NODE_INDEX set but not AWS_BATCH_JOB_NUM_NODES"),
+        ({**mnp(1), "AWS_BATCH_JOB_MAIN_NODE_INDEX": ""}, "but not AWS_BATCH_JOB_MAIN_NODE_INDEX"),
+        ({**mnp(1), "AWS_BATCH_JOB_NODE_INDEX": "one"}, "AWS_BATCH_JOB_NODE_INDEX='one' is not a whole number"),
+        ({**mnp(1), "AWS_BATCH_JOB_NUM_NODES": "2.0"}, "AWS_BATCH_JOB_NUM_NODES='2.0' is not a whole number"),
+        ({**mnp(1), "AWS_BATCH_JOB_NODE_INDEX": "-1"}, "AWS_BATCH_JOB_NODE_INDEX=-1 is not a node of a 3-node job"),
+        (mnp(3, nodes=3), "AWS_BATCH_JOB_NODE_INDEX=3 is not a node of a 3-node job (0 to 2)"),
+        (mnp(1, nodes=3, main=5), "AWS_BATCH_JOB_MAIN_NODE_INDEX=5 is not a node"),
+        ({**mnp(0), "AWS_BATCH_JOB_NUM_NODES": "0"}, "AWS_BATCH_JOB_NUM_NODES=0 must be at least 1"),
+        (mnp(1, ip=None), "AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS is not set"),
+        (mnp(1, ip="ip-10-0-3-17.ec2.internal"), "'ip-10-0-3-17.ec2.internal' is not an IPv4 address"),
+        (mnp(1, ip="fd00::17"), "'fd00::17' is not an IPv4 address"),
+    ],
+)
+def test_a_malformed_environment_is_a_clear_error_that_is_not_retried(env, message):
+    with pytest.raises(BatchEnvironmentError, match=message.replace("(", r"\(").replace(")", r"\)")) as caught:
+        node_role(env)
+    assert caught.value.exit_code == 2, "retrying the job cannot fix its environment"
+
+
+def test_every_worker_is_named_after_its_node_pinned_and_redacting():
+    options = worker_options(NodeRole("child", 1, 2, 0, "10.0.0.1"), Layout(4, 2, 3, ("0", "1", "0", "1")))
+    assert list(options) == [f"batchnlp-node1-{i}" for i in range(4)]
+    assert [o["env"]["CUDA_VISIBLE_DEVICES"] for o in options.values()] == ["0", "1", "0", "1"]
+    assert {o["env"]["OMP_NUM_THREADS"] for o in options.values()} == {"3"}
+    assert {o["nthreads"] for o in options.values()} == {2}
+    assert all("batchnlp.redaction" in o["preload"] for o in options.values())
+    cpu = worker_options(NodeRole("main", 0, 2, 0), Layout(2, 1, 1))
+    assert all("CUDA_VISIBLE_DEVICES" not in o["env"] for o in cpu.values())
+
+
+def test_the_cli_hook_leaves_single_node_jobs_alone_and_refuses_scheduler(tmp_path):
+    settings = {"input": str(tmp_path / "in.jsonl"), "output": str(tmp_path / "out")}
+    spec = JobSpec.from_settings(settings)
+    with multinode_job(spec, NodeRole()) as same:
+        assert same is spec
+    elsewhere = JobSpec.from_settings({**settings, "scheduler": "tcp://10.9.9.9:8786"})
+    refused = pytest.raises(SpecError, match="cannot be used in a multi-node AWS Batch job")
+    with refused, multinode_job(elsewhere, NodeRole("main", 0, 2)):
+        pytest.fail("no cluster may start")
+    with pytest.raises(ValueError, match="child node"), multinode_job(spec, NodeRole("child", 1, 2, 0, "10.0.0.1")):
+        pass
+
+
+# --- a real cluster over two "nodes" on loopback --------------------------------------------
+
+CHILD = """
+import logging, os, sys
+from batchnlp.aws_batch import node_role, serve_child
+from batchnlp.redaction import configure_logging
+configure_logging(logging.INFO)
+serve_child(node_role(os.environ), "cpu", 1, port=int(sys.argv[1]), host="127.0.0.1", timeout=float(sys.argv[2]))
+print("child exits")
+"""
+
+
+def start_child(index: int, nodes: int, port: int, timeout: float = 60) -> subprocess.Popen:
+    """A child node: a new process with the AWS Batch environment of node ``index``."""
+    env = {**os.environ, **mnp(index, nodes=nodes, ip="127.0.0.1")}
+    command = [sys.executable, "-c", CHILD, str(port), str(timeout)]
+    return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(child: subprocess.Popen, timeout: float = 30) -> tuple[int, str]:
+    try:
+        out, err = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        out, err = child.communicate()
+        pytest.fail(f"the child node did not exit after the scheduler closed:\n{err[-3000:]}")
+    return child.returncode, out + err
+
+
+def test_child_node_waits_for_a_scheduler_that_starts_late():
+    """On AWS Batch a child node may be up before the main node's scheduler listens."""
+    import asyncio
+
+    from distributed import Scheduler
+
+    from batchnlp.aws_batch import _wait_for_scheduler
+
+    port = free_port()
+
+    async def scenario() -> float:
+        started = time.monotonic()
+        waiting = asyncio.create_task(_wait_for_scheduler(f"tcp://127.0.0.1:{port}", started + 30))
+        await asyncio.sleep(1.0)
+        assert not waiting.done()
+        async with Scheduler(host="127.0.0.1", port=port, dashboard_address="127.0.0.1:0"):
+            await asyncio.wait_for(waiting, 10)
+        return time.monotonic() - started
+
+    assert 1.0 <= asyncio.run(scenario()) < 10
+
+
+def test_child_node_gives_up_on_a_scheduler_that_never_answers():
+    role = node_role(mnp(1, nodes=2, ip="127.0.0.1"))
+    port = free_port()
+    started = time.monotonic()
+    with pytest.raises(JobFailed, match=f"scheduler at tcp://127.0.0.1:{port} did not answer within") as caught:
+        serve_child(role, "cpu", 1, port=port, host="127.0.0.1", timeout=2.5)
+    assert 2.0 <= time.monotonic() - started < 15
+    assert "security group" in str(caught.value) and caught.value.exit_code == 1, "worth retrying"
+
+
+def test_main_node_gives_up_naming_the_child_nodes_that_never_joined():
+    port = free_port()
+    role = node_role(mnp(0, nodes=3))
+    child = start_child(2, nodes=3, port=port)  # node 1 never comes
+    try:
+        with pytest.raises(JobFailed) as caught, main_node(role, "cpu", 1, host="127.0.0.1", port=port, timeout=4):
+            pytest.fail("the job must not start without every node")
+    finally:
+        code, output = finish(child)
+    message = str(caught.value)
+    assert "workers of 1 of 2 child nodes had joined" in message
+    assert "joined: 2; missing: 1" in message
+    assert code == 0, f"the scheduler closed, so the child that did join ends too:\n{output[-3000:]}"
+
+
+def test_a_job_runs_over_both_nodes_and_the_child_exits_when_it_ends(tmp_path, tiny_model):
+    """The whole path the CLI takes: the child serves workers (a subprocess with node 1's
+    environment); on the main node the hook points the job at its own scheduler, once the
+    child's worker has joined, and closing that scheduler ends the child with exit code 0."""
+    from batchnlp.runner import run as run_job
+
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": i, "text": f"review number {i} was fine"} for i in range(120)])
+    settings = {
+        "input": str(source),
+        "output": str(tmp_path / "out"),
+        "models": {"sentiment": str(tiny_model)},
+        "device": "cpu",
+        "workers": 1,
+        "rows_per_partition": 20,
+    }
+    spec = JobSpec.from_settings(settings)
+    port = free_port()
+    child = start_child(1, nodes=2, port=port)
+    pids: dict[str, int] = {}
+    try:
+        with multinode_job(spec, node_role(mnp(0, nodes=2)), host="127.0.0.1", port=port, timeout=60) as job:
+            assert job.scheduler == f"tcp://127.0.0.1:{port}" and job.workers == 2
+            assert job.fingerprint() == spec.fingerprint(), "a resumed multi-node job is the same job"
+            from distributed import Client
+
+            with Client(job.scheduler) as client:
+                info = client.scheduler_info(n_workers=-1)["workers"]
+                assert {w["name"] for w in info.values()} == {"batchnlp-node0-0", "batchnlp-node1-0"}
+                seen = client.run(
+                    lambda: (
+                        os.getpid(),
+                        os.environ.get("OMP_NUM_THREADS"),
+                        getattr(logging.getLogRecordFactory(), "batchnlp_redacts", False),
+                    )
+                )
+                pids = {info[address]["name"]: pid for address, (pid, _, _) in seen.items()}
+                expected = str(local_layout(1, "cpu").torch_threads)
+                assert {threads for _, threads, _ in seen.values()} == {expected}, "each worker's share of the cores"
+                assert all(redacts for _, _, redacts in seen.values()), "every worker loaded the redaction preload"
+                allowed = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.allowed_failures)
+                assert allowed == ALLOWED_FAILURES
+            summary = run_job(job)
+    finally:
+        code, output = finish(child)
+    assert code == 0, output[-3000:]
+    assert "child exits" in output and "closed; the job is over" in output
+    assert summary.totals["rows_out"] == 120 and summary.totals["parts"] >= 4
+    assert (tmp_path / "out" / "_SUCCESS").exists()
+    ran_on = {int(part["worker"].rsplit(":", 1)[1]) for part in summary.manifest["parts"]}
+    assert pids["batchnlp-node1-0"] in ran_on, f"the child node's worker ran units: {ran_on} vs {pids}"
+
+
+def test_cli_on_a_child_node_serves_workers_and_runs_no_job(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import batchnlp.aws_batch
+    from batchnlp.cli import main
+
+    served = []
+    monkeypatch.setattr(batchnlp.aws_batch, "serve_child", lambda *args: served.append(args))
+    for key, value in mnp(2, nodes=3, ip="10.0.3.17").items():
+        monkeypatch.setenv(key, value)
+    output = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "missing.jsonl"), str(output), "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    assert served == [(NodeRole("child", 2, 3, 0, "10.0.3.17"), "auto", 2)]
+    assert not output.exists(), "a child node never touches the input or the output"
+
+
+def test_cli_on_a_malformed_node_environment_exits_2(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from batchnlp.cli import main
+
+    monkeypatch.setenv("AWS_BATCH_JOB_NODE_INDEX", "1")
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "in.jsonl"), str(tmp_path / "out")])
+    assert result.exit_code == 2 and "incomplete AWS Batch multi-node environment" in result.output
+
+
+def test_cli_on_a_main_node_runs_the_job_on_its_own_scheduler(tmp_path, tiny_model, monkeypatch):
+    from click.testing import CliRunner
+
+    import batchnlp.aws_batch
+    from batchnlp.cli import main
+
+    port, real = free_port(), batchnlp.aws_batch.main_node
+    monkeypatch.setattr(
+        batchnlp.aws_batch, "main_node", lambda *a, **k: real(*a, **{**k, "host": "127.0.0.1", "port": port})
+    )
+    for key, value in mnp(0, nodes=1).items():  # a one-node MNP job: the main node alone
+        monkeypatch.setenv(key, value)
+    source = write_jsonl(tmp_path / "in.jsonl", [{"text": f"row {i}"} for i in range(30)])
+    args = ["run", str(source), str(tmp_path / "out"), "--model", f"sentiment={tiny_model}", "--device", "cpu"]
+    result = CliRunner().invoke(main, [*args, "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "wrote 30 rows" in result.output
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    assert manifest["spec"]["scheduler"] == f"tcp://127.0.0.1:{port}"
