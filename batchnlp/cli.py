@@ -43,6 +43,8 @@ Examples:
   batchnlp submit --spec jobs/nightly-labels.yaml --queue q --job-definition d --dry-run -- --workers 2
 """
 
+EXIT_PARTIAL = 3  # committed, but some input lines were skipped or quarantined (--on-bad-lines)
+
 # Spec placeholders, set the same way by `run` and by `submit` (which passes them on to `run`).
 PARAM_OPTION = click.option(
     "--param",
@@ -195,13 +197,23 @@ def main() -> None:
 @PARAM_OPTION
 @RUN_DATE_OPTION
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging (credentials stay masked).")
-@click.option("-q", "--quiet", is_flag=True, help="Only errors.")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors: no progress, no summary.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines on stderr: text, or one JSON object per line (time, level, logger, event, run_id, unit, "
+    "counts) for CloudWatch and other log stores; json also replaces the progress bar with progress events. "
+    "Example: --log-format json",
+)
 @click.pass_context
 def run(
     ctx: click.Context,
     spec_file: str | None,
     verbose: bool,
     quiet: bool,
+    log_format: str,
     param: Any,
     run_date: str | None,
     **flags: Any,
@@ -209,11 +221,19 @@ def run(
     """Annotate INPUT (file, directory/prefix or glob; local or s3://) into OUTPUT.
 
     Writes OUTPUT/part-NNNNN.parquet (every input column, one struct column per task, and
-    _error), then _manifest.json, then _SUCCESS. Exits 0 only when every unit is committed;
-    2 for a usage, input or model error; 1 for a failed job.
+    _error), then _manifest.json, then _SUCCESS. Progress goes to stderr: a live bar on a
+    terminal, a line every 30 s otherwise (BATCHNLP_PROGRESS_INTERVAL), none with --quiet.
+
+    Exit codes: 0 committed, every input line annotated; 1 the job failed (retrying may help:
+    --resume keeps finished parts); 2 usage, spec, input, model or output error (fix it first);
+    3 committed, but input lines that were not JSON objects were skipped or quarantined
+    (--on-bad-lines skip|quarantine): partial, do not retry.
     """
-    configure_logging(logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO)
-    with _user_errors(verbose):
+    configure_logging(logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO, log_format)
+    from batchnlp.progress import ProgressReporter, choose_mode
+
+    reporter = ProgressReporter(choose_mode(quiet, log_format), unit_events=log_format == "json")
+    with _user_errors(verbose), reporter:
         from batchnlp.aws_batch import multinode_job, node_role, serve_child
         from batchnlp.runner import run as run_job
         from batchnlp.spec import JobSpec, load_spec_file
@@ -228,13 +248,15 @@ def run(
             serve_child(role, spec.device, spec.workers)
             return
         with multinode_job(spec, role) as spec:  # main node: the job's own scheduler, every node joined
-            summary = run_job(spec)
-    if quiet:
-        return
+            summary = run_job(spec, on_part=reporter.on_part, on_start=reporter.start)
+        reporter.finish(summary)
     t = summary.totals
+    code = EXIT_PARTIAL if t["bad_lines"] else 0
+    if quiet:
+        sys.exit(code)
     if summary.already_complete:
         click.echo(f"{summary.output} is already complete (run {summary.run_id}, {t['rows_out']} rows); nothing to do")
-        return
+        sys.exit(code)
     click.echo(
         f"wrote {t['rows_out']} rows ({t['rejected']} rejected) in {t['parts']} part{'s' * (t['parts'] != 1)} "
         f"to {summary.output} "
@@ -248,8 +270,9 @@ def run(
         first = t["bad_line_examples"][0]
         click.echo(
             f"{t['bad_lines']} input line{'s' * (t['bad_lines'] != 1)} that were not JSON objects {where}, "
-            f"first {first['source']}:{first['line']} ({first['reason']}); see _manifest.json"
+            f"first {first['source']}:{first['line']} ({first['reason']}); see _manifest.json; exit code 3 (partial)"
         )
+    sys.exit(code)
 
 
 def _merge(ctx: click.Context, settings: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
@@ -369,6 +392,33 @@ def models_ls(url: str, storage_option: Any) -> None:
         revision = model["revision"] or "-"
         source = f"  {model['source']}@{revision} pulled {model['pulled_at']}" if model["source"] else ""
         click.echo(f"{model['url']}  {model['files']} files  {model['bytes'] / 1e6:.1f} MB{source}")
+
+
+@main.command("inspect")
+@click.argument("output")
+@click.option("--rows", type=click.IntRange(min=0), default=0, help="Also show the first N annotated rows.")
+@click.option("--storage-option", multiple=True, type=KeyValue(), metavar="KEY=VALUE", help="fsspec option for OUTPUT.")
+def inspect_output(output: str, rows: int, storage_option: Any) -> None:
+    """Summarise the run at OUTPUT (committed or interrupted) from its manifest or progress records.
+
+    \b
+    Examples:
+      batchnlp inspect s3://lake/labelled/2026-11-24
+      batchnlp inspect out/ --rows 5
+    """
+    with _user_errors(False):
+        from batchnlp import inspect as inspection
+
+        options = dict(storage_option)
+        info = inspection.load(output, options)
+        click.echo(inspection.summary(info))
+        if rows:
+            found = inspection.first_rows(output, info, rows, options)
+    if rows:
+        from rich.console import Console
+
+        console = Console()
+        console.print(inspection.rows_table(info, found, console.width))
 
 
 @contextmanager

@@ -22,6 +22,8 @@ from batchnlp.storage import Location, storage_errors, write_atomic, write_creat
 
 SUCCESS = "_SUCCESS"
 MANIFEST = "_manifest.json"
+REPORT_JSON = "_report.json"  # the run report (batchnlp.report), written just before the manifest
+REPORT_HTML = "_report.html"
 PROGRESS = "_progress"
 REJECTED = "_rejected"  # --on-bad-lines quarantine: raw bad lines, one file per unit
 JOB_RECORD = "_job.json"
@@ -54,6 +56,8 @@ class PartResult:
     bad_lines: int = 0  # source lines that were not rows (--on-bad-lines skip|quarantine)
     bad_line_examples: list[dict[str, Any]] = field(default_factory=list)  # the first few: source, line, reason
     quarantine: dict[str, Any] | None = None  # the unit's _rejected/ file: path, lines, bytes, sha256
+    task_stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # per task: batchnlp.stats.column_stats
+    finished_at: float | None = None  # wall clock when the unit's part was written
 
     def to_record(self) -> dict[str, Any]:
         """JSON-ready; the unit's URL loses user info and query string (a presigned URL's are credentials)."""
@@ -136,7 +140,7 @@ class Committer:
     def clear(self) -> None:
         """Remove a previous run's files: ``_SUCCESS`` first, so no reader trusts what follows."""
         with storage_errors("delete", self.output.display()):
-            for name in (SUCCESS, MANIFEST):
+            for name in (SUCCESS, MANIFEST, REPORT_JSON, REPORT_HTML):
                 if self.fs.exists(self.path(name)):
                     self.fs.rm(self.path(name))
             for path in self.fs.glob(self.path("part-*")) + self.fs.glob(self.path(f"{PROGRESS}/*")):
@@ -151,6 +155,18 @@ class Committer:
     def read_manifest(self) -> dict[str, Any]:
         with storage_errors("read", self.fs.unstrip_protocol(self.path(MANIFEST))):
             return json.loads(self.fs.cat_file(self.path(MANIFEST)))
+
+    def write_report(self, report: dict[str, Any]) -> dict[str, dict[str, str]]:
+        """``_report.json`` and ``_report.html``; overwritable (a commit that died may have left them).
+
+        Returns each file's name and sha256 for the manifest, which ``_SUCCESS`` then seals.
+        """
+        from batchnlp.report import render_html
+
+        files = {"json": (REPORT_JSON, _json(report)), "html": (REPORT_HTML, render_html(report).encode())}
+        for name, data in files.values():
+            write_atomic(self.fs, self.path(name), data)
+        return {key: {"path": name, "sha256": sha256(data)} for key, (name, data) in files.items()}
 
     def commit(self, manifest: dict[str, Any]) -> None:
         """Manifest, then ``_SUCCESS`` naming it: the marker's body ties it to this manifest."""

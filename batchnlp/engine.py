@@ -43,6 +43,7 @@ class BatchStats:
     batches: int = 0
     oom_splits: int = 0
     input_wait_s: float = 0.0  # time the model's thread waited for a padded batch
+    engine_s: float = 0.0  # time inside Engine.run: padding, the model, copies to the host (input_wait_s included)
     first_output_at: float | None = None  # wall clock when the first rows' outputs reached the host
 
     def add(self, other: BatchStats) -> None:
@@ -51,6 +52,7 @@ class BatchStats:
         self.batches += other.batches
         self.oom_splits += other.oom_splits
         self.input_wait_s += other.input_wait_s
+        self.engine_s += other.engine_s
         firsts = [t for t in (self.first_output_at, other.first_output_at) if t is not None]
         self.first_output_at = min(firsts, default=None)
 
@@ -153,6 +155,7 @@ class Engine:
         A batch that runs out of device memory is split in two and retried.
         """
         stats = BatchStats()
+        started = time.perf_counter()
         lengths = [len(ids) for ids in input_ids]
         batches = [
             (batch, padded_length(max(lengths[i] for i in batch), self.pad_multiple))
@@ -194,6 +197,7 @@ class Engine:
             host = _to_host(values)
             for row, index in enumerate(batch):
                 results[index] = host[row]
+        stats.engine_s = time.perf_counter() - started
         return results, stats
 
     def _forward(

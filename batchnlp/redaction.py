@@ -124,12 +124,21 @@ def dask_setup(worker: Any = None) -> None:
     protect_process()
 
 
-def configure_logging(level: int) -> None:
-    """One stderr handler with redaction; AWS client libraries never below INFO."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(
-        RedactingFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+def configure_logging(level: int, fmt: str = "text") -> None:
+    """One stderr handler with redaction; AWS client libraries never below INFO.
+
+    ``fmt`` is ``text`` (time, level, logger, message) or ``json`` (one object per line with the
+    record's structured fields, see :mod:`batchnlp.logs`).
+    """
+    from batchnlp.logs import JsonFormatter, StderrHandler
+
+    handler = StderrHandler()
+    inner = (
+        JsonFormatter()
+        if fmt == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     )
+    handler.setFormatter(RedactingFormatter(inner))
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

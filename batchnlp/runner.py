@@ -26,6 +26,7 @@ from batchnlp.formats import ReadOptions, WorkUnit, detect_format, plan_units, u
 from batchnlp.lock import OutputLock
 from batchnlp.models import check_ref
 from batchnlp.redaction import redact_url
+from batchnlp.report import build_report
 from batchnlp.spec import JobSpec
 from batchnlp.storage import InputFile, Location, check_output, list_input
 
@@ -84,8 +85,17 @@ def plan(spec: JobSpec, rows_per_unit: int | None = None) -> Plan:
     return Plan(source, files, fmt, unit_plan.units, unit_plan.schema, unit_plan.rows_per_unit)
 
 
-def run(spec: JobSpec, on_part: Callable[[PartResult], None] | None = None) -> RunSummary:
-    """Run a job to commit; raises a :class:`BatchnlpError` saying what to fix on failure."""
+def run(
+    spec: JobSpec,
+    on_part: Callable[[PartResult], None] | None = None,
+    on_start: Callable[..., None] | None = None,
+) -> RunSummary:
+    """Run a job to commit; raises a :class:`BatchnlpError` saying what to fix on failure.
+
+    ``on_start(run_id, units, kept, client=..., rows_per_unit=...)`` is called once the units to
+    run are known (with the Dask client once connected, None when nothing is left to run);
+    ``on_part(result)`` for each unit as it finishes (see :class:`batchnlp.progress.ProgressReporter`).
+    """
     started = time.perf_counter()
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     output = Location(spec.output, spec.storage_options)
@@ -106,10 +116,12 @@ def run(spec: JobSpec, on_part: Callable[[PartResult], None] | None = None) -> R
         "input_fingerprint": job_plan.fingerprint,
         "model_versions": model_versions,
         "rows_per_unit": job_plan.rows_per_unit,
+        "units": len(job_plan.units),  # for `batchnlp inspect` of an interrupted run
+        "batchnlp_version": __version__,
         "spec": spec.redacted(),
     }
     with OutputLock(output, run_id, spec.break_lock):
-        return _run_locked(spec, job_plan, committer, job_record, started, on_part)
+        return _run_locked(spec, job_plan, committer, job_record, started, on_part, on_start)
 
 
 def _run_locked(
@@ -119,6 +131,7 @@ def _run_locked(
     job_record: dict[str, Any],
     started: float,
     on_part: Callable[[PartResult], None] | None,
+    on_start: Callable[..., None] | None = None,
 ) -> RunSummary:
     """Everything that writes under OUTPUT: only ever run while holding its lock."""
     from batchnlp.worker import ModelPlugin, ModelSettings, UnitJob, run_unit
@@ -133,10 +146,27 @@ def _run_locked(
         job_plan.format,
         len(todo),
         len(kept),
+        extra={
+            "event": "planned",
+            "run_id": run_id,
+            "units": len(job_plan.units),
+            "files": len(job_plan.files),
+            "format": job_plan.format,
+            "units_todo": len(todo),
+            "units_kept": len(kept),
+        },
     )
     results = dict(kept)
+
+    def announce(client: Any) -> None:
+        if on_start:
+            on_start(run_id, job_plan.units, list(kept.values()), client=client, rows_per_unit=job_plan.rows_per_unit)
+
+    if not todo:
+        announce(None)
     if todo:
         with connect(spec.scheduler, spec.workers, spec.device) as (client, threads):
+            announce(client)
             settings = ModelSettings(
                 tasks=spec.tasks,
                 device=spec.device,
@@ -163,6 +193,8 @@ def _run_locked(
     wall = time.perf_counter() - started
     manifest = _manifest(spec, job_plan, ordered, job_record, wall)
     manifest["startup"] = _startup([r for r in ordered if r.unit.id not in kept])
+    # The report goes first, so a committed run always has one; the manifest names its files.
+    manifest["report"] = committer.write_report(build_report(manifest, ordered, time.time() - wall))
     committer.commit(manifest)
     return RunSummary(output.display(), run_id, manifest["totals"], wall, len(todo), len(kept), False, manifest)
 

@@ -28,6 +28,7 @@ from batchnlp.errors import BatchnlpError, InputError, JobFailed
 from batchnlp.formats import BadLine, ReadOptions, WorkUnit, parquet, read_unit
 from batchnlp.redaction import redact_url
 from batchnlp.spec import TaskSpec
+from batchnlp.stats import column_stats
 from batchnlp.storage import Location, write_atomic
 from batchnlp.tasks.base import value_problem
 
@@ -146,6 +147,7 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
     seconds["read"] = time.perf_counter() - clock
 
     totals = BatchStats()
+    task_stats: dict[str, dict[str, Any]] = {}
     for name, task in plugin.tasks.items():
         if name in table.column_names:
             raise InputError(f"{unit.path} already has a column {name!r}; give the task another name in a job spec")
@@ -159,7 +161,10 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
         # _error keeps the first reason a row was not annotated: its text's, else a task's.
         errors = [error or problem for error, problem in zip(errors, problems, strict=True)]
         totals.add(stats)
+        task_stats[name] = column_stats(column)
         seconds[f"model:{name}"] = time.perf_counter() - clock
+        # The engine's share of model:<name>; the rest is tokenising and decoding the outputs.
+        seconds[f"engine:{name}"] = stats.engine_s
     seconds["input_wait"] = totals.input_wait_s
 
     clock = time.perf_counter()
@@ -211,6 +216,8 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
         worker=f"{socket.gethostname()}:{os.getpid()}",
         models_loaded_at=plugin.loaded_at,
         models=plugin.checksums,
+        task_stats=task_stats,
+        finished_at=time.time(),
     )
 
 

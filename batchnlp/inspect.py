@@ -1,0 +1,205 @@
+"""``batchnlp inspect OUTPUT``: what a run wrote, from its control files, without re-reading the input.
+
+A committed run is described by ``_manifest.json`` (trusted only next to ``_SUCCESS``). An
+interrupted one has no manifest, only ``_progress/_job.json`` (the job record) and one
+``_progress/part-*.json`` per unit it finished: their sums are what it had done so far.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from batchnlp.commit import JOB_RECORD, MANIFEST, PROGRESS, SUCCESS, PartResult, totals
+from batchnlp.errors import OutputError
+from batchnlp.storage import Location, storage_errors
+
+TEXT_WIDTH = 60  # characters of text shown per row
+
+
+@dataclass
+class RunInfo:
+    """A run as its control files tell it."""
+
+    output: str
+    status: str  # committed | interrupted
+    run_id: str | None
+    spec: dict[str, Any]
+    models: dict[str, Any]
+    totals: dict[str, Any]
+    parts: list[str]  # part file names, in unit order
+    units_planned: int | None = None  # None: an interrupted run's job record may not say
+    device: list[str] = field(default_factory=list)
+    precision: list[str] = field(default_factory=list)
+    wall_seconds: float | None = None
+    committed_at: str | None = None
+    version: str | None = None
+    manifest_without_success: bool = False
+
+
+def load(output: str, storage_options: dict[str, Any] | None = None) -> RunInfo:
+    """Read OUTPUT's manifest, or its progress records when the run did not commit."""
+    location = Location(output, storage_options or {})
+    fs = location.fs
+    display = location.display()
+    with storage_errors("read", display):
+        finished = fs.exists(location.child(SUCCESS))
+        has_manifest = fs.exists(location.child(MANIFEST))
+        if finished and has_manifest:
+            return _committed(display, json.loads(fs.cat_file(location.child(MANIFEST))))
+        job_path = location.child(f"{PROGRESS}/{JOB_RECORD}")
+        if not fs.exists(job_path):
+            raise OutputError(
+                f"{display} holds no batchnlp run: neither {MANIFEST} with {SUCCESS} nor {PROGRESS}/{JOB_RECORD}"
+            )
+        job = json.loads(fs.cat_file(job_path))
+        records = [json.loads(fs.cat_file(p)) for p in sorted(fs.glob(location.child(f"{PROGRESS}/part-*.json")))]
+    results = sorted((PartResult.from_record(r) for r in records), key=lambda r: r.unit.index)
+    spec = job.get("spec", {})
+    return RunInfo(
+        output=display,
+        status="interrupted",
+        run_id=job.get("run_id"),
+        spec=spec,
+        models={
+            t["name"]: {"task": t["kind"], "ref": t["model"], "version": job.get("model_versions", {}).get(t["name"])}
+            for t in spec.get("tasks", [])
+        },
+        totals=totals(results),
+        parts=[r.part.rsplit("/", 1)[-1] for r in results if r.part],
+        units_planned=job.get("units"),
+        device=sorted({r.device for r in results}),
+        precision=sorted({r.precision for r in results}),
+        version=job.get("batchnlp_version"),
+        manifest_without_success=has_manifest,
+    )
+
+
+def _committed(display: str, manifest: dict[str, Any]) -> RunInfo:
+    return RunInfo(
+        output=display,
+        status="committed",
+        run_id=manifest.get("run_id"),
+        spec=manifest.get("spec", {}),
+        models=manifest.get("models", {}),
+        totals=manifest["totals"],
+        parts=[p["path"] for p in manifest.get("parts", []) if p.get("path")],
+        units_planned=len(manifest.get("parts", [])),
+        device=manifest.get("device", []),
+        precision=manifest.get("precision", []),
+        wall_seconds=manifest.get("wall_seconds"),
+        committed_at=manifest.get("committed_at"),
+        version=manifest.get("batchnlp_version"),
+    )
+
+
+def summary(info: RunInfo) -> str:
+    """The run in a few readable lines."""
+    t, spec = info.totals, info.spec
+    if info.status == "committed":
+        status = f"committed {info.committed_at}" if info.committed_at else "committed"
+    elif info.units_planned:
+        status = f"INTERRUPTED: {t['parts']} of {info.units_planned} units committed; finish it with --resume"
+    else:
+        status = f"INTERRUPTED: {t['parts']} units committed so far; finish it with --resume"
+    if info.manifest_without_success:
+        status += f" ({MANIFEST} without {SUCCESS}: a commit that died half-way)"
+    lines = [
+        f"run        {info.run_id or '?'}" + (f" (batchnlp {info.version})" if info.version else ""),
+        f"status     {status}",
+        f"input      {spec.get('input', '?')}",
+        f"output     {info.output}",
+    ]
+    for name, model in info.models.items():
+        lines.append(f"task       {name} ({model.get('task')}): {model.get('ref')} version {model.get('version')}")
+    device = ", ".join(info.device) or spec.get("device", "?")
+    precision = ", ".join(info.precision) or spec.get("precision", "?")
+    lines.append(f"device     {device}, {precision}")
+    lines.append(f"rows       {t['rows_in']:,} in, {t['rows_out']:,} out, {t['rejected']:,} rejected")
+    for reason, count in t.get("rejected_by_reason", {}).items():
+        lines.append(f"             {count:,} {reason}")
+    if t.get("bad_lines"):
+        where = "quarantined under _rejected/" if spec.get("on_bad_lines") == "quarantine" else "skipped"
+        first = t["bad_line_examples"][0] if t.get("bad_line_examples") else None
+        example = f"; first {first['source']}:{first['line']} ({first['reason']})" if first else ""
+        lines.append(f"bad lines  {t['bad_lines']:,} input lines that were not JSON objects, {where}{example}")
+    lines.append(f"tokens     {t['tokens']:,} ({t['padded_tokens']:,} with padding)")
+    if info.wall_seconds:
+        lines.append(
+            f"time       {info.wall_seconds:.1f} s wall: {t['rows_out'] / info.wall_seconds:,.1f} rows/s, "
+            f"{t['tokens'] / info.wall_seconds:,.0f} tokens/s"
+        )
+    worker = t.get("worker_seconds", {})
+    if worker:
+        lines.append("worker s   " + ", ".join(f"{k} {v:.1f}" for k, v in worker.items()))
+    lines.append(f"parts      {len(info.parts)} files, {t['bytes'] / 1e6:,.1f} MB" + _part_range(info.parts))
+    return "\n".join(lines)
+
+
+def _part_range(parts: list[str]) -> str:
+    if not parts:
+        return ""
+    return f": {parts[0]}" if len(parts) == 1 else f": {parts[0]} … {parts[-1]}"
+
+
+def first_rows(output: str, info: RunInfo, n: int, storage_options: dict[str, Any] | None = None) -> list[dict]:
+    """The first ``n`` annotated rows of the run at ``output``, in unit order, read from its parts."""
+    import pyarrow.parquet as pq
+
+    location = Location(output, storage_options or {})
+    fs = location.fs
+    rows: list[dict[str, Any]] = []
+    for name in info.parts:
+        if len(rows) >= n:
+            break
+        with storage_errors("read", location.display(location.child(name))), fs.open(location.child(name)) as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=max(n - len(rows), 1)):
+                rows.extend(batch.to_pylist()[: n - len(rows)])
+                if len(rows) >= n:
+                    break
+    return rows
+
+
+def rows_table(info: RunInfo, rows: list[dict[str, Any]], width: int = 100) -> Any:
+    """A rich table ``width`` columns wide at most: the id column (if any), the text (cut to fit,
+    at most :data:`TEXT_WIDTH` characters), one column per task (label (score), or 'answer' (score)),
+    and _error."""
+    from rich.table import Table
+
+    text_column = info.spec.get("text_column") or "text"
+    id_column = info.spec.get("id_column")
+    tasks = list(info.models) or [t["name"] for t in info.spec.get("tasks", [])]
+    columns = ([id_column] if id_column else []) + [text_column, *tasks, "_error"]
+    cells = [{name: _cell(row.get(name)) for name in columns} for row in rows]
+    natural = {name: min(max([len(name), *(len(c[name]) for c in cells)]), 40) for name in columns}
+    others = sum(natural[name] + 3 for name in columns if name != text_column) + 4
+    text_width = max(12, min(TEXT_WIDTH, width - others))
+    table = Table()
+    for name in columns:
+        fixed = text_width if name == text_column else natural[name]
+        table.add_column(name, no_wrap=True, overflow="ellipsis", min_width=fixed, max_width=fixed)
+    for row in cells:
+        row[text_column] = _cut(row[text_column], text_width)
+        table.add_row(*(row[name] for name in columns))
+    return table
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dict):
+        score = value.get("score")
+        shown = f" ({score:.2f})" if isinstance(score, int | float) else ""
+        if "answer" in value:
+            return f"{value['answer']!r}{shown}"
+        if "label" in value:
+            label = value["label"]
+            label = ", ".join(map(str, label)) if isinstance(label, list) else label
+            return f"{label}{shown}"
+        return json.dumps(value, default=str)[:TEXT_WIDTH]
+    return str(value).replace("\n", " ")

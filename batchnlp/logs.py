@@ -1,0 +1,81 @@
+"""Log output formats: human text (the default) or one JSON object per line (``--log-format json``).
+
+A JSON line carries ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``event`` (``log`` for a
+plain message), ``message``, the job's ``run_id`` once known (see :func:`bind`), and every field
+a caller passed with ``extra=``: ``logger.info("...", extra={"event": "unit_done", "unit": ...})``.
+Every string in it, message and fields alike, goes through :func:`batchnlp.redaction.redact_text`
+(URLs also lose user info and query strings), so a field that carries a URL carries no secret.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from typing import Any
+
+from batchnlp.redaction import redact_text, redact_url
+
+FORMATS = ("text", "json")
+# Attributes every LogRecord has: anything else on a record came from ``extra=``.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
+_context: dict[str, Any] = {}
+
+
+def bind(**fields: Any) -> None:
+    """Fields added to every JSON line from now on (``run_id``); ``None`` removes one."""
+    for key, value in fields.items():
+        if value is None:
+            _context.pop(key, None)
+        else:
+            _context[key] = value
+
+
+def redact_value(value: Any) -> Any:
+    """``value`` with every string in it redacted, containers walked, anything else made a string."""
+    if isinstance(value, str):
+        return redact_text(redact_url(value) if "://" in value and " " not in value else value)
+    if isinstance(value, bool | int | float) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): redact_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [redact_value(v) for v in value]
+    return redact_text(str(value))
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line (CloudWatch Logs and its Insights parse it)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "event": "log",
+            **_context,
+        }
+        entry.update({key: value for key, value in vars(record).items() if key not in _STANDARD})
+        entry["message"] = record.getMessage()
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(redact_value(entry), ensure_ascii=False)
+
+
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time, so a live progress bar that redirects
+    stderr (rich) prints log lines above itself instead of being torn by them."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # logging.StreamHandler.__init__ and setStream assign it
+        pass
