@@ -13,6 +13,7 @@ from typing import Any
 
 from batchnlp.commit import JOB_RECORD, MANIFEST, PROGRESS, SUCCESS, PartResult, totals
 from batchnlp.errors import OutputError
+from batchnlp.lock import LOCK, stale
 from batchnlp.storage import Location, storage_errors
 
 TEXT_WIDTH = 60  # characters of text shown per row
@@ -23,7 +24,7 @@ class RunInfo:
     """A run as its control files tell it."""
 
     output: str
-    status: str  # committed | interrupted
+    status: str  # committed | running | interrupted
     run_id: str | None
     spec: dict[str, Any]
     models: dict[str, Any]
@@ -54,12 +55,14 @@ def load(output: str, storage_options: dict[str, Any] | None = None) -> RunInfo:
                 f"{display} holds no batchnlp run: neither {MANIFEST} with {SUCCESS} nor {PROGRESS}/{JOB_RECORD}"
             )
         job = json.loads(fs.cat_file(job_path))
+        lock = json.loads(fs.cat_file(location.child(LOCK))) if fs.exists(location.child(LOCK)) else None
         records = [json.loads(fs.cat_file(p)) for p in sorted(fs.glob(location.child(f"{PROGRESS}/part-*.json")))]
     results = sorted((PartResult.from_record(r) for r in records), key=lambda r: r.unit.index)
     spec = job.get("spec", {})
     return RunInfo(
         output=display,
-        status="interrupted",
+        # A live owner's lock (renewed, process alive) means the run is still writing.
+        status="running" if lock and lock.get("run_id") == job.get("run_id") and stale(lock) is None else "interrupted",
         run_id=job.get("run_id"),
         spec=spec,
         models={
@@ -99,6 +102,8 @@ def summary(info: RunInfo) -> str:
     t, spec = info.totals, info.spec
     if info.status == "committed":
         status = f"committed {info.committed_at}" if info.committed_at else "committed"
+    elif info.status == "running":
+        status = f"RUNNING: {t['parts']} of {info.units_planned or '?'} units committed so far"
     elif info.units_planned:
         status = f"INTERRUPTED: {t['parts']} of {info.units_planned} units committed; finish it with --resume"
     else:

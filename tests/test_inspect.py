@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -70,12 +73,21 @@ def test_interrupted_run_summary(finished, tmp_path):
     assert result.exit_code == 0, result.output
     parts = manifest(finished)["parts"]
     done = len(parts) - 1
-    has_units = "units" in json.loads((out_dir / "_progress" / "_job.json").read_text())  # issue 7's runner diff
-    committed = f"{done} of {len(parts)} units committed" if has_units else f"{done} units committed so far"
-    assert f"INTERRUPTED: {committed}" in result.output and "--resume" in result.output
+    assert f"INTERRUPTED: {done} of {len(parts)} units committed" in result.output and "--resume" in result.output
     assert "task       sentiment (sentiment):" in result.output
     rows = sum(p["rows"] for p in parts[1:])
     assert f"rows       {rows} in, {rows} out" in result.output
+
+
+def test_a_run_whose_owner_still_holds_the_lock_is_running(finished, tmp_path):
+    out_dir = interrupted_copy(finished, tmp_path / "out")
+    run_id = json.loads((out_dir / "_progress" / "_job.json").read_text())["run_id"]
+    lock = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(), "renewed_at": time.time()}
+    (out_dir / "_lock.json").write_text(json.dumps(lock))
+    units = len(manifest(finished)["parts"])
+    assert f"RUNNING: {units - 1} of {units} units committed so far" in inspect(out_dir).output
+    (out_dir / "_lock.json").write_text(json.dumps({**lock, "renewed_at": time.time() - 3600}))
+    assert f"INTERRUPTED: {units - 1} of {units} units" in inspect(out_dir).output, "an unrenewed lock's owner is gone"
 
 
 def test_rows_table(finished):
