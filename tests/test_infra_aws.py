@@ -290,7 +290,7 @@ def plan_run(args: list[str], env: dict[str, str] | None = None) -> Any:
         bucket, key = ref.removeprefix("s3://").split("/", 1)
         return client("s3").get_object(Bucket=bucket, Key=key)["Body"].read().decode()
 
-    def planned(spec: Any) -> None:
+    def planned(spec: Any, **callbacks: Any) -> None:
         raise _Planned(spec)
 
     try:
