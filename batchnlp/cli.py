@@ -132,6 +132,18 @@ def main() -> None:
     help="Input format when file names do not tell (.jsonl, .jsonl.gz, .jsonl.zst, .parquet). "
     "Example: --input-format jsonl",
 )
+@click.option(
+    "--output-format",
+    type=click.Choice(["parquet", "arrow", "jsonl"]),
+    help="Part files: parquet (part-NNNNN.parquet, default), arrow (Arrow IPC file format, part-NNNNN.arrow) or "
+    "jsonl (one JSON object per row, part-NNNNN.jsonl[.gz]). Example: --output-format arrow",
+)
+@click.option(
+    "--compression",
+    type=click.Choice(["zstd", "snappy", "gzip", "none"]),
+    help="Compression of the parts: parquet zstd (default), snappy or none; jsonl none (default) or gzip; "
+    "arrow none. Example: --output-format jsonl --compression gzip",
+)
 @click.option("--text-column", help="Column (JSONL field) holding the text. Default: text. Example: --text-column body")
 @click.option("--id-column", help="Column identifying rows in reports. Example: --id-column review_id")
 @click.option(
@@ -220,9 +232,10 @@ def run(
 ) -> None:
     """Annotate INPUT (file, directory/prefix or glob; local or s3://) into OUTPUT.
 
-    Writes OUTPUT/part-NNNNN.parquet (every input column, one struct column per task, and
-    _error), then _manifest.json, then _SUCCESS. Progress goes to stderr: a live bar on a
-    terminal, a line every 30 s otherwise (BATCHNLP_PROGRESS_INTERVAL), none with --quiet.
+    Writes OUTPUT/part-NNNNN.parquet (or .arrow, .jsonl[.gz] with --output-format: every input
+    column, one struct column per task, and _error), then _manifest.json, then _SUCCESS.
+    Progress goes to stderr: a live bar on a terminal, a line every 30 s otherwise
+    (BATCHNLP_PROGRESS_INTERVAL), none with --quiet.
 
     Exit codes: 0 committed, every input line annotated; 1 the job failed (retrying may help:
     --resume keeps finished parts); 2 usage, spec, input, model or output error (fix it first);

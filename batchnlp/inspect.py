@@ -7,6 +7,7 @@ interrupted one has no manifest, only ``_progress/_job.json`` (the job record) a
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -150,8 +151,6 @@ def _part_range(parts: list[str]) -> str:
 
 def first_rows(output: str, info: RunInfo, n: int, storage_options: dict[str, Any] | None = None) -> list[dict]:
     """The first ``n`` annotated rows of the run at ``output``, in unit order, read from its parts."""
-    import pyarrow.parquet as pq
-
     location = Location(output, storage_options or {})
     fs = location.fs
     rows: list[dict[str, Any]] = []
@@ -159,11 +158,26 @@ def first_rows(output: str, info: RunInfo, n: int, storage_options: dict[str, An
         if len(rows) >= n:
             break
         with storage_errors("read", location.display(location.child(name))), fs.open(location.child(name)) as f:
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=max(n - len(rows), 1)):
-                rows.extend(batch.to_pylist()[: n - len(rows)])
-                if len(rows) >= n:
-                    break
+            rows.extend(_part_rows(f, name, n - len(rows)))
     return rows
+
+
+def _part_rows(handle: Any, name: str, n: int) -> list[dict[str, Any]]:
+    """Up to ``n`` rows of one part file, in whichever output format it was written."""
+    if name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        batch = next(pq.ParquetFile(handle).iter_batches(batch_size=n), None)
+        return batch.to_pylist()[:n] if batch is not None else []
+    if name.endswith(".arrow"):
+        import pyarrow as pa
+
+        return pa.ipc.open_file(handle).read_all().slice(0, n).to_pylist()
+    import gzip
+    from itertools import islice
+
+    with gzip.open(handle) if name.endswith(".gz") else contextlib.nullcontext(handle) as lines:
+        return [json.loads(line) for line in islice(lines, n)]
 
 
 def rows_table(info: RunInfo, rows: list[dict[str, Any]], width: int = 100) -> Any:

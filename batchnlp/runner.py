@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -22,7 +22,7 @@ from batchnlp import __version__
 from batchnlp.cluster import connect, local_layout
 from batchnlp.commit import Committer, PartResult, redacted_unit, totals
 from batchnlp.errors import BatchnlpError, InputError, JobFailed
-from batchnlp.formats import ReadOptions, WorkUnit, detect_format, plan_units, unify, unit_schema
+from batchnlp.formats import Partitioning, ReadOptions, WorkUnit, detect_format, plan_units, unify, unit_schema
 from batchnlp.lock import OutputLock
 from batchnlp.models import check_ref
 from batchnlp.redaction import redact_url
@@ -62,6 +62,7 @@ class Plan:
     units: list[WorkUnit]
     schema: pa.Schema | None  # None for JSONL until every unit's schema is known
     rows_per_unit: int
+    partitioning: Partitioning | None = None  # Hive key=value directories below the input root
 
     @property
     def fingerprint(self) -> str:
@@ -82,7 +83,7 @@ def plan(spec: JobSpec, rows_per_unit: int | None = None) -> Plan:
         workers = local_layout(spec.workers, spec.device).workers
     rows = spec.rows_per_partition or rows_per_unit
     unit_plan = plan_units(source, files, fmt, rows, spec.read_options, workers)
-    return Plan(source, files, fmt, unit_plan.units, unit_plan.schema, unit_plan.rows_per_unit)
+    return Plan(source, files, fmt, unit_plan.units, unit_plan.schema, unit_plan.rows_per_unit, unit_plan.partitioning)
 
 
 def run(
@@ -181,9 +182,17 @@ def _run_locked(
                 inferring = _infer_schema(client, job_plan.source, job_plan.units, spec.read_options)
             # Returns once every worker has its models; JSONL schemas are inferred meanwhile.
             client.register_plugin(ModelPlugin(settings), name=settings.plugin_name)
-            schema = job_plan.schema or _unified_schema(client, inferring or {}, job_plan.units)
+            schema = job_plan.schema or _unified_schema(client, inferring or {}, job_plan.units, job_plan.partitioning)
             _check_question_columns(spec, schema)
-            job = UnitJob(job_plan.source, output, spec.read_options, spec.id_column, schema, settings.plugin_name)
+            job = UnitJob(
+                job_plan.source,
+                output,
+                replace(spec.read_options, partitioning=job_plan.partitioning),
+                spec.id_column,
+                schema,
+                settings.plugin_name,
+                spec.output_options,
+            )
             for result in _collect(client, run_unit, todo, job, run_id):
                 committer.record(result)
                 results[result.unit.id] = result
@@ -224,10 +233,17 @@ def _infer_schema(client: Any, source: Location, units: list[WorkUnit], options:
     return {client.submit(guarded, unit_schema, source, unit, options, pure=False): unit for unit in units}
 
 
-def _unified_schema(client: Any, futures: dict[Any, WorkUnit], units: list[WorkUnit]) -> pa.Schema:
-    """...and the driver unifies them."""
+def _unified_schema(
+    client: Any, futures: dict[Any, WorkUnit], units: list[WorkUnit], partitioning: Partitioning | None = None
+) -> pa.Schema:
+    """...and the driver unifies them, then appends the Hive partition columns."""
     schemas = {unit.id: schema for unit, schema in _results(client, futures)}
-    return unify([(unit.describe(), schemas[unit.id]) for unit in units])
+    schema = unify([(unit.describe(), schemas[unit.id]) for unit in units])
+    if partitioning is None:
+        return schema
+    for unit in units:
+        partitioning.check(schemas[unit.id], unit.describe())
+    return partitioning.extend(schema)
 
 
 def _check_question_columns(spec: JobSpec, schema: pa.Schema) -> None:
@@ -297,10 +313,12 @@ def _manifest(
         "spec": spec.redacted(),
         "input": {
             "format": job_plan.format,
+            "partitions": {f.name: str(f.type) for f in job_plan.partitioning.schema} if job_plan.partitioning else {},
             "files": [
                 {"path": job_plan.source.display(f.path), "size": f.size, "etag": f.etag} for f in job_plan.files
             ],
         },
+        "output": spec.output_options.describe(),
         "models": models,
         "device": sorted({r.device for r in results}),
         "precision": sorted({r.precision for r in results}),

@@ -17,11 +17,14 @@ from typing import Any, Literal, get_args
 
 from batchnlp.errors import SpecError
 from batchnlp.formats.base import BadLinePolicy, ReadOptions
+from batchnlp.formats.writers import COMPRESSIONS, DEFAULT_COMPRESSION, OutputFormat
 from batchnlp.redaction import redact_url
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
 InputFormat = Literal["jsonl", "parquet"]
+OutputFormatName = Literal["parquet", "arrow", "jsonl"]
+Compression = Literal["zstd", "snappy", "gzip", "none"]
 WriteMode = Literal["new", "overwrite", "resume"]
 
 DEFAULT_MAX_ANSWER_LENGTH = 15  # tokens, as transformers' question-answering pipeline
@@ -57,6 +60,8 @@ class JobSpec:
     text_column: str = "text"
     id_column: str | None = None
     on_bad_lines: BadLinePolicy = "stop"
+    output_format: OutputFormatName = "parquet"
+    compression: Compression | None = None  # None: the output format's default (zstd for Parquet)
     rows_per_partition: int | None = None  # None: sized from the input and the worker count
     scheduler: str | None = None
     workers: int | None = None
@@ -87,9 +92,10 @@ class JobSpec:
         mode = _write_mode(s, problems)
         values: dict[str, Any] = {}
         choices = (("input_format", InputFormat), ("on_bad_lines", BadLinePolicy), ("device", Device))
-        for name, kind in (*choices, ("precision", Precision)):
+        for name, kind in (*choices, ("precision", Precision), ("output_format", OutputFormatName)):
             if name in s:
                 values[name] = _choice(name, s[name], kind, problems)
+        values["compression"] = _compression(values.get("output_format", "parquet"), s.get("compression"), problems)
         for name in ("rows_per_partition", "workers", "max_length", "tokens_per_batch"):
             if name in s:
                 values[name] = _positive_int(name, s[name], problems)
@@ -130,6 +136,10 @@ class JobSpec:
     @property
     def read_options(self) -> ReadOptions:
         return ReadOptions(self.text_column, self.on_bad_lines)
+
+    @property
+    def output_options(self) -> OutputFormat:
+        return OutputFormat(self.output_format, self.compression or DEFAULT_COMPRESSION[self.output_format])
 
     def fingerprint(self) -> str:
         """A hash of what the output depends on, so ``--resume`` can refuse a changed job."""
@@ -284,6 +294,21 @@ def _write_mode(s: Mapping[str, Any], problems: list[str]) -> WriteMode:
     if s.get("resume"):
         return "resume"
     return _choice("mode", s.get("mode", "new"), WriteMode, problems)
+
+
+def _compression(fmt: str, value: Any, problems: list[str]) -> str | None:
+    """The output format's compression: given and valid for it, or its default."""
+    if fmt not in COMPRESSIONS:
+        return value  # the format itself is reported
+    if value is None:
+        return DEFAULT_COMPRESSION[fmt]
+    if value not in COMPRESSIONS[fmt]:
+        allowed = {name: "|".join(codecs) for name, codecs in COMPRESSIONS.items()}
+        problems.append(
+            f"compression {value!r} does not apply to output format {fmt}: parquet takes {allowed['parquet']}, "
+            f"jsonl takes {allowed['jsonl']}, arrow is written uncompressed (none) so readers can memory-map it"
+        )
+    return value
 
 
 def _choice(name: str, value: Any, kind: Any, problems: list[str]) -> Any:

@@ -25,7 +25,8 @@ from batchnlp import __version__
 from batchnlp.commit import REJECTED, PartResult, sha256
 from batchnlp.engine import BatchStats
 from batchnlp.errors import BatchnlpError, InputError, JobFailed
-from batchnlp.formats import BadLine, ReadOptions, WorkUnit, parquet, read_unit
+from batchnlp.formats import BadLine, ReadOptions, WorkUnit, read_unit
+from batchnlp.formats.writers import PARQUET_ZSTD, OutputFormat
 from batchnlp.redaction import redact_url
 from batchnlp.spec import TaskSpec
 from batchnlp.stats import column_stats
@@ -103,6 +104,7 @@ class UnitJob:
     id_column: str | None
     schema: pa.Schema  # every part gets exactly these input columns and types
     plugin_name: str
+    output_format: OutputFormat = PARQUET_ZSTD  # parquet, arrow or jsonl, and its compression
 
 
 @dataclass(frozen=True)
@@ -174,8 +176,8 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
     part, data = "", b""
     if table.num_rows:  # a unit can hold no rows (a byte range inside one long line): no part
         metadata = {"version": __version__, "models": plugin.checksums, "precision": plugin.precision}
-        data = parquet.write(table, metadata)
-        part = job.output.child(f"{unit.id}.parquet")
+        data = job.output_format.write(table, metadata)
+        part = job.output.child(unit.id + job.output_format.suffix)
         write_atomic(fs, part, data)
         part = fs.unstrip_protocol(part)
     seconds["write"] = time.perf_counter() - clock

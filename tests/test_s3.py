@@ -67,12 +67,13 @@ def test_s3_job_with_s3_models_and_several_tasks_reads_the_input_once(s3, bucket
 
     assert keys(s3, bucket, "labelled/two/") == [
         "_SUCCESS", "_manifest.json", "_progress/_job.json", "_progress/part-00000.json",
-        "_progress/part-00001.json", "part-00000.parquet", "part-00001.parquet",
+        "_progress/part-00001.json", "_report.html", "_report.json", "part-00000.parquet", "part-00001.parquet",
     ]  # fmt: skip
     fs = s3fs.S3FileSystem()
     out = ds.dataset(f"{bucket}/labelled/two/", filesystem=fs, format="parquet").to_table()
     assert out.column("review_id").to_pylist() == table.column("review_id").to_pylist()
-    assert out.column_names == ["review_id", "text", "sentiment", "classify", "_error"]
+    assert out.column_names == ["review_id", "text", "date", "sentiment", "classify", "_error"], "Hive key kept"
+    assert set(out.column("date").to_pylist()) == {"2026-11-24"}
     manifest = json.loads(fs.cat_file(f"{bucket}/labelled/two/_manifest.json"))
     assert manifest["models"]["classify"]["ref"] == topics
     assert manifest["totals"]["rows_out"] == 100

@@ -11,9 +11,10 @@ from types import ModuleType
 import pyarrow as pa
 
 from batchnlp.errors import InputError
-from batchnlp.formats import jsonl, parquet
+from batchnlp.formats import hive, jsonl, parquet
 from batchnlp.formats.base import BadLine, ReadOptions, ReadResult, WorkUnit, conform, unify
-from batchnlp.storage import InputFile, Location, storage_errors
+from batchnlp.formats.hive import Partitioning
+from batchnlp.storage import GLOB_CHARS, InputFile, Location, storage_errors
 
 READERS: dict[str, ModuleType] = {"jsonl": jsonl, "parquet": parquet}
 _SUFFIXES = {
@@ -31,6 +32,7 @@ MIN_AUTO_ROWS, MAX_AUTO_ROWS, UNITS_PER_WORKER = 250, 10_000, 4
 
 __all__ = [
     "BadLine",
+    "Partitioning",
     "ReadOptions",
     "ReadResult",
     "UnitPlan",
@@ -44,11 +46,15 @@ __all__ = [
 
 @dataclass(frozen=True)
 class UnitPlan:
-    """The units of a job and, where the format declares one, the schema every part will have."""
+    """The units of a job and, where the format declares one, the schema every part will have.
+
+    ``schema`` includes the Hive partition columns of ``partitioning`` (None: the input has none).
+    """
 
     units: list[WorkUnit]
     schema: pa.Schema | None
     rows_per_unit: int
+    partitioning: Partitioning | None = None
 
 
 def detect_format(files: list[InputFile], forced: str | None) -> str:
@@ -100,7 +106,24 @@ def plan_units(
             units.append(WorkUnit(len(units), fs.unstrip_protocol(file.path), unit_format, start, stop, rows))
     schemas = [(fs.unstrip_protocol(f.path), layout.schema) for f, layout in zip(files, layouts, strict=True)]
     known = all(schema is not None for _, schema in schemas)
-    return UnitPlan(units, unify(schemas) if known and schemas else None, rows_per_unit)
+    partitioning = hive.discover(input_root(location.path, files), [f.path for f in files])
+    schema = unify(schemas) if known and schemas else None
+    if schema is not None and partitioning is not None:
+        for where, file_schema in schemas:
+            partitioning.check(file_schema, where)
+        schema = partitioning.extend(schema)
+    return UnitPlan(units, schema, rows_per_unit, partitioning)
+
+
+def input_root(path: str, files: list[InputFile]) -> str | None:
+    """The directory Hive partitions are found below: a directory/prefix input itself, a glob's
+    directory before its first wildcard; a single file has none."""
+    wildcard = GLOB_CHARS.search(path)
+    if wildcard:
+        return path[: wildcard.start()].rsplit("/", 1)[0] or None
+    if len(files) == 1 and files[0].path.rstrip("/") == path.rstrip("/"):
+        return None
+    return path.rstrip("/")
 
 
 def auto_rows_per_unit(total_rows: int, workers: int) -> int:
@@ -111,16 +134,25 @@ def auto_rows_per_unit(total_rows: int, workers: int) -> int:
 
 
 def read_unit(location: Location, unit: WorkUnit, options: ReadOptions, schema: pa.Schema | None = None) -> ReadResult:
-    """Read one unit; with ``schema``, its columns are conformed to the job's one schema."""
+    """Read one unit; with ``schema``, its columns are conformed to the job's one schema.
+
+    With ``options.partitioning``, the file's Hive partition values are added as columns.
+    """
     fs = location.fs
     fmt = "jsonl" if unit.format.startswith("jsonl") else unit.format
+    path = fs._strip_protocol(unit.path)
     with storage_errors("read", unit.path, InputError, what="input"):
-        result = READERS[fmt].read(fs, replace(unit, path=fs._strip_protocol(unit.path)), options)
+        result = READERS[fmt].read(fs, replace(unit, path=path), options)
+    if options.partitioning is not None:
+        result.table = options.partitioning.append(result.table, path, unit.describe())
     if schema is not None:
         result.table = conform(result.table, schema, unit.describe())
     return result
 
 
 def unit_schema(location: Location, unit: WorkUnit, options: ReadOptions) -> pa.Schema:
-    """The schema one unit infers on its own (a Dask task: JSONL schemas need the data)."""
-    return read_unit(location, unit, options).table.schema
+    """The schema one unit infers on its own (a Dask task: JSONL schemas need the data).
+
+    Without partition columns: the driver appends those (:meth:`Partitioning.extend`).
+    """
+    return read_unit(location, unit, replace(options, partitioning=None)).table.schema

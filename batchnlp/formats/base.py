@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import pyarrow as pa
 
 from batchnlp.errors import InputError
+
+if TYPE_CHECKING:
+    from batchnlp.formats.hive import Partitioning
 
 BadLinePolicy = Literal["stop", "skip", "quarantine"]
 
@@ -18,11 +21,13 @@ class ReadOptions:
 
     ``on_bad_lines`` decides what a line that is not a JSON object does (malformed JSON,
     invalid UTF-8, an array): ``stop`` the job naming it, ``skip`` it (counted and reported),
-    or ``quarantine`` it (also kept byte for byte under OUTPUT/_rejected/).
+    or ``quarantine`` it (also kept byte for byte under OUTPUT/_rejected/). ``partitioning``
+    (found at plan time) adds each file's Hive ``key=value`` directories as columns.
     """
 
     text_column: str = "text"
     on_bad_lines: BadLinePolicy = "stop"
+    partitioning: Partitioning | None = None
 
 
 @dataclass(frozen=True)

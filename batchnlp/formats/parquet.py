@@ -85,9 +85,12 @@ def _plain(schema: pa.Schema) -> pa.Schema:
     return schema
 
 
-def write(table: pa.Table, metadata: Mapping[str, Any]) -> bytes:
-    """Serialise one part: same table and metadata in, same bytes out (no timestamps)."""
+def write(table: pa.Table, metadata: Mapping[str, Any], compression: str = "zstd") -> bytes:
+    """Serialise one part: same table and metadata in, same bytes out (no timestamps).
+
+    ``compression`` is zstd, snappy or none.
+    """
     merged = {**(table.schema.metadata or {}), b"batchnlp": json.dumps(metadata, sort_keys=True).encode()}
     buffer = io.BytesIO()
-    pq.write_table(table.replace_schema_metadata(merged), buffer, compression="zstd")
+    pq.write_table(table.replace_schema_metadata(merged), buffer, compression=compression)
     return buffer.getvalue()
