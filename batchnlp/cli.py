@@ -144,6 +144,14 @@ def main() -> None:
     help="Compression of the parts: parquet zstd (default), snappy or none; jsonl none (default) or gzip; "
     "arrow none. Example: --output-format jsonl --compression gzip",
 )
+@click.option(
+    "--partition-by",
+    multiple=True,
+    metavar="COL",
+    help="Write Hive-partitioned output: OUTPUT/COL=value/.../part-NNNNN.<suffix>, the column left out of the "
+    "files (readers get it back from the path). Repeat for nested keys; an input column or one of the input's "
+    "own key=value partition keys. Example: --partition-by date --partition-by lang",
+)
 @click.option("--text-column", help="Column (JSONL field) holding the text. Default: text. Example: --text-column body")
 @click.option("--id-column", help="Column identifying rows in reports. Example: --id-column review_id")
 @click.option(
@@ -208,6 +216,12 @@ def main() -> None:
 )
 @PARAM_OPTION
 @RUN_DATE_OPTION
+@click.option(
+    "--run-id",
+    metavar="ID",
+    help="Name the run (manifest, lock, logs). Default: generated. Rerunning a committed run's id exits 0 "
+    "without redoing it, so a retried scheduled job is harmless. Example: --run-id 2026-11-24",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging (credentials stay masked).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors: no progress, no summary.")
 @click.option(

@@ -35,7 +35,7 @@ class PartResult:
     """What one unit produced; small, so thousands of them travel back to the driver cheaply."""
 
     unit: WorkUnit
-    part: str  # the part file's URL; empty when the unit held no rows and wrote nothing
+    part: str  # the part file's URL; empty when the unit held no rows and wrote nothing, or with --partition-by
     rows_in: int
     rows_out: int
     rejected: int
@@ -58,6 +58,9 @@ class PartResult:
     quarantine: dict[str, Any] | None = None  # the unit's _rejected/ file: path, lines, bytes, sha256
     task_stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # per task: batchnlp.stats.column_stats
     finished_at: float | None = None  # wall clock when the unit's part was written
+    # --partition-by: the unit's files, one per partition value combination in it: path (relative
+    # to OUTPUT, COL=value/…/part-NNNNN.<suffix>), rows, bytes, sha256. Empty otherwise (``part`` holds the file).
+    files: list[dict[str, Any]] = field(default_factory=list)
 
     def to_record(self) -> dict[str, Any]:
         """JSON-ready; the unit's URL loses user info and query string (a presigned URL's are credentials)."""
@@ -145,8 +148,23 @@ class Committer:
                     self.fs.rm(self.path(name))
             for path in self.fs.glob(self.path("part-*")) + self.fs.glob(self.path(f"{PROGRESS}/*")):
                 self.fs.rm(path)
+            self._clear_partitions()
             if self.fs.exists(self.path(REJECTED)):
                 self.fs.rm(self.path(REJECTED), recursive=True)
+
+    def _clear_partitions(self) -> None:
+        """Part files under ``COL=value/`` directories (--partition-by), then the directories they leave empty.
+
+        Only ``part-*`` files are removed; anything else the directories hold stays, and so do they.
+        """
+        for top in self.fs.glob(self.path("*=*")):
+            if not self.fs.isdir(top):
+                continue
+            for path in self.fs.find(top):
+                if path.rsplit("/", 1)[-1].startswith("part-"):
+                    self.fs.rm(path)
+            if not self.fs.find(top) and self.fs.exists(top):  # object stores have no empty directories
+                self.fs.rm(top, recursive=True)
 
     def record(self, result: PartResult) -> None:
         """Note a finished part so a crashed driver can be resumed without redoing it."""
@@ -204,8 +222,9 @@ class Committer:
         return kept
 
     def _part_intact(self, result: PartResult) -> bool:
-        """The part and its quarantined lines (if any) hold exactly the recorded bytes."""
+        """The part (or each partitioned file) and its quarantined lines (if any) hold exactly the recorded bytes."""
         files = [(self.fs._strip_protocol(result.part), result.sha256)] if result.part else []
+        files += [(self.path(f["path"]), f["sha256"]) for f in result.files]
         if result.quarantine:
             files.append((self.path(result.quarantine["path"]), result.quarantine["sha256"]))
         return all(self.fs.exists(path) and sha256(self.fs.cat_file(path)) == digest for path, digest in files)

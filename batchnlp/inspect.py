@@ -30,7 +30,7 @@ class RunInfo:
     spec: dict[str, Any]
     models: dict[str, Any]
     totals: dict[str, Any]
-    parts: list[str]  # part file names, in unit order
+    parts: list[str]  # part file names (--partition-by: paths below OUTPUT), in unit order
     units_planned: int | None = None  # None: an interrupted run's job record may not say
     device: list[str] = field(default_factory=list)
     precision: list[str] = field(default_factory=list)
@@ -71,13 +71,20 @@ def load(output: str, storage_options: dict[str, Any] | None = None) -> RunInfo:
             for t in spec.get("tasks", [])
         },
         totals=totals(results),
-        parts=[r.part.rsplit("/", 1)[-1] for r in results if r.part],
+        parts=[name for r in results for name in ([r.part.rsplit("/", 1)[-1]] if r.part else _paths(r.files))],
         units_planned=job.get("units"),
         device=sorted({r.device for r in results}),
         precision=sorted({r.precision for r in results}),
         version=job.get("batchnlp_version"),
         manifest_without_success=has_manifest,
     )
+
+
+def _paths(files: Any) -> list[str]:
+    """A partitioned unit's file paths (relative to OUTPUT), from its result's or manifest entry's ``files``."""
+    if isinstance(files, dict):
+        files = files.get("files", [])
+    return [f["path"] for f in files]
 
 
 def _committed(display: str, manifest: dict[str, Any]) -> RunInfo:
@@ -88,7 +95,7 @@ def _committed(display: str, manifest: dict[str, Any]) -> RunInfo:
         spec=manifest.get("spec", {}),
         models=manifest.get("models", {}),
         totals=manifest["totals"],
-        parts=[p["path"] for p in manifest.get("parts", []) if p.get("path")],
+        parts=[name for p in manifest.get("parts", []) for name in ([p["path"]] if p.get("path") else _paths(p))],
         units_planned=len(manifest.get("parts", [])),
         device=manifest.get("device", []),
         precision=manifest.get("precision", []),

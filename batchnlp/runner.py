@@ -98,19 +98,23 @@ def run(
     ``on_part(result)`` for each unit as it finishes (see :class:`batchnlp.progress.ProgressReporter`).
     """
     started = time.perf_counter()
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+    run_id = spec.run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     output = Location(spec.output, spec.storage_options)
     committer = Committer(output)
     # Automatic unit sizing depends on the machine: a resumed run reuses the interrupted one's.
     previous = committer.previous_job() if spec.mode == "resume" else None
     job_plan = plan(spec, previous.get("rows_per_unit") if previous else None)
+    if job_plan.schema is not None:  # Parquet: known now, before any worker starts
+        _check_partition_columns(spec, job_plan.schema)
     model_versions = {task.name: check_ref(task.model, spec.storage_options) for task in spec.tasks}
     check_output(output)
-    if spec.mode == "resume" and committer.finished():
+    # A retried submission of a committed run (--resume, or the same --run-id) has nothing to do.
+    if spec.mode != "overwrite" and (spec.mode == "resume" or spec.run_id) and committer.finished():
         manifest = committer.read_manifest()
-        return RunSummary(
-            output.display(), manifest["run_id"], manifest["totals"], 0.0, 0, len(job_plan.units), True, manifest
-        )
+        if spec.mode == "resume" or manifest["run_id"] == spec.run_id:
+            return RunSummary(
+                output.display(), manifest["run_id"], manifest["totals"], 0.0, 0, len(job_plan.units), True, manifest
+            )
     job_record = {
         "run_id": run_id,
         "spec_fingerprint": spec.fingerprint(),
@@ -184,6 +188,7 @@ def _run_locked(
             client.register_plugin(ModelPlugin(settings), name=settings.plugin_name)
             schema = job_plan.schema or _unified_schema(client, inferring or {}, job_plan.units, job_plan.partitioning)
             _check_question_columns(spec, schema)
+            _check_partition_columns(spec, schema)
             job = UnitJob(
                 job_plan.source,
                 output,
@@ -192,6 +197,7 @@ def _run_locked(
                 schema,
                 settings.plugin_name,
                 spec.output_options,
+                spec.partition_by,
             )
             for result in _collect(client, run_unit, todo, job, run_id):
                 committer.record(result)
@@ -254,6 +260,22 @@ def _check_question_columns(spec: JobSpec, schema: pa.Schema) -> None:
                 f"task {task.name!r} reads questions from column {task.question_column!r}, which the input "
                 f"does not have; columns found: {', '.join(schema.names)}. Pass --question-column NAME"
             )
+
+
+def _check_partition_columns(spec: JobSpec, schema: pa.Schema) -> None:
+    """--partition-by names input columns (or the input's own partition keys) of a flat type."""
+    missing = [name for name in spec.partition_by if name not in schema.names]
+    if missing:
+        raise InputError(
+            f"--partition-by names {'a column' if len(missing) == 1 else 'columns'} the input does not have: "
+            f"{', '.join(missing)}; columns found (partition keys of the input included): {', '.join(schema.names)}"
+        )
+    nested = [name for name in spec.partition_by if pa.types.is_nested(schema.field(name).type)]
+    if nested:
+        raise InputError(
+            f"--partition-by cannot use {', '.join(nested)}: a partition value must be a single value "
+            "(string, number, date, ...), not a list or struct"
+        )
 
 
 def _collect(
@@ -335,6 +357,7 @@ def _manifest(
                 "padded_tokens": r.padded_tokens,
                 "bytes": r.bytes,
                 "sha256": r.sha256,
+                **({"files": r.files} if r.files else {}),
                 "seconds": {k: round(v, 3) for k, v in r.seconds.items()},
                 "worker": r.worker,
                 "models_loaded_at": r.models_loaded_at,

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ OutputFormatName = Literal["parquet", "arrow", "jsonl"]
 Compression = Literal["zstd", "snappy", "gzip", "none"]
 WriteMode = Literal["new", "overwrite", "resume"]
 
+RUN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 DEFAULT_MAX_ANSWER_LENGTH = 15  # tokens, as transformers' question-answering pipeline
 QA_KEYS = ("question", "question_column", "doc_stride", "max_answer_length", "allow_no_answer")
 TASK_KEYS = ("name", "task", "model", "top_k", *QA_KEYS)
@@ -62,6 +64,7 @@ class JobSpec:
     on_bad_lines: BadLinePolicy = "stop"
     output_format: OutputFormatName = "parquet"
     compression: Compression | None = None  # None: the output format's default (zstd for Parquet)
+    partition_by: tuple[str, ...] = ()  # Hive-partitioned output: OUTPUT/COL=value/.../part-NNNNN.<suffix>
     rows_per_partition: int | None = None  # None: sized from the input and the worker count
     scheduler: str | None = None
     workers: int | None = None
@@ -72,6 +75,7 @@ class JobSpec:
     storage_options: Mapping[str, str] = field(default_factory=dict)
     mode: WriteMode = "new"
     break_lock: bool = False  # take OUTPUT even if another run's lock says it is writing there
+    run_id: str | None = None  # names the run; None: generated. A committed run of this id is not redone.
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> JobSpec:
@@ -105,6 +109,13 @@ class JobSpec:
                     values[name] = s[name]
                 else:
                     problems.append(f"{name} must be a non-empty string, got {s[name]!r}")
+        if "run_id" in s:
+            if isinstance(s["run_id"], str) and RUN_ID.fullmatch(s["run_id"]):
+                values["run_id"] = s["run_id"]
+            else:
+                problems.append(f"run_id must be 1-128 of letters, digits and . _ : -, got {s['run_id']!r}")
+        if "partition_by" in s:
+            values["partition_by"] = _partition_by(s["partition_by"], tasks, problems)
         if "break_lock" in s:
             if isinstance(s["break_lock"], bool):
                 values["break_lock"] = s["break_lock"]
@@ -144,8 +155,10 @@ class JobSpec:
     def fingerprint(self) -> str:
         """A hash of what the output depends on, so ``--resume`` can refuse a changed job."""
         relevant = dataclasses.asdict(self)
-        for volatile in ("scheduler", "workers", "storage_options", "mode", "break_lock"):
+        for volatile in ("scheduler", "workers", "storage_options", "mode", "break_lock", "run_id"):
             relevant.pop(volatile)
+        if not self.partition_by:  # added later: unpartitioned runs keep the fingerprints they had
+            relevant.pop("partition_by")
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
     def redacted(self) -> dict[str, Any]:
@@ -284,6 +297,24 @@ def _qa_settings(name: str, kind: str, item: Mapping[str, Any], s: Mapping[str, 
     if not isinstance(value["allow_no_answer"], bool):
         problems.append(f"allow_no_answer of task {name!r} must be true or false, got {value['allow_no_answer']!r}")
     return value
+
+
+def _partition_by(value: Any, tasks: list[TaskSpec], problems: list[str]) -> tuple[str, ...]:
+    """Column names, in order; not a task's output column or _error (they are not known before the run)."""
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list | tuple) or not all(isinstance(n, str) and n for n in names):
+        problems.append(f"partition_by must be a column name or a list of them, got {value!r}")
+        return ()
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"partition_by names column {name!r} twice")
+    computed = {t.name for t in tasks} | {"_error"}
+    for name in [n for n in names if n in computed]:
+        what = "_error" if name == "_error" else f"task {name!r}'s output column"
+        problems.append(
+            f"cannot partition by {what}: a partition column must come from the input "
+            "(its columns or its own key=value directories)"
+        )
+    return tuple(names)
 
 
 def _write_mode(s: Mapping[str, Any], problems: list[str]) -> WriteMode:

@@ -26,6 +26,7 @@ from batchnlp.commit import REJECTED, PartResult, sha256
 from batchnlp.engine import BatchStats
 from batchnlp.errors import BatchnlpError, InputError, JobFailed
 from batchnlp.formats import BadLine, ReadOptions, WorkUnit, read_unit
+from batchnlp.formats.hive import directory
 from batchnlp.formats.writers import PARQUET_ZSTD, OutputFormat
 from batchnlp.redaction import redact_url
 from batchnlp.spec import TaskSpec
@@ -105,6 +106,7 @@ class UnitJob:
     schema: pa.Schema  # every part gets exactly these input columns and types
     plugin_name: str
     output_format: OutputFormat = PARQUET_ZSTD  # parquet, arrow or jsonl, and its compression
+    partition_by: tuple[str, ...] = ()  # Hive output: COL=value/ directories, these columns left out of the files
 
 
 @dataclass(frozen=True)
@@ -173,9 +175,11 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
     table = table.append_column("_error", pa.array(errors, pa.string()))
     fs, _ = job.output.split()
     quarantine = _quarantine(fs, job, unit, read.bad_lines) if job.read.on_bad_lines == "quarantine" else None
-    part, data = "", b""
-    if table.num_rows:  # a unit can hold no rows (a byte range inside one long line): no part
-        metadata = {"version": __version__, "models": plugin.checksums, "precision": plugin.precision}
+    part, data, files = "", b"", []
+    metadata = {"version": __version__, "models": plugin.checksums, "precision": plugin.precision}
+    if table.num_rows and job.partition_by:
+        files = _write_partitioned(fs, job, unit, table, metadata)
+    elif table.num_rows:  # a unit can hold no rows (a byte range inside one long line): no part
         data = job.output_format.write(table, metadata)
         part = job.output.child(unit.id + job.output_format.suffix)
         write_atomic(fs, part, data)
@@ -210,8 +214,9 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
             for bad in read.bad_lines[:EXAMPLES_PER_PART]
         ],
         quarantine=quarantine,
-        bytes=len(data),
+        bytes=sum(f["bytes"] for f in files) if files else len(data),
         sha256=sha256(data),
+        files=files,
         seconds=seconds,
         device=plugin.device,
         precision=plugin.precision,
@@ -221,6 +226,30 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
         task_stats=task_stats,
         finished_at=time.time(),
     )
+
+
+def _write_partitioned(
+    fs: Any, job: UnitJob, unit: WorkUnit, table: pa.Table, metadata: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """One file per partition value combination in the unit: ``COL=v/…/part-NNNNN.<suffix>``.
+
+    The partition columns are left out of the files (their values are in the path, as Hive,
+    Spark and pyarrow write them). Groups come in order of their first row; rows within a group
+    keep input order. The unit id names every file, so names are unique across units and a
+    retried unit rewrites the same files. Paths in the result are relative to OUTPUT.
+    """
+    keys = [table.column(name).cast(pa.string()).to_pylist() for name in job.partition_by]
+    groups: dict[tuple[str | None, ...], list[int]] = {}
+    for i, key in enumerate(zip(*keys, strict=True)):
+        groups.setdefault(key, []).append(i)
+    rest = table.drop_columns(list(job.partition_by))
+    files = []
+    for key, rows in groups.items():
+        data = job.output_format.write(rest.take(pa.array(rows, pa.int64())), metadata)
+        path = f"{directory(zip(job.partition_by, key, strict=True))}/{unit.id}{job.output_format.suffix}"
+        write_atomic(fs, job.output.child(path), data)
+        files.append({"path": path, "rows": len(rows), "bytes": len(data), "sha256": sha256(data)})
+    return files
 
 
 def _quarantine(fs: Any, job: UnitJob, unit: WorkUnit, bad_lines: list[BadLine]) -> dict[str, Any] | None:

@@ -100,3 +100,31 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="module")
+def scheduler(s3_proxy: S3Proxy) -> Iterator[str]:
+    """One real LocalCluster (worker processes) for a module's jobs, so models load once per module.
+
+    Started after the S3 fixtures set the AWS variables, so its workers reach moto too.
+    """
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.fixture
+def job(tiny_model: Path, scheduler: str):
+    """``job(source, out, *flags)``: `batchnlp run` with the tiny model on the module's cluster."""
+    from click.testing import CliRunner
+
+    from batchnlp.cli import main
+
+    def run(source: Path | str, out: Path | str, *flags: str):
+        args = [str(source), str(out), "--model", f"sentiment={tiny_model}", "--scheduler", scheduler]
+        result = CliRunner().invoke(main, ["run", *args, "--workers", "1", *map(str, flags)])
+        assert "Traceback" not in result.output, result.output
+        return result
+
+    return run

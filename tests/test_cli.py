@@ -319,3 +319,20 @@ def test_qa_answers_a_question_column_and_named_questions_from_a_spec(tmp_path, 
     assert named.column("price").null_count == 1 and named.column("_error").to_pylist()[30:] == [None, "text is null"]
     bad = invoke(source, tmp_path / "o", "--task", "qa", "--model", f"qa={qa_model}", "--question-column", "q")
     assert bad.exit_code == 2 and "column 'q', which the input does not have" in bad.output
+
+
+def test_a_run_id_names_the_run_and_a_committed_one_is_not_redone(tmp_path, tiny_model):
+    write_jsonl(tmp_path / "in.jsonl", [{"text": f"review {i}"} for i in range(30)])
+    args = [tmp_path / "in.jsonl", tmp_path / "o", "--model", f"sentiment={tiny_model}", "--workers", "1"]
+    first = invoke(*args, "--run-id", "nightly-2026-11-24")
+    assert first.exit_code == 0, first.output
+    manifest = json.loads((tmp_path / "o" / "_manifest.json").read_text())
+    assert manifest["run_id"] == "nightly-2026-11-24" and "run nightly-2026-11-24" in first.output
+    committed = (tmp_path / "o" / "_SUCCESS").stat().st_mtime_ns
+    again = invoke(*args, "--run-id", "nightly-2026-11-24")  # a retried scheduled submission
+    assert again.exit_code == 0 and "already complete (run nightly-2026-11-24" in again.output
+    assert (tmp_path / "o" / "_SUCCESS").stat().st_mtime_ns == committed, "nothing rewritten"
+    other = invoke(*args, "--run-id", "nightly-2026-11-25")
+    assert other.exit_code == 2 and "already holds a finished run" in other.output
+    bad = invoke(*args, "--run-id", "no spaces allowed")
+    assert bad.exit_code == 2 and "run_id must be 1-128 of letters, digits" in bad.output

@@ -45,14 +45,6 @@ def jsonl(records: list[dict]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
 
 
-@pytest.fixture(scope="module")
-def scheduler():
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
-        yield cluster.scheduler_address
-
-
 @pytest.fixture
 def job(tmp_path, tiny_model, scheduler):
     def run(source: Path | str, *flags: str, out: str = "out"):

@@ -25,38 +25,9 @@ from batchnlp.formats import ReadOptions, plan_units, read_unit
 from batchnlp.formats.writers import OutputFormat, write_jsonl
 from batchnlp.spec import JobSpec
 from batchnlp.storage import Location, list_input
+from tests.lake import LAYOUT, TEXTS, hive_parquet
 
 # (date, lang) directory → the ids of its rows; id 2 has no text, so it is kept with an _error.
-LAYOUT = {("2026-11-24", "de"): [0, 1, 2], ("2026-11-24", "en"): [3, 4], ("2026-11-25", "en"): [5, 6, 7]}
-TEXTS = {i: f"review {i}: {'great' if i % 2 else 'awful'} product" for i in range(8)} | {2: None}
-
-
-@pytest.fixture(scope="module")
-def scheduler(s3_proxy):
-    """Started after the S3 fixtures set the AWS variables, so its workers reach moto too."""
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
-        yield cluster.scheduler_address
-
-
-@pytest.fixture
-def job(tiny_model, scheduler):
-    def run(source: Path | str, out: Path | str, *flags: str):
-        args = [str(source), str(out), "--model", f"sentiment={tiny_model}", "--scheduler", scheduler]
-        result = CliRunner().invoke(main, ["run", *args, "--workers", "1", *map(str, flags)])
-        assert "Traceback" not in result.output, result.output
-        return result
-
-    return run
-
-
-def hive_parquet(root: Path) -> Path:
-    for (date, lang), ids in LAYOUT.items():
-        folder = root / f"date={date}" / f"lang={lang}"
-        folder.mkdir(parents=True)
-        pq.write_table(pa.table({"id": ids, "text": [TEXTS[i] for i in ids]}), folder / "part-0.parquet")
-    return root
 
 
 def expected_partitions() -> dict[int, tuple[str, str]]:

@@ -6,13 +6,18 @@ infer_dictionary=False)`` would type them: ``int32`` when every value of a key p
 int32 (Arrow's own string → int32 cast decides), else ``string``. Values are URI-decoded;
 ``__HIVE_DEFAULT_PARTITION__`` is null, as is a key a file's path lacks. Partition columns come
 after the files' own columns, in the order the keys first appear in the sorted listing.
+
+On output (``--partition-by``), :func:`directory` writes the same encoding back, so a round
+trip is exact: values as Arrow casts them to string, URI-encoded (as pyarrow's default
+``segment_encoding="uri"``); null (and the empty string, as Hive and Spark do) is
+``__HIVE_DEFAULT_PARTITION__``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import pyarrow as pa
 
@@ -99,3 +104,13 @@ def _infer(values: list[str]) -> pa.DataType:
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return pa.string()
     return pa.int32()
+
+
+def encode(value: str | None) -> str:
+    """One partition value as a directory name segment: URI-encoded, or the null marker."""
+    return NULL_VALUE if value is None or value == "" else quote(value, safe="")
+
+
+def directory(keys: Iterable[tuple[str, str | None]]) -> str:
+    """``key=value/key=value`` for the (key, value-as-string) pairs, in order."""
+    return "/".join(f"{quote(key, safe='')}={encode(value)}" for key, value in keys)
