@@ -67,14 +67,6 @@ def _looks_random(word: str) -> bool:
     return any(c.isupper() for c in word) and any(c.islower() for c in word) and any(c.isdigit() for c in word)
 
 
-class RedactingFilter(logging.Filter):
-    """Rewrites each record's message with :func:`redact_text`."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        _redact_record(record)
-        return True
-
-
 class RedactingFormatter(logging.Formatter):
     """Wraps a handler's formatter and redacts all it produces, tracebacks and stack included."""
 
@@ -138,8 +130,9 @@ def configure_logging(level: int, fmt: str = "text") -> None:
         if fmt == "json"
         else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     )
+    # Messages are redacted as records are made (the record factory below), and whatever the
+    # handler prints, tracebacks included, by the formatter.
     handler.setFormatter(RedactingFormatter(inner))
-    handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)

@@ -105,7 +105,7 @@ def run(
     previous = committer.previous_job() if spec.mode == "resume" else None
     job_plan = plan(spec, previous.get("rows_per_unit") if previous else None)
     if job_plan.schema is not None:  # Parquet: known now, before any worker starts
-        _check_partition_columns(spec, job_plan.schema)
+        _check_columns(spec, job_plan.schema)
     model_versions = {task.name: check_ref(task.model, spec.storage_options) for task in spec.tasks}
     check_output(output)
     # A retried submission of a committed run (--resume, or the same --run-id) has nothing to do.
@@ -186,9 +186,10 @@ def _run_locked(
                 inferring = _infer_schema(client, job_plan.source, job_plan.units, spec.read_options)
             # Returns once every worker has its models; JSONL schemas are inferred meanwhile.
             client.register_plugin(ModelPlugin(settings), name=settings.plugin_name)
-            schema = job_plan.schema or _unified_schema(client, inferring or {}, job_plan.units, job_plan.partitioning)
-            _check_question_columns(spec, schema)
-            _check_partition_columns(spec, schema)
+            schema = job_plan.schema
+            if inferring is not None:  # JSONL: its columns are known only now, still before any unit runs
+                schema = _unified_schema(client, inferring, job_plan.units, job_plan.partitioning)
+                _check_columns(spec, schema)
             job = UnitJob(
                 job_plan.source,
                 output,
@@ -250,6 +251,12 @@ def _unified_schema(
     for unit in units:
         partitioning.check(schemas[unit.id], unit.describe())
     return partitioning.extend(schema)
+
+
+def _check_columns(spec: JobSpec, schema: pa.Schema) -> None:
+    """The columns the spec names exist in the input: checked once, as soon as its schema is known."""
+    _check_question_columns(spec, schema)
+    _check_partition_columns(spec, schema)
 
 
 def _check_question_columns(spec: JobSpec, schema: pa.Schema) -> None:

@@ -209,10 +209,7 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
         oom_splits=totals.oom_splits,
         first_output_at=totals.first_output_at,
         bad_lines=len(read.bad_lines),
-        bad_line_examples=[
-            {"source": redact_url(unit.path), "line": bad.line, "reason": bad.reason}
-            for bad in read.bad_lines[:EXAMPLES_PER_PART]
-        ],
+        bad_line_examples=[_bad_line_record(unit, bad) for bad in read.bad_lines[:EXAMPLES_PER_PART]],
         quarantine=quarantine,
         bytes=sum(f["bytes"] for f in files) if files else len(data),
         sha256=sha256(data),
@@ -263,14 +260,16 @@ def _quarantine(fs: Any, job: UnitJob, unit: WorkUnit, bad_lines: list[BadLine])
     if not bad_lines:
         return None
     data = b"".join(bad.raw + b"\n" for bad in bad_lines)
-    reasons = "".join(
-        json.dumps({"source": redact_url(unit.path), "line": bad.line, "reason": bad.reason}, ensure_ascii=False) + "\n"
-        for bad in bad_lines
-    )
+    reasons = "".join(json.dumps(_bad_line_record(unit, bad), ensure_ascii=False) + "\n" for bad in bad_lines)
     path = job.output.child(f"{REJECTED}/{unit.id}.jsonl")
     write_atomic(fs, job.output.child(f"{REJECTED}/_reasons/{unit.id}.jsonl"), reasons.encode())
     write_atomic(fs, path, data)
     return {"path": f"{REJECTED}/{unit.id}.jsonl", "lines": len(bad_lines), "bytes": len(data), "sha256": sha256(data)}
+
+
+def _bad_line_record(unit: WorkUnit, bad: BadLine) -> dict[str, Any]:
+    """Where a bad line came from and why, as the manifest and the quarantine's _reasons files show it."""
+    return {"source": redact_url(unit.path), "line": bad.line, "reason": bad.reason}
 
 
 def _positions(errors: list[str | None]) -> list[int | None]:
