@@ -6,10 +6,16 @@ A new task is one module in this package with a ``Task`` subclass, plus one line
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import pyarrow as pa
+
+from batchnlp.tasks.columns import answer_type, label_type
+
 if TYPE_CHECKING:
+    from batchnlp.spec import TaskSpec
     from batchnlp.tasks.base import Task
 
 
@@ -21,6 +27,7 @@ class TaskInfo:
     default_model: str | None
     supports_top_k: bool
     help: str
+    output_type: Callable[[TaskSpec], pa.DataType]  # the task's output column, from its spec alone
     takes_question: bool = False  # qa: --question / --question-column and the span settings
 
     def load(self) -> type[Task]:
@@ -34,18 +41,21 @@ TASKS: dict[str, TaskInfo] = {
         default_model="distilbert/distilbert-base-uncased-finetuned-sst-2-english",
         supports_top_k=False,
         help="positive/negative sentiment (SST-2 DistilBERT by default)",
+        output_type=label_type,
     ),
     "classify": TaskInfo(
         target="batchnlp.tasks.classify:Classify",
         default_model=None,
         supports_top_k=True,
         help="any sequence-classification checkpoint; --top-k N keeps the N best labels",
+        output_type=label_type,
     ),
     "qa": TaskInfo(
         target="batchnlp.tasks.qa:QuestionAnswering",
         default_model="distilbert/distilbert-base-cased-distilled-squad",
         supports_top_k=False,
         help="extractive question answering: the span of the text that answers --question or --question-column",
+        output_type=answer_type,
         takes_question=True,
     ),
 }

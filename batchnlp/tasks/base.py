@@ -27,9 +27,11 @@ class Task(ABC):
         self.requested_max_length = max_length
 
     @property
-    @abstractmethod
     def output_type(self) -> pa.DataType:
-        """The Arrow type of the task's output column."""
+        """The Arrow type of the task's output column (:mod:`batchnlp.tasks.columns`)."""
+        from batchnlp.tasks import TASKS
+
+        return TASKS[self.spec.kind].output_type(self.spec)
 
     @property
     def input_columns(self) -> tuple[str, ...]:

@@ -17,9 +17,8 @@ from batchnlp.engine import BatchStats, Engine
 from batchnlp.models import load_sequence_classifier
 from batchnlp.spec import TaskSpec
 from batchnlp.tasks.base import Task
+from batchnlp.tasks.columns import LABEL_SCORE
 from batchnlp.tasks.first_token import trim_last_layer
-
-LABEL_SCORE = pa.struct([("label", pa.string()), ("score", pa.float32())])
 
 
 class Classify(Task):
@@ -33,13 +32,6 @@ class Classify(Task):
         self.sigmoid = config.problem_type == "multi_label_classification" or config.num_labels == 1
         limits = [max_length, self.tokenizer.model_max_length, config.max_position_embeddings]
         self.max_length = min(limit for limit in limits if limit)
-
-    @property
-    def output_type(self) -> pa.DataType:
-        fields = list(LABEL_SCORE)
-        if self.spec.top_k:
-            fields.append(pa.field("top_k", pa.list_(LABEL_SCORE)))
-        return pa.struct(fields)
 
     def annotate(self, texts: list[str], rows: pa.Table | None = None) -> tuple[pa.Array, BatchStats]:
         input_ids = self.tokenize(texts) if texts else []

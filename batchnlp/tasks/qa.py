@@ -23,9 +23,9 @@ from batchnlp.engine import BatchStats, Engine
 from batchnlp.models import load_question_answerer
 from batchnlp.spec import TaskSpec
 from batchnlp.tasks.base import Task, value_problem
+from batchnlp.tasks.columns import ANSWER
 from batchnlp.tasks.spans import best_spans, word_bounds
 
-ANSWER = pa.struct([("answer", pa.string()), ("score", pa.float32()), ("start", pa.int32()), ("end", pa.int32())])
 DEFAULT_MAX_LENGTH = 384  # the pipeline's max_seq_len
 DEFAULT_DOC_STRIDE = 128
 WINDOWS_PER_CHUNK = 512  # bounds the span search's memory: 512 × 384 × 15 floats ≈ 12 MB
@@ -48,10 +48,6 @@ class QuestionAnswering(Task):
         self.question_first = self.tokenizer.padding_side == "right"
         self.context_index = 1 if self.question_first else 0
         self.token_types = "token_type_ids" in inspect.signature(model.forward).parameters
-
-    @property
-    def output_type(self) -> pa.DataType:
-        return ANSWER
 
     @property
     def input_columns(self) -> tuple[str, ...]:
