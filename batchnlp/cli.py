@@ -61,7 +61,12 @@ RUN_DATE_OPTION = click.option(
 )
 
 # CLI option name → settings key of the job spec, where they differ.
-_SETTING_NAMES = {"task": "tasks", "model": "models", "storage_option": "storage_options"}
+_SETTING_NAMES = {
+    "task": "tasks",
+    "model": "models",
+    "storage_option": "storage_options",
+    "catalog_option": "catalog_options",
+}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -128,15 +133,39 @@ def main() -> None:
 )
 @click.option(
     "--input-format",
-    type=click.Choice(["jsonl", "parquet"]),
-    help="Input format when file names do not tell (.jsonl, .jsonl.gz, .jsonl.zst, .parquet). "
-    "Example: --input-format jsonl",
+    type=click.Choice(["jsonl", "parquet", "delta", "iceberg"]),
+    help="Input format when file names do not tell (.jsonl, .jsonl.gz, .jsonl.zst, .parquet), or a table: delta "
+    "(INPUT is the table's directory or s3:// prefix), iceberg (INPUT is namespace.table in --catalog). "
+    "Example: --input-format delta",
 )
 @click.option(
     "--output-format",
-    type=click.Choice(["parquet", "arrow", "jsonl"]),
+    type=click.Choice(["parquet", "arrow", "jsonl", "delta", "iceberg"]),
     help="Part files: parquet (part-NNNNN.parquet, default), arrow (Arrow IPC file format, part-NNNNN.arrow) or "
-    "jsonl (one JSON object per row, part-NNNNN.jsonl[.gz]). Example: --output-format arrow",
+    "jsonl (one JSON object per row, part-NNNNN.jsonl[.gz]); or one append commit to a table: delta (OUTPUT is "
+    "the table's directory or s3:// prefix, created on first use), iceberg (OUTPUT is namespace.table in "
+    "--catalog). Example: --output-format delta --run-id 2026-11-24",
+)
+@click.option(
+    "--catalog",
+    metavar="NAME",
+    help="Iceberg catalog, configured as pyiceberg finds it (.pyiceberg.yaml, PYICEBERG_CATALOG__NAME__KEY "
+    "variables). Default: default; with nothing configured, a SQLite catalog.db and warehouse/ in the working "
+    "directory. Example: --catalog lake",
+)
+@click.option(
+    "--catalog-option",
+    multiple=True,
+    type=KeyValue(typed=False),
+    metavar="KEY=VALUE",
+    help="Iceberg catalog property, over its configuration. Example: --catalog-option type=glue "
+    "--catalog-option warehouse=s3://lake/warehouse",
+)
+@click.option(
+    "--table-version",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Read this Delta version or Iceberg snapshot id instead of the latest. Example: --table-version 12",
 )
 @click.option(
     "--compression",
@@ -282,7 +311,12 @@ def run(
     if quiet:
         sys.exit(code)
     if summary.already_complete:
-        click.echo(f"{summary.output} is already complete (run {summary.run_id}, {t['rows_out']} rows); nothing to do")
+        if summary.table:
+            table, kind, version = summary.table["table"], summary.table["kind"], summary.table["version"]
+            click.echo(f"{table} already holds run {summary.run_id} ({kind} {version}); nothing to do")
+        else:
+            rows = t["rows_out"]
+            click.echo(f"{summary.output} is already complete (run {summary.run_id}, {rows} rows); nothing to do")
         sys.exit(code)
     click.echo(
         f"wrote {t['rows_out']} rows ({t['rejected']} rejected) in {t['parts']} part{'s' * (t['parts'] != 1)} "
@@ -292,6 +326,10 @@ def run(
         + (f"; first row after {first_row:.1f} s" if (first_row := summary.manifest["startup"]["first_row_s"]) else "")
         + (f"; {summary.units_kept} parts kept from the interrupted run" if summary.units_kept else "")
     )
+    if summary.table:
+        table, kind, version = summary.table["table"], summary.table["kind"], summary.table["version"]
+        done = "committed" if summary.table["committed_now"] else "found already committed"
+        click.echo(f"{done} to {table} as {kind} {version} (one commit, run id {summary.run_id})")
     if t["bad_lines"]:
         where = "under _rejected/" if summary.manifest["spec"]["on_bad_lines"] == "quarantine" else "skipped"
         first = t["bad_line_examples"][0]
@@ -313,7 +351,7 @@ def _merge(ctx: click.Context, settings: dict[str, Any], flags: dict[str, Any]) 
         if name in ("overwrite", "resume"):  # a write mode on the command line replaces the spec's
             for mode_key in ("mode", "overwrite", "resume"):
                 merged.pop(mode_key, None)
-        if name in ("model", "storage_option"):
+        if name in ("model", "storage_option", "catalog_option"):
             base = merged.get(key) if isinstance(merged.get(key), dict) else {}
             merged[key] = {**base, **dict(value)}
         elif name == "task":

@@ -61,6 +61,7 @@ class PartResult:
     # --partition-by: the unit's files, one per partition value combination in it: path (relative
     # to OUTPUT, COL=value/…/part-NNNNN.<suffix>), rows, bytes, sha256. Empty otherwise (``part`` holds the file).
     files: list[dict[str, Any]] = field(default_factory=list)
+    schema: str = ""  # every column of the unit's rows (partition columns included), batchnlp.tables.encode_schema
 
     def to_record(self) -> dict[str, Any]:
         """JSON-ready; the unit's URL loses user info and query string (a presigned URL's are credentials)."""
@@ -111,8 +112,9 @@ def sha256(data: bytes) -> str:
 class Committer:
     """Owns the control files under OUTPUT: what exists, what may be overwritten, what commits."""
 
-    def __init__(self, output: Location) -> None:
+    def __init__(self, output: Location, restart: str = "use --overwrite to start again") -> None:
         self.output = output
+        self.restart = restart  # what a user does when a changed job cannot resume
         self.fs, self.root = output.split()
 
     def path(self, name: str) -> str:
@@ -212,7 +214,7 @@ class Committer:
             raise OutputError(
                 f"cannot resume {self.output.display()}: "
                 + " and ".join(changed)
-                + " changed since the interrupted run; use --overwrite to start again"
+                + f" changed since the interrupted run; {self.restart}"
             )
         kept: dict[str, PartResult] = {}
         for path in self.fs.glob(self.path(f"{PROGRESS}/part-*.json")):

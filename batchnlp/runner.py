@@ -21,14 +21,16 @@ import pyarrow as pa
 from batchnlp import __version__
 from batchnlp.cluster import connect, local_layout
 from batchnlp.commit import Committer, PartResult, redacted_unit, totals
-from batchnlp.errors import BatchnlpError, InputError, JobFailed
+from batchnlp.errors import BatchnlpError, InputError, JobFailed, OutputError
 from batchnlp.formats import Partitioning, ReadOptions, WorkUnit, detect_format, plan_units, unify, unit_schema
 from batchnlp.lock import OutputLock
 from batchnlp.models import check_ref
 from batchnlp.redaction import redact_url
 from batchnlp.report import build_report
-from batchnlp.spec import JobSpec
+from batchnlp.spec import TABLE_FORMATS, JobSpec
 from batchnlp.storage import InputFile, Location, check_output, list_input
+from batchnlp.tables import Commit, TableSink, decode_schema, open_sink, read_table
+from batchnlp.tasks.columns import output_schema
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ class RunSummary:
     units_kept: int
     already_complete: bool = False
     manifest: dict[str, Any] = field(default_factory=dict)
+    table: dict[str, Any] | None = None  # Delta/Iceberg output: the table, its version, committed now or before
 
     @property
     def rows_per_second(self) -> float:
@@ -62,7 +65,8 @@ class Plan:
     units: list[WorkUnit]
     schema: pa.Schema | None  # None for JSONL until every unit's schema is known
     rows_per_unit: int
-    partitioning: Partitioning | None = None  # Hive key=value directories below the input root
+    partitioning: Partitioning | None = None  # Hive key=value directories below the input root, or a Delta log's
+    table: dict[str, Any] | None = None  # Delta/Iceberg input: the table and the version/snapshot read
 
     @property
     def fingerprint(self) -> str:
@@ -74,16 +78,23 @@ class Plan:
 
 def plan(spec: JobSpec, rows_per_unit: int | None = None) -> Plan:
     """Units for ``spec``; ``rows_per_unit`` (an interrupted run's) overrides automatic sizing."""
-    source = Location(spec.input, spec.storage_options)
-    files = list_input(source)
-    fmt = detect_format(files, spec.input_format)
+    options, table = spec.read_options, None
+    if spec.input_format in TABLE_FORMATS:  # the table's data files at one version, all Parquet
+        snapshot = read_table(spec)
+        source, files, fmt, table = snapshot.location, snapshot.files, "parquet", snapshot.described
+        options = replace(options, partitioning=snapshot.partitioning)
+    else:
+        source = Location(spec.input, spec.storage_options)
+        files = list_input(source)
+        fmt = detect_format(files, spec.input_format)
     if spec.scheduler:
         workers = spec.workers or EXTERNAL_WORKERS_GUESS
     else:
         workers = local_layout(spec.workers, spec.device).workers
     rows = spec.rows_per_partition or rows_per_unit
-    unit_plan = plan_units(source, files, fmt, rows, spec.read_options, workers)
-    return Plan(source, files, fmt, unit_plan.units, unit_plan.schema, unit_plan.rows_per_unit, unit_plan.partitioning)
+    unit_plan = plan_units(source, files, fmt, rows, options, workers, hive_paths=table is None)
+    units, schema, partitioning = unit_plan.units, unit_plan.schema, unit_plan.partitioning
+    return Plan(source, files, fmt, units, schema, unit_plan.rows_per_unit, partitioning, table)
 
 
 def run(
@@ -98,18 +109,28 @@ def run(
     ``on_part(result)`` for each unit as it finishes (see :class:`batchnlp.progress.ProgressReporter`).
     """
     started = time.perf_counter()
-    run_id = spec.run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
-    output = Location(spec.output, spec.storage_options)
-    committer = Committer(output)
+    sink = open_sink(spec) if spec.table_output else None
+    run_id = _run_id(spec, sink)
+    if sink is None:
+        output = Location(spec.output, spec.storage_options)
+        committer = Committer(output)
+    else:  # a table run stages its files in a directory of its own, then commits them once
+        output = sink.staging(run_id)
+        committer = Committer(output, restart="give the job another --run-id to start a new run")
+        version = sink.committed(run_id)
+        if version is not None:  # a retried job: the table already holds this run
+            return _already_committed(sink, committer, run_id, version)
+        if committer.previous_job() is not None:  # an interrupted attempt of this run id: finish it
+            spec = replace(spec, mode="resume")
     # Automatic unit sizing depends on the machine: a resumed run reuses the interrupted one's.
     previous = committer.previous_job() if spec.mode == "resume" else None
     job_plan = plan(spec, previous.get("rows_per_unit") if previous else None)
     if job_plan.schema is not None:  # Parquet: known now, before any worker starts
-        _check_columns(spec, job_plan.schema)
+        _check_columns(spec, job_plan.schema, sink)
     model_versions = {task.name: check_ref(task.model, spec.storage_options) for task in spec.tasks}
     check_output(output)
     # A retried submission of a committed run (--resume, or the same --run-id) has nothing to do.
-    if spec.mode != "overwrite" and (spec.mode == "resume" or spec.run_id) and committer.finished():
+    if sink is None and spec.mode != "overwrite" and (spec.mode == "resume" or spec.run_id) and committer.finished():
         manifest = committer.read_manifest()
         if spec.mode == "resume" or manifest["run_id"] == spec.run_id:
             return RunSummary(
@@ -126,7 +147,43 @@ def run(
         "spec": spec.redacted(),
     }
     with OutputLock(output, run_id, spec.break_lock):
-        return _run_locked(spec, job_plan, committer, job_record, started, on_part, on_start)
+        if sink is not None and committer.finished():  # files sealed, but the commit died with its driver
+            manifest = committer.read_manifest()
+            kept = len(job_plan.units)
+            summary = RunSummary(output.display(), run_id, manifest["totals"], 0.0, 0, kept, False, manifest)
+        else:
+            summary = _run_locked(spec, job_plan, committer, job_record, started, on_part, on_start, sink)
+        if sink is not None:
+            schema = decode_schema(summary.manifest["schema"]["arrow"])
+            summary.table = sink.publish(run_id, output, summary.manifest, schema, spec.partition_by).describe()
+            summary.wall_seconds = time.perf_counter() - started
+        return summary
+
+
+def _run_id(spec: JobSpec, sink: TableSink | None) -> str:
+    """The run's id: given, an interrupted table run's (--resume without --run-id), or new."""
+    if spec.run_id:
+        return spec.run_id
+    if sink is not None and spec.mode == "resume":
+        pending = sink.pending_runs()
+        if len(pending) > 1:
+            raise OutputError(
+                f"{sink.display()} has {len(pending)} interrupted runs ({', '.join(pending)}); "
+                "pass --run-id ID with --resume to say which to finish"
+            )
+        if pending:
+            return pending[0]
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+
+
+def _already_committed(sink: TableSink, committer: Committer, run_id: str, version: int) -> RunSummary:
+    """A run the table holds: nothing to do; figures from its sealed manifest when it is still there."""
+    manifest = committer.read_manifest() if committer.finished() else {}
+    summary = RunSummary(
+        committer.output.display(), run_id, manifest.get("totals") or totals([]), 0.0, 0, 0, True, manifest
+    )
+    summary.table = Commit(sink.display(), version, False, sink.version_kind).describe()
+    return summary
 
 
 def _run_locked(
@@ -137,6 +194,7 @@ def _run_locked(
     started: float,
     on_part: Callable[[PartResult], None] | None,
     on_start: Callable[..., None] | None = None,
+    sink: TableSink | None = None,
 ) -> RunSummary:
     """Everything that writes under OUTPUT: only ever run while holding its lock."""
     from batchnlp.worker import ModelPlugin, ModelSettings, UnitJob, run_unit
@@ -189,7 +247,7 @@ def _run_locked(
             schema = job_plan.schema
             if inferring is not None:  # JSONL: its columns are known only now, still before any unit runs
                 schema = _unified_schema(client, inferring, job_plan.units, job_plan.partitioning)
-                _check_columns(spec, schema)
+                _check_columns(spec, schema, sink)
             job = UnitJob(
                 job_plan.source,
                 output,
@@ -213,6 +271,15 @@ def _run_locked(
     manifest["report"] = committer.write_report(build_report(manifest, ordered, time.time() - wall))
     committer.commit(manifest)
     return RunSummary(output.display(), run_id, manifest["totals"], wall, len(todo), len(kept), False, manifest)
+
+
+def _schema_record(results: list[PartResult]) -> dict[str, Any] | None:
+    """The output's columns, readable and exact (a table commit creates its table from it)."""
+    encoded = next((r.schema for r in results if r.schema), None)
+    if encoded is None:
+        return None
+    schema = decode_schema(encoded)
+    return {"columns": {f.name: str(f.type) for f in schema}, "arrow": encoded}
 
 
 def _startup(results: list[PartResult]) -> dict[str, float | None]:
@@ -253,10 +320,13 @@ def _unified_schema(
     return partitioning.extend(schema)
 
 
-def _check_columns(spec: JobSpec, schema: pa.Schema) -> None:
-    """The columns the spec names exist in the input: checked once, as soon as its schema is known."""
+def _check_columns(spec: JobSpec, schema: pa.Schema, sink: TableSink | None = None) -> None:
+    """The columns the spec names exist in the input, and the rows fit the output table: checked once,
+    as soon as the input's schema is known, before any inference."""
     _check_question_columns(spec, schema)
     _check_partition_columns(spec, schema)
+    if sink is not None:
+        sink.check(output_schema(schema, spec.tasks), spec.partition_by)
 
 
 def _check_question_columns(spec: JobSpec, schema: pa.Schema) -> None:
@@ -342,12 +412,14 @@ def _manifest(
         "spec": spec.redacted(),
         "input": {
             "format": job_plan.format,
+            **({"table": job_plan.table} if job_plan.table else {}),
             "partitions": {f.name: str(f.type) for f in job_plan.partitioning.schema} if job_plan.partitioning else {},
             "files": [
                 {"path": job_plan.source.display(f.path), "size": f.size, "etag": f.etag} for f in job_plan.files
             ],
         },
         "output": spec.output_options.describe(),
+        "schema": _schema_record(results),
         "models": models,
         "device": sorted({r.device for r in results}),
         "precision": sorted({r.precision for r in results}),

@@ -23,12 +23,15 @@ from batchnlp.redaction import redact_url
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
-InputFormat = Literal["jsonl", "parquet"]
-OutputFormatName = Literal["parquet", "arrow", "jsonl"]
+InputFormat = Literal["jsonl", "parquet", "delta", "iceberg"]
+OutputFormatName = Literal["parquet", "arrow", "jsonl", "delta", "iceberg"]
+TABLE_FORMATS = ("delta", "iceberg")  # batchnlp.tables: a run's Parquet files, then one table commit
 Compression = Literal["zstd", "snappy", "gzip", "none"]
 WriteMode = Literal["new", "overwrite", "resume"]
 
 RUN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+ICEBERG_TABLE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.[A-Za-z0-9_-]+")  # namespace.table
+DEFAULT_CATALOG = "default"
 DEFAULT_MAX_ANSWER_LENGTH = 15  # tokens, as transformers' question-answering pipeline
 QA_KEYS = ("question", "question_column", "doc_stride", "max_answer_length", "allow_no_answer")
 TASK_KEYS = ("name", "task", "model", "top_k", *QA_KEYS)
@@ -76,6 +79,9 @@ class JobSpec:
     mode: WriteMode = "new"
     break_lock: bool = False  # take OUTPUT even if another run's lock says it is writing there
     run_id: str | None = None  # names the run; None: generated. A committed run of this id is not redone.
+    catalog: str = DEFAULT_CATALOG  # Iceberg: the pyiceberg catalog holding INPUT/OUTPUT tables
+    catalog_options: Mapping[str, str] = field(default_factory=dict)  # its properties, over its configuration
+    table_version: int | None = None  # Delta/Iceberg input: read this version / snapshot id, not the latest
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> JobSpec:
@@ -100,6 +106,7 @@ class JobSpec:
             if name in s:
                 values[name] = _choice(name, s[name], kind, problems)
         values["compression"] = _compression(values.get("output_format", "parquet"), s.get("compression"), problems)
+        _table_settings(s, values, mode, problems)
         for name in ("rows_per_partition", "workers", "max_length", "tokens_per_batch"):
             if name in s:
                 values[name] = _positive_int(name, s[name], problems)
@@ -149,16 +156,24 @@ class JobSpec:
         return ReadOptions(self.text_column, self.on_bad_lines)
 
     @property
+    def table_output(self) -> bool:
+        return self.output_format in TABLE_FORMATS
+
+    @property
     def output_options(self) -> OutputFormat:
-        return OutputFormat(self.output_format, self.compression or DEFAULT_COMPRESSION[self.output_format])
+        """How part files are written: a table's data files are Parquet."""
+        fmt = "parquet" if self.table_output else self.output_format
+        return OutputFormat(fmt, self.compression or DEFAULT_COMPRESSION[fmt])
 
     def fingerprint(self) -> str:
         """A hash of what the output depends on, so ``--resume`` can refuse a changed job."""
         relevant = dataclasses.asdict(self)
-        for volatile in ("scheduler", "workers", "storage_options", "mode", "break_lock", "run_id"):
+        for volatile in ("scheduler", "workers", "storage_options", "mode", "break_lock", "run_id", "catalog_options"):
             relevant.pop(volatile)
-        if not self.partition_by:  # added later: unpartitioned runs keep the fingerprints they had
-            relevant.pop("partition_by")
+        # Added later: runs that do not use them keep the fingerprints they had.
+        for later, unset in (("partition_by", ()), ("catalog", DEFAULT_CATALOG), ("table_version", None)):
+            if relevant[later] == unset:
+                relevant.pop(later)
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
     def redacted(self) -> dict[str, Any]:
@@ -167,6 +182,7 @@ class JobSpec:
         data["input"] = redact_url(self.input)
         data["output"] = redact_url(self.output)
         data["storage_options"] = {key: "***" for key in self.storage_options}
+        data["catalog_options"] = {key: "***" for key in self.catalog_options}
         for task in data["tasks"]:
             task["model"] = redact_url(task["model"])
         return data
@@ -327,8 +343,35 @@ def _write_mode(s: Mapping[str, Any], problems: list[str]) -> WriteMode:
     return _choice("mode", s.get("mode", "new"), WriteMode, problems)
 
 
+def _table_settings(s: Mapping[str, Any], values: dict[str, Any], mode: str, problems: list[str]) -> None:
+    """Delta/Iceberg settings: table names, the catalog, --table-version, and what tables exclude."""
+    tables = {key: s.get(f"{key}_format") for key in ("input", "output") if s.get(f"{key}_format") in TABLE_FORMATS}
+    for key, fmt in tables.items():
+        if fmt == "iceberg" and isinstance(s.get(key), str) and not ICEBERG_TABLE.fullmatch(s[key]):
+            problems.append(f"{key} of format iceberg must be a table name namespace.table, got {s[key]!r}")
+    if tables.get("output") and mode == "overwrite":
+        problems.append("--overwrite does not apply to a table: each run appends once (one commit per run id)")
+    if tables.get("output") == "iceberg" and s.get("partition_by"):
+        problems.append("--partition-by does not apply to Iceberg output: partition the table itself, or use delta")
+    if "table_version" in s:
+        if not tables.get("input"):
+            problems.append("--table-version (a Delta version or Iceberg snapshot) needs --input-format delta|iceberg")
+        values["table_version"] = _positive_int("table_version", s["table_version"], problems, minimum=0)
+    if "catalog" in s:
+        if isinstance(s["catalog"], str) and s["catalog"]:
+            values["catalog"] = s["catalog"]
+        else:
+            problems.append(f"catalog must be a catalog name, got {s['catalog']!r}")
+    options = s.get("catalog_options", {})
+    if isinstance(options, Mapping) and all(isinstance(k, str) for k in options):
+        values["catalog_options"] = {k: str(v) for k, v in options.items()}
+    else:
+        problems.append("catalog_options must map catalog property names to values (--catalog-option KEY=VALUE)")
+
+
 def _compression(fmt: str, value: Any, problems: list[str]) -> str | None:
-    """The output format's compression: given and valid for it, or its default."""
+    """The output format's compression: given and valid for it, or its default (a table's: its Parquet files')."""
+    fmt = "parquet" if fmt in TABLE_FORMATS else fmt
     if fmt not in COMPRESSIONS:
         return value  # the format itself is reported
     if value is None:

@@ -32,7 +32,9 @@ from batchnlp.redaction import redact_url
 from batchnlp.spec import TaskSpec
 from batchnlp.stats import column_stats
 from batchnlp.storage import Location, write_atomic
+from batchnlp.tables import encode_schema
 from batchnlp.tasks.base import value_problem
+from batchnlp.tasks.columns import ERROR_COLUMN
 
 EXAMPLES_PER_PART = 5
 
@@ -172,7 +174,7 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
     seconds["input_wait"] = totals.input_wait_s
 
     clock = time.perf_counter()
-    table = table.append_column("_error", pa.array(errors, pa.string()))
+    table = table.append_column(ERROR_COLUMN, pa.array(errors, pa.string()))
     fs, _ = job.output.split()
     quarantine = _quarantine(fs, job, unit, read.bad_lines) if job.read.on_bad_lines == "quarantine" else None
     part, data, files = "", b"", []
@@ -222,6 +224,7 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
         models=plugin.checksums,
         task_stats=task_stats,
         finished_at=time.time(),
+        schema=encode_schema(table.schema),
     )
 
 

@@ -117,12 +117,17 @@ def scheduler(s3_proxy: S3Proxy) -> Iterator[str]:
 @pytest.fixture
 def job(tiny_model: Path, scheduler: str):
     """``job(source, out, *flags)``: `batchnlp run` with the tiny model on the module's cluster."""
+    return cli_job(tiny_model, scheduler)
+
+
+def cli_job(model: Path, scheduler: str):
+    """``run(source, out, *flags)``: `batchnlp run` in this process with ``model`` on ``scheduler``."""
     from click.testing import CliRunner
 
     from batchnlp.cli import main
 
     def run(source: Path | str, out: Path | str, *flags: str):
-        args = [str(source), str(out), "--model", f"sentiment={tiny_model}", "--scheduler", scheduler]
+        args = [str(source), str(out), "--model", f"sentiment={model}", "--scheduler", scheduler]
         result = CliRunner().invoke(main, ["run", *args, "--workers", "1", *map(str, flags)])
         assert "Traceback" not in result.output, result.output
         return result

@@ -11,30 +11,41 @@ A test can also arm faults: "the next N requests matching (method, path regex) g
   ``"403"``: HTTP 403 AccessDenied (permanent), each with S3's XML error body;
 - ``"reset"``: the request is read, then the socket is closed with a TCP reset and no answer;
 - ``"delay"``: the request reaches moto, and its answer is held back ``seconds`` before it is
-  sent (a slow response: a write has happened when its answer is late or lost).
+  sent (a slow response: a write has happened when its answer is late or lost);
+- ``"hold"``: the request is held ``seconds``, then dropped with a reset, never reaching moto (a
+  write in flight when its writer dies); the proxy prints ``held METHOD PATH`` on stdout.
 
 The proxy lives in the test process; worker processes reach it over loopback, so plain
 in-memory rules under a lock are seen by every request. It binds 127.0.0.1 only, forwards to
 127.0.0.1 only, and answers nobody else.
+
+:class:`ServerProcess` runs moto and the proxy in a child process instead (this file as a
+script): delta-rs holds the GIL while it waits on S3, so a server in the test process's threads
+would never answer it.
 """
 
 from __future__ import annotations
 
 import http.client
+import json
+import os
+import queue
 import re
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Literal
+from typing import Any, Literal
 from xml.sax.saxutils import escape
 
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection"}
 
-Fault = Literal["500", "503", "403", "reset", "delay"]
+Fault = Literal["500", "503", "403", "reset", "delay", "hold"]
 ERRORS: dict[str, tuple[int, str, str, str]] = {
     "500": (500, "Internal Server Error", "InternalError", "We encountered an internal error. Please try again."),
     "503": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
@@ -80,7 +91,10 @@ class S3Proxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 rule = proxy._take(self.command, self.path)
-                if rule is not None and rule.fault == "reset":
+                if rule is not None and rule.fault == "hold":
+                    print(f"held {self.command} {self.path}", flush=True)
+                    time.sleep(rule.seconds)
+                if rule is not None and rule.fault in ("reset", "hold"):
                     self._reset()
                     return
                 if rule is not None and rule.fault in ERRORS:
@@ -150,7 +164,7 @@ class S3Proxy:
         self, fault: Fault, method: str, path: str, times: int = 1, after: int = 0, seconds: float = 0.0
     ) -> Rule:
         """Arm a fault for the next ``times`` matching requests (``path`` is a regex); returns the rule."""
-        if fault not in (*ERRORS, "reset", "delay"):
+        if fault not in (*ERRORS, "reset", "delay", "hold"):
             raise ValueError(f"unknown fault {fault!r}")
         rule = Rule(fault, method.upper(), re.compile(path), times, after, seconds)
         with self._lock:
@@ -199,3 +213,68 @@ class _Discard:
 
     def close(self) -> None:
         pass
+
+
+class ServerProcess:
+    """moto's server behind the proxy in a child process; :meth:`inject` arms its rules, stop() ends it."""
+
+    def __init__(self) -> None:
+        command = [sys.executable, __file__]
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=dict(os.environ),
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        port = self.process.stdout.readline().strip()  # type: ignore[union-attr]
+        if not port.isdigit():
+            self.stop()
+            raise RuntimeError(f"the S3 server process did not start: {port!r}")
+        self.endpoint = f"http://127.0.0.1:{port}"
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:  # type: ignore[union-attr]
+            self.lines.put(line.strip())
+
+    def inject(self, **rule: Any) -> None:
+        """:meth:`S3Proxy.inject` in the child: armed when this returns."""
+        self.process.stdin.write(json.dumps(rule) + "\n")  # type: ignore[union-attr]
+        self.process.stdin.flush()  # type: ignore[union-attr]
+        self.wait_for("armed", timeout=30)
+
+    def wait_for(self, prefix: str, timeout: float) -> str:
+        """The next line the server prints that starts with ``prefix`` (``held PUT /bucket/...``)."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                break
+            if line.startswith(prefix):
+                return line
+        raise TimeoutError(f"the S3 server printed no {prefix!r} line in {timeout} s")
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+def _serve() -> None:
+    """The child: prints the proxy's port, then arms one rule per JSON line on stdin until it closes."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    proxy = S3Proxy(server.get_host_and_port()[1]).start()
+    print(proxy.port, flush=True)
+    for line in sys.stdin:
+        proxy.inject(**json.loads(line))
+        print("armed", flush=True)
+
+
+if __name__ == "__main__":
+    _serve()

@@ -86,11 +86,14 @@ def plan_units(
     rows_per_unit: int | None,
     options: ReadOptions,
     workers: int,
+    hive_paths: bool = True,
 ) -> UnitPlan:
     """Cut every file into units, numbered in listing order: same input and settings, same units.
 
     Without an explicit ``rows_per_unit``, units are sized so every worker gets several of
-    them (a small file still uses the whole cluster), within sensible bounds.
+    them (a small file still uses the whole cluster), within sensible bounds. Partition
+    columns come from ``options.partitioning`` when given (a Delta table's log), else from
+    ``key=value`` directories when ``hive_paths`` (a table's files are named by its metadata).
     """
     fs = location.fs
     layouts = []
@@ -106,7 +109,9 @@ def plan_units(
             units.append(WorkUnit(len(units), fs.unstrip_protocol(file.path), unit_format, start, stop, rows))
     schemas = [(fs.unstrip_protocol(f.path), layout.schema) for f, layout in zip(files, layouts, strict=True)]
     known = all(schema is not None for _, schema in schemas)
-    partitioning = hive.discover(input_root(location.path, files), [f.path for f in files])
+    partitioning = options.partitioning
+    if partitioning is None and hive_paths:
+        partitioning = hive.discover(input_root(location.path, files), [f.path for f in files])
     schema = unify(schemas) if known and schemas else None
     if schema is not None and partitioning is not None:
         for where, file_schema in schemas:

@@ -15,7 +15,7 @@ trip is exact: values as Arrow casts them to string, URI-encoded (as pyarrow's d
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
@@ -28,13 +28,20 @@ NULL_VALUE = "__HIVE_DEFAULT_PARTITION__"
 
 @dataclass(frozen=True)
 class Partitioning:
-    """The partition keys of one input: its root (an fsspec path) and each key's type."""
+    """The partition keys of one input: its root (an fsspec path) and each key's type.
+
+    ``fixed`` gives each file's values outright (fsspec path → key → value as text) where they
+    are not in its path: a Delta table keeps them in its log.
+    """
 
     root: str
     schema: pa.Schema
+    fixed: Mapping[str, Mapping[str, str | None]] | None = None
 
     def values(self, path: str) -> dict[str, str | None]:
-        """The raw ``key=value`` segments of ``path``'s directories below the root."""
+        """The raw ``key=value`` segments of ``path``'s directories below the root (or its fixed values)."""
+        if self.fixed is not None:
+            return dict(self.fixed.get(path, {}))
         return segments(path, self.root)
 
     def check(self, schema: pa.Schema, where: str) -> None:
@@ -67,8 +74,13 @@ def segments(path: str, root: str) -> dict[str, str | None]:
     root = root.rstrip("/")
     if not root or not path.startswith(root + "/"):
         return {}
+    return relative_segments(path[len(root) + 1 :])
+
+
+def relative_segments(path: str) -> dict[str, str | None]:
+    """``key=value`` directory segments of a relative ``path`` (``date=2026-11-24/part-00000.parquet``)."""
     found: dict[str, str | None] = {}
-    for segment in path[len(root) + 1 :].split("/")[:-1]:
+    for segment in path.split("/")[:-1]:
         key, equals, value = segment.partition("=")
         if equals and key:
             value = unquote(value)
