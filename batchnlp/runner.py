@@ -247,7 +247,12 @@ def _run_locked(
             schema = job_plan.schema
             if inferring is not None:  # JSONL: its columns are known only now, still before any unit runs
                 schema = _unified_schema(client, inferring, job_plan.units, job_plan.partitioning)
-                _check_columns(spec, schema, sink)
+                try:
+                    _check_columns(spec, schema, sink)
+                except BatchnlpError:
+                    if not kept:  # nothing ran: leave no run behind for --resume to find
+                        committer.clear()
+                    raise
             job = UnitJob(
                 job_plan.source,
                 output,

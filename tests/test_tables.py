@@ -163,6 +163,12 @@ def test_a_schema_mismatch_stops_before_any_inference(lake_job, tmp_path):
     assert DeltaTable(str(target)).version() == 0
     assert not (target / "batchnlp-runs").exists()  # Parquet: refused at plan time, nothing staged
 
+    # JSONL: refused once its schema is inferred, still before inference; no run is left to resume.
+    result = lake_job(write_jsonl(tmp_path / "in.jsonl", ROWS[:3]), target, "--output-format", "delta")
+    assert result.exit_code == 2 and "the table has no column text, sentiment, _error" in result.output
+    assert DeltaTable(str(target)).version() == 0
+    assert not list(target.glob("batchnlp-runs/*/_progress/_job.json"))
+
 
 @pytest.mark.parametrize("fmt", ["delta", "iceberg"])
 def test_a_driver_killed_before_the_table_commit_is_finished_by_the_same_run_id(
@@ -202,8 +208,11 @@ def test_a_driver_killed_before_the_table_commit_is_finished_by_the_same_run_id(
     staged = boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix="")["Contents"]
     assert any("batchnlp-runs/night-2/" in o["Key"] and o["Key"].endswith(".parquet") for o in staged)
 
-    finished = lake_job(source, target, *flags, "--run-id", "night-2")
+    # The same run id finishes it; so does --resume, which finds the table's one interrupted run.
+    finishing = ["--run-id", "night-2"] if fmt == "delta" else ["--resume"]
+    finished = lake_job(source, target, *flags, *finishing)
     assert finished.exit_code == 0, finished.output
+    assert "run id night-2" in finished.output
     assert "committed to" in finished.output
     runs, rows = committed_rows()
     assert sorted(runs) == ["night-1", "night-2"] and rows == 60  # one commit, every row once more

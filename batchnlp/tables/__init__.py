@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from batchnlp.errors import OutputError
+from batchnlp.errors import OutputError, SpecError
 from batchnlp.formats.hive import Partitioning, relative_segments
 from batchnlp.storage import InputFile, Location
 
@@ -124,6 +124,7 @@ class TableSink(ABC):
 
 def open_sink(spec: JobSpec) -> TableSink:
     """The sink for ``--output-format delta|iceberg``; their libraries are imported only here."""
+    require(spec.output_format)
     if spec.output_format == "delta":
         from batchnlp.tables.delta import DeltaSink
 
@@ -135,6 +136,7 @@ def open_sink(spec: JobSpec) -> TableSink:
 
 def read_table(spec: JobSpec) -> TableFiles:
     """The data files of ``--input-format delta|iceberg`` at ``--table-version`` (or the latest)."""
+    require(spec.input_format or "")
     if spec.input_format == "delta":
         from batchnlp.tables import delta
 
@@ -143,6 +145,15 @@ def read_table(spec: JobSpec) -> TableFiles:
 
     catalog = (spec.catalog, dict(spec.catalog_options))
     return iceberg.read_snapshot(spec.input, catalog, spec.table_version, dict(spec.storage_options))
+
+
+def require(fmt: str) -> None:
+    """The table format's library is installed (an optional extra), or a SpecError says how to get it."""
+    import importlib.util
+
+    module = {"delta": "deltalake", "iceberg": "pyiceberg"}[fmt]
+    if importlib.util.find_spec(module) is None:
+        raise SpecError(f"format {fmt} needs the {module} package: pip install 'batchnlp[{fmt}]'")
 
 
 def encode_schema(schema: pa.Schema) -> str:

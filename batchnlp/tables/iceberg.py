@@ -135,15 +135,17 @@ class IcebergSink(TableSink):
     def commit(
         self, run_id: str, staging: Location, files: list[DataFile], schema: pa.Schema, partition_by: tuple[str, ...]
     ) -> int:
-        from pyiceberg.exceptions import CommitFailedException
+        from pyiceberg.exceptions import CommitFailedException, TableAlreadyExistsError
 
         paths = [staging.url.rstrip("/") + "/" + f.path for f in files]
         for attempt in range(COMMIT_ATTEMPTS):
-            table = self.table() or self.catalog.create_table(self.identifier, schema=schema, location=self.root().url)
             try:
+                table = self.table() or self.catalog.create_table(
+                    self.identifier, schema=schema, location=self.root().url
+                )
                 table.add_files(paths, snapshot_properties={RUN_ID_PROPERTY: run_id})
                 break
-            except CommitFailedException:
+            except (CommitFailedException, TableAlreadyExistsError):
                 if attempt == COMMIT_ATTEMPTS - 1 or self.committed(run_id) is not None:
                     break  # another writer kept winning, or this very commit landed and its answer was lost
             except Exception as e:
