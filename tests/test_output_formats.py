@@ -145,6 +145,24 @@ def test_hive_jsonl_input_on_s3_to_gzipped_jsonl(s3, bucket, job):
     assert got == want and all(r["_error"] is None for r in rows)
 
 
+def test_arrow_parts_and_hive_partitioned_parquet_on_s3(s3, bucket, job, tmp_path):
+    """The other formats on S3 too: Arrow IPC parts, and --partition-by directories, read back from S3."""
+    import s3fs
+
+    source = hive_parquet(tmp_path / "hive")
+    fs = s3fs.S3FileSystem()
+    arrow = job(source, f"s3://{bucket}/arrow", "--output-format", "arrow")
+    assert arrow.exit_code == 0, arrow.output
+    parts = fs.glob(f"{bucket}/arrow/part-*.arrow")
+    rows = ds.dataset(parts, format="arrow", filesystem=fs).to_table()
+    assert sorted(rows.column("id").to_pylist()) == list(range(8))
+    by = job(source, f"s3://{bucket}/by", "--partition-by", "date", "--partition-by", "lang")
+    assert by.exit_code == 0, by.output
+    table = ds.dataset(f"{bucket}/by", format="parquet", filesystem=fs, partitioning="hive").to_table()
+    assert {r["id"]: (r["date"], r["lang"]) for r in table.to_pylist()} == expected_partitions()
+    assert fs.exists(f"{bucket}/by/_SUCCESS")
+
+
 def test_hive_types_match_pyarrow_discovery(tmp_path):
     """Typed as HivePartitioning.discover(infer_dictionary=False) types them, on the same rows."""
     paths = {
