@@ -154,7 +154,10 @@ def test_torch_and_every_other_package_are_pinned_compatibly_with_pyproject():
         for keyword, rest in stages()["builder"]
         if keyword == "ARG" and rest.startswith("TORCH_V")
     )
-    wanted = {canonicalize_name(r.name): r for r in map(Requirement, pyproject()["project"]["dependencies"])}
+    project = pyproject()["project"]
+    lines = [*project["dependencies"], *project["optional-dependencies"]["delta"]]
+    lines += project["optional-dependencies"]["iceberg"]
+    wanted = {canonicalize_name(r.name): r for r in map(Requirement, lines)}
     assert torch_version in wanted["torch"].specifier, f"TORCH_VERSION {torch_version} vs pyproject {wanted['torch']}"
     pins = {}
     for line in CONSTRAINTS.read_text(encoding="utf-8").splitlines():
@@ -304,7 +307,7 @@ def test_builder_installs_the_torch_build_the_variant_asks_for(tmp_path, variant
     done = run_install_step(tmp_path, {"VARIANT": variant, "TORCH_CUDA": torch_cuda, "TORCH_VERSION": "2.13.0"})
     assert done.returncode == 0, done.stderr
     pip, smoke = (line.split("\t") for line in done.stdout.splitlines())
-    wheel = f"{tmp_path}/wheels/batchnlp-0.1.0-py3-none-any.whl"
+    wheel = f"{tmp_path}/wheels/batchnlp-0.1.0-py3-none-any.whl[delta,iceberg]"
     assert pip == ["pip", "install", "--no-cache-dir", "--constraint", "constraints.txt", *expected, wheel]
     assert smoke == ["batchnlp", "--version"], "the build fails unless the installed command runs"
 

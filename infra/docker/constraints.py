@@ -2,7 +2,8 @@
 
     python infra/docker/constraints.py > infra/docker/constraints.txt
 
-Walks batchnlp's runtime requirements (pyproject.toml, not the dev extra) through the installed
+Walks batchnlp's runtime requirements (pyproject.toml: its dependencies and the extras the image
+installs, not the dev extra) through the installed
 packages' metadata, evaluating markers for the image's interpreter (CPython 3.12 on Linux
 x86_64). torch itself is left out (the Dockerfile picks its build, CPU or CUDA, and version;
 torch pins its CUDA libraries exactly), its other dependencies are pinned.
@@ -35,9 +36,17 @@ IMAGE_PYTHON = {
 UNPINNED = {"torch"}
 
 
+IMAGE_EXTRAS = ("delta", "iceberg")  # installed in the image: the Dockerfile's batchnlp-*.whl[delta,iceberg]
+
+
 def runtime_requirements() -> list[Requirement]:
+    """The package's dependencies and those of the extras the image installs."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    return [Requirement(line) for line in project["dependencies"]]
+    lines = [
+        *project["dependencies"],
+        *(line for extra in IMAGE_EXTRAS for line in project["optional-dependencies"][extra]),
+    ]
+    return [Requirement(line) for line in lines]
 
 
 def applies(requirement: Requirement, extras: set[str]) -> bool:
