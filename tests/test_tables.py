@@ -133,6 +133,27 @@ def test_one_commit_per_run_id_and_a_repeated_id_exits_0(lake_job, where, tmp_pa
     assert duckdb.sql("SELECT count(DISTINCT id), count(*) FROM dataset").fetchall() == [(30, 60)]
 
 
+def test_iceberg_in_a_glue_catalog(lake_job, lake_s3, tmp_path):
+    """moto's Glue, reached like S3 through AWS_ENDPOINT_URL: one snapshot per run id there too."""
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="glue-lake")
+    source = write_jsonl(tmp_path / "in" / "reviews.jsonl", ROWS)
+    flags = ["--output-format", "iceberg", "--catalog", "glue", "--catalog-option", "type=glue"]
+    flags += ["--catalog-option", "warehouse=s3://glue-lake/warehouse"]
+    for _ in range(2):
+        result = lake_job(source, "lake.glue_labels", *flags, "--run-id", "2026-11-24")
+        assert result.exit_code == 0, result.output
+    assert "already holds run 2026-11-24" in result.output
+    table = boto3.client("glue").get_table(DatabaseName="lake", Name="glue_labels")["Table"]
+    assert table["Parameters"]["table_type"].upper() == "ICEBERG"
+    from batchnlp.tables.iceberg import load
+
+    iceberg = load("glue", {"type": "glue", "warehouse": "s3://glue-lake/warehouse"}).load_table("lake.glue_labels")
+    assert [s.summary.get("batchnlp.run_id") for s in iceberg.snapshots()] == ["2026-11-24"]
+    assert ids_of(iceberg.scan().to_arrow()) == list(range(30))
+
+
 def test_delta_partitioned_output_of_hive_input_round_trips(lake_job, where, tmp_path):
     source = hive_parquet(tmp_path / "hive")
     target = f"{where}/tables/by_day"
