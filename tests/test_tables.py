@@ -280,6 +280,23 @@ def test_a_table_input_is_read_at_its_latest_or_a_given_version(lake_job, where,
     assert json.loads((tmp_path / "old" / "_manifest.json").read_text())["input"]["table"][key] == versions[0]
 
 
+def test_resume_without_a_run_id_asks_which_interrupted_run_to_finish(tiny_model, tmp_path):
+    from click.testing import CliRunner
+
+    from batchnlp.cli import main
+
+    table = tmp_path / "table"
+    for run in ("night-1", "night-2"):  # two runs that staged files and died before their commits
+        record = table / "batchnlp-runs" / run / "_progress" / "_job.json"
+        record.parent.mkdir(parents=True)
+        record.write_text(json.dumps({"run_id": run}))
+    source = write_jsonl(tmp_path / "in.jsonl", ROWS[:2])
+    args = ["run", str(source), str(table), "--output-format", "delta", "--resume"]
+    result = CliRunner().invoke(main, [*args, "--model", f"sentiment={tiny_model}"])
+    assert result.exit_code == 2, result.output
+    assert "has 2 interrupted runs (night-1, night-2); pass --run-id ID with --resume" in result.output
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
