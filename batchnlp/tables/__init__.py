@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from batchnlp.commit import JOB_RECORD, PROGRESS
 from batchnlp.errors import OutputError, SpecError
 from batchnlp.formats.hive import Partitioning, relative_segments
 from batchnlp.storage import InputFile, Location
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
 RUN_ID_PROPERTY = "batchnlp.run_id"  # commit metadata (Delta) / snapshot summary key (Iceberg)
 RUNS = "batchnlp-runs"  # staging directories, one per run id, inside the table's location
-JOB_RECORD = "_progress/_job.json"  # what a started run leaves in its staging directory (batchnlp.commit)
+STARTED = f"{PROGRESS}/{JOB_RECORD}"  # what a started run leaves in its staging directory
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,6 @@ class Commit:
 class TableSink(ABC):
     """An output table: where a run stages its files, and how they are committed once."""
 
-    format: str
     version_kind = "version"  # what the table calls a commit: a Delta version, an Iceberg snapshot
 
     @abstractmethod
@@ -100,14 +100,15 @@ class TableSink(ABC):
         """Add ``files`` to the table in one commit recording ``run_id``; return its version/snapshot."""
 
     def staging(self, run_id: str) -> Location:
+        """The run's own directory in the table: its data files and its control files."""
         root = self.root()
         return Location(root.url.rstrip("/") + f"/{RUNS}/{run_id}", root.storage_options)
 
     def pending_runs(self) -> list[str]:
         """Run ids that staged files (a job record exists) but have no commit in the table."""
         fs, path = self.root().split()
-        found = fs.glob(f"{path.rstrip('/')}/{RUNS}/*/{JOB_RECORD}")
-        runs = sorted({p[: -len(JOB_RECORD) - 1].rsplit("/", 1)[-1] for p in found})
+        found = fs.glob(f"{path.rstrip('/')}/{RUNS}/*/{STARTED}")
+        runs = sorted({p[: -len(STARTED) - 1].rsplit("/", 1)[-1] for p in found})
         return [run for run in runs if self.committed(run) is None]
 
     def publish(

@@ -35,7 +35,7 @@ UNREADABLE_FEATURES = {"deletionVectors", "columnMapping", "v2Checkpoint"}
 
 
 class DeltaSink(TableSink):
-    format = "delta"
+    """A Delta table at a local directory or an ``s3://`` prefix, created by the first run's commit."""
 
     def __init__(self, location: Location) -> None:
         self.location = location

@@ -64,7 +64,8 @@ def split_identifier(identifier: str) -> tuple[str, str]:
 
 
 class IcebergSink(TableSink):
-    format = "iceberg"
+    """An Iceberg table ``namespace.table`` in a pyiceberg catalog, created by the first run's commit."""
+
     version_kind = "snapshot"
 
     def __init__(self, identifier: str, catalog: tuple[str, dict[str, str]], storage_options: dict[str, Any]) -> None:
