@@ -78,11 +78,11 @@ class Plan:
 
 def plan(spec: JobSpec, rows_per_unit: int | None = None) -> Plan:
     """Units for ``spec``; ``rows_per_unit`` (an interrupted run's) overrides automatic sizing."""
-    options, table = spec.read_options, None
+    options, table, values = spec.read_options, None, None
     if spec.input_format in TABLE_FORMATS:  # the table's data files at one version, all Parquet
         snapshot = read_table(spec)
         source, files, fmt, table = snapshot.location, snapshot.files, "parquet", snapshot.described
-        options = replace(options, partitioning=snapshot.partitioning)
+        options, values = replace(options, partitioning=snapshot.partitioning), snapshot.partition_values
     else:
         source = Location(spec.input, spec.storage_options)
         files = list_input(source)
@@ -92,7 +92,7 @@ def plan(spec: JobSpec, rows_per_unit: int | None = None) -> Plan:
     else:
         workers = local_layout(spec.workers, spec.device).workers
     rows = spec.rows_per_partition or rows_per_unit
-    unit_plan = plan_units(source, files, fmt, rows, options, workers, hive_paths=table is None)
+    unit_plan = plan_units(source, files, fmt, rows, options, workers, table is None, values)
     units, schema, partitioning = unit_plan.units, unit_plan.schema, unit_plan.partitioning
     return Plan(source, files, fmt, units, schema, unit_plan.rows_per_unit, partitioning, table)
 

@@ -5,6 +5,7 @@ Adding a format is one module with ``plan`` and ``read`` and one line in ``READE
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from types import ModuleType
 
@@ -87,12 +88,14 @@ def plan_units(
     options: ReadOptions,
     workers: int,
     hive_paths: bool = True,
+    partition_values: Mapping[str, dict[str, str | None]] | None = None,
 ) -> UnitPlan:
     """Cut every file into units, numbered in listing order: same input and settings, same units.
 
     Without an explicit ``rows_per_unit``, units are sized so every worker gets several of
     them (a small file still uses the whole cluster), within sensible bounds. Partition
-    columns come from ``options.partitioning`` when given (a Delta table's log), else from
+    columns come from ``options.partitioning`` when given (a Delta table's log, with each file's
+    values in ``partition_values``, fsspec path → key → value, carried by its units), else from
     ``key=value`` directories when ``hive_paths`` (a table's files are named by its metadata).
     """
     fs = location.fs
@@ -106,7 +109,9 @@ def plan_units(
     for file, layout in zip(files, layouts, strict=True):
         unit_format = "jsonl-lines" if fmt == "jsonl" and jsonl.is_compressed(file.path) else fmt
         for start, stop, rows in layout.cut(rows_per_unit):
-            units.append(WorkUnit(len(units), fs.unstrip_protocol(file.path), unit_format, start, stop, rows))
+            values = partition_values.get(file.path) if partition_values else None
+            url = fs.unstrip_protocol(file.path)
+            units.append(WorkUnit(len(units), url, unit_format, start, stop, rows, values))
     schemas = [(fs.unstrip_protocol(f.path), layout.schema) for f, layout in zip(files, layouts, strict=True)]
     known = all(schema is not None for _, schema in schemas)
     partitioning = options.partitioning
@@ -149,7 +154,7 @@ def read_unit(location: Location, unit: WorkUnit, options: ReadOptions, schema: 
     with storage_errors("read", unit.path, InputError, what="input"):
         result = READERS[fmt].read(fs, replace(unit, path=path), options)
     if options.partitioning is not None:
-        result.table = options.partitioning.append(result.table, path, unit.describe())
+        result.table = options.partitioning.append(result.table, path, unit.describe(), unit.partition)
     if schema is not None:
         result.table = conform(result.table, schema, unit.describe())
     return result

@@ -53,6 +53,8 @@ class WorkUnit:
     start: int
     stop: int
     rows: int | None = None
+    # The file's partition values (as text) where its path does not carry them: a Delta log's.
+    partition: dict[str, str | None] | None = None
 
     @property
     def id(self) -> str:

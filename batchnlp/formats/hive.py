@@ -28,20 +28,13 @@ NULL_VALUE = "__HIVE_DEFAULT_PARTITION__"
 
 @dataclass(frozen=True)
 class Partitioning:
-    """The partition keys of one input: its root (an fsspec path) and each key's type.
-
-    ``fixed`` gives each file's values outright (fsspec path → key → value as text) where they
-    are not in its path: a Delta table keeps them in its log.
-    """
+    """The partition keys of one input: its root (an fsspec path) and each key's type."""
 
     root: str
     schema: pa.Schema
-    fixed: Mapping[str, Mapping[str, str | None]] | None = None
 
     def values(self, path: str) -> dict[str, str | None]:
-        """The raw ``key=value`` segments of ``path``'s directories below the root (or its fixed values)."""
-        if self.fixed is not None:
-            return dict(self.fixed.get(path, {}))
+        """The raw ``key=value`` segments of ``path``'s directories below the root."""
         return segments(path, self.root)
 
     def check(self, schema: pa.Schema, where: str) -> None:
@@ -59,10 +52,16 @@ class Partitioning:
             schema = schema.append(column)
         return schema
 
-    def append(self, table: pa.Table, path: str, where: str) -> pa.Table:
-        """``table`` (every row from the file at ``path``) with its constant partition columns."""
+    def append(
+        self, table: pa.Table, path: str, where: str, values: Mapping[str, str | None] | None = None
+    ) -> pa.Table:
+        """``table`` (every row from the file at ``path``) with its constant partition columns.
+
+        ``values`` (as text) replace those of the path where the file's location does not carry
+        them: a Delta table keeps them in its log.
+        """
         self.check(table.schema, where)
-        raw = self.values(path)
+        raw = self.values(path) if values is None else values
         for column in self.schema:
             value = pa.array([raw.get(column.name)], pa.string()).cast(column.type)[0]
             table = table.append_column(column, pa.repeat(value, table.num_rows))

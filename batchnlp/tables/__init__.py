@@ -55,7 +55,8 @@ class TableFiles:
 
     location: Location  # the table's root: data file paths are fsspec paths of its filesystem
     files: list[InputFile]
-    partitioning: Partitioning | None  # Delta: partition values live in the log, not in the files
+    partitioning: Partitioning | None  # Delta: partition values live in the log, not in the files...
+    partition_values: dict[str, dict[str, str | None]]  # ...so each file's: fsspec path → key → value as text
     described: dict[str, Any]  # for the manifest: format, table, version or snapshot id
 
 

@@ -156,9 +156,9 @@ def read_snapshot(location: Location, version: int | None) -> TableFiles:
     if partition_columns:
         columns = pa.schema(table.schema().to_arrow())
         schema = pa.schema([columns.field(c) for c in partition_columns])
-        partitioning = Partitioning("", schema, values)
+        partitioning = Partitioning("", schema)
     described = {"format": "delta", "table": location.display(), "version": table.version()}
-    return TableFiles(location, files, partitioning, described)
+    return TableFiles(location, files, partitioning, values if partitioning else {}, described)
 
 
 def storage_options(location: Location) -> dict[str, str]:

@@ -187,4 +187,4 @@ def read_snapshot(
     if not files:
         raise InputError(f"{sink.display()} holds no data files in snapshot {snapshot.snapshot_id}")
     described = {"format": "iceberg", "table": identifier, "catalog": sink.catalog_name}
-    return TableFiles(location, files, None, {**described, "snapshot_id": snapshot.snapshot_id})
+    return TableFiles(location, files, None, {}, {**described, "snapshot_id": snapshot.snapshot_id})
