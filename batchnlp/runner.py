@@ -173,6 +173,12 @@ def _run_id(spec: JobSpec, sink: TableSink | None) -> str:
             )
         if pending:
             return pending[0]
+    if sink is not None:
+        logger.warning(
+            "no --run-id: this run appends to %s under a new id, and so would a retry of it; "
+            "give scheduled jobs a run id (run_id: ${run_date} in a spec) so a retry commits once",
+            sink.display(),
+        )
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
 
 

@@ -193,6 +193,7 @@ def test_a_schema_mismatch_stops_before_any_inference(lake_job, tmp_path):
     # JSONL: refused once its schema is inferred, still before inference; no run is left to resume.
     result = lake_job(write_jsonl(tmp_path / "in.jsonl", ROWS[:3]), target, "--output-format", "delta")
     assert result.exit_code == 2 and "the table has no column text, sentiment, _error" in result.output
+    assert "no --run-id: this run appends to Delta table" in result.output  # a retry would append again
     assert DeltaTable(str(target)).version() == 0
     assert not list(target.glob("batchnlp-runs/*/_progress/_job.json"))
 
