@@ -30,7 +30,7 @@ from batchnlp.report import build_report
 from batchnlp.spec import TABLE_FORMATS, JobSpec
 from batchnlp.storage import InputFile, Location, check_output, list_input
 from batchnlp.tables import Commit, TableSink, decode_schema, open_sink, read_table
-from batchnlp.tasks.columns import output_schema
+from batchnlp.tasks.columns import ERROR_COLUMN, output_schema
 
 logger = logging.getLogger(__name__)
 
@@ -336,6 +336,7 @@ def _check_columns(spec: JobSpec, schema: pa.Schema, sink: TableSink | None = No
     as soon as the input's schema is known, before any inference."""
     _check_question_columns(spec, schema)
     _check_partition_columns(spec, schema)
+    _check_task_columns(spec, schema)
     if sink is not None:
         sink.check(output_schema(schema, spec.tasks), spec.partition_by)
 
@@ -348,6 +349,23 @@ def _check_question_columns(spec: JobSpec, schema: pa.Schema) -> None:
                 f"task {task.name!r} reads questions from column {task.question_column!r}, which the input "
                 f"does not have; columns found: {', '.join(schema.names)}. Pass --question-column NAME"
             )
+
+
+def _check_task_columns(spec: JobSpec, schema: pa.Schema) -> None:
+    """The columns a run adds (one per task, ``_error``) are not in the input already: a part with two
+    columns of one name is unreadable. The usual cause is an earlier run's output fed back in."""
+    taken = [name for name in (*(task.name for task in spec.tasks), ERROR_COLUMN.name) if name in schema.names]
+    if not taken:
+        return
+    fixes = []
+    if ERROR_COLUMN.name in taken:
+        fixes.append("drop or rename the input's _error column (every run writes its own)")
+    if set(taken) - {ERROR_COLUMN.name}:
+        fixes.append("give the task another name in a job spec (tasks: [{name: sentiment_v2, task: sentiment}])")
+    raise InputError(
+        f"the input already has {'a column' if len(taken) == 1 else 'columns'} {', '.join(map(repr, taken))}, "
+        f"which this run writes itself (is the input an earlier run's output?); {' and '.join(fixes)}"
+    )
 
 
 def _check_partition_columns(spec: JobSpec, schema: pa.Schema) -> None:

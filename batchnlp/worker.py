@@ -24,7 +24,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from batchnlp import __version__
 from batchnlp.commit import REJECTED, PartResult, sha256
 from batchnlp.engine import BatchStats
-from batchnlp.errors import BatchnlpError, InputError, JobFailed
+from batchnlp.errors import BatchnlpError, JobFailed
 from batchnlp.formats import BadLine, ReadOptions, WorkUnit, read_unit
 from batchnlp.formats.hive import directory
 from batchnlp.formats.writers import PARQUET_ZSTD, OutputFormat
@@ -155,8 +155,6 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
     totals = BatchStats()
     task_stats: dict[str, dict[str, Any]] = {}
     for name, task in plugin.tasks.items():
-        if name in table.column_names:
-            raise InputError(f"{unit.path} already has a column {name!r}; give the task another name in a job spec")
         clock = time.perf_counter()
         problems = [error or problem for error, problem in zip(text_errors, task.row_problems(table), strict=True)]
         valid = [i for i, problem in enumerate(problems) if problem is None]

@@ -163,6 +163,17 @@ def test_arrow_parts_and_hive_partitioned_parquet_on_s3(s3, bucket, job, tmp_pat
     assert fs.exists(f"{bucket}/by/_SUCCESS")
 
 
+def test_an_earlier_output_fed_back_in_is_refused_before_inference(job, tmp_path):
+    """Its task and _error columns would be written twice; the message says which and what to do."""
+    first = job(hive_parquet(tmp_path / "hive"), tmp_path / "first")
+    assert first.exit_code == 0, first.output
+    again = job(tmp_path / "first", tmp_path / "again")
+    assert again.exit_code == 2, again.output
+    assert "the input already has columns 'sentiment', '_error', which this run writes itself" in again.output
+    assert "drop or rename the input's _error column" in again.output and "another name" in again.output
+    assert not (tmp_path / "again" / "_progress").exists()  # Parquet: refused at plan time
+
+
 def test_hive_types_match_pyarrow_discovery(tmp_path):
     """Typed as HivePartitioning.discover(infer_dictionary=False) types them, on the same rows."""
     paths = {

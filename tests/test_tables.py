@@ -176,6 +176,13 @@ def test_delta_partitioned_output_of_hive_input_round_trips(lake_job, where, tmp
     assert {key: sorted(ids) for key, ids in found.items()} == LAYOUT
     assert all("/date=" in uri and "/lang=" in uri for uri in table.file_uris())
 
+    # Fed back in as a table input, it is refused up front: its sentiment and _error columns would
+    # be written twice (a part with two columns of one name is unreadable).
+    again = lake_job(target, tmp_path / "again", "--input-format", "delta")
+    assert again.exit_code == 2, again.output
+    assert "the input already has columns 'sentiment', '_error', which this run writes itself" in again.output
+    assert not (tmp_path / "again" / "_progress").exists()
+
 
 def test_a_schema_mismatch_stops_before_any_inference(lake_job, tmp_path):
     target = tmp_path / "table"
