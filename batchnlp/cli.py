@@ -310,10 +310,11 @@ def run(
     code = EXIT_PARTIAL if t["bad_lines"] else 0
     if quiet:
         sys.exit(code)
+    table = summary.table or {}
+    commit = f"{table.get('kind')} {table.get('version')}"  # "version 3" (Delta), "snapshot 5012…" (Iceberg)
     if summary.already_complete:
-        if summary.table:
-            table, kind, version = summary.table["table"], summary.table["kind"], summary.table["version"]
-            click.echo(f"{table} already holds run {summary.run_id} ({kind} {version}); nothing to do")
+        if table:
+            click.echo(f"{table['table']} already holds run {summary.run_id} ({commit}); nothing to do")
         else:
             rows = t["rows_out"]
             click.echo(f"{summary.output} is already complete (run {summary.run_id}, {rows} rows); nothing to do")
@@ -326,10 +327,9 @@ def run(
         + (f"; first row after {first_row:.1f} s" if (first_row := summary.manifest["startup"]["first_row_s"]) else "")
         + (f"; {summary.units_kept} parts kept from the interrupted run" if summary.units_kept else "")
     )
-    if summary.table:
-        table, kind, version = summary.table["table"], summary.table["kind"], summary.table["version"]
-        done = "committed" if summary.table["committed_now"] else "found already committed"
-        click.echo(f"{done} to {table} as {kind} {version} (one commit, run id {summary.run_id})")
+    if table:
+        done = "committed" if table["committed_now"] else "found already committed"
+        click.echo(f"{done} to {table['table']} as {commit} (one commit, run id {summary.run_id})")
     if t["bad_lines"]:
         where = "under _rejected/" if summary.manifest["spec"]["on_bad_lines"] == "quarantine" else "skipped"
         first = t["bad_line_examples"][0]

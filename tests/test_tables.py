@@ -85,6 +85,15 @@ def load_catalog(where: str, tmp_path: Path):
     return load("lake", dict(flag.split("=", 1) for flag in flags[3::2]))
 
 
+def delta_options(target: str) -> dict[str, str] | None:
+    """delta-rs options for a local path or the module's S3 server (plain HTTP, which object_store refuses unasked)."""
+    return {"AWS_ALLOW_HTTP": "true"} if target.startswith("s3://") else None
+
+
+def delta_table(target: str) -> DeltaTable:
+    return DeltaTable(target, storage_options=delta_options(target))
+
+
 def delta_rows(table: DeltaTable) -> pa.Table:
     """A Delta table's rows through delta-rs's own engine (DataFusion).
 
@@ -119,8 +128,7 @@ def test_one_commit_per_run_id_and_a_repeated_id_exits_0(lake_job, where, tmp_pa
     assert other.exit_code == 0, other.output
 
     if fmt == "delta":
-        storage = {"AWS_ALLOW_HTTP": "true"} if where.startswith("s3://") else None
-        table = DeltaTable(target, storage_options=storage)
+        table = delta_table(target)
         assert table.version() == 1  # two commits: the repeated id made none
         runs = [entry.get("batchnlp.run_id") for entry in table.history()]
         assert runs == ["2026-11-25", "2026-11-24"]
@@ -166,8 +174,7 @@ def test_delta_partitioned_output_of_hive_input_round_trips(lake_job, where, tmp
     flags = ["--output-format", "delta", "--partition-by", "date", "--partition-by", "lang", "--run-id", "r1"]
     result = lake_job(source, target, *flags)
     assert result.exit_code == 0, result.output
-    storage = {"AWS_ALLOW_HTTP": "true"} if where.startswith("s3://") else None
-    table = DeltaTable(target, storage_options=storage)
+    table = delta_table(target)
     assert table.metadata().partition_columns == ["date", "lang"]
     rows = delta_rows(table)
     found = {(r["date"], r["lang"]): [] for r in rows.to_pylist()}
@@ -234,7 +241,7 @@ def test_a_driver_killed_before_the_table_commit_is_finished_by_the_same_run_id(
 
     def committed_rows() -> tuple[list[str], int]:
         if fmt == "delta":
-            table = DeltaTable(target, storage_options={"AWS_ALLOW_HTTP": "true"})
+            table = delta_table(target)
             return [e.get("batchnlp.run_id") for e in table.history()], delta_rows(table).num_rows
         table = load_catalog(f"s3://{bucket}", tmp_path).load_table(target)
         return [s.summary.get("batchnlp.run_id") for s in table.snapshots()], table.scan().to_arrow().num_rows
@@ -263,9 +270,8 @@ def test_a_table_input_is_read_at_its_latest_or_a_given_version(lake_job, where,
     second = pa.table({"id": list(range(10, 15)), "text": [f"new {i}" for i in range(5)], "lang": ["en"] * 5})
     if fmt == "delta":
         source = f"{where}/tables/reviews"
-        storage = {"AWS_ALLOW_HTTP": "true"} if where.startswith("s3://") else None
-        write_deltalake(source, first, partition_by=["lang"], storage_options=storage)
-        write_deltalake(source, second, mode="append", partition_by=["lang"], storage_options=storage)
+        write_deltalake(source, first, partition_by=["lang"], storage_options=delta_options(source))
+        write_deltalake(source, second, mode="append", partition_by=["lang"], storage_options=delta_options(source))
         versions, flags = [0, 1], []
     else:
         source, flags = "lake.reviews", catalog_flags(where, tmp_path)
