@@ -43,8 +43,6 @@ Examples:
   batchnlp submit --spec jobs/nightly-labels.yaml --queue q --job-definition d --dry-run -- --workers 2
 """
 
-EXIT_PARTIAL = 3  # committed, but some input lines were skipped or quarantined (--on-bad-lines)
-
 # Spec placeholders, set the same way by `run` and by `submit` (which passes them on to `run`).
 PARAM_OPTION = click.option(
     "--param",
@@ -191,6 +189,13 @@ def main() -> None:
     "Example: --on-bad-lines quarantine",
 )
 @click.option(
+    "--max-bad-lines",
+    metavar="N|FRACTION",
+    help="With --on-bad-lines skip|quarantine: most bad lines a run may have and still commit (exit 0): a count, "
+    "a fraction of the input's lines or a percentage. More: nothing is committed, exit 3. Default: any number. "
+    "Example: --max-bad-lines 100, --max-bad-lines 0.1%",
+)
+@click.option(
     "--rows-per-partition",
     type=click.IntRange(min=1),
     help="Rows in one unit of work (about: JSONL is cut by bytes). Default: 4 units per worker (fewer where "
@@ -243,6 +248,25 @@ def main() -> None:
     default=None,
     help="Take OUTPUT even though another run's _lock.json says it is writing there (it must be dead).",
 )
+@click.option(
+    "--lock-owner",
+    metavar="JOB",
+    help="The scheduled job this run belongs to, where no AWS_BATCH_JOB_ID or BATCHNLP_K8S_JOB_UID says: a later "
+    "run with the same owner takes over its lock at once. Example: --lock-owner airflow:nightly:2026-11-24",
+)
+@click.option(
+    "--grace-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    help="After SIGTERM/SIGINT, how long running units may finish before the run stops (exit 143/130). "
+    "Default: 20, inside ECS's 30 s stop timeout. Example: --grace-seconds 90",
+)
+@click.option(
+    "--unit-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="A unit that makes no progress this long is rerun on a restarted worker. Default: 5 times the median "
+    "unit time, at least 600. Example: --unit-timeout 1800",
+)
 @PARAM_OPTION
 @RUN_DATE_OPTION
 @click.option(
@@ -280,64 +304,95 @@ def run(
     Progress goes to stderr: a live bar on a terminal, a line every 30 s otherwise
     (BATCHNLP_PROGRESS_INTERVAL), none with --quiet.
 
-    Exit codes: 0 committed, every input line annotated; 1 the job failed (retrying may help:
-    --resume keeps finished parts); 2 usage, spec, input, model or output error (fix it first);
-    3 committed, but input lines that were not JSON objects were skipped or quarantined
-    (--on-bad-lines skip|quarantine): partial, do not retry.
+    Exit codes: 0 committed (now or by an earlier run; bad lines within --max-bad-lines), or
+    another live job owns this same run; 1 the job failed (retrying may help: --resume keeps
+    finished parts); 2 usage, spec, input, model or output error (fix it first); 3 more bad input
+    lines than --max-bad-lines: nothing committed; 143 (130) stopped by SIGTERM (SIGINT) after
+    draining: retry, the next attempt resumes.
     """
     configure_logging(logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO, log_format)
     from batchnlp.progress import ProgressReporter, choose_mode
+    from batchnlp.shutdown import GracefulStop
 
     reporter = ProgressReporter(choose_mode(quiet, log_format), unit_events=log_format == "json")
-    with _user_errors(verbose), reporter:
-        from batchnlp.aws_batch import multinode_job, node_role, serve_child
-        from batchnlp.runner import run as run_job
-        from batchnlp.spec import JobSpec, load_spec_file
-        from batchnlp.templating import render
+    stop = GracefulStop()
+    outcome: dict[str, Any] = {}
+    with _job_metrics(log_format == "json", outcome), stop.installed():
+        with _user_errors(verbose), reporter:
+            from batchnlp.aws_batch import multinode_job, node_role, serve_child
+            from batchnlp.runner import run as run_job
+            from batchnlp.spec import JobSpec, load_spec_file
+            from batchnlp.templating import render
 
-        settings = load_spec_file(spec_file) if spec_file else {}
-        params = {**dict(param), **({"run_date": run_date} if run_date else {})}
-        settings = render(_merge(ctx, settings, flags), params)
-        spec = JobSpec.from_settings(settings)
-        role = node_role(os.environ)  # an AWS Batch multi-node job's main or child node, else single
-        if role.kind == "child":  # only Dask workers here, until the main node's scheduler closes
-            serve_child(role, spec.device, spec.workers)
+            settings = load_spec_file(spec_file) if spec_file else {}
+            params = {**dict(param), **({"run_date": run_date} if run_date else {})}
+            settings = render(_merge(ctx, settings, flags), params)
+            spec = JobSpec.from_settings(settings)
+            stop.grace_seconds = spec.grace_seconds
+            role = node_role(os.environ)  # an AWS Batch multi-node job's main or child node, else single
+            if role.kind == "child":  # only Dask workers here, until the main node's scheduler closes
+                serve_child(role, spec.device, spec.workers)
+                outcome["child_node"] = True  # the main node reports the job's metrics
+                return
+            with multinode_job(spec, role) as spec:  # main node: the job's own scheduler, every node joined
+                summary = run_job(spec, on_part=reporter.on_part, on_start=reporter.start, stop=stop)
+            reporter.finish(summary)
+        outcome["summary"] = summary
+        t = summary.totals
+        if quiet:
             return
-        with multinode_job(spec, role) as spec:  # main node: the job's own scheduler, every node joined
-            summary = run_job(spec, on_part=reporter.on_part, on_start=reporter.start)
-        reporter.finish(summary)
-    t = summary.totals
-    code = EXIT_PARTIAL if t["bad_lines"] else 0
-    if quiet:
-        sys.exit(code)
-    table = summary.table or {}
-    commit = f"{table.get('kind')} {table.get('version')}"  # "version 3" (Delta), "snapshot 5012…" (Iceberg)
-    if summary.already_complete:
-        if table:
-            click.echo(f"{table['table']} already holds run {summary.run_id} ({commit}); nothing to do")
-        else:
-            rows = t["rows_out"]
-            click.echo(f"{summary.output} is already complete (run {summary.run_id}, {rows} rows); nothing to do")
-        sys.exit(code)
-    click.echo(
-        f"wrote {t['rows_out']} rows ({t['rejected']} rejected) in {t['parts']} part{'s' * (t['parts'] != 1)} "
-        f"to {summary.output} "
-        f"in {summary.wall_seconds:.1f} s: {summary.rows_per_second:.1f} rows/s, "
-        f"{t['tokens']} tokens ({t['padded_tokens']} with padding); run {summary.run_id}"
-        + (f"; first row after {first_row:.1f} s" if (first_row := summary.manifest["startup"]["first_row_s"]) else "")
-        + (f"; {summary.units_kept} parts kept from the interrupted run" if summary.units_kept else "")
-    )
-    if table:
-        done = "committed" if table["committed_now"] else "found already committed"
-        click.echo(f"{done} to {table['table']} as {commit} (one commit, run id {summary.run_id})")
-    if t["bad_lines"]:
-        where = "under _rejected/" if summary.manifest["spec"]["on_bad_lines"] == "quarantine" else "skipped"
-        first = t["bad_line_examples"][0]
+        table = summary.table or {}
+        commit = f"{table.get('kind')} {table.get('version')}"  # "version 3" (Delta), "snapshot 5012…" (Iceberg)
+        if summary.already_complete:
+            if table:
+                click.echo(f"{table['table']} already holds run {summary.run_id} ({commit}); nothing to do")
+            else:
+                rows = t["rows_out"]
+                click.echo(f"{summary.output} is already complete (run {summary.run_id}, {rows} rows); nothing to do")
+            return
+        first_row = summary.manifest["startup"]["first_row_s"]
         click.echo(
-            f"{t['bad_lines']} input line{'s' * (t['bad_lines'] != 1)} that were not JSON objects {where}, "
-            f"first {first['source']}:{first['line']} ({first['reason']}); see _manifest.json; exit code 3 (partial)"
+            f"wrote {t['rows_out']} rows ({t['rejected']} rejected) in {t['parts']} part{'s' * (t['parts'] != 1)} "
+            f"to {summary.output} "
+            f"in {summary.wall_seconds:.1f} s: {summary.rows_per_second:.1f} rows/s, "
+            f"{t['tokens']} tokens ({t['padded_tokens']} with padding); run {summary.run_id}"
+            + (f"; first row after {first_row:.1f} s" if first_row else "")
+            + (f"; {summary.units_kept} parts kept from the interrupted run" if summary.units_kept else "")
         )
-    sys.exit(code)
+        if table:
+            done = "committed" if table["committed_now"] else "found already committed"
+            click.echo(f"{done} to {table['table']} as {commit} (one commit, run id {summary.run_id})")
+        if t["bad_lines"]:
+            where = "under _rejected/" if summary.manifest["spec"]["on_bad_lines"] == "quarantine" else "skipped"
+            first = t["bad_line_examples"][0]
+            click.echo(
+                f"{t['bad_lines']} input line{'s' * (t['bad_lines'] != 1)} that were not JSON objects {where}, "
+                f"first {first['source']}:{first['line']} ({first['reason']}); see _manifest.json"
+            )
+
+
+@contextmanager
+def _job_metrics(enabled: bool, outcome: dict[str, Any]) -> Iterator[None]:
+    """With JSON logs, end with the CloudWatch EMF line (:mod:`batchnlp.metrics`), success or not."""
+    import time
+
+    started = time.monotonic()
+    code: int = 0
+    try:
+        yield
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+        raise
+    except BaseException:
+        code = 1
+        raise
+    finally:
+        if enabled and not outcome.get("child_node"):
+            from batchnlp.metrics import emf_fields, emit
+
+            summary = outcome.get("summary")
+            totals = summary.totals if summary is not None else None
+            emit(emf_fields(totals, summary is not None and code == 0, time.monotonic() - started, code))
 
 
 def _merge(ctx: click.Context, settings: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
@@ -503,5 +558,6 @@ def _user_errors(verbose: bool) -> Iterator[None]:
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(f"error: {redact_text(message)}", err=True)
+    """End the command: an error on stderr, or with code 0 (another job owns the run) a notice on stdout."""
+    click.echo(redact_text(message) if code == 0 else f"error: {redact_text(message)}", err=code != 0)
     sys.exit(code)

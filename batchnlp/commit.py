@@ -63,6 +63,11 @@ class PartResult:
     files: list[dict[str, Any]] = field(default_factory=list)
     schema: str = ""  # every column of the unit's rows (partition columns included), batchnlp.tables.encode_schema
 
+    @property
+    def busy_seconds(self) -> float:
+        """How long the unit took on its worker: read, each task (tokenise, model, decode) and write."""
+        return sum(v for k, v in self.seconds.items() if k in ("read", "write") or k.startswith("model:"))
+
     def to_record(self) -> dict[str, Any]:
         """JSON-ready; the unit's URL loses user info and query string (a presigned URL's are credentials)."""
         return dataclasses.asdict(dataclasses.replace(self, unit=redacted_unit(self.unit)))

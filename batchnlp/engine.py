@@ -24,6 +24,7 @@ import numpy as np
 
 from batchnlp.batching import padded_length, token_budget_batches
 from batchnlp.errors import SpecError
+from batchnlp.heartbeat import beat
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +188,7 @@ class Engine:
         for (batch, _), tensors in feed:
             stats.input_wait_s += time.perf_counter() - clock
             outputs.extend(self._forward(model, batch, tensors, head, stats))
+            beat()  # the unit is alive: the driver's stall check listens for this
             if stats.first_output_at is None:  # the first rows are out: the start-up figure
                 outputs = [(rows, _to_host(values)) for rows, values in outputs]
                 stats.first_output_at = time.time()

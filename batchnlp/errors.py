@@ -41,3 +41,34 @@ class JobFailed(BatchnlpError):
     """A unit failed for a reason that is not the user's input: retrying may help."""
 
     exit_code = 1
+
+
+class TooManyBadLines(InputError):
+    """More input lines were bad than ``--max-bad-lines`` allows: nothing was committed.
+
+    Its own code, so a scheduler's rules can tell "the data is too dirty tonight" (do not retry;
+    alert) from a wrong spec; the parts already written are kept for ``--resume``.
+    """
+
+    exit_code = 3
+
+
+class RunOwnedElsewhere(OutputError):
+    """Another live job runs this same job spec on the output (a schedule delivered twice).
+
+    Exits 0: this job writes nothing and the other one does the night's work, so neither fails.
+    """
+
+    exit_code = 0
+
+
+class Interrupted(BatchnlpError):
+    """A SIGTERM or SIGINT stopped the run after draining it: finished parts are recorded, the lock released.
+
+    128 + the signal's number, as a shell reports a process killed by it; retry rules retry it
+    and the next attempt resumes.
+    """
+
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signal_number

@@ -1,13 +1,23 @@
-"""The output lock: one run writes an OUTPUT at a time.
+"""The output lock: one run writes an OUTPUT at a time, and a scheduler's next attempt takes over at once.
 
 Before a run touches anything under OUTPUT it creates ``_lock.json`` create-only (S3
-``If-None-Match: *``, local ``O_EXCL``), naming its run id, host, process and start time, and
-it removes the lock when it ends, committed or failed. While the run lives, a thread renews the
-lock every ``RENEW_SECONDS``. A lock whose owner died (a killed driver, a reclaimed spot node)
-is stale: on the same host as soon as its process is gone, from anywhere once it has not been
-renewed for ``STALE_SECONDS``. A stale lock is broken with a warning, so an unattended retry
-resumes by itself; a live one refuses the run with a message naming its owner; ``--break-lock``
-breaks any lock.
+``If-None-Match: *``, local ``O_EXCL``), naming its run id, host, process, start time, the job
+it belongs to in its scheduler's terms (:class:`Owner`: an AWS Batch job id and attempt, a
+Kubernetes Job's uid and pod, or ``--lock-owner``) and the spec's fingerprint. It removes the
+lock when it ends, committed, failed or stopped. While the run lives, a thread renews the lock
+every ``RENEW_SECONDS``.
+
+Who may take a lock that is there already:
+
+- **A later attempt of the same job, at once.** AWS Batch and Kubernetes run one attempt of a
+  job at a time: when attempt 2 starts (often on another host, seconds after Spot reclaimed the
+  first), attempt 1 is gone, whatever its last renewal says.
+- **Anyone, once the owner is certainly dead**: on the same host as soon as its process is gone,
+  from anywhere once the lock has not been renewed for ``STALE_SECONDS``; or with ``--break-lock``.
+- **Nobody else.** A live owner from another job refuses the run (exit 2). When both are
+  scheduled jobs (this run has an owner) running the same spec, a schedule delivered twice, the
+  refusal is :class:`RunOwnedElsewhere`, which exits 0: the other job does the night's work,
+  and neither night fails.
 """
 
 from __future__ import annotations
@@ -18,10 +28,12 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import Any
 
-from batchnlp.errors import BatchnlpError, OutputError
+from batchnlp.errors import BatchnlpError, OutputError, RunOwnedElsewhere
 from batchnlp.storage import Location, create_only, storage_errors, write_atomic
 
 logger = logging.getLogger(__name__)
@@ -31,11 +43,67 @@ RENEW_SECONDS = 30.0
 STALE_SECONDS = 300.0
 
 
+@dataclass(frozen=True)
+class Owner:
+    """The job a run belongs to, as its scheduler names it; ``attempt`` tells its attempts apart."""
+
+    scheduler: str  # "aws-batch", "kubernetes" or "user" (--lock-owner)
+    job: str
+    attempt: str = ""
+
+    def describe(self) -> str:
+        if self.scheduler == "aws-batch":
+            return f"attempt {self.attempt} of AWS Batch job {self.job}"
+        if self.scheduler == "kubernetes":
+            return f"pod {self.attempt} of Kubernetes Job {self.job}"
+        return f"job {self.job}"
+
+    def succeeds(self, other: Owner) -> bool:
+        """This is a later attempt of ``other``'s job, which its scheduler only starts once ``other`` is gone."""
+        return (other.scheduler, other.job) == (self.scheduler, self.job) and other != self
+
+    @classmethod
+    def from_record(cls, record: Any) -> Owner | None:
+        if not isinstance(record, Mapping):
+            return None
+        try:
+            return cls(str(record["scheduler"]), str(record["job"]), str(record.get("attempt", "")))
+        except KeyError:
+            return None
+
+
+def owner_from(environ: Mapping[str, str], lock_owner: str | None = None) -> Owner | None:
+    """This run's owner: ``--lock-owner``, else what AWS Batch or the Kubernetes pod spec set, else None.
+
+    AWS Batch sets ``AWS_BATCH_JOB_ID`` (an array child's ends in ``:INDEX``) and
+    ``AWS_BATCH_JOB_ATTEMPT`` in every container; Kubernetes has no such variables, so
+    ``infra/k8s/cronjob.yaml`` passes the Job's uid and the pod's name through the downward API.
+    A user-named owner (an Airflow task instance, say) has no attempts: a later run with the
+    same name takes over, so the name must be unique to one scheduled run.
+    """
+    if lock_owner:
+        return Owner("user", lock_owner, str(os.getpid()))
+    if environ.get("AWS_BATCH_JOB_ID"):
+        return Owner("aws-batch", environ["AWS_BATCH_JOB_ID"], environ.get("AWS_BATCH_JOB_ATTEMPT", ""))
+    if environ.get("BATCHNLP_K8S_JOB_UID"):
+        return Owner("kubernetes", environ["BATCHNLP_K8S_JOB_UID"], environ.get("BATCHNLP_K8S_POD", ""))
+    return None
+
+
 class OutputLock:
     """``with OutputLock(output, run_id):`` holds OUTPUT for the block, or raises OutputError."""
 
-    def __init__(self, output: Location, run_id: str, break_lock: bool = False, renew: float = RENEW_SECONDS) -> None:
+    def __init__(
+        self,
+        output: Location,
+        run_id: str,
+        break_lock: bool = False,
+        renew: float = RENEW_SECONDS,
+        owner: Owner | None = None,
+        fingerprint: str = "",
+    ) -> None:
         self.output, self.run_id, self.break_lock, self.renew = output, run_id, break_lock, renew
+        self.owner, self.fingerprint = owner, fingerprint  # fingerprint: the spec's, to recognise a duplicate job
         self.fs, _ = output.split()
         self.path = output.child(LOCK)
         self.started_at = time.time()
@@ -64,18 +132,36 @@ class OutputLock:
             holder = self.holder()
             if holder is None:
                 continue
-            reason = "--break-lock" if self.break_lock else stale(holder)
-            if reason is None:
-                raise OutputError(
-                    f"{self.output.display()} is being written by run {holder.get('run_id')} "
-                    f"({holder.get('host')}, pid {holder.get('pid')}, started {_ago(holder.get('started_at'))}, "
-                    f"last renewed {_ago(holder.get('renewed_at'))}); two runs on one output would mix their "
-                    "parts. Wait for it to finish, or, if it is dead, rerun with --break-lock"
-                )
-            owner = holder.get("run_id")
-            logger.warning("breaking the lock of run %s on %s (%s)", owner, self.output.display(), reason)
+            reason = self._may_take(holder)
+            run = holder.get("run_id")
+            logger.warning("breaking the lock of run %s on %s (%s)", run, self.output.display(), reason)
             self.fs.rm(self.path)
         raise OutputError(f"could not lock {self.output.display()}: other runs keep taking it; try again")
+
+    def _may_take(self, holder: dict[str, Any]) -> str:
+        """Why this run may break ``holder``'s lock; raises when it may not."""
+        previous = Owner.from_record(holder.get("owner"))
+        if self.break_lock:
+            return "--break-lock"
+        if self.owner is not None and previous is not None and self.owner.succeeds(previous):
+            return f"{self.owner.describe()} takes over from {previous.describe()}: its scheduler runs one at a time"
+        reason = stale(holder)
+        if reason is not None:
+            return reason
+        who = (
+            f"run {holder.get('run_id')} ({previous.describe() + ', ' if previous else ''}{holder.get('host')}, "
+            f"pid {holder.get('pid')}, started {_ago(holder.get('started_at'))}, "
+            f"last renewed {_ago(holder.get('renewed_at'))})"
+        )
+        if self.owner is not None and self.fingerprint and holder.get("spec_fingerprint") == self.fingerprint:
+            raise RunOwnedElsewhere(
+                f"{self.output.display()} is being written by {who} for this same job spec (a duplicate "
+                "submission or schedule delivery?); this run leaves it to that one and writes nothing"
+            )
+        raise OutputError(
+            f"{self.output.display()} is being written by {who}; two runs on one output would mix their "
+            "parts. Wait for it to finish, or, if it is dead, rerun with --break-lock"
+        )
 
     def holder(self) -> dict[str, Any] | None:
         """The lock's record, or None when there is none (or it vanished while read)."""
@@ -94,6 +180,8 @@ class OutputLock:
                 "pid": os.getpid(),
                 "started_at": self.started_at,
                 "renewed_at": time.time(),
+                "owner": asdict(self.owner) if self.owner else None,
+                "spec_fingerprint": self.fingerprint,
             }
         ).encode()
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -20,13 +22,15 @@ import pyarrow as pa
 
 from batchnlp import __version__
 from batchnlp.cluster import connect, local_layout
+from batchnlp.collect import StallWatch, results
 from batchnlp.commit import Committer, PartResult, redacted_unit, totals
-from batchnlp.errors import BatchnlpError, InputError, JobFailed, OutputError
+from batchnlp.errors import BatchnlpError, InputError, JobFailed, OutputError, TooManyBadLines
 from batchnlp.formats import Partitioning, ReadOptions, WorkUnit, detect_format, plan_units, unify, unit_schema
-from batchnlp.lock import OutputLock
+from batchnlp.lock import OutputLock, owner_from
 from batchnlp.models import check_ref
 from batchnlp.redaction import redact_url
 from batchnlp.report import build_report
+from batchnlp.shutdown import GracefulStop
 from batchnlp.spec import TABLE_FORMATS, JobSpec
 from batchnlp.storage import InputFile, Location, check_output, list_input
 from batchnlp.tables import Commit, TableSink, decode_schema, open_sink, read_table
@@ -101,12 +105,14 @@ def run(
     spec: JobSpec,
     on_part: Callable[[PartResult], None] | None = None,
     on_start: Callable[..., None] | None = None,
+    stop: GracefulStop | None = None,
 ) -> RunSummary:
     """Run a job to commit; raises a :class:`BatchnlpError` saying what to fix on failure.
 
     ``on_start(run_id, units, kept, client=..., rows_per_unit=...)`` is called once the units to
     run are known (with the Dask client once connected, None when nothing is left to run);
     ``on_part(result)`` for each unit as it finishes (see :class:`batchnlp.progress.ProgressReporter`).
+    ``stop``, installed by the caller, turns SIGTERM into a drain (:mod:`batchnlp.shutdown`).
     """
     started = time.perf_counter()
     sink = open_sink(spec) if spec.table_output else None
@@ -146,13 +152,14 @@ def run(
         "batchnlp_version": __version__,
         "spec": spec.redacted(),
     }
-    with OutputLock(output, run_id, spec.break_lock):
+    owner = owner_from(os.environ, spec.lock_owner)
+    with OutputLock(output, run_id, spec.break_lock, owner=owner, fingerprint=job_record["spec_fingerprint"]):
         if sink is not None and committer.finished():  # files sealed, but the commit died with its driver
             manifest = committer.read_manifest()
             kept = len(job_plan.units)
             summary = RunSummary(output.display(), run_id, manifest["totals"], 0.0, 0, kept, False, manifest)
         else:
-            summary = _run_locked(spec, job_plan, committer, job_record, started, on_part, on_start, sink)
+            summary = _run_locked(spec, job_plan, committer, job_record, started, on_part, on_start, sink, stop)
         if sink is not None:
             schema = decode_schema(summary.manifest["schema"]["arrow"])
             summary.table = sink.publish(run_id, output, summary.manifest, schema, spec.partition_by).describe()
@@ -201,9 +208,10 @@ def _run_locked(
     on_part: Callable[[PartResult], None] | None,
     on_start: Callable[..., None] | None = None,
     sink: TableSink | None = None,
+    stop: GracefulStop | None = None,
 ) -> RunSummary:
     """Everything that writes under OUTPUT: only ever run while holding its lock."""
-    from batchnlp.worker import ModelPlugin, ModelSettings, UnitJob, run_unit
+    from batchnlp.worker import ModelPlugin, ModelSettings, UnitJob, guarded, run_unit
 
     output, run_id = committer.output, job_record["run_id"]
     kept = committer.prepare(spec.mode, job_record)
@@ -225,7 +233,7 @@ def _run_locked(
             "units_kept": len(kept),
         },
     )
-    results = dict(kept)
+    done = dict(kept)
 
     def announce(client: Any) -> None:
         if on_start:
@@ -269,12 +277,23 @@ def _run_locked(
                 spec.output_options,
                 spec.partition_by,
             )
-            for result in _collect(client, run_unit, todo, job, run_id):
-                committer.record(result)
-                results[result.unit.id] = result
-                if on_part:
-                    on_part(result)
-    ordered = [results[unit.id] for unit in job_plan.units]
+            futures = {
+                client.submit(guarded, run_unit, unit, job, key=f"batchnlp-{run_id}-{unit.id}", pure=False): unit
+                for unit in todo
+            }
+            watch = StallWatch(client, spec.unit_timeout)
+            bad_lines = sum(r.bad_lines for r in kept.values())
+            with stop.draining() if stop is not None else nullcontext():
+                for _, result in results(client, futures, stop, watch):
+                    committer.record(result)
+                    done[result.unit.id] = result
+                    if on_part:
+                        on_part(result)
+                    bad_lines += result.bad_lines
+                    if isinstance(spec.max_bad_lines, int) and bad_lines > spec.max_bad_lines:
+                        _check_bad_lines(spec, list(done.values()), final=False)
+    ordered = [done[unit.id] for unit in job_plan.units]
+    _check_bad_lines(spec, ordered, final=True)
     wall = time.perf_counter() - started
     manifest = _manifest(spec, job_plan, ordered, job_record, wall)
     manifest["startup"] = _startup([r for r in ordered if r.unit.id not in kept])
@@ -322,7 +341,7 @@ def _unified_schema(
     client: Any, futures: dict[Any, WorkUnit], units: list[WorkUnit], partitioning: Partitioning | None = None
 ) -> pa.Schema:
     """...and the driver unifies them, then appends the Hive partition columns."""
-    schemas = {unit.id: schema for unit, schema in _results(client, futures)}
+    schemas = {unit.id: schema for unit, schema in results(client, futures)}
     schema = unify([(unit.describe(), schemas[unit.id]) for unit in units])
     if partitioning is None:
         return schema
@@ -384,38 +403,28 @@ def _check_partition_columns(spec: JobSpec, schema: pa.Schema) -> None:
         )
 
 
-def _collect(
-    client: Any, function: Callable[..., PartResult], units: list[WorkUnit], job: Any, run_id: str
-) -> Iterator[PartResult]:
-    """Submit every unit and yield results as they finish."""
-    from batchnlp.worker import guarded
-
-    futures = {
-        client.submit(guarded, function, unit, job, key=f"batchnlp-{run_id}-{unit.id}", pure=False): unit
-        for unit in units
-    }
-    for _, result in _results(client, futures):
-        yield result
-
-
-def _results(client: Any, futures: dict[Any, WorkUnit]) -> Iterator[tuple[WorkUnit, Any]]:
-    """(unit, result) as futures finish; the first failure cancels the rest and names its unit."""
-    from distributed import as_completed
-
-    from batchnlp.worker import Refused
-
-    for future in as_completed(futures):
-        unit = futures[future]
-        try:
-            result = future.result()
-            if isinstance(result, Refused):
-                raise result.error(result.message)
-            yield unit, result
-        except BaseException as e:
-            client.cancel(list(futures))
-            if isinstance(e, BatchnlpError) or not isinstance(e, Exception):
-                raise
-            raise JobFailed(f"unit {unit.id} ({unit.describe()}) failed: {type(e).__name__}: {e}") from e
+def _check_bad_lines(spec: JobSpec, finished: list[PartResult], final: bool) -> None:
+    """Stop a run whose bad input lines exceed ``--max-bad-lines``: before the commit, or as soon as a
+    count limit is passed (a fraction needs every line counted)."""
+    limit = spec.max_bad_lines
+    bad = sum(r.bad_lines for r in finished)
+    if limit is None or not bad:
+        return
+    lines = bad + sum(r.rows_in for r in finished)
+    if isinstance(limit, float):
+        if not final or bad <= limit * lines:
+            return
+        allowed = f"{limit * 100:g}% of {lines} lines"
+    elif bad <= limit:
+        return
+    else:
+        allowed = str(limit)
+    first = next(example for r in finished for example in r.bad_line_examples)
+    raise TooManyBadLines(
+        f"{bad} input lines were not JSON objects{'' if final else ' so far'}, more than --max-bad-lines allows "
+        f"({allowed}); nothing was committed. First: {first['source']}:{first['line']} ({first['reason']}). Fix "
+        "the input, or raise --max-bad-lines and rerun with --resume: the finished parts are kept"
+    )
 
 
 def _manifest(

@@ -82,6 +82,12 @@ class JobSpec:
     catalog: str = DEFAULT_CATALOG  # Iceberg: the pyiceberg catalog holding INPUT/OUTPUT tables
     catalog_options: Mapping[str, str] = field(default_factory=dict)  # its properties, over its configuration
     table_version: int | None = None  # Delta/Iceberg input: read this version / snapshot id, not the latest
+    # Bad input lines (--on-bad-lines skip|quarantine) a run may have and still commit: a count, or a
+    # fraction (0 < f < 1) of the input's lines. None: any number.
+    max_bad_lines: int | float | None = None
+    grace_seconds: float = 20.0  # after SIGTERM, running units get this long to finish (batchnlp.shutdown)
+    unit_timeout: float | None = None  # a unit silent this long is rerun elsewhere; None: derived (batchnlp.collect)
+    lock_owner: str | None = None  # the job this run belongs to, when no scheduler variable says (batchnlp.lock)
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> JobSpec:
@@ -123,6 +129,16 @@ class JobSpec:
                 problems.append(f"run_id must be 1-128 of letters, digits and . _ : -, got {s['run_id']!r}")
         if "partition_by" in s:
             values["partition_by"] = _partition_by(s["partition_by"], tasks, problems)
+        if "max_bad_lines" in s:
+            values["max_bad_lines"] = _bad_line_limit(s["max_bad_lines"], problems)
+        for name in ("grace_seconds", "unit_timeout"):
+            if name in s:
+                values[name] = _seconds(name, s[name], problems)
+        if "lock_owner" in s:
+            if isinstance(s["lock_owner"], str) and RUN_ID.fullmatch(s["lock_owner"]):
+                values["lock_owner"] = s["lock_owner"]
+            else:
+                problems.append(f"lock_owner must be 1-128 of letters, digits and . _ : -, got {s['lock_owner']!r}")
         if "break_lock" in s:
             if isinstance(s["break_lock"], bool):
                 values["break_lock"] = s["break_lock"]
@@ -168,8 +184,11 @@ class JobSpec:
     def fingerprint(self) -> str:
         """A hash of what the output depends on, so ``--resume`` can refuse a changed job."""
         relevant = dataclasses.asdict(self)
-        for volatile in ("scheduler", "workers", "storage_options", "mode", "break_lock", "run_id", "catalog_options"):
-            relevant.pop(volatile)
+        volatile = ("scheduler", "workers", "storage_options", "mode", "break_lock", "run_id", "catalog_options")
+        # How a run is supervised changes no output byte: a retry may change these and still resume.
+        supervision = ("max_bad_lines", "grace_seconds", "unit_timeout", "lock_owner")
+        for name in (*volatile, *supervision):
+            relevant.pop(name)
         # Added later: runs that do not use them keep the fingerprints they had.
         for later, unset in (("partition_by", ()), ("catalog", DEFAULT_CATALOG), ("table_version", None)):
             if relevant[later] == unset:
@@ -383,6 +402,35 @@ def _compression(fmt: str, value: Any, problems: list[str]) -> str | None:
             f"jsonl takes {allowed['jsonl']}, arrow is written uncompressed (none) so readers can memory-map it"
         )
     return value
+
+
+def _bad_line_limit(value: Any, problems: list[str]) -> int | float | None:
+    """A count of lines (``100``), a fraction of the input's lines (``0.01``) or a percentage (``"1%"``).
+
+    A count is an int and a fraction a float, which is how the runner tells them apart.
+    """
+    text = value.strip() if isinstance(value, str) else None
+    try:
+        if text is not None and text.endswith("%") and 0 <= float(text[:-1]) <= 100:
+            return float(text[:-1]) / 100
+        number = float(text) if text is not None else value
+    except ValueError:
+        number = None
+    is_number = isinstance(number, int | float) and not isinstance(number, bool) and number >= 0
+    if is_number and (number < 1 or float(number).is_integer()):
+        return number if isinstance(number, float) and number < 1 else int(number)
+    problems.append(
+        "max_bad_lines must be a number of lines (100), a fraction of the input's lines below 1 (0.01) "
+        f"or a percentage (1%), got {value!r}"
+    )
+    return None
+
+
+def _seconds(name: str, value: Any, problems: list[str]) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        problems.append(f"{name} must be a positive number of seconds, got {value!r}")
+        return 0.0
+    return float(value)
 
 
 def _choice(name: str, value: Any, kind: Any, problems: list[str]) -> Any:

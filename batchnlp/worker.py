@@ -28,6 +28,7 @@ from batchnlp.errors import BatchnlpError, JobFailed
 from batchnlp.formats import BadLine, ReadOptions, WorkUnit, read_unit
 from batchnlp.formats.hive import directory
 from batchnlp.formats.writers import PARQUET_ZSTD, OutputFormat
+from batchnlp.heartbeat import beat, tracking
 from batchnlp.redaction import redact_url
 from batchnlp.spec import TaskSpec
 from batchnlp.stats import column_stats
@@ -124,9 +125,12 @@ class Refused:
 
 
 def guarded(function: Any, *args: Any) -> Any:
-    """Run a Dask task's ``function``; a BatchnlpError comes back as a :class:`Refused` value."""
+    """Run a Dask task's ``function``, beating for it; a BatchnlpError comes back as a :class:`Refused` value."""
+    from distributed import get_worker
+
     try:
-        return function(*args)
+        with tracking(str(get_worker().get_current_task())):
+            return function(*args)
     except BatchnlpError as e:
         return Refused(type(e), str(e))
 
@@ -151,6 +155,7 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
     text_errors = [error or value_problem(text, "text") for error, text in zip(read.errors, texts, strict=True)]
     errors = list(text_errors)
     seconds["read"] = time.perf_counter() - clock
+    beat()
 
     totals = BatchStats()
     task_stats: dict[str, dict[str, Any]] = {}

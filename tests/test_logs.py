@@ -87,8 +87,8 @@ def test_reporter_events_carry_unit_and_counts(json_logging, capsys):
     assert done["rejected_by_reason"] == {"text is null": 2} and done["rows_per_second"] == 50.0
 
 
-def test_a_real_run_logs_json_events_and_exits_3_when_bad_lines_were_skipped(tmp_path, tiny_model):
-    """One end-to-end run: JSON on stderr only, a unit_done per unit, job_done, and exit code 3."""
+def test_a_real_run_logs_json_events_and_cloudwatch_metrics_and_exits_0_with_skipped_lines(tmp_path, tiny_model):
+    """One end-to-end run: JSON on stderr only, a unit_done per unit, job_done, an EMF line last, and exit 0."""
     source = write_jsonl(tmp_path / "in.jsonl", [{"id": i, "text": f"review number {i}"} for i in range(40)])
     with source.open("a") as f:
         f.write(f'{{"id": 99, "text": "broken\n{{"secret_access_key": "{SECRET}"\n')
@@ -97,9 +97,16 @@ def test_a_real_run_logs_json_events_and_exits_3_when_bad_lines_were_skipped(tmp
         ["run", str(source), str(tmp_path / "out"), "--model", f"sentiment={tiny_model}", "--workers", "1",
          "--rows-per-partition", "20", "--on-bad-lines", "skip", "--log-format", "json"],
     )  # fmt: skip
-    assert result.exit_code == 3, result.output
-    assert "exit code 3 (partial)" in result.stdout
+    assert result.exit_code == 0, result.output
+    assert "2 input lines that were not JSON objects skipped" in result.stdout
     events = json_lines(result.stderr)
+    metrics = events[-1]  # CloudWatch Embedded Metric Format: namespace, dimension and metric names under _aws
+    definition = metrics["_aws"]["CloudWatchMetrics"][0]
+    assert definition["Namespace"] == "batchnlp" and definition["Dimensions"] == [["Job"]]
+    names = {"Committed", "Rows", "Tokens", "BadLines", "Rejected", "Seconds"}
+    assert {m["Name"] for m in definition["Metrics"]} == names
+    assert metrics["Job"] == "batchnlp" and metrics["exit_code"] == 0
+    assert (metrics["Committed"], metrics["Rows"], metrics["BadLines"]) == (1, 40, 2) and metrics["Tokens"] > 0
     by_event: dict[str, list[dict]] = {}
     for event in events:
         by_event.setdefault(event["event"], []).append(event)

@@ -94,3 +94,24 @@ def test_precision_that_cannot_run_on_the_device_is_refused_up_front():
         JobSpec.from_settings({"input": "a", "output": "b", "device": "cpu", "precision": "fp16"})
     with pytest.raises(SpecError, match=r"int8 .* runs on CPU only"):
         JobSpec.from_settings({"input": "a", "output": "b", "device": "cuda", "precision": "int8"})
+
+
+@pytest.mark.parametrize(
+    ("given", "limit"),
+    [(100, 100), ("100", 100), ("0.01", 0.01), ("1%", 0.01), ("100%", 1.0), (0, 0), ("0%", 0.0), (1.0, 1)],
+)
+def test_max_bad_lines_is_a_count_or_a_fraction(given, limit):
+    spec = JobSpec.from_settings({"input": "in/", "output": "out/", "max_bad_lines": given})
+    assert spec.max_bad_lines == limit and type(spec.max_bad_lines) is type(limit)
+
+
+@pytest.mark.parametrize("given", [2.5, -1, "x", True, "150%"])
+def test_max_bad_lines_refuses_what_is_neither(given):
+    with pytest.raises(SpecError, match="max_bad_lines must be a number of lines"):
+        JobSpec.from_settings({"input": "in/", "output": "out/", "max_bad_lines": given})
+
+
+def test_supervision_settings_do_not_change_what_a_resume_compares():
+    base = {"input": "in/", "output": "out/"}
+    supervised = {**base, "max_bad_lines": 5, "grace_seconds": 90, "unit_timeout": 1800, "lock_owner": "airflow:x"}
+    assert JobSpec.from_settings(base).fingerprint() == JobSpec.from_settings(supervised).fingerprint()
