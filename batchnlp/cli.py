@@ -322,6 +322,7 @@ def run(
             from batchnlp.aws_batch import multinode_job, node_role, serve_child
             from batchnlp.runner import run as run_job
             from batchnlp.spec import JobSpec, load_spec_file
+            from batchnlp.spot import watching
             from batchnlp.templating import render
 
             settings = load_spec_file(spec_file) if spec_file else {}
@@ -334,7 +335,7 @@ def run(
                 serve_child(role, spec.device, spec.workers)
                 outcome["child_node"] = True  # the main node reports the job's metrics
                 return
-            with multinode_job(spec, role) as spec:  # main node: the job's own scheduler, every node joined
+            with multinode_job(spec, role) as spec, watching(stop):  # main node: own scheduler, every node joined
                 summary = run_job(spec, on_part=reporter.on_part, on_start=reporter.start, stop=stop)
             reporter.finish(summary)
         outcome["summary"] = summary

@@ -131,7 +131,7 @@ def results(
 
     pending = as_completed(futures)
     units = {future.key: unit for future, unit in futures.items()}
-    drain_until: float | None = None
+    draining = False
     try:
         while not pending.is_empty():
             ready = pending.next_batch(block=False) if pending.has_ready() else []
@@ -152,10 +152,10 @@ def results(
                     watch.finished(result.busy_seconds)
                 yield unit, result
             if stop is not None and stop.requested.is_set():
-                if drain_until is None:
-                    drain_until = time.monotonic() + stop.grace_seconds
+                if not draining:
+                    draining = True
                     _cancel_unstarted(client, futures)
-                elif time.monotonic() >= drain_until:
+                elif time.monotonic() >= stop.deadline:
                     running = [future for future in futures if not future.done()]
                     client.cancel(running)
                     stop.stop(f"{len(running)} unit{'s' * (len(running) != 1)} still running after the grace period")
@@ -169,8 +169,9 @@ def results(
         left = [future for future in futures if not future.done()]
         if left:
             client.cancel(left)
-    if drain_until is not None and stop is not None:
+    if draining and stop is not None and any(future.cancelled() for future in futures):
         stop.stop("every running unit finished and was recorded")
+    # else every unit finished during the drain: nothing is lost by committing now
 
 
 def _cancel_unstarted(client: Any, futures: dict[Any, WorkUnit]) -> None:

@@ -6,9 +6,10 @@ reclaim two minutes after its notice. Dying at once would leave the lock behind 
 attempt and worker processes without their driver.
 
 While the runner collects finished units it only notes the signal (:attr:`GracefulStop.requested`),
-stops starting units, gives the running ones ``--grace-seconds`` to finish, records them, and
-then raises :class:`~batchnlp.errors.Interrupted`: the cluster is closed and the lock released
-on the way out, and the exit code (143 for SIGTERM) is one the retry rules retry. Outside that
+stops starting units, gives the running ones ``--grace-seconds`` to finish (until
+:attr:`GracefulStop.deadline`), records them, and then raises :class:`~batchnlp.errors.Interrupted`:
+the cluster is closed and the lock released on the way out, and the exit code (143 for
+SIGTERM) is one the retry rules retry. Outside that
 loop (planning, loading models) there is nothing worth waiting for, so the signal raises
 ``Interrupted`` at once, as Python's own SIGINT raises ``KeyboardInterrupt``. A second signal
 always raises at once.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -33,12 +35,20 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class GracefulStop:
-    """Owns SIGTERM/SIGINT for the duration of :meth:`installed`; the runner asks :attr:`requested`."""
+    """Owns SIGTERM/SIGINT for the duration of :meth:`installed`; the runner asks :attr:`requested`.
+
+    A drain can also be requested without a signal (:meth:`request`: the Spot interruption
+    notice, :mod:`batchnlp.spot`); a signal during that drain brings its deadline forward to
+    ``grace_seconds`` from then, a second signal ends it at once.
+    """
 
     def __init__(self, grace_seconds: float = DEFAULT_GRACE_SECONDS) -> None:
         self.grace_seconds = grace_seconds
         self.requested = threading.Event()
-        self.signal_number = 0
+        self.deadline = float("inf")  # time.monotonic() by which running units must have finished
+        self.reason = ""
+        self.signal_number = signal.SIGTERM.value  # the exit code's signal when a notice, not a signal, stopped it
+        self._signals = 0
         self._draining = False
 
     @contextmanager
@@ -56,7 +66,7 @@ class GracefulStop:
 
     @contextmanager
     def draining(self) -> Iterator[None]:
-        """In this block a first signal only sets :attr:`requested`; the block drains and then calls :meth:`stop`."""
+        """In this block a first signal only starts a drain; the block drains and then calls :meth:`stop`."""
         self._draining = True
         try:
             if self.requested.is_set():  # arrived just before: nothing has started yet
@@ -65,26 +75,32 @@ class GracefulStop:
         finally:
             self._draining = False
 
+    def request(self, reason: str, grace_seconds: float) -> None:
+        """Start a drain (any thread): no new units, running ones have ``grace_seconds`` at most."""
+        self.deadline = min(self.deadline, time.monotonic() + grace_seconds)
+        self.reason = self.reason or reason
+        logger.warning(
+            "%s: no new units start; running units get %.0f s to finish",
+            reason,
+            self.deadline - time.monotonic(),
+            extra={"event": "stopping", "reason": reason, "grace_seconds": round(grace_seconds, 1)},
+        )
+        self.requested.set()
+
     def stop(self, what: str) -> None:
         """End the run after a drain: ``what`` says what the drain kept."""
-        name = signal.Signals(self.signal_number).name
         raise Interrupted(
-            f"stopped by {name}: {what}; the lock is released and a rerun with --resume (the next attempt "
-            "of a scheduled job) keeps every finished part",
+            f"run stopped, {self.reason}: {what}; the lock is released and a rerun with --resume (the next "
+            "attempt of a scheduled job) keeps every finished part",
             self.signal_number,
         )
 
     def _handle(self, number: int, frame: FrameType | None) -> None:
-        first = not self.requested.is_set()
+        self._signals += 1
         self.signal_number = number
-        self.requested.set()
         name = signal.Signals(number).name
-        if first and self._draining:
-            logger.warning(
-                "%s received: no new units start; running units get %.0f s to finish (--grace-seconds)",
-                name,
-                self.grace_seconds,
-                extra={"event": "stopping", "signal": name, "grace_seconds": self.grace_seconds},
-            )
+        if self._signals == 1 and self._draining:
+            self.request(f"{name} received", self.grace_seconds)
             return
-        self.stop("a second signal" if not first else "before any unit ran")
+        self.reason = f"{name} received"
+        self.stop("a second signal" if self._signals > 1 else "before any unit ran")

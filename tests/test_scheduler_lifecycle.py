@@ -24,9 +24,9 @@ ROWS = 2400
 
 
 @pytest.fixture
-def slow_job(tmp_path, tiny_model):
+def slow_job(tmp_path, tiny_model, request):
     """Arguments of a run slow enough to interrupt: 24 units of 100 rows, one row per model batch."""
-    rows = [{"id": i, "text": f"review number {i} of the night"} for i in range(ROWS)]
+    rows = [{"id": i, "text": f"review number {i} of the night"} for i in range(getattr(request, "param", ROWS))]
     source = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out"
     args = [str(source), str(out), "--model", f"sentiment={tiny_model}", "--rows-per-partition", "100"]
@@ -107,7 +107,7 @@ def test_sigterm_drains_releases_the_lock_stops_every_worker_and_a_rerun_keeps_t
     stopped_after = time.monotonic() - sent
     assert run.returncode == 143, output
     assert stopped_after < 30, f"ECS would have killed it: {stopped_after:.1f} s"
-    assert "SIGTERM received: no new units start" in output and "stopped by SIGTERM" in output
+    assert "SIGTERM received: no new units start" in output and "run stopped, SIGTERM received" in output
     assert "Traceback" not in output
     assert not (out / LOCK).exists(), "the lock goes with the run"
     assert not (out / "_SUCCESS").exists()
@@ -121,6 +121,64 @@ def test_sigterm_drains_releases_the_lock_stops_every_worker_and_a_rerun_keeps_t
     assert ids(out) == list(range(ROWS))
 
 
+class FakeInstanceMetadata:
+    """EC2's instance metadata on loopback: IMDSv2 tokens, and a Spot notice once :meth:`announce` is called."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.notice: bytes | None = None
+        metadata = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_PUT(self) -> None:
+                token = self.path == "/latest/api/token"
+                self._answer(200 if token else 404, b"token-123" if token else b"")
+
+            def do_GET(self) -> None:
+                if self.headers.get("X-aws-ec2-metadata-token") != "token-123":
+                    self._answer(401, b"")
+                elif self.path == "/latest/meta-data/spot/instance-action" and metadata.notice:
+                    self._answer(200, metadata.notice)
+                else:
+                    self._answer(404, b"")
+
+            def _answer(self, status: int, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def announce(self, seconds: float) -> None:
+        from datetime import datetime, timedelta, timezone
+
+        when = datetime.now(timezone.utc) + timedelta(seconds=seconds)
+        self.notice = json.dumps({"action": "terminate", "time": when.strftime("%Y-%m-%dT%H:%M:%SZ")}).encode()
+
+
+@pytest.mark.parametrize("slow_job", [12000], indirect=True)  # the notice is polled every 5 s
+def test_a_spot_interruption_notice_drains_before_the_sigterm(slow_job):
+    metadata = FakeInstanceMetadata()
+    out, args = slow_job
+    env = {**batch_env(1), "AWS_EC2_METADATA_SERVICE_ENDPOINT": metadata.endpoint}
+    run = start([*args, "--resume"], env)
+    wait_for_parts(out, run, 2)
+    metadata.announce(120)
+    output, _ = run.communicate(timeout=120)
+    metadata.server.shutdown()
+    assert run.returncode == 143, output
+    assert "Spot interruption notice received (terminate at" in output
+    assert "every running unit finished and was recorded" in output
+    assert not (out / LOCK).exists() and not (out / "_SUCCESS").exists()
+
+
 def test_sigterm_before_any_unit_runs_exits_143_without_a_lock(tmp_path, tiny_model):
     source = write_jsonl(tmp_path / "in.jsonl", [{"id": i, "text": f"row {i}"} for i in range(20)])
     out = tmp_path / "out"
@@ -132,7 +190,7 @@ def test_sigterm_before_any_unit_runs_exits_143_without_a_lock(tmp_path, tiny_mo
     run.send_signal(signal.SIGTERM)
     output, _ = run.communicate(timeout=60)
     assert run.returncode == 143, output
-    assert "stopped by SIGTERM" in output and "Traceback" not in output
+    assert "run stopped, SIGTERM received" in output and "Traceback" not in output
     assert not (out / LOCK).exists()
     metrics = json.loads(output.strip().splitlines()[-1])  # the night-not-committed alarm's data point
     assert (metrics["Committed"], metrics["exit_code"]) == (0, 143)
