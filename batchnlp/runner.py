@@ -135,10 +135,10 @@ def run(
         _check_columns(spec, job_plan.schema, sink)
     model_versions = {task.name: check_ref(task.model, spec.storage_options) for task in spec.tasks}
     check_output(output)
-    # A retried submission of a committed run (--resume, or the same --run-id) has nothing to do.
-    if sink is None and spec.mode != "overwrite" and (spec.mode == "resume" or spec.run_id) and committer.finished():
+    # A retried submission of a committed run has nothing to do.
+    if sink is None and spec.mode != "overwrite" and committer.finished():
         manifest = committer.read_manifest()
-        if spec.mode == "resume" or manifest["run_id"] == spec.run_id:
+        if _reruns(manifest, committer.previous_job(), spec, job_plan, model_versions):
             return RunSummary(
                 output.display(), manifest["run_id"], manifest["totals"], 0.0, 0, len(job_plan.units), True, manifest
             )
@@ -165,6 +165,27 @@ def run(
             summary.table = sink.publish(run_id, output, summary.manifest, schema, spec.partition_by).describe()
             summary.wall_seconds = time.perf_counter() - started
         return summary
+
+
+def _reruns(
+    manifest: dict[str, Any],
+    committed_job: dict[str, Any] | None,
+    spec: JobSpec,
+    job_plan: Plan,
+    model_versions: dict[str, Any],
+) -> bool:
+    """This run is the committed one again: asked to resume, named by its run id, or (no id given) the
+    same spec over the same input files with the same models, such as a scheduler's retry of a job whose
+    process died after its commit. Units are not compared: their automatic size depends on the machine."""
+    if spec.mode == "resume" or spec.run_id:
+        return spec.mode == "resume" or manifest["run_id"] == spec.run_id
+    listing = [{"path": job_plan.source.display(f.path), "size": f.size, "etag": f.etag} for f in job_plan.files]
+    return (
+        committed_job is not None
+        and committed_job.get("spec_fingerprint") == spec.fingerprint()
+        and committed_job.get("model_versions") == model_versions
+        and manifest.get("input", {}).get("files") == listing
+    )
 
 
 def _run_id(spec: JobSpec, sink: TableSink | None) -> str:

@@ -294,3 +294,18 @@ def test_a_hung_unit_is_detected_and_rerun_on_a_restarted_worker(tmp_path, s3, b
     assert stalled and "in-1.parquet" in stalled[0]["message"], result.output
     assert s3_proxy.faults("delay") == 1
     assert ids(out) == list(range(300))
+
+
+def test_rerunning_a_committed_job_exits_0_and_a_changed_one_is_refused(job, tmp_path):
+    """A retry of a job whose process died after its commit (no --resume, no --run-id) must not fail the night."""
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": i, "text": f"row {i}"} for i in range(50)])
+    out = tmp_path / "out"
+    assert job(source, out).exit_code == 0
+    committed = (out / "_SUCCESS").read_bytes()
+    again = job(source, out)
+    assert again.exit_code == 0 and "is already complete" in again.output, again.output
+    assert (out / "_SUCCESS").read_bytes() == committed
+    with source.open("a") as f:
+        f.write('{"id": 50, "text": "a late row"}\n')
+    changed = job(source, out)
+    assert changed.exit_code == 2 and "already holds a finished run" in changed.output
