@@ -38,7 +38,8 @@ ASK_TIMEOUT = 10.0  # a worker too wedged to answer its heartbeat query within t
 # for its whole budget and a first CUDA kernel compile, and real hangs are hours.
 UNIT_TIMEOUT_FLOOR = 600.0
 STALL_FACTOR = 5.0
-NO_PROGRESS_EVENT_SECONDS = 300.0  # a no_progress event after this long without a finished unit or a beat
+# A no_progress event after this long (or the unit timeout, if shorter) without a finished unit or a beat.
+NO_PROGRESS_EVENT_SECONDS = 300.0
 
 
 class StallWatch:
@@ -96,15 +97,16 @@ class StallWatch:
                 logger.warning("could not restart worker %s: %s", worker, e)
 
     def _report_quiet(self, now: float) -> None:
-        quiet = now - self.last_progress
-        if quiet >= NO_PROGRESS_EVENT_SECONDS and quiet - self.quiet_reported >= NO_PROGRESS_EVENT_SECONDS:
+        """A ``no_progress`` event each time the whole job has been still for another period."""
+        quiet, period = now - self.last_progress, min(NO_PROGRESS_EVENT_SECONDS, self.timeout)
+        if quiet >= period and quiet - self.quiet_reported >= period:
             self.quiet_reported = quiet
             logger.warning(
-                "no progress for %.0f minutes: no unit finished and no running unit made progress",
+                "no progress for %.1f minutes: no unit finished and no running unit made progress",
                 quiet / 60,
                 extra={"event": "no_progress", "minutes": round(quiet / 60, 1)},
             )
-        elif quiet < NO_PROGRESS_EVENT_SECONDS:
+        elif quiet < period:
             self.quiet_reported = 0.0
 
 

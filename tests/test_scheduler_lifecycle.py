@@ -292,6 +292,7 @@ def test_a_hung_unit_is_detected_and_rerun_on_a_restarted_worker(tmp_path, s3, b
     events = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
     stalled = [e for e in events if e.get("event") == "unit_stalled"]
     assert stalled and "in-1.parquet" in stalled[0]["message"], result.output
+    assert any(e.get("event") == "no_progress" for e in events), "the whole job stood still meanwhile"
     assert s3_proxy.faults("delay") == 1
     assert ids(out) == list(range(300))
 
