@@ -94,7 +94,8 @@ def main() -> None:
     multiple=True,
     type=KeyValue("TASK"),
     metavar="TASK=REF",
-    help="Model for a task: Hub id[@revision], local directory or s3:// prefix. Example: --model classify=s3://models/topics/",
+    help="Model for a task: Hub id[@revision], local directory or s3:// prefix, optionally pinned @sha256:DIGEST "
+    "(batchnlp models digest). Example: --model classify=s3://models/topics/",
 )
 @click.option(
     "--top-k",
@@ -496,6 +497,28 @@ def models_pull(ref: str, dest: str, overwrite: bool, storage_option: Any) -> No
         provenance = pull(ref, dest, dict(storage_option), overwrite)
     revision = f" at revision {provenance['revision']}" if provenance["revision"] else ""
     click.echo(f"copied {ref}{revision} to {redact_url(dest)}: {', '.join(provenance['files'])}")
+    click.echo(f"digest {provenance['digest']}; pin it in a job spec as {redact_url(dest)}@{provenance['digest']}")
+
+
+@models.command("digest")
+@click.argument("ref")
+@click.option("--storage-option", multiple=True, type=KeyValue(), metavar="KEY=VALUE", help="fsspec option for REF.")
+def models_digest(ref: str, storage_option: Any) -> None:
+    """Print REF pinned to its content, for a job spec: REF@sha256:<digest>.
+
+    The digest covers the files a job loads (config, tokenizer, *.safetensors) and is the same
+    for a directory and its copy in S3. An s3:// prefix is downloaded to hash it, once per
+    machine (into the model cache jobs use). A Hub id prints as ID@COMMIT: Hub refs pin by commit.
+
+    \b
+    Examples:
+      batchnlp models digest s3://acme-models/models/distilbert-sst2/
+      batchnlp models digest ./checkpoints/sst2
+    """
+    with _user_errors(False):
+        from batchnlp.models import pinned
+
+        click.echo(pinned(ref, dict(storage_option)))
 
 
 @models.command("ls")

@@ -3,8 +3,9 @@
 Jobs in private subnets cannot reach the Hugging Face Hub. ``pull`` copies a checkpoint's safe
 files (config, tokenizer, ``*.safetensors``) from the Hub (where a network is available) or a
 local directory to a prefix such as ``s3://bucket/models/sst2/``, and writes
-``batchnlp-model.json`` last, naming the source, its revision and each file's sha256. Jobs then
-load the model from that prefix; the manifest records its version.
+``batchnlp-model.json`` last, naming the source, its revision, each file's sha256 and the
+checkpoint's digest (:func:`batchnlp.models.content_digest`), which ``pull`` prints as the ref
+to pin in a job spec. Jobs then load the model from that prefix; the manifest records its version.
 """
 
 from __future__ import annotations
@@ -12,41 +13,53 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from fnmatch import fnmatch
 from typing import Any
 
 from batchnlp.errors import ModelError, OutputError
-from batchnlp.models import STAGED_PATTERNS, check_ref, file_sha256, parse_ref, stage
+from batchnlp.models import PROVENANCE, check_ref, content_checksums, content_digest, is_content, parse_ref, stage
 from batchnlp.storage import Location, storage_errors
-
-PROVENANCE = "batchnlp-model.json"
 
 
 def pull(ref: str, dest: str, storage_options: Mapping[str, Any], overwrite: bool = False) -> dict[str, Any]:
-    """Copy the checkpoint ``ref`` (Hub id[@revision] or local directory) to ``dest``; returns its provenance."""
+    """Copy the checkpoint ``ref`` (Hub id[@revision] or local directory) to ``dest``; returns its provenance.
+
+    The provenance's ``digest`` is the copy's: ``DEST@<digest>`` pins it. With ``overwrite``, the
+    config, tokenizer and weight files of the model that was there and are not in this one (say
+    the shards of a sharded checkpoint) are deleted, so the prefix holds exactly this checkpoint.
+    """
     parsed = parse_ref(ref)
     if parsed.kind == "remote":
         raise ModelError(f"{ref!r} is already in object storage; pull copies from the Hub or a local directory")
-    directory = stage(ref, storage_options)  # safetensors only, checked; the Hub's snapshot is named by commit
+    directory = stage(ref, storage_options)  # safetensors only, checked (a pin too); a Hub snapshot is named by commit
     revision = directory.name if parsed.kind == "hub" else None
-    files = sorted(p for p in directory.iterdir() if any(fnmatch(p.name, pattern) for pattern in STAGED_PATTERNS))
+    checksums = content_checksums(directory)
     location = Location(dest, storage_options)
     fs, root = location.split()
     with storage_errors("list", location.display(), OutputError, what="model destination"):
-        existing = fs.exists(root) and fs.ls(root)
+        existing = fs.exists(root) and fs.ls(root, detail=True, refresh=True)
     if existing and not overwrite:
         raise OutputError(f"{location.display()} already holds files; pass --overwrite to replace the model there")
     provenance = {
         "source": ref,
         "revision": revision,
-        "files": {path.name: file_sha256(path) for path in files if path.name != PROVENANCE},
+        "files": checksums,
+        "digest": content_digest(checksums),
         "pulled_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    for path in files:
-        if path.name != PROVENANCE:
-            target = location.child(path.name)
-            with storage_errors("write", fs.unstrip_protocol(target), OutputError):
-                fs.put_file(str(path), target)
+    for name in checksums:
+        target = location.child(name)
+        with storage_errors("write", fs.unstrip_protocol(target), OutputError):
+            fs.put_file(str(directory / name), target)
+    stale = [
+        entry["name"]
+        for entry in existing or []
+        if entry.get("type") == "file"
+        and is_content(name := entry["name"].rsplit("/", 1)[-1])
+        and name not in checksums
+    ]
+    for path in stale:
+        with storage_errors("delete", fs.unstrip_protocol(path), OutputError):
+            fs.rm_file(path)
     with storage_errors("write", location.display(), OutputError):
         fs.pipe_file(location.child(PROVENANCE), json.dumps(provenance, indent=2).encode())
     check_ref(dest, storage_options)  # what a job will see: config, tokenizer and weights in place
@@ -78,6 +91,7 @@ def list_models(url: str, storage_options: Mapping[str, Any]) -> list[dict[str, 
                     "source": provenance.get("source"),
                     "revision": provenance.get("revision"),
                     "pulled_at": provenance.get("pulled_at"),
+                    "digest": provenance.get("digest"),
                 }
             )
     return models

@@ -4,24 +4,36 @@ A ref is a local directory, any fsspec URL (``s3://bucket/models/x/``), or a Hub
 optional ``@revision``. Remote checkpoints are staged once per machine into a cache keyed by
 the remote listing (so a changed model is fetched again); only ``*.safetensors`` weights are
 ever loaded, and remote code never runs.
+
+A directory or URL may be pinned to its content, ``REF@sha256:<64 hex>`` as container images
+are. The digest (:func:`content_digest`) is sha256 over ``sha256sum``-style lines, one per file
+directly under the checkpoint whose name matches :data:`STAGED_PATTERNS` (all but
+``batchnlp-model.json``), sorted by name: the same for a directory and its copy in S3. A pinned
+ref is checked where it is staged, on the driver and again on every worker, so weights replaced
+between two nights, or between the driver's check and a worker's download, stop the run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
 
-from batchnlp.errors import ModelError
+from batchnlp.errors import JobFailed, ModelError
 
 WEIGHT_PATTERNS = ("*.safetensors",)
 STAGED_PATTERNS = ("*.json", "*.txt", "*.model", "*.safetensors")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+PROVENANCE = "batchnlp-model.json"  # written by `batchnlp models pull`; outside the digest (it holds a time)
+PIN = "@sha256:"
+STAGE_ATTEMPTS = 3  # downloads of a remote model that kept changing while it was copied
 
 
 @dataclass(frozen=True)
@@ -32,35 +44,61 @@ class ModelRef:
     kind: Literal["local", "remote", "hub"]
     location: str
     revision: str | None = None
+    digest: str | None = None  # "sha256:<64 hex>" when the ref pins its content
+
+    @property
+    def name(self) -> str:
+        """The ref without its pin: where the model is."""
+        return self.raw[: self.raw.lower().find(PIN)] if self.digest else self.raw
 
 
 def parse_ref(ref: str) -> ModelRef:
-    if "://" in ref:
-        if ref.startswith("file://"):
-            return ModelRef(ref, "local", ref.removeprefix("file://"))
-        return ModelRef(ref, "remote", ref)
-    path = Path(ref).expanduser()
-    if path.exists() or ref.startswith(("/", ".", "~")):
-        return ModelRef(ref, "local", str(path))
+    base, digest = _split_pin(ref)
+    if "://" in base:
+        if base.startswith("file://"):
+            return ModelRef(ref, "local", base.removeprefix("file://"), digest=digest)
+        return ModelRef(ref, "remote", base, digest=digest)
+    path = Path(base).expanduser()
+    if path.exists() or base.startswith(("/", ".", "~")):
+        return ModelRef(ref, "local", str(path), digest=digest)
+    if digest:
+        raise ModelError(
+            f"model {ref!r} pins a digest, but {base!r} is neither a directory here nor a URL, so it would be a "
+            "Hugging Face Hub id, and Hub refs pin by commit: write ID@COMMIT (batchnlp models digest ID prints it)"
+        )
     repo, _, revision = ref.partition("@")
     return ModelRef(ref, "hub", repo, revision or None)
+
+
+def _split_pin(ref: str) -> tuple[str, str | None]:
+    """(ref without its pin, "sha256:<hex>" or None). Hub revisions are git refs, which never hold ':'."""
+    at = ref.lower().find(PIN)
+    if at < 0:
+        return ref, None
+    base, pin = ref[:at], ref[at + len(PIN) :]
+    if not base or not re.fullmatch(r"[0-9a-fA-F]{64}", pin):
+        raise ModelError(
+            f"model {ref!r} has a malformed digest pin {ref[at + 1 :]!r}: a pin ends the ref with @sha256: and "
+            "64 hex digits, as `batchnlp models digest REF` prints it"
+        )
+    return base, "sha256:" + pin.lower()
 
 
 def check_ref(ref: str, storage_options: Mapping[str, Any]) -> str:
     """Driver-side pre-flight: the model exists and has safetensors weights, before any work.
 
     Returns the model's version, so ``--resume`` can refuse a model that changed under the same
-    ref: a Hub commit hash, the ETags of a remote prefix's files, or the content hash of a local
-    directory's config and weights (content, not mtimes: a copied checkpoint is the same model).
+    ref: a Hub commit hash, the ETags of a remote prefix's files, or the content digest of a
+    local directory (content, not mtimes: a copied checkpoint is the same model). A pinned ref's
+    version is its pin, checked against the files: an ``s3://`` one is staged into this
+    machine's cache to hash it, where workers on this machine then find it.
     """
     parsed = parse_ref(ref)
+    if parsed.digest:
+        stage_and_hash(ref, storage_options)
+        return parsed.digest
     if parsed.kind == "local":
-        path = Path(parsed.location)
-        if not path.is_dir():
-            raise ModelError(f"model directory {ref!r} not found")
-        _check_files(ref, [p.name for p in path.iterdir()])
-        contents = {**weight_checksums(path), "config.json": file_sha256(path / "config.json")}
-        return "sha256:" + _digest(contents)
+        return content_digest(content_checksums(_local_dir(parsed)))
     if parsed.kind == "remote":
         listing = _remote_listing(parsed, storage_options)
         _check_files(ref, [name for name, _ in listing])
@@ -71,17 +109,70 @@ def check_ref(ref: str, storage_options: Mapping[str, Any]) -> str:
 
 
 def stage(ref: str, storage_options: Mapping[str, Any], cache_dir: str | None = None) -> Path:
-    """A local directory holding the checkpoint's config, tokenizer and safetensors weights."""
+    """A local directory holding the checkpoint's config, tokenizer and safetensors weights.
+
+    A pinned ref's files are hashed and must match its pin.
+    """
     parsed = parse_ref(ref)
+    if parsed.digest:
+        return stage_and_hash(ref, storage_options, cache_dir)[0]
+    return _stage(parsed, storage_options, cache_dir)
+
+
+def stage_and_hash(
+    ref: str, storage_options: Mapping[str, Any], cache_dir: str | None = None
+) -> tuple[Path, dict[str, str]]:
+    """The staged directory and the sha256 of each file its digest covers; a pinned ref's pin verified.
+
+    Workers use it: one pass over the files gives both the weights' checksums for the manifest
+    and the check of the pin.
+    """
+    parsed = parse_ref(ref)
+    directory = _stage(parsed, storage_options, cache_dir)
+    checksums = content_checksums(directory)
+    if parsed.digest:
+        actual = content_digest(checksums)
+        if actual != parsed.digest:
+            raise ModelError(
+                f"model {parsed.name} has digest {actual}, but the spec pins {parsed.digest}: its files changed "
+                "since the pin was taken, and batchnlp does not label with other weights than the pinned ones. "
+                f"Put the pinned checkpoint back at {parsed.name}, or, if the new weights are meant, pin them "
+                f"instead (batchnlp models digest {parsed.name} prints the new ref)"
+            )
+    return directory, checksums
+
+
+def pinned(ref: str, storage_options: Mapping[str, Any]) -> str:
+    """``ref`` pinned to what it holds now: ``DIR_OR_URL@sha256:<hex>``, or ``HUB_ID@COMMIT`` for the Hub.
+
+    A URL's files are staged into this machine's cache (downloaded once) to hash them; a pin
+    already on ``ref`` must match.
+    """
+    from batchnlp.redaction import redact_url
+
+    parsed = parse_ref(ref)
+    if parsed.kind == "hub":
+        names, commit = _hub_files(parsed)
+        _check_files(ref, names)
+        return f"{parsed.location}@{commit}"
+    _, checksums = stage_and_hash(ref, storage_options)
+    return f"{redact_url(parsed.name)}@{content_digest(checksums)}"
+
+
+def _stage(parsed: ModelRef, storage_options: Mapping[str, Any], cache_dir: str | None) -> Path:
     if parsed.kind == "local":
-        path = Path(parsed.location)
-        if not path.is_dir():
-            raise ModelError(f"model directory {ref!r} not found")
-        _check_files(ref, [p.name for p in path.iterdir()])
-        return path
+        return _local_dir(parsed)
     if parsed.kind == "hub":
         return _stage_hub(parsed)
     return _stage_remote(parsed, storage_options, Path(cache_dir or default_cache_dir()))
+
+
+def _local_dir(parsed: ModelRef) -> Path:
+    path = Path(parsed.location)
+    if not path.is_dir():
+        raise ModelError(f"model directory {parsed.raw!r} not found")
+    _check_files(parsed.raw, [p.name for p in path.iterdir()])
+    return path
 
 
 def default_cache_dir() -> str:
@@ -91,6 +182,34 @@ def default_cache_dir() -> str:
 def weight_checksums(directory: Path) -> dict[str, str]:
     """sha256 of every weight file, recorded in the manifest so a run names exactly its model."""
     return {path.name: file_sha256(path) for path in sorted(directory.glob("*.safetensors"))}
+
+
+def weights_of(checksums: Mapping[str, str]) -> dict[str, str]:
+    """The weight files' entries of :func:`content_checksums`: what :func:`weight_checksums` gives."""
+    return {name: checksums[name] for name in sorted(checksums) if name.endswith(".safetensors")}
+
+
+def is_content(name: str) -> bool:
+    """A file the digest covers: one batchnlp stages (config, tokenizer, weights), not the provenance."""
+    return name != PROVENANCE and any(fnmatchcase(name, pattern) for pattern in STAGED_PATTERNS)
+
+
+def content_checksums(directory: Path) -> dict[str, str]:
+    """sha256 of each file directly in ``directory`` that the digest covers, by name."""
+    return {p.name: file_sha256(p) for p in sorted(directory.iterdir()) if p.is_file() and is_content(p.name)}
+
+
+def content_digest(checksums: Mapping[str, str]) -> str:
+    """``sha256:<hex>`` of a checkpoint: sha256 over ``"<file sha256>  <name>\\n"`` lines sorted by name.
+
+    Those are the lines ``sha256sum`` prints, so in a checkpoint directory (or a copy of an S3
+    prefix) this reproduces it::
+
+        ls -A | grep -E '[.](json|txt|model|safetensors)$' | grep -vx batchnlp-model.json \\
+           | LC_ALL=C sort | xargs -d '\\n' sha256sum | sha256sum
+    """
+    lines = "".join(f"{checksums[name]}  {name}\n" for name in sorted(checksums))
+    return "sha256:" + hashlib.sha256(lines.encode()).hexdigest()
 
 
 def file_sha256(path: Path) -> str:
@@ -177,34 +296,45 @@ def _remote_listing(parsed: ModelRef, storage_options: Mapping[str, Any]) -> lis
 
 
 def _stage_remote(parsed: ModelRef, storage_options: Mapping[str, Any], cache: Path) -> Path:
-    """Download once per machine; a concurrent worker either wins the rename or reuses the result."""
-    from fnmatch import fnmatch
+    """Download once per machine; a concurrent worker either wins the rename or reuses the result.
 
+    The prefix is listed again after the download: a model replaced while it was being copied
+    could leave a mix of two checkpoints under the first listing's key, so that copy is dropped
+    and the new one fetched.
+    """
     from batchnlp.storage import Location, storage_errors
 
-    listing = _remote_listing(parsed, storage_options)
-    _check_files(parsed.raw, [name for name, _ in listing])
-    key = _digest((parsed.location, listing))
-    target = cache / key
-    if target.is_dir():
-        return target
     fs, path = Location(parsed.location, storage_options).split()
-    partial = cache / f".{key}.{uuid.uuid4().hex}"
-    partial.mkdir(parents=True)
-    try:
-        for name, _ in listing:
-            if any(fnmatch(name, pattern) for pattern in STAGED_PATTERNS):
-                source = f"{path.rstrip('/')}/{name}"
-                with storage_errors("read", fs.unstrip_protocol(source), ModelError, what="model"):
-                    fs.get_file(source, str(partial / name))
+    listing = _remote_listing(parsed, storage_options)
+    for _ in range(STAGE_ATTEMPTS):
+        _check_files(parsed.raw, [name for name, _ in listing])
+        key = _digest((parsed.location, listing))
+        target = cache / key
+        if target.is_dir():
+            return target
+        partial = cache / f".{key}.{uuid.uuid4().hex}"
+        partial.mkdir(parents=True)
         try:
-            partial.rename(target)
-        except OSError:
-            if not target.is_dir():
-                raise
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    return target
+            for name, _ in listing:
+                if any(fnmatchcase(name, pattern) for pattern in STAGED_PATTERNS):
+                    source = f"{path.rstrip('/')}/{name}"
+                    with storage_errors("read", fs.unstrip_protocol(source), ModelError, what="model"):
+                        fs.get_file(source, str(partial / name))
+            copied, listing = listing, _remote_listing(parsed, storage_options)
+            if listing != copied:
+                continue
+            try:
+                partial.rename(target)
+            except OSError:
+                if not target.is_dir():
+                    raise
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        return target
+    raise JobFailed(
+        f"model {parsed.name} changed {STAGE_ATTEMPTS} times while it was being downloaded; "
+        "run again once its upload has finished"
+    )
 
 
 def _hub_files(parsed: ModelRef) -> tuple[list[str], str]:

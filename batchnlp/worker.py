@@ -71,16 +71,20 @@ class ModelPlugin(WorkerPlugin):
         self.precision = settings.precision
         self.device = settings.device
         self.loaded_at = 0.0
+        self.refused: Refused | None = None
 
     async def setup(self, worker: Any = None) -> None:
         # Loading takes seconds: off the event loop, so the worker keeps answering heartbeats.
-        await asyncio.to_thread(self.load)
+        try:
+            await asyncio.to_thread(self.load)
+        except BatchnlpError as e:  # the user's to fix (say a pinned model replaced in S3): each unit refuses with it
+            self.refused = Refused(type(e), str(e))
 
     def load(self) -> None:
         from transformers.utils import logging as transformers_logging
 
         from batchnlp.engine import Engine
-        from batchnlp.models import stage, weight_checksums
+        from batchnlp.models import stage_and_hash, weights_of
         from batchnlp.tasks import TASKS
 
         transformers_logging.disable_progress_bar()
@@ -92,9 +96,10 @@ class ModelPlugin(WorkerPlugin):
         engine = Engine(s.device, s.precision, s.tokens_per_batch)
         self.device, self.precision = engine.device, engine.precision
         for spec in s.tasks:
-            directory = stage(spec.model, s.storage_options)
+            # A pinned ref is checked here too: a model replaced after the driver's check is caught.
+            directory, checksums = stage_and_hash(spec.model, s.storage_options)
             self.tasks[spec.name] = TASKS[spec.kind].load()(spec, directory, engine, s.max_length)
-            self.checksums[spec.name] = weight_checksums(directory)
+            self.checksums[spec.name] = weights_of(checksums)
         self.loaded_at = time.time()
 
 
@@ -140,6 +145,8 @@ def run_unit(unit: WorkUnit, job: UnitJob) -> PartResult:
     from distributed import get_worker
 
     plugin = get_worker().plugins.get(job.plugin_name)
+    if isinstance(plugin, ModelPlugin) and plugin.refused is not None:
+        raise plugin.refused.error(plugin.refused.message)
     if not isinstance(plugin, ModelPlugin) or len(plugin.tasks) != len(plugin.settings.tasks):
         raise JobFailed(f"models are not loaded on worker {get_worker().address}; see its log for the load error")
     return annotate_unit(unit, job, plugin)

@@ -11,7 +11,7 @@ import sys
 from click.testing import CliRunner
 
 from batchnlp.cli import main
-from batchnlp.models import check_ref, weight_checksums
+from batchnlp.models import check_ref, content_checksums, content_digest, weight_checksums
 
 
 def invoke(*args: str):
@@ -36,10 +36,19 @@ def test_a_local_checkpoint_is_pulled_listed_and_refused_twice(s3, bucket, tiny_
     provenance = json.loads(s3.get_object(Bucket=bucket, Key="models/sst2/batchnlp-model.json")["Body"].read())
     assert provenance["files"]["model.safetensors"] == weight_checksums(tiny_model)["model.safetensors"]
     assert check_ref(dest, {}).startswith("etags:")
+    digest = content_digest(content_checksums(checkpoint))
+    assert provenance["digest"] == digest and f"pin it in a job spec as {dest}@{digest}" in result.output
+    assert check_ref(f"{dest}@{digest}", {}) == digest, "the S3 copy has the directory's digest"
 
     again = invoke("models", "pull", str(checkpoint), dest)
     assert again.exit_code == 2 and "already holds files; pass --overwrite" in again.output
-    assert invoke("models", "pull", str(checkpoint), dest, "--overwrite").exit_code == 0
+    s3.put_object(Bucket=bucket, Key="models/sst2/model-00002-of-00002.safetensors", Body=b"an older model's shard")
+    s3.put_object(Bucket=bucket, Key="models/sst2/README.md", Body=b"not a model file: kept")
+    replaced = invoke("models", "pull", str(checkpoint), dest, "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    assert "model-00002-of-00002.safetensors" not in keys(s3, bucket, "models/sst2/"), "stale model files go"
+    assert "README.md" in keys(s3, bucket, "models/sst2/")
+    assert check_ref(f"{dest}@{digest}", {}) == digest, "the prefix holds exactly the pulled checkpoint"
 
     listing = invoke("models", "ls", f"s3://{bucket}/models/")
     assert listing.exit_code == 0, listing.output
@@ -61,6 +70,7 @@ def test_a_hub_checkpoint_is_pulled_with_its_revision(s3, bucket, tiny_model, tm
     )  # fmt: skip
     assert pulled.returncode == 0, pulled.stderr
     assert f"copied acme/sst2 at revision {commit}" in pulled.stdout
+    assert f"{dest}@{content_digest(content_checksums(tiny_model))}" in pulled.stdout
     provenance = json.loads(s3.get_object(Bucket=bucket, Key="models/acme-sst2/batchnlp-model.json")["Body"].read())
     assert (provenance["source"], provenance["revision"]) == ("acme/sst2", commit)
     listing = invoke("models", "ls", dest)

@@ -1,13 +1,22 @@
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
+from click.testing import CliRunner
 
+import batchnlp.runner
+from batchnlp.cli import main
 from batchnlp.errors import ModelError
-from batchnlp.models import check_ref, parse_ref, stage, weight_checksums
-from tests.conftest import upload_dir
+from batchnlp.models import check_ref, content_checksums, content_digest, parse_ref, stage, weight_checksums
+from tests.conftest import cli_job, upload_dir, write_jsonl
+
+DIGEST = "a" * 64
 
 
 def test_refs_are_parsed_by_shape(tmp_path):
@@ -67,3 +76,118 @@ def test_s3_models_are_staged_once_per_machine(tiny_model, s3, bucket, s3_proxy)
 def test_missing_s3_model_is_named(s3, bucket):
     with pytest.raises(ModelError, match=f"model 's3://{bucket}/models/none/' not found"):
         check_ref(f"s3://{bucket}/models/none/", {})
+
+
+# --- pinned by digest ----------------------------------------------------------------------------
+
+
+def replaced_weights(model, dest):
+    """A copy of ``model`` whose weights differ in their last bytes: a model retrained under the same name."""
+    copy = shutil.copytree(model, dest)
+    weights = copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"    ")
+    return copy
+
+
+def test_a_digest_is_the_same_for_a_directory_and_its_s3_copy(tiny_model, tmp_path, s3, bucket):
+    digest = content_digest(content_checksums(tiny_model))
+    assert check_ref(str(tiny_model), {}) == digest, "a directory's version is the digest to pin"
+    reproduced = subprocess.run(
+        "ls -A | grep -E '[.](json|txt|model|safetensors)$' | grep -vx batchnlp-model.json "
+        "| LC_ALL=C sort | xargs -d '\\n' sha256sum | sha256sum",
+        shell=True, cwd=tiny_model, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert reproduced.stdout.split()[0] == digest.removeprefix("sha256:"), "the documented recipe gives the digest"
+
+    copy = shutil.copytree(tiny_model, tmp_path / "copy")
+    (copy / "batchnlp-model.json").write_text('{"pulled_at": "now"}')  # provenance: outside the digest
+    (copy / "pytorch_model.bin").write_bytes(b"pickle: never loaded, never hashed")
+    url = upload_dir(s3, copy, bucket, "models/sst2")
+    result = CliRunner().invoke(main, ["models", "digest", url])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"{url}@{digest}"
+    assert check_ref(f"{url}@{digest}", {}) == digest, "a pinned ref's version is its pin"
+    assert CliRunner().invoke(main, ["models", "digest", str(copy)]).output.strip() == f"{copy}@{digest}"
+
+
+def test_a_model_replaced_while_it_is_downloaded_is_fetched_again(tiny_model, tmp_path, s3, bucket, s3_proxy):
+    """The weights' GET is answered late; meanwhile other weights are uploaded. The copy is not
+    cached under the first listing (where restoring the old files would find it again)."""
+    url = upload_dir(s3, tiny_model, bucket, "models/racing")
+    replaced = replaced_weights(tiny_model, tmp_path / "new")
+    s3_proxy.clear()
+    s3_proxy.inject("delay", "GET", r"/models/racing/model[.]safetensors", seconds=2.0)
+    with ThreadPoolExecutor(1) as pool:
+        staging = pool.submit(stage, url, {}, str(tmp_path / "cache"))
+        while not s3_proxy.faults("delay") and not staging.done():
+            threading.Event().wait(0.02)
+        upload_dir(s3, replaced, bucket, "models/racing")
+        staged = staging.result(timeout=60)
+    assert weight_checksums(staged) == weight_checksums(replaced)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [staged.name], "only the consistent copy is kept"
+    assert s3_proxy.count("GET", "model.safetensors") == 2
+
+
+@pytest.mark.parametrize(
+    "ref, fragment",
+    [
+        (f"s3://b/m/@sha256:{DIGEST[:63]}", "malformed digest pin 'sha256:a{63}'"),
+        (f"s3://b/m/@sha256:{DIGEST[:63]}g", "malformed digest pin"),
+        (f"s3://b/m/@sha256:{DIGEST}/", "malformed digest pin"),
+        (f"@sha256:{DIGEST}", "malformed digest pin"),
+        (f"acme/sst2@sha256:{DIGEST}", "Hugging Face Hub id, and Hub refs pin by commit: write ID@COMMIT"),
+        (f"acme/sst2@main@sha256:{DIGEST}", "Hub refs pin by commit"),
+    ],
+    ids=["short", "not-hex", "trailing-slash", "no-ref", "hub", "hub-revision"],
+)
+def test_malformed_pins_and_hub_pins_are_refused_naming_the_ref(ref, fragment):
+    with pytest.raises(ModelError, match=fragment) as refused:
+        check_ref(ref, {})
+    assert str(refused.value).startswith(f"model {ref!r} ")
+
+
+def test_pins_leave_hub_revisions_and_at_signs_in_urls_alone():
+    assert parse_ref("acme/sst2@v1.2").revision == "v1.2"
+    assert parse_ref("s3://b/models/team@2025/").location == "s3://b/models/team@2025/"
+    pinned = parse_ref(f"s3://b/m/@SHA256:{DIGEST.upper()}")
+    assert (pinned.kind, pinned.location, pinned.digest, pinned.name) == (
+        "remote", "s3://b/m/", f"sha256:{DIGEST}", "s3://b/m/",
+    )  # fmt: skip
+
+
+def test_a_pinned_model_runs_and_a_replaced_one_stops_the_run(tiny_model, tmp_path, s3, bucket, scheduler, monkeypatch):
+    source = write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in ("great", "awful", "fine")])
+    url = upload_dir(s3, tiny_model, bucket, "models/sst2")
+    pinned, replaced = content_digest(content_checksums(tiny_model)), replaced_weights(tiny_model, tmp_path / "new")
+    new = content_digest(content_checksums(replaced))
+
+    ran = cli_job(f"{url}@{pinned}", scheduler)(source, tmp_path / "night1")
+    assert ran.exit_code == 0, ran.output
+    manifest = json.loads((tmp_path / "night1" / "_manifest.json").read_text())
+    assert manifest["models"]["sentiment"]["version"] == pinned
+    assert manifest["models"]["sentiment"]["ref"] == f"{url}@{pinned}"
+
+    # Between two nights, other weights are uploaded under the same prefix: the driver refuses.
+    upload_dir(s3, replaced, bucket, "models/sst2")
+    refused = cli_job(f"{url}@{pinned}", scheduler)(source, tmp_path / "night2")
+    assert refused.exit_code == 2, refused.output
+    assert f"model {url} has digest {new}, but the spec pins {pinned}" in refused.output
+    assert f"batchnlp models digest {url}" in refused.output
+    assert not (tmp_path / "night2" / "_SUCCESS").exists()
+
+    # Pinned to the new weights, but the old ones come back after the driver's check and before any
+    # worker stages the model: the worker's own check stops the run, with the same exit code.
+    swaps = []
+
+    def check_then_swap(ref, storage_options):
+        version = check_ref(ref, storage_options)
+        upload_dir(s3, tiny_model, bucket, "models/sst2")
+        swaps.append(ref)
+        return version
+
+    monkeypatch.setattr(batchnlp.runner, "check_ref", check_then_swap)
+    swapped = cli_job(f"{url}@{new}", scheduler)(source, tmp_path / "night3")
+    assert swaps == [f"{url}@{new}"], "the driver's check passed, then the model was swapped"
+    assert swapped.exit_code == 2, swapped.output
+    assert f"model {url} has digest {pinned}, but the spec pins {new}" in swapped.output
+    assert not (tmp_path / "night3" / "_SUCCESS").exists()
