@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from batchnlp.errors import BatchnlpError, InputError, JobFailed, OutputError
 from batchnlp.redaction import redact_url
-from batchnlp.retry import storage_options_for
+from batchnlp.retry import filesystem_options
 
 GLOB_CHARS = re.compile(r"[*?\[]")
 
@@ -47,7 +47,7 @@ class Location:
     def split(self) -> tuple[Any, str]:
         from fsspec.core import url_to_fs
 
-        return url_to_fs(self.url, **storage_options_for(self.url, self.storage_options))
+        return url_to_fs(self.url, **filesystem_options(self.url, self.storage_options))
 
     def child(self, name: str) -> str:
         """The fsspec path of ``name`` under this location (a directory or prefix)."""
