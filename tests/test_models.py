@@ -105,9 +105,9 @@ def test_a_digest_is_the_same_for_a_directory_and_its_s3_copy(tiny_model, tmp_pa
     url = upload_dir(s3, copy, bucket, "models/sst2")
     result = CliRunner().invoke(main, ["models", "digest", url])
     assert result.exit_code == 0, result.output
-    assert result.output.strip() == f"{url}@{digest}"
+    assert result.stdout.strip() == f"{url}@{digest}"
     assert check_ref(f"{url}@{digest}", {}) == digest, "a pinned ref's version is its pin"
-    assert CliRunner().invoke(main, ["models", "digest", str(copy)]).output.strip() == f"{copy}@{digest}"
+    assert CliRunner().invoke(main, ["models", "digest", str(copy)]).stdout.strip() == f"{copy}@{digest}"
 
 
 def test_a_model_replaced_while_it_is_downloaded_is_fetched_again(tiny_model, tmp_path, s3, bucket, s3_proxy):
