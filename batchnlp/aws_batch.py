@@ -18,15 +18,26 @@ waits until workers of every child node have joined, then runs the job as with
 ``--scheduler``; closing the scheduler at the end makes every child's workers exit. A child
 node runs only workers (laid out as the embedded cluster's: one process per core on CPU,
 ``WORKERS_PER_GPU`` per GPU, each pinned to its GPU) that join the main node's scheduler, and
-exits 0 when that scheduler goes away. AWS Batch judges the job by the main node's exit code.
+exits 0 when that scheduler goes away, quietly: the end of a job is no error in its log. AWS
+Batch judges the job by the main node's exit code.
+
+Two variables tune it (the CloudFormation template sets both):
+
+- ``BATCHNLP_NODE_JOIN_TIMEOUT``: seconds the main node waits for every child node's workers,
+  and a child node for the main node's scheduler (default :data:`JOIN_TIMEOUT`);
+- ``BATCHNLP_MAIN_NODE_RESERVE_MIB``: memory (MiB) of the main node's container kept out of its
+  Dask workers' memory limits, for the scheduler and the driver (default 0).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import ipaddress
 import logging
+import math
+import os
 import re
 import time
 from collections.abc import Iterator, Mapping
@@ -48,9 +59,20 @@ NUM_NODES = "AWS_BATCH_JOB_NUM_NODES"
 MAIN_NODE_INDEX = "AWS_BATCH_JOB_MAIN_NODE_INDEX"
 MAIN_NODE_ADDRESS = "AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS"
 SCHEDULER_PORT = 8786  # Dask's default, and the port the job's security group opens between nodes
+JOIN_TIMEOUT_VARIABLE = "BATCHNLP_NODE_JOIN_TIMEOUT"
+MAIN_NODE_RESERVE_VARIABLE = "BATCHNLP_MAIN_NODE_RESERVE_MIB"
 # How long the main node waits for every child node's workers, and a child for the scheduler.
-# AWS Batch starts child nodes after the main node, each pulling the image first.
-JOIN_TIMEOUT = 600.0
+# AWS Batch launches the child nodes only once the main node's container is running ("Job
+# lifecycle for MNP jobs"), in no guaranteed order or time, and each child then pulls the image
+# before it starts: a CUDA image with torch is several GB compressed, and pulling and unpacking
+# it on a fresh instance takes minutes (layers are decompressed one stream each), then Python
+# imports torch and starts the workers. 600 s was within that range, so slow pulls failed whole
+# nights; 30 minutes leaves two to three times a slow pull, and costs at most that much idle
+# time on the nodes that did come when a node never does (the attempt then exits 1 and is
+# retried). Override with BATCHNLP_NODE_JOIN_TIMEOUT (the template's NodeJoinTimeoutSeconds).
+JOIN_TIMEOUT = 1800.0
+# How long a child node's nanny gives its worker process to close at the end of the job.
+WORKER_STOP_TIMEOUT = 30.0
 WORKER_NAME = re.compile(r"batchnlp-node(\d+)-(\d+)")
 
 
@@ -138,6 +160,39 @@ def _count(name: str, value: str, problems: list[str]) -> int:
         return -1
 
 
+def join_timeout(environ: Mapping[str, str] | None = None) -> float:
+    """Seconds to wait for the other nodes: ``BATCHNLP_NODE_JOIN_TIMEOUT``, else :data:`JOIN_TIMEOUT`.
+
+    A malformed value is a :class:`BatchEnvironmentError` (exit 2): retrying cannot fix it.
+    """
+    raw = (os.environ if environ is None else environ).get(JOIN_TIMEOUT_VARIABLE, "").strip()
+    if not raw:
+        return JOIN_TIMEOUT
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise BatchEnvironmentError(
+            f"{JOIN_TIMEOUT_VARIABLE}={raw!r} must be a positive number of seconds, e.g. {JOIN_TIMEOUT:.0f}"
+        )
+    return seconds
+
+
+def main_node_reserve(environ: Mapping[str, str] | None = None) -> int:
+    """Bytes of the main node's memory kept from its workers: ``BATCHNLP_MAIN_NODE_RESERVE_MIB`` MiB, else 0."""
+    raw = (os.environ if environ is None else environ).get(MAIN_NODE_RESERVE_VARIABLE, "").strip()
+    if not raw:
+        return 0
+    try:
+        mib = int(raw, 10)
+    except ValueError:
+        mib = -1
+    if mib < 0:
+        raise BatchEnvironmentError(f"{MAIN_NODE_RESERVE_VARIABLE}={raw!r} must be a whole number of MiB, e.g. 2048")
+    return mib * 2**20
+
+
 # --- child node ---------------------------------------------------------------------------
 
 
@@ -148,16 +203,18 @@ def serve_child(
     *,
     port: int = SCHEDULER_PORT,
     host: str | None = None,
-    timeout: float = JOIN_TIMEOUT,
+    timeout: float | None = None,
 ) -> None:
     """Run this node's Dask workers for the main node's scheduler until that scheduler closes.
 
-    Waits up to ``timeout`` seconds for the scheduler to answer (the main node may still be
-    pulling the image), then raises :class:`JobFailed` naming the address. Workers listen on
-    ``host``; by default on the interface that routes to the scheduler.
+    Waits up to ``timeout`` seconds (default: :func:`join_timeout`) for the scheduler to answer,
+    then raises :class:`JobFailed` naming the address. Workers listen on ``host``; by default on
+    the interface that routes to the scheduler. When the scheduler closes (the job is over),
+    the workers and their nannies close without an error in the log.
     """
     if role.kind != "child":
         raise ValueError(f"serve_child on a {role.kind} node")
+    timeout = join_timeout() if timeout is None else timeout
     layout = local_layout(workers, device)
     address = role.scheduler_address(port)
     logger.info("%s: %d Dask workers will join the scheduler at %s", role.describe(), layout.workers, address)
@@ -166,12 +223,11 @@ def serve_child(
 
 
 async def _serve_child(role: NodeRole, layout: Layout, address: str, host: str | None, timeout: float) -> None:
-    from distributed import Nanny
-
     deadline = time.monotonic() + timeout
     await _wait_for_scheduler(address, deadline)
+    nanny_class = _child_nanny_class()
     nannies = [
-        Nanny(address, host=host, death_timeout=max(1.0, deadline - time.monotonic()), **options)
+        nanny_class(address, host=host, death_timeout=max(1.0, deadline - time.monotonic()), **options)
         for options in worker_options(role, layout).values()
     ]
     try:
@@ -182,6 +238,43 @@ async def _serve_child(role: NodeRole, layout: Layout, address: str, host: str |
     # A worker closes with its nanny when the scheduler tells it to or its connection breaks;
     # a worker that dies on its own (out of memory) is restarted by its nanny, as locally.
     await asyncio.gather(*(nanny.finished() for nanny in nannies))
+
+
+@functools.cache
+def _child_nanny_class() -> type:
+    """A :class:`distributed.Nanny` that stops its worker process itself when the worker closes.
+
+    At the end of a job the scheduler tells each worker to close; the worker asks its nanny to
+    ``close_gracefully`` (do not restart me), closes, and its process exits on its own. In
+    distributed 2026.8 that process still has a thread blocked reading the nanny's stop queue,
+    which the nanny only writes to when *it* stops the worker; torn down under that thread, the
+    queue makes it log ``distributed.nanny - ERROR - Worker process died unexpectedly`` and a
+    traceback (5 of 6 two-node test jobs on loopback). In CloudWatch every good night would look
+    like a failure.
+
+    Here the nanny answers ``close_gracefully`` by stopping the worker itself (what distributed's
+    own comment in ``Worker.close`` asks for: the nanny owns the worker). The stop message is
+    queued before the worker's request returns, so the thread reads it and ends while the
+    worker closes; the nanny then closes when the process exits, as before. Only the worker
+    calls ``close_gracefully`` on its nanny, and only when it closes for good, so nothing else
+    changes: a worker that dies (out of memory) is still restarted.
+    """
+    from distributed import Nanny
+
+    class ChildNanny(Nanny):
+        _stopping: asyncio.Task[None] | None = None
+
+        async def close_gracefully(self, reason: str = "nanny-close-gracefully") -> None:  # type: ignore[override]
+            super().close_gracefully(reason=reason)
+            if self.process is None or self._stopping is not None:
+                return
+            self._stopping = asyncio.ensure_future(self.kill(timeout=WORKER_STOP_TIMEOUT, reason=reason))
+            # The kill task runs before this handler resumes (both are queued on the one loop, in
+            # that order) and queues the stop message before its first await: the reply to the
+            # worker leaves after the message.
+            await asyncio.sleep(0)
+
+    return ChildNanny
 
 
 async def _wait_for_scheduler(address: str, deadline: float) -> None:
@@ -228,19 +321,22 @@ def main_node(
     *,
     host: str = "0.0.0.0",
     port: int = SCHEDULER_PORT,
-    timeout: float = JOIN_TIMEOUT,
+    timeout: float | None = None,
 ) -> Iterator[MainNode]:
     """Start the job's scheduler and this node's workers; yield once every child node has joined.
 
     The scheduler listens on ``host:port`` (every interface by default, so child nodes reach
     it at this node's private address) and allows ``ALLOWED_FAILURES`` worker deaths per unit,
-    as the embedded cluster does. Leaving the block closes it, and so every node's workers.
+    as the embedded cluster does. Waits up to ``timeout`` seconds (default: :func:`join_timeout`)
+    for the child nodes. Leaving the block closes it, and so every node's workers.
     """
     import dask
     from distributed import Client, LocalCluster
 
     if role.kind != "main":
         raise ValueError(f"main_node on a {role.kind} node")
+    timeout = join_timeout() if timeout is None else timeout
+    reserve = main_node_reserve()
     layout = local_layout(workers, device)
     with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
         cluster = LocalCluster(
@@ -253,7 +349,7 @@ def main_node(
             silence_logs=logging.WARNING,
         )
     try:
-        for name, options in worker_options(role, layout).items():
+        for name, options in worker_options(role, layout, reserve=reserve).items():
             cluster.worker_spec[name] = {**cluster.new_spec, "options": {**cluster.new_spec["options"], **options}}
         cluster.sync(cluster._correct_state)
         address = cluster.scheduler_address
@@ -306,15 +402,19 @@ def _wait_for_nodes(client: Any, role: NodeRole, local_workers: int, deadline: f
 # --- both -----------------------------------------------------------------------------------
 
 
-def worker_options(role: NodeRole, layout: Layout) -> dict[str, dict[str, Any]]:
+def worker_options(role: NodeRole, layout: Layout, *, reserve: int = 0) -> dict[str, dict[str, Any]]:
     """Nanny options of this node's workers, by name: pinned GPU, torch threads, log redaction.
 
     ``OMP_NUM_THREADS`` gives each process its share of the cores, which the driver cannot
     set on a cluster it did not start; the preload makes worker processes redact their logs.
+    The workers share the node's memory less ``reserve`` bytes (on the main node: the
+    scheduler's and the driver's room), so every worker of the job gets the same limit; they
+    keep at least a quarter of it whatever the reserve.
     """
     from distributed.system import MEMORY_LIMIT
 
     preload = dask_preload()
+    share = max(MEMORY_LIMIT - reserve, MEMORY_LIMIT // 4) // layout.workers
     options = {}
     for number in range(layout.workers):
         env = {"OMP_NUM_THREADS": str(layout.torch_threads)}
@@ -325,7 +425,7 @@ def worker_options(role: NodeRole, layout: Layout) -> dict[str, dict[str, Any]]:
             "nthreads": layout.threads,
             "env": env,
             "preload": preload,
-            "memory_limit": MEMORY_LIMIT // layout.workers,
+            "memory_limit": share,
         }
     return options
 

@@ -49,7 +49,8 @@ class Submission:
         else:
             environment[SPEC_VARIABLE] = _inline(self.spec)
             spec_ref = f"env:{SPEC_VARIABLE}"
-        command = ["run", "--spec", spec_ref, "--resume", "--run-date", run_date]
+        # JSON logs: CloudWatch Logs Insights reads them and the last line is the night's metrics (batchnlp.metrics).
+        command = ["run", "--spec", spec_ref, "--resume", "--run-date", run_date, "--log-format", "json"]
         for key, value in self.params.items():
             command += ["--param", f"{key}={value}"]
         command += list(self.run_args)

@@ -20,9 +20,12 @@ from pathlib import Path
 import pytest
 
 from batchnlp.aws_batch import (
+    JOIN_TIMEOUT,
     BatchEnvironmentError,
     NodeRole,
+    join_timeout,
     main_node,
+    main_node_reserve,
     multinode_job,
     node_role,
     serve_child,
@@ -131,6 +134,80 @@ def test_every_worker_is_named_after_its_node_pinned_and_redacting():
     assert all("CUDA_VISIBLE_DEVICES" not in o["env"] for o in cpu.values())
 
 
+def test_the_main_node_keeps_its_reserve_out_of_its_workers_memory():
+    from distributed.system import MEMORY_LIMIT
+
+    layout = Layout(2, 1, 1)
+    child = worker_options(NodeRole("child", 1, 2, 0, "10.0.0.1"), layout)
+    assert {o["memory_limit"] for o in child.values()} == {MEMORY_LIMIT // 2}
+    reserve = MEMORY_LIMIT // 8
+    main = worker_options(NodeRole("main", 0, 2, 0), layout, reserve=reserve)
+    assert {o["memory_limit"] for o in main.values()} == {(MEMORY_LIMIT - reserve) // 2}
+    # A reserve larger than the machine still leaves the workers a quarter of it.
+    starved = worker_options(NodeRole("main", 0, 2, 0), layout, reserve=2 * MEMORY_LIMIT)
+    assert {o["memory_limit"] for o in starved.values()} == {MEMORY_LIMIT // 4 // 2}
+
+
+def test_join_timeout_and_reserve_come_from_the_environment():
+    # Child nodes start only once the main node runs, and pull the image first: minutes.
+    assert join_timeout({}) == JOIN_TIMEOUT >= 1800
+    assert join_timeout({"BATCHNLP_NODE_JOIN_TIMEOUT": " 2700 "}) == 2700.0
+    assert join_timeout({"BATCHNLP_NODE_JOIN_TIMEOUT": "90.5"}) == 90.5
+    assert join_timeout({"BATCHNLP_NODE_JOIN_TIMEOUT": ""}) == JOIN_TIMEOUT
+    assert main_node_reserve({}) == 0
+    assert main_node_reserve({"BATCHNLP_MAIN_NODE_RESERVE_MIB": "2048"}) == 2048 * 2**20
+    for bad in ("0", "-5", "ten", "nan", "inf"):
+        with pytest.raises(BatchEnvironmentError, match="BATCHNLP_NODE_JOIN_TIMEOUT=") as caught:
+            join_timeout({"BATCHNLP_NODE_JOIN_TIMEOUT": bad})
+        assert caught.value.exit_code == 2, "retrying cannot fix the job's environment"
+    for bad in ("-1", "2 GiB", "1.5"):
+        with pytest.raises(BatchEnvironmentError, match="BATCHNLP_MAIN_NODE_RESERVE_MIB="):
+            main_node_reserve({"BATCHNLP_MAIN_NODE_RESERVE_MIB": bad})
+
+
+def test_serve_child_waits_as_long_as_the_environment_says(monkeypatch):
+    import batchnlp.aws_batch
+
+    waited = []
+
+    async def serve(role, layout, address, host, timeout):
+        waited.append(timeout)
+
+    monkeypatch.setattr(batchnlp.aws_batch, "_serve_child", serve)
+    role = node_role(mnp(1, nodes=2, ip="127.0.0.1"))
+    monkeypatch.setenv("BATCHNLP_NODE_JOIN_TIMEOUT", "2700")
+    serve_child(role, "cpu", 1)
+    serve_child(role, "cpu", 1, timeout=5)  # an explicit timeout wins
+    monkeypatch.delenv("BATCHNLP_NODE_JOIN_TIMEOUT")
+    serve_child(role, "cpu", 1)
+    assert waited == [2700.0, 5, JOIN_TIMEOUT]
+    monkeypatch.setenv("BATCHNLP_NODE_JOIN_TIMEOUT", "soon")
+    with pytest.raises(BatchEnvironmentError):
+        serve_child(role, "cpu", 1)
+
+
+def test_main_node_waits_as_long_as_the_environment_says_and_keeps_its_reserve(monkeypatch):
+    """The variables the job definition sets reach the main node's cluster."""
+    from distributed.system import MEMORY_LIMIT
+
+    import batchnlp.aws_batch
+
+    seen = {}
+
+    def wait_for_nodes(client, role, local_workers, deadline):
+        seen["left"] = deadline - time.monotonic()
+        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        seen["limits"] = {w["memory_limit"] for w in workers}
+
+    monkeypatch.setattr(batchnlp.aws_batch, "_wait_for_nodes", wait_for_nodes)
+    monkeypatch.setenv("BATCHNLP_NODE_JOIN_TIMEOUT", "2700")
+    monkeypatch.setenv("BATCHNLP_MAIN_NODE_RESERVE_MIB", "256")
+    with main_node(node_role(mnp(0, nodes=2)), "cpu", 1, host="127.0.0.1", port=free_port()):
+        pass
+    assert 0 < seen["left"] <= 2700
+    assert seen["limits"] == {max(MEMORY_LIMIT - 256 * 2**20, MEMORY_LIMIT // 4)}
+
+
 def test_the_cli_hook_leaves_single_node_jobs_alone_and_refuses_scheduler(tmp_path):
     settings = {"input": str(tmp_path / "in.jsonl"), "output": str(tmp_path / "out")}
     spec = JobSpec.from_settings(settings)
@@ -148,18 +225,25 @@ def test_the_cli_hook_leaves_single_node_jobs_alone_and_refuses_scheduler(tmp_pa
 
 CHILD = """
 import logging, os, sys
-from batchnlp.aws_batch import node_role, serve_child
+from batchnlp.aws_batch import _child_nanny_class, node_role, serve_child
 from batchnlp.redaction import configure_logging
 configure_logging(logging.INFO)
-serve_child(node_role(os.environ), "cpu", 1, port=int(sys.argv[1]), host="127.0.0.1", timeout=float(sys.argv[2]))
-print("child exits")
-"""
+# Count the workers whose nanny stopped them itself (see _child_nanny_class).
+nanny, asked, stopped = _child_nanny_class(), nanny_close_gracefully, []
+async def close_gracefully(self, reason="nanny-close-gracefully"):
+    await asked(self, reason=reason)
+    stopped.append(self._stopping is not None)
+nanny.close_gracefully = close_gracefully
+serve_child(node_role(os.environ), "cpu", int(sys.argv[3]), port=int(sys.argv[1]), host="127.0.0.1",
+            timeout=float(sys.argv[2]))
+print(f"child exits; {sum(stopped)} of {len(stopped)} workers stopped by their nanny")
+""".replace("nanny_close_gracefully", "_child_nanny_class().close_gracefully")
 
 
-def start_child(index: int, nodes: int, port: int, timeout: float = 60) -> subprocess.Popen:
+def start_child(index: int, nodes: int, port: int, timeout: float = 60, workers: int = 1) -> subprocess.Popen:
     """A child node: a new process with the AWS Batch environment of node ``index``."""
     env = {**os.environ, **mnp(index, nodes=nodes, ip="127.0.0.1")}
-    command = [sys.executable, "-c", CHILD, str(port), str(timeout)]
+    command = [sys.executable, "-c", CHILD, str(port), str(timeout), str(workers)]
     return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -171,6 +255,34 @@ def finish(child: subprocess.Popen, timeout: float = 30) -> tuple[int, str]:
         out, err = child.communicate()
         pytest.fail(f"the child node did not exit after the scheduler closed:\n{err[-3000:]}")
     return child.returncode, out + err
+
+
+def assert_quiet(output: str) -> None:
+    """A child node's log at the end of a good job: nothing that reads as a failure in CloudWatch."""
+    assert "ERROR" not in output and "Traceback" not in output, output[-3000:]
+
+
+def test_child_node_ends_quietly_when_the_scheduler_closes():
+    """The end of the job closes the main node's scheduler; the child's workers and nannies shut
+    down without "distributed.nanny - ERROR - Worker process died unexpectedly" and a traceback,
+    which distributed logs when a worker process exits on its own (in most runs before the nanny
+    stopped its worker itself)."""
+    from distributed import Client
+
+    port = free_port()
+    child = start_child(1, nodes=2, port=port, workers=2)
+    try:
+        role = node_role(mnp(0, nodes=2))
+        cluster = main_node(role, "cpu", 1, host="127.0.0.1", port=port, timeout=60)
+        with cluster as main, Client(main.address) as client:
+            assert client.gather(client.map(lambda x: x * 2, range(40))) == [x * 2 for x in range(40)]
+            names = {w["name"] for w in client.scheduler_info(n_workers=-1)["workers"].values()}
+            assert names == {"batchnlp-node0-0", "batchnlp-node1-0", "batchnlp-node1-1"}
+    finally:
+        code, output = finish(child)
+    assert code == 0, output[-3000:]
+    assert "2 of 2 workers stopped by their nanny" in output, output[-3000:]
+    assert_quiet(output)
 
 
 def test_child_node_waits_for_a_scheduler_that_starts_late():
@@ -266,6 +378,7 @@ def test_a_job_runs_over_both_nodes_and_the_child_exits_when_it_ends(tmp_path, t
         code, output = finish(child)
     assert code == 0, output[-3000:]
     assert "child exits" in output and "closed; the job is over" in output
+    assert_quiet(output)  # a good night must not look like a failure in CloudWatch
     assert summary.totals["rows_out"] == 120 and summary.totals["parts"] >= 4
     assert (tmp_path / "out" / "_SUCCESS").exists()
     ran_on = {int(part["worker"].rsplit(":", 1)[1]) for part in summary.manifest["parts"]}

@@ -70,8 +70,8 @@ def test_submit_sends_the_spec_inline_with_a_fixed_run_date_and_resume(batch, tm
     assert job["jobName"] == "batchnlp-nightly-2026-11-25"
     assert job["jobQueue"].endswith(f"job-queue/{queue}")
     assert job["container"]["command"] == [
-        "run", "--spec", "env:BATCHNLP_SPEC", "--resume", "--run-date", "2026-11-25", "--param", "table=reviews",
-        "--workers", "2",
+        "run", "--spec", "env:BATCHNLP_SPEC", "--resume", "--run-date", "2026-11-25", "--log-format", "json",
+        "--param", "table=reviews", "--workers", "2",
     ]  # fmt: skip
     environment = {item["name"]: item["value"] for item in job["container"]["environment"]}
     assert yaml.safe_load(environment["BATCHNLP_SPEC"]) == yaml.safe_load(SPEC)
