@@ -75,8 +75,8 @@ class StallWatch:
             self.last_progress = max(self.last_progress, now - min(ages))
         self._report_quiet(now)
         limit = self.timeout
-        for worker, ages in heard.items():
-            stalled = {key: age for key, age in ages.items() if key in units and age > limit}
+        for worker, running in heard.items():
+            stalled = {key: age for key, age in running.items() if key in units and age > limit}
             if not stalled:
                 continue
             for key, age in stalled.items():
