@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from batchnlp import redaction
-from batchnlp.cluster import ALLOWED_FAILURES, Layout, local_layout
+from batchnlp.cluster import Layout, local_layout, start_local_cluster
 from batchnlp.errors import JobFailed, SpecError
 
 if TYPE_CHECKING:
@@ -330,28 +330,15 @@ def main_node(
     as the embedded cluster does. Waits up to ``timeout`` seconds (default: :func:`join_timeout`)
     for the child nodes. Leaving the block closes it, and so every node's workers.
     """
-    import dask
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if role.kind != "main":
         raise ValueError(f"main_node on a {role.kind} node")
     timeout = join_timeout() if timeout is None else timeout
     reserve = main_node_reserve()
     layout = local_layout(workers, device)
-    with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
-        cluster = LocalCluster(
-            host=host,
-            scheduler_port=port,
-            n_workers=0,
-            threads_per_worker=layout.threads,
-            processes=True,
-            dashboard_address=f"{host}:0",  # distributed always serves HTTP (health, metrics)
-            silence_logs=logging.WARNING,
-        )
+    cluster = start_local_cluster(layout, worker_options(role, layout, reserve=reserve), host, port)
     try:
-        for name, options in worker_options(role, layout, reserve=reserve).items():
-            cluster.worker_spec[name] = {**cluster.new_spec, "options": {**cluster.new_spec["options"], **options}}
-        cluster.sync(cluster._correct_state)
         address = cluster.scheduler_address
         logger.info(
             "%s: Dask scheduler at %s with %d local workers; waiting for nodes %s",

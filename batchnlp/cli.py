@@ -16,10 +16,12 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from batchnlp import __version__
 from batchnlp.errors import BatchnlpError
+from batchnlp.logs import configure_logging
 from batchnlp.params import KeyValue
-from batchnlp.redaction import configure_logging, redact_text, redact_url
+from batchnlp.redaction import redact_text, redact_url
+from batchnlp.spec import MINIMUMS
+from batchnlp.version import __version__
 
 RUN_EXAMPLES = """
 \b
@@ -99,7 +101,7 @@ def main() -> None:
 )
 @click.option(
     "--top-k",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=MINIMUMS["top_k"]),
     help="classify: also keep the N best labels in a top_k list. Example: --top-k 3",
 )
 @click.option(
@@ -114,13 +116,13 @@ def main() -> None:
 )
 @click.option(
     "--doc-stride",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=MINIMUMS["doc_stride"]),
     help="qa: tokens of overlap between the windows of a long text. Default: 128 (at most half of --max-length). "
     "Example: --doc-stride 64",
 )
 @click.option(
     "--max-answer-length",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=MINIMUMS["max_answer_length"]),
     help="qa: longest answer in tokens. Default: 15. Example: --max-answer-length 30",
 )
 @click.option(
@@ -162,7 +164,7 @@ def main() -> None:
 )
 @click.option(
     "--table-version",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=MINIMUMS["table_version"]),
     metavar="N",
     help="Read this Delta version or Iceberg snapshot id instead of the latest. Example: --table-version 12",
 )
@@ -198,7 +200,7 @@ def main() -> None:
 )
 @click.option(
     "--rows-per-partition",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=MINIMUMS["rows_per_partition"]),
     help="Rows in one unit of work (about: JSONL is cut by bytes). Default: 4 units per worker (fewer where "
     "units would fall under 250 rows), at most 10000 rows each. Example: --rows-per-partition 50000",
 )
@@ -209,7 +211,7 @@ def main() -> None:
 )
 @click.option(
     "--workers",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=MINIMUMS["workers"]),
     help="Worker processes of the embedded cluster. Default: one per core, as memory allows; "
     "on GPUs, three per GPU. Example: --workers 2",
 )
@@ -225,13 +227,13 @@ def main() -> None:
 )
 @click.option(
     "--max-length",
-    type=click.IntRange(min=8),
+    type=click.IntRange(min=MINIMUMS["max_length"]),
     help="Truncate texts to N tokens; qa cuts longer texts into windows of N tokens instead. Default: the model's "
     "maximum (512 for DistilBERT), 384 for qa. Example: --max-length 256",
 )
 @click.option(
     "--tokens-per-batch",
-    type=click.IntRange(min=8),
+    type=click.IntRange(min=MINIMUMS["tokens_per_batch"]),
     help="Token budget of one padded batch. Default: 8192 on CPU, 262144 on CUDA. Example: --tokens-per-batch 16384",
 )
 @click.option(
@@ -319,7 +321,7 @@ def run(
     stop = GracefulStop()
     outcome: dict[str, Any] = {}
     with _job_metrics(log_format == "json", outcome), stop.installed():
-        with _user_errors(verbose), reporter:
+        with _user_errors(verbose, log_format == "json"), reporter:
             from batchnlp.aws_batch import multinode_job, node_role, serve_child
             from batchnlp.runner import run as run_job
             from batchnlp.spec import JobSpec, load_spec_file
@@ -340,37 +342,50 @@ def run(
                 summary = run_job(spec, on_part=reporter.on_part, on_start=reporter.start, stop=stop)
             reporter.finish(summary)
         outcome["summary"] = summary
-        t = summary.totals
-        if quiet:
-            return
-        table = summary.table or {}
-        commit = f"{table.get('kind')} {table.get('version')}"  # "version 3" (Delta), "snapshot 5012…" (Iceberg)
-        if summary.already_complete:
-            if table:
-                click.echo(f"{table['table']} already holds run {summary.run_id} ({commit}); nothing to do")
-            else:
-                rows = t["rows_out"]
-                click.echo(f"{summary.output} is already complete (run {summary.run_id}, {rows} rows); nothing to do")
-            return
-        first_row = summary.manifest["startup"]["first_row_s"]
-        click.echo(
-            f"wrote {t['rows_out']} rows ({t['rejected']} rejected) in {t['parts']} part{'s' * (t['parts'] != 1)} "
-            f"to {summary.output} "
-            f"in {summary.wall_seconds:.1f} s: {summary.rows_per_second:.1f} rows/s, "
-            f"{t['tokens']} tokens ({t['padded_tokens']} with padding); run {summary.run_id}"
-            + (f"; first row after {first_row:.1f} s" if first_row else "")
-            + (f"; {summary.units_kept} parts kept from the interrupted run" if summary.units_kept else "")
-        )
+        if not quiet:
+            for line in _summary_lines(summary):
+                _say(line, log_format == "json", "summary", run_id=summary.run_id)
+
+
+def _summary_lines(summary: Any) -> list[str]:
+    """What a finished run tells its user: rows, parts, speed; a table commit; bad input lines."""
+    t, table = summary.totals, summary.table
+    commit = f"{table.kind} {table.version}" if table else ""  # "version 3" (Delta), "snapshot 5012…" (Iceberg)
+    if summary.already_complete:
         if table:
-            done = "committed" if table["committed_now"] else "found already committed"
-            click.echo(f"{done} to {table['table']} as {commit} (one commit, run id {summary.run_id})")
-        if t["bad_lines"]:
-            where = "under _rejected/" if summary.manifest["spec"]["on_bad_lines"] == "quarantine" else "skipped"
-            first = t["bad_line_examples"][0]
-            click.echo(
-                f"{t['bad_lines']} input line{'s' * (t['bad_lines'] != 1)} that were not JSON objects {where}, "
-                f"first {first['source']}:{first['line']} ({first['reason']}); see _manifest.json"
-            )
+            return [f"{table.table} already holds run {summary.run_id} ({commit}); nothing to do"]
+        return [f"{summary.output} is already complete (run {summary.run_id}, {t.rows_out} rows); nothing to do"]
+    first_row = (summary.manifest.startup or {}).get("first_row_s")
+    lines = [
+        f"wrote {t.rows_out} rows ({t.rejected} rejected) in {t.parts} part{'s' * (t.parts != 1)} "
+        f"to {summary.output} "
+        f"in {summary.wall_seconds:.1f} s: {summary.rows_per_second:.1f} rows/s, "
+        f"{t.tokens} tokens ({t.padded_tokens} with padding); run {summary.run_id}"
+        + (f"; first row after {first_row:.1f} s" if first_row else "")
+        + (f"; {summary.units_kept} parts kept from the interrupted run" if summary.units_kept else "")
+    ]
+    if table:
+        done = "committed" if table.new else "found already committed"
+        lines.append(f"{done} to {table.table} as {commit} (one commit, run id {summary.run_id})")
+    if t.bad_lines:
+        where = "under _rejected/" if summary.manifest.spec["on_bad_lines"] == "quarantine" else "skipped"
+        first = t.bad_line_examples[0]
+        lines.append(
+            f"{t.bad_lines} input line{'s' * (t.bad_lines != 1)} that were not JSON objects {where}, "
+            f"first {first['source']}:{first['line']} ({first['reason']}); see _manifest.json"
+        )
+    return lines
+
+
+def _say(message: str, json_logs: bool, event: str, level: int = logging.INFO, **fields: Any) -> None:
+    """A command's outcome: a plain line (stdout, or stderr for an error), or with --log-format json
+    a JSON log line like every other (containers send both streams to one log)."""
+    if json_logs:
+        from batchnlp.logs import emit
+
+        emit(redact_text(message), event, level, **fields)
+    else:
+        click.echo(redact_text(message), err=level >= logging.WARNING)
 
 
 @contextmanager
@@ -566,22 +581,25 @@ def inspect_output(output: str, rows: int, storage_option: Any) -> None:
 
 
 @contextmanager
-def _user_errors(verbose: bool) -> Iterator[None]:
+def _user_errors(verbose: bool, json_logs: bool = False) -> Iterator[None]:
     """A BatchnlpError ends the command with its message and exit code; anything else is a bug."""
     try:
         yield
     except BatchnlpError as e:
-        _fail(str(e), e.exit_code)
+        _fail(str(e), e.exit_code, json_logs)
     except Exception as e:
         if verbose:
             raise
         _fail(
             f"unexpected {type(e).__name__}: {e}\n(this is a bug in batchnlp; rerun with --verbose for the traceback)",
             1,
+            json_logs,
         )
 
 
-def _fail(message: str, code: int) -> None:
-    """End the command: an error on stderr, or with code 0 (another job owns the run) a notice on stdout."""
-    click.echo(redact_text(message) if code == 0 else f"error: {redact_text(message)}", err=code != 0)
+def _fail(message: str, code: int, json_logs: bool = False) -> None:
+    """End the command: an error, or with code 0 (another job owns the run) a notice on stdout."""
+    text = message if code == 0 or json_logs else f"error: {message}"
+    event, level = ("failed", logging.ERROR) if code else ("owned_elsewhere", logging.INFO)
+    _say(text, json_logs, event, level, exit_code=code)
     sys.exit(code)

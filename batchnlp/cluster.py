@@ -123,22 +123,35 @@ def connect(scheduler: str | None, workers: int | None, device: str) -> Iterator
         cluster.close()
 
 
-def start_local_cluster(layout: Layout) -> Any:
-    """A LocalCluster of worker processes as ``layout`` says, each pinned to its GPU if any."""
+def start_local_cluster(
+    layout: Layout, workers: dict[int, dict[str, Any]] | None = None, host: str | None = None, port: int = 0
+) -> Any:
+    """The one place a LocalCluster is made: worker processes as ``layout`` says, each pinned to its GPU if any.
+
+    ``workers`` replaces the layout's own workers with these (worker name → extra options), as an
+    AWS Batch main node names and sizes its own; ``host`` and ``port`` place the scheduler where
+    other machines reach it (default: loopback, any free port).
+    """
     import dask
     from distributed import LocalCluster
 
+    if workers is None:
+        workers = {name: {"env": {"CUDA_VISIBLE_DEVICES": gpu}} for name, gpu in enumerate(layout.gpus)}
+        own = not layout.gpus
+    else:
+        own = False
     with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
         cluster = LocalCluster(
-            n_workers=0 if layout.gpus else layout.workers,
+            host=host,
+            scheduler_port=port,
+            n_workers=layout.workers if own else 0,
             threads_per_worker=layout.threads,
             processes=True,
-            dashboard_address=":0",
+            dashboard_address=f"{host}:0" if host else ":0",  # distributed always serves HTTP (health, metrics)
             silence_logs=logging.WARNING,
         )
-    for name, gpu in enumerate(layout.gpus):
-        options = {**cluster.new_spec["options"], "env": {"CUDA_VISIBLE_DEVICES": gpu}}
-        cluster.worker_spec[name] = {**cluster.new_spec, "options": options}
-    if layout.gpus:
+    for name, options in workers.items():
+        cluster.worker_spec[name] = {**cluster.new_spec, "options": {**cluster.new_spec["options"], **options}}
+    if workers:
         cluster.sync(cluster._correct_state)
     return cluster

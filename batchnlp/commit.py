@@ -1,4 +1,4 @@
-"""The commit protocol: per-part results, progress records, the manifest and ``_SUCCESS``.
+"""The commit protocol: progress records, the manifest and ``_SUCCESS`` (the record types: :mod:`batchnlp.record`).
 
 Parts are written by workers under deterministic names; nothing names a part until the
 driver records it. The driver writes a progress record per finished part (for ``--resume``),
@@ -8,16 +8,12 @@ then ``_manifest.json`` and ``_SUCCESS``, both create-only, so readers that trus
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 from batchnlp.errors import OutputError
-from batchnlp.formats.base import WorkUnit
-from batchnlp.redaction import redact_url
+from batchnlp.record import Manifest, PartResult
 from batchnlp.storage import Location, storage_errors, write_atomic, write_create_only
 
 SUCCESS = "_SUCCESS"
@@ -27,87 +23,6 @@ REPORT_HTML = "_report.html"
 PROGRESS = "_progress"
 REJECTED = "_rejected"  # --on-bad-lines quarantine: raw bad lines, one file per unit
 JOB_RECORD = "_job.json"
-MAX_EXAMPLES = 20
-
-
-@dataclass
-class PartResult:
-    """What one unit produced; small, so thousands of them travel back to the driver cheaply."""
-
-    unit: WorkUnit
-    part: str  # the part file's URL; empty when the unit held no rows and wrote nothing, or with --partition-by
-    rows_in: int
-    rows_out: int
-    rejected: int
-    reasons: dict[str, int]
-    rejected_examples: list[dict[str, Any]]  # the first few: row in the part, id, reason
-    tokens: int
-    padded_tokens: int
-    bytes: int
-    sha256: str
-    seconds: dict[str, float]
-    device: str
-    precision: str
-    worker: str  # host:pid of the process that ran it, and when that process loaded its models
-    models_loaded_at: float
-    models: dict[str, dict[str, str]] = field(default_factory=dict)
-    oom_splits: int = 0  # batches halved after running out of device memory
-    first_output_at: float | None = None  # wall clock when the unit's first rows were annotated
-    bad_lines: int = 0  # source lines that were not rows (--on-bad-lines skip|quarantine)
-    bad_line_examples: list[dict[str, Any]] = field(default_factory=list)  # the first few: source, line, reason
-    quarantine: dict[str, Any] | None = None  # the unit's _rejected/ file: path, lines, bytes, sha256
-    task_stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # per task: batchnlp.stats.column_stats
-    finished_at: float | None = None  # wall clock when the unit's part was written
-    # --partition-by: the unit's files, one per partition value combination in it: path (relative
-    # to OUTPUT, COL=value/…/part-NNNNN.<suffix>), rows, bytes, sha256. Empty otherwise (``part`` holds the file).
-    files: list[dict[str, Any]] = field(default_factory=list)
-    schema: str = ""  # every column of the unit's rows (partition columns included), batchnlp.tables.encode_schema
-
-    @property
-    def busy_seconds(self) -> float:
-        """How long the unit took on its worker: read, each task (tokenise, model, decode) and write."""
-        return sum(v for k, v in self.seconds.items() if k in ("read", "write") or k.startswith("model:"))
-
-    def to_record(self) -> dict[str, Any]:
-        """JSON-ready; the unit's URL loses user info and query string (a presigned URL's are credentials)."""
-        return dataclasses.asdict(dataclasses.replace(self, unit=redacted_unit(self.unit)))
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any]) -> PartResult:
-        return cls(**{**record, "unit": WorkUnit(**record["unit"])})
-
-
-def totals(results: list[PartResult]) -> dict[str, Any]:
-    """Sums over parts: the figures the manifest and the CLI report."""
-    reasons: Counter[str] = Counter()
-    seconds: Counter[str] = Counter()
-    examples: list[dict[str, Any]] = []
-    bad_examples: list[dict[str, Any]] = []
-    for result in results:
-        examples.extend({"part": result.unit.id, **example} for example in result.rejected_examples)
-        bad_examples.extend(result.bad_line_examples)
-        reasons.update(result.reasons)
-        seconds.update(result.seconds)
-    return {
-        "parts": len(results),
-        "rows_in": sum(r.rows_in for r in results),
-        "rows_out": sum(r.rows_out for r in results),
-        "rejected": sum(r.rejected for r in results),
-        "rejected_by_reason": dict(sorted(reasons.items())),
-        "rejected_examples": examples[:MAX_EXAMPLES],
-        "bad_lines": sum(r.bad_lines for r in results),
-        "bad_line_examples": bad_examples[:MAX_EXAMPLES],
-        "tokens": sum(r.tokens for r in results),
-        "padded_tokens": sum(r.padded_tokens for r in results),
-        "oom_splits": sum(r.oom_splits for r in results),
-        "bytes": sum(r.bytes for r in results),
-        "worker_seconds": {key: round(value, 3) for key, value in sorted(seconds.items())},
-    }
-
-
-def redacted_unit(unit: WorkUnit) -> WorkUnit:
-    """``unit`` as records and the manifest show it: no credentials in its URL."""
-    return dataclasses.replace(unit, path=redact_url(unit.path))
 
 
 def sha256(data: bytes) -> str:
@@ -177,9 +92,9 @@ class Committer:
         """Note a finished part so a crashed driver can be resumed without redoing it."""
         write_atomic(self.fs, self.path(f"{PROGRESS}/{result.unit.id}.json"), _json(result.to_record()))
 
-    def read_manifest(self) -> dict[str, Any]:
+    def read_manifest(self) -> Manifest:
         with storage_errors("read", self.fs.unstrip_protocol(self.path(MANIFEST))):
-            return json.loads(self.fs.cat_file(self.path(MANIFEST)))
+            return Manifest.from_record(json.loads(self.fs.cat_file(self.path(MANIFEST))))
 
     def write_report(self, report: dict[str, Any]) -> dict[str, dict[str, str]]:
         """``_report.json`` and ``_report.html``; overwritable (a commit that died may have left them).
@@ -193,11 +108,11 @@ class Committer:
             write_atomic(self.fs, self.path(name), data)
         return {key: {"path": name, "sha256": sha256(data)} for key, (name, data) in files.items()}
 
-    def commit(self, manifest: dict[str, Any]) -> None:
+    def commit(self, manifest: Manifest) -> None:
         """Manifest, then ``_SUCCESS`` naming it: the marker's body ties it to this manifest."""
-        data = _json(manifest)
+        data = _json(manifest.to_record())
         write_create_only(self.fs, self.path(MANIFEST), data)
-        marker = {"run_id": manifest["run_id"], "manifest_sha256": sha256(data)}
+        marker = {"run_id": manifest.run_id, "manifest_sha256": sha256(data)}
         write_create_only(self.fs, self.path(SUCCESS), _json(marker))
 
     def previous_job(self) -> dict[str, Any] | None:

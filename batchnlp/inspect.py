@@ -12,9 +12,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from batchnlp.commit import JOB_RECORD, MANIFEST, PROGRESS, SUCCESS, PartResult, totals
+from batchnlp.commit import JOB_RECORD, MANIFEST, PROGRESS, SUCCESS
 from batchnlp.errors import OutputError
 from batchnlp.lock import LOCK, stale
+from batchnlp.record import PartResult, Totals
 from batchnlp.storage import Location, storage_errors
 
 TEXT_WIDTH = 60  # characters of text shown per row
@@ -70,7 +71,7 @@ def load(output: str, storage_options: dict[str, Any] | None = None) -> RunInfo:
             t["name"]: {"task": t["kind"], "ref": t["model"], "version": job.get("model_versions", {}).get(t["name"])}
             for t in spec.get("tasks", [])
         },
-        totals=totals(results),
+        totals=sum(results, Totals()).to_record(),
         parts=[name for r in results for name in ([r.part.rsplit("/", 1)[-1]] if r.part else _paths(r.files))],
         units_planned=job.get("units"),
         device=sorted({r.device for r in results}),

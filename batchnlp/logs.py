@@ -11,11 +11,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from datetime import datetime, timezone
 from typing import Any
 
-from batchnlp.redaction import redact_text, redact_url
+from batchnlp.redaction import (
+    CHATTY_LOGGERS,
+    NOISY_LOGGERS,
+    RedactingFormatter,
+    protect_logging,
+    redact_text,
+    redact_url,
+)
 
 FORMATS = ("text", "json")
 # Attributes every LogRecord has: anything else on a record came from ``extra=``.
@@ -79,3 +87,43 @@ class StderrHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, value: Any) -> None:  # logging.StreamHandler.__init__ and setStream assign it
         pass
+
+
+def emit(message: str, event: str, level: int = logging.INFO, logger: str = "batchnlp", **fields: Any) -> None:
+    """One log line past any level filter, for what a command must always say (its outcome, its
+    metrics), ``-q`` included: through the root handlers, so in the chosen format and redacted."""
+    record = logging.LogRecord(logger, level, __file__, 0, message, (), None)
+    record.__dict__.update(event=event, **fields)
+    for handler in logging.getLogger().handlers:
+        handler.handle(record)
+
+
+def configure_logging(level: int, fmt: str = "text") -> None:
+    """One stderr handler with redaction; AWS client libraries never below INFO.
+
+    ``fmt`` is ``text`` (time, level, logger, message) or ``json`` (one object per line with the
+    record's structured fields, see :mod:`batchnlp.logs`).
+    """
+    handler = StderrHandler()
+    inner = (
+        JsonFormatter()
+        if fmt == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    )
+    # Messages are redacted as records are made (the record factory below), and whatever the
+    # handler prints, tracebacks included, by the formatter.
+    handler.setFormatter(RedactingFormatter(inner))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("batchnlp").setLevel(level)
+    for name in NOISY_LOGGERS:  # INFO at most: their DEBUG output carries request headers
+        logging.getLogger(name).setLevel(logging.INFO if level <= logging.DEBUG else logging.WARNING)
+    # Never DEBUG: distributed's debug lines dump pickled task payloads (with storage options).
+    chatty = "info" if level <= logging.DEBUG else "warning"
+    # dask configures the "distributed" logger when it is imported, in this process and in
+    # worker processes: its config variable covers both, setLevel covers an earlier import.
+    os.environ["DASK_LOGGING__DISTRIBUTED"] = chatty
+    for name in CHATTY_LOGGERS:  # cluster start-up chatter only with --verbose
+        logging.getLogger(name).setLevel(chatty.upper())
+    protect_logging()

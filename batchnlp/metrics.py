@@ -15,6 +15,8 @@ import os
 import time
 from typing import Any
 
+from batchnlp.record import Totals
+
 NAMESPACE = "batchnlp"
 JOB_VARIABLE = "BATCHNLP_METRICS_JOB"  # the Job dimension; the stack sets its name, so one alarm per stack
 METRICS = {
@@ -27,15 +29,15 @@ METRICS = {
 }
 
 
-def emf_fields(totals: dict[str, Any] | None, committed: bool, seconds: float, exit_code: int) -> dict[str, Any]:
+def emf_fields(totals: Totals | None, committed: bool, seconds: float, exit_code: int) -> dict[str, Any]:
     """The EMF object: metric definitions under ``_aws``, their values beside them."""
-    t = totals or {}
+    t = totals or Totals()
     values = {
         "Committed": int(committed),
-        "Rows": t.get("rows_out", 0),
-        "Tokens": t.get("tokens", 0),
-        "BadLines": t.get("bad_lines", 0),
-        "Rejected": t.get("rejected", 0),
+        "Rows": t.rows_out,
+        "Tokens": t.tokens,
+        "BadLines": t.bad_lines,
+        "Rejected": t.rejected,
         "Seconds": round(seconds, 3),
     }
     definition = {
@@ -53,7 +55,6 @@ def emf_fields(totals: dict[str, Any] | None, committed: bool, seconds: float, e
 
 def emit(fields: dict[str, Any]) -> None:
     """One JSON log line carrying ``fields``, past any level filter (``-q`` keeps it too)."""
-    record = logging.LogRecord(__name__, logging.INFO, __file__, 0, "job metrics", (), None)
-    record.__dict__.update(event="job_metrics", **fields)
-    for handler in logging.getLogger().handlers:
-        handler.handle(record)
+    from batchnlp.logs import emit as emit_line
+
+    emit_line("job metrics", "job_metrics", logging.INFO, __name__, **fields)

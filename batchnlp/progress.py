@@ -29,8 +29,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from batchnlp.commit import PartResult, redacted_unit
 from batchnlp.logs import bind
+from batchnlp.record import PartResult, redacted_unit
 
 logger = logging.getLogger(__name__)
 
@@ -200,11 +200,11 @@ class ProgressReporter:
         logger.log(
             logging.DEBUG if self.mode == "bar" else logging.INFO,
             "job done: %d rows out of %d in %d parts, %d rejected, %d bad lines, %.1f s",
-            t["rows_out"],
-            t["rows_in"],
-            t["parts"],
-            t["rejected"],
-            t["bad_lines"],
+            t.rows_out,
+            t.rows_in,
+            t.parts,
+            t.rejected,
+            t.bad_lines,
             summary.wall_seconds,
             extra={
                 "event": "job_done",
@@ -213,8 +213,8 @@ class ProgressReporter:
                 "already_complete": summary.already_complete,
                 "units_run": summary.units_run,
                 "units_kept": summary.units_kept,
-                **{key: t[key] for key in ("parts", "rows_in", "rows_out", "rejected", "bad_lines", "tokens")},
-                "rejected_by_reason": t["rejected_by_reason"],
+                **{key: getattr(t, key) for key in ("parts", "rows_in", "rows_out", "rejected", "bad_lines", "tokens")},
+                "rejected_by_reason": t.to_record()["rejected_by_reason"],
                 "retries": self.retries,
                 "wall_seconds": round(summary.wall_seconds, 3),
                 "rows_per_second": round(summary.rows_per_second, 2),

@@ -12,7 +12,6 @@ stderr. botocore's DEBUG output (which prints Authorization headers) is capped a
 from __future__ import annotations
 
 import logging
-import os
 import re
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -116,36 +115,8 @@ def dask_setup(worker: Any = None) -> None:
     protect_process()
 
 
-def configure_logging(level: int, fmt: str = "text") -> None:
-    """One stderr handler with redaction; AWS client libraries never below INFO.
-
-    ``fmt`` is ``text`` (time, level, logger, message) or ``json`` (one object per line with the
-    record's structured fields, see :mod:`batchnlp.logs`).
-    """
-    from batchnlp.logs import JsonFormatter, StderrHandler
-
-    handler = StderrHandler()
-    inner = (
-        JsonFormatter()
-        if fmt == "json"
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-    )
-    # Messages are redacted as records are made (the record factory below), and whatever the
-    # handler prints, tracebacks included, by the formatter.
-    handler.setFormatter(RedactingFormatter(inner))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
-    logging.getLogger("batchnlp").setLevel(level)
-    for name in NOISY_LOGGERS:  # INFO at most: their DEBUG output carries request headers
-        logging.getLogger(name).setLevel(logging.INFO if level <= logging.DEBUG else logging.WARNING)
-    # Never DEBUG: distributed's debug lines dump pickled task payloads (with storage options).
-    chatty = "info" if level <= logging.DEBUG else "warning"
-    # dask configures the "distributed" logger when it is imported, in this process and in
-    # worker processes: its config variable covers both, setLevel covers an earlier import.
-    os.environ["DASK_LOGGING__DISTRIBUTED"] = chatty
-    for name in CHATTY_LOGGERS:  # cluster start-up chatter only with --verbose
-        logging.getLogger(name).setLevel(chatty.upper())
+def protect_logging() -> None:
+    """Redact every log record made from now on, here and in the workers this process's nannies start."""
     _install_record_factory()
     _preload_in_workers()
 

@@ -14,7 +14,7 @@ from datetime import datetime
 from html import escape
 from typing import Any
 
-from batchnlp.commit import PartResult
+from batchnlp.record import PartResult
 from batchnlp.stats import bin_edges, merge
 
 REPORT_VERSION = 1

@@ -1,45 +1,46 @@
-"""One job from start to commit: plan → check → submit → collect → commit.
+"""One job from start to commit: plan → submit → collect → commit.
 
-Everything that can be checked without the cluster (input, text column, models, output) is
-checked first, so a user error never waits for workers to start.
+Everything that can be checked without the cluster (input, columns, models, output) is checked
+first, so a user error never waits for workers to start. Where the rows go (part files, a Delta
+or Iceberg table) is the :class:`~batchnlp.output.Output`'s business: the runner holds one and
+never asks which.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import time
-import uuid
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow as pa
 
-from batchnlp import __version__
-from batchnlp.cluster import connect, local_layout
+from batchnlp.cluster import connect
 from batchnlp.collect import StallWatch, results
-from batchnlp.commit import Committer, PartResult, redacted_unit, totals
-from batchnlp.errors import BatchnlpError, InputError, JobFailed, OutputError, TooManyBadLines
-from batchnlp.formats import Partitioning, ReadOptions, WorkUnit, detect_format, plan_units, unify, unit_schema
+from batchnlp.commit import Committer
+from batchnlp.errors import BatchnlpError, JobFailed, TooManyBadLines
+from batchnlp.formats import Partitioning, ReadOptions, WorkUnit, unify, unit_schema
 from batchnlp.lock import OutputLock, owner_from
 from batchnlp.models import check_ref
+from batchnlp.output import Output, open_output
+from batchnlp.plan import Plan, check_columns, plan
+from batchnlp.record import Manifest, PartResult, Totals, decode_schema
 from batchnlp.redaction import redact_url
 from batchnlp.report import build_report
 from batchnlp.shutdown import GracefulStop
-from batchnlp.spec import TABLE_FORMATS, JobSpec
-from batchnlp.storage import InputFile, Location, check_output, list_input
-from batchnlp.tables import Commit, TableSink, decode_schema, open_sink, read_table
-from batchnlp.tasks.columns import ERROR_COLUMN, output_schema
+from batchnlp.spec import JobSpec
+from batchnlp.storage import Location, check_output
+from batchnlp.tables.base import Commit
+from batchnlp.tasks.columns import output_schema
+from batchnlp.version import __version__
+from batchnlp.worker import ModelPlugin, ModelSettings, UnitJob, guarded, run_unit
 
 logger = logging.getLogger(__name__)
-
-# Units are sized before connecting; on an external cluster without --workers, assume this many.
-EXTERNAL_WORKERS_GUESS = 8
 
 
 @dataclass
@@ -48,57 +49,17 @@ class RunSummary:
 
     output: str
     run_id: str
-    totals: dict[str, Any]
+    totals: Totals
     wall_seconds: float
     units_run: int
     units_kept: int
     already_complete: bool = False
-    manifest: dict[str, Any] = field(default_factory=dict)
-    table: dict[str, Any] | None = None  # Delta/Iceberg output: the table, its version, committed now or before
+    manifest: Manifest | None = None  # None: a table holds the run, its staging manifest is gone
+    table: Commit | None = None  # Delta/Iceberg output: the table, its version, committed now or before
 
     @property
     def rows_per_second(self) -> float:
-        return self.totals["rows_out"] / self.wall_seconds if self.wall_seconds else 0.0
-
-
-@dataclass(frozen=True)
-class Plan:
-    source: Location
-    files: list[InputFile]
-    format: str
-    units: list[WorkUnit]
-    schema: pa.Schema | None  # None for JSONL until every unit's schema is known
-    rows_per_unit: int
-    partitioning: Partitioning | None = None  # Hive key=value directories below the input root, or a Delta log's
-    table: dict[str, Any] | None = None  # Delta/Iceberg input: the table and the version/snapshot read
-
-    @property
-    def fingerprint(self) -> str:
-        """Input listing and unit layout: a resumed run must cut the input exactly the same way."""
-        listing = [[f.path, f.size, f.etag] for f in self.files]
-        units = [[u.path, u.format, u.start, u.stop] for u in self.units]
-        return hashlib.sha256(json.dumps([self.format, listing, units]).encode()).hexdigest()
-
-
-def plan(spec: JobSpec, rows_per_unit: int | None = None) -> Plan:
-    """Units for ``spec``; ``rows_per_unit`` (an interrupted run's) overrides automatic sizing."""
-    options, table, values = spec.read_options, None, None
-    if spec.input_format in TABLE_FORMATS:  # the table's data files at one version, all Parquet
-        snapshot = read_table(spec)
-        source, files, fmt, table = snapshot.location, snapshot.files, "parquet", snapshot.described
-        options, values = replace(options, partitioning=snapshot.partitioning), snapshot.partition_values
-    else:
-        source = Location(spec.input, spec.storage_options)
-        files = list_input(source)
-        fmt = detect_format(files, spec.input_format)
-    if spec.scheduler:
-        workers = spec.workers or EXTERNAL_WORKERS_GUESS
-    else:
-        workers = local_layout(spec.workers, spec.device).workers
-    rows = spec.rows_per_partition or rows_per_unit
-    unit_plan = plan_units(source, files, fmt, rows, options, workers, table is None, values)
-    units, schema, partitioning = unit_plan.units, unit_plan.schema, unit_plan.partitioning
-    return Plan(source, files, fmt, units, schema, unit_plan.rows_per_unit, partitioning, table)
+        return self.totals.rows_out / self.wall_seconds if self.wall_seconds else 0.0
 
 
 def run(
@@ -115,126 +76,69 @@ def run(
     ``stop``, installed by the caller, turns SIGTERM into a drain (:mod:`batchnlp.shutdown`).
     """
     started = time.perf_counter()
-    sink = open_sink(spec) if spec.table_output else None
-    run_id = _run_id(spec, sink)
-    if sink is None:
-        output = Location(spec.output, spec.storage_options)
-        committer = Committer(output)
-    else:  # a table run stages its files in a directory of its own, then commits them once
-        output = sink.staging(run_id)
-        committer = Committer(output, restart="give the job another --run-id to start a new run")
-        version = sink.committed(run_id)
-        if version is not None:  # a retried job: the table already holds this run
-            return _already_committed(sink, committer, run_id, version)
-        if committer.previous_job() is not None:  # an interrupted attempt of this run id: finish it
-            spec = replace(spec, mode="resume")
+    output = open_output(spec).prepare()
+    done = output.committed()
+    if done is not None:  # a retried table job: the table already holds this run
+        return _already_committed(output, done)
+    committer = Committer(output.location, restart=output.restart)
+    spec = replace(spec, mode=output.mode(committer))
     # Automatic unit sizing depends on the machine: a resumed run reuses the interrupted one's.
     previous = committer.previous_job() if spec.mode == "resume" else None
     job_plan = plan(spec, previous.get("rows_per_unit") if previous else None)
     if job_plan.schema is not None:  # Parquet: known now, before any worker starts
-        _check_columns(spec, job_plan.schema, sink)
-    model_versions = {task.name: check_ref(task.model, spec.storage_options) for task in spec.tasks}
-    check_output(output)
-    # A retried submission of a committed run has nothing to do.
-    if sink is None and spec.mode != "overwrite" and committer.finished():
-        manifest = committer.read_manifest()
-        if _reruns(manifest, committer.previous_job(), spec, job_plan, model_versions):
-            return RunSummary(
-                output.display(), manifest["run_id"], manifest["totals"], 0.0, 0, len(job_plan.units), True, manifest
-            )
+        _check_schema(spec, job_plan.schema, output)
     job_record = {
-        "run_id": run_id,
+        "run_id": output.run_id,
         "spec_fingerprint": spec.fingerprint(),
         "input_fingerprint": job_plan.fingerprint,
-        "model_versions": model_versions,
+        "model_versions": {task.name: check_ref(task.model, spec.storage_options) for task in spec.tasks},
         "rows_per_unit": job_plan.rows_per_unit,
         "units": len(job_plan.units),  # for `batchnlp inspect` of an interrupted run
         "batchnlp_version": __version__,
         "spec": spec.redacted(),
     }
-    owner = owner_from(os.environ, spec.lock_owner)
-    with OutputLock(output, run_id, spec.break_lock, owner=owner, fingerprint=job_record["spec_fingerprint"]):
-        if sink is not None and committer.finished():  # files sealed, but the commit died with its driver
-            manifest = committer.read_manifest()
-            kept = len(job_plan.units)
-            summary = RunSummary(output.display(), run_id, manifest["totals"], 0.0, 0, kept, False, manifest)
-        else:
-            summary = _run_locked(spec, job_plan, committer, job_record, started, on_part, on_start, sink, stop)
-        if sink is not None:
-            schema = decode_schema(summary.manifest["schema"]["arrow"])
-            summary.table = sink.publish(run_id, output, summary.manifest, schema, spec.partition_by).describe()
-            summary.wall_seconds = time.perf_counter() - started
-        return summary
-
-
-def _reruns(
-    manifest: dict[str, Any],
-    committed_job: dict[str, Any] | None,
-    spec: JobSpec,
-    job_plan: Plan,
-    model_versions: dict[str, Any],
-) -> bool:
-    """This run is the committed one again: asked to resume, named by its run id, or (no id given) the
-    same spec over the same input files with the same models, such as a scheduler's retry of a job whose
-    process died after its commit. Units are not compared: their automatic size depends on the machine."""
-    if spec.mode == "resume" or spec.run_id:
-        return spec.mode == "resume" or manifest["run_id"] == spec.run_id
-    listing = [{"path": job_plan.source.display(f.path), "size": f.size, "etag": f.etag} for f in job_plan.files]
-    return (
-        committed_job is not None
-        and committed_job.get("spec_fingerprint") == spec.fingerprint()
-        and committed_job.get("model_versions") == model_versions
-        and manifest.get("input", {}).get("files") == listing
-    )
-
-
-def _run_id(spec: JobSpec, sink: TableSink | None) -> str:
-    """The run's id: given, an interrupted table run's (--resume without --run-id), or new."""
-    if spec.run_id:
-        return spec.run_id
-    if sink is not None and spec.mode == "resume":
-        pending = sink.pending_runs()
-        if len(pending) > 1:
-            raise OutputError(
-                f"{sink.display()} has {len(pending)} interrupted runs ({', '.join(pending)}); "
-                "pass --run-id ID with --resume to say which to finish"
-            )
-        if pending:
-            return pending[0]
-    if sink is not None:
-        logger.warning(
-            "no --run-id: this run appends to %s under a new id, and so would a retry of it; "
-            "give scheduled jobs a run id (run_id: ${run_date} in a spec) so a retry commits once",
-            sink.display(),
+    check_output(output.location)
+    repeated = output.completed(committer, job_record, job_plan.listing)
+    if repeated is not None:  # a retried submission of a committed run has nothing to do
+        return RunSummary(
+            output.location.display(), repeated.run_id, repeated.totals, 0.0, 0, len(job_plan.units), True, repeated
         )
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+    owner = owner_from(os.environ, spec.lock_owner)
+    with OutputLock(output.location, output.run_id, spec.break_lock, owner=owner, fingerprint=spec.fingerprint()):
+        manifest, units_run = output.sealed(committer), 0
+        if manifest is None:
+            manifest, units_run = _run_locked(
+                spec, job_plan, output, committer, job_record, started, on_part, on_start, stop
+            )
+        table = output.commit(committer, manifest)
+        kept, wall = len(job_plan.units) - units_run, time.perf_counter() - started
+        return RunSummary(
+            output.location.display(), output.run_id, manifest.totals, wall, units_run, kept, False, manifest, table
+        )
 
 
-def _already_committed(sink: TableSink, committer: Committer, run_id: str, version: int) -> RunSummary:
+def _already_committed(output: Output, table: Commit) -> RunSummary:
     """A run the table holds: nothing to do; figures from its sealed manifest when it is still there."""
-    manifest = committer.read_manifest() if committer.finished() else {}
-    summary = RunSummary(
-        committer.output.display(), run_id, manifest.get("totals") or totals([]), 0.0, 0, 0, True, manifest
-    )
-    summary.table = Commit(sink.display(), version, False, sink.version_kind).describe()
-    return summary
+    committer = Committer(output.location)
+    manifest = committer.read_manifest() if committer.finished() else None
+    figures = manifest.totals if manifest is not None else Totals()
+    return RunSummary(output.location.display(), output.run_id, figures, 0.0, 0, 0, True, manifest, table)
 
 
 def _run_locked(
     spec: JobSpec,
     job_plan: Plan,
+    output: Output,
     committer: Committer,
     job_record: dict[str, Any],
     started: float,
     on_part: Callable[[PartResult], None] | None,
     on_start: Callable[..., None] | None = None,
-    sink: TableSink | None = None,
     stop: GracefulStop | None = None,
-) -> RunSummary:
-    """Everything that writes under OUTPUT: only ever run while holding its lock."""
-    from batchnlp.worker import ModelPlugin, ModelSettings, UnitJob, guarded, run_unit
-
-    output, run_id = committer.output, job_record["run_id"]
+) -> tuple[Manifest, int]:
+    """Submit and collect every unit left to run, then build the manifest and the report (nothing
+    committed yet); only ever run while holding OUTPUT's lock. Returns the manifest and the units run."""
+    run_id = output.run_id
     kept = committer.prepare(spec.mode, job_record)
     todo = [unit for unit in job_plan.units if unit.id not in kept]
     logger.info(
@@ -262,42 +166,10 @@ def _run_locked(
 
     if not todo:
         announce(None)
-    if todo:
+    else:
         with connect(spec.scheduler, spec.workers, spec.device) as (client, threads):
             announce(client)
-            settings = ModelSettings(
-                tasks=spec.tasks,
-                device=spec.device,
-                precision=spec.precision,
-                tokens_per_batch=spec.tokens_per_batch,
-                max_length=spec.max_length,
-                threads=threads,
-                storage_options=dict(spec.storage_options),
-            )
-            inferring = None
-            if job_plan.schema is None:
-                inferring = _infer_schema(client, job_plan.source, job_plan.units, spec.read_options)
-            # Returns once every worker has its models; JSONL schemas are inferred meanwhile.
-            client.register_plugin(ModelPlugin(settings), name=settings.plugin_name)
-            schema = job_plan.schema
-            if inferring is not None:  # JSONL: its columns are known only now, still before any unit runs
-                schema = _unified_schema(client, inferring, job_plan.units, job_plan.partitioning)
-                try:
-                    _check_columns(spec, schema, sink)
-                except BatchnlpError:
-                    if not kept:  # nothing ran: leave no run behind for --resume to find
-                        committer.clear()
-                    raise
-            job = UnitJob(
-                job_plan.source,
-                output,
-                replace(spec.read_options, partitioning=job_plan.partitioning),
-                spec.id_column,
-                schema,
-                settings.plugin_name,
-                spec.output_options,
-                spec.partition_by,
-            )
+            job = _submitted_job(client, spec, job_plan, output, committer, threads, bool(kept))
             futures = {
                 client.submit(guarded, run_unit, unit, job, key=f"batchnlp-{run_id}-{unit.id}", pure=False): unit
                 for unit in todo
@@ -317,11 +189,53 @@ def _run_locked(
     _check_bad_lines(spec, ordered, final=True)
     wall = time.perf_counter() - started
     manifest = _manifest(spec, job_plan, ordered, job_record, wall)
-    manifest["startup"] = _startup([r for r in ordered if r.unit.id not in kept])
+    manifest.startup = _startup([r for r in ordered if r.unit.id not in kept])
     # The report goes first, so a committed run always has one; the manifest names its files.
-    manifest["report"] = committer.write_report(build_report(manifest, ordered, time.time() - wall))
-    committer.commit(manifest)
-    return RunSummary(output.display(), run_id, manifest["totals"], wall, len(todo), len(kept), False, manifest)
+    manifest.report = committer.write_report(build_report(manifest.to_record(), ordered, time.time() - wall))
+    return manifest, len(todo)
+
+
+def _submitted_job(
+    client: Any,
+    spec: JobSpec,
+    job_plan: Plan,
+    output: Output,
+    committer: Committer,
+    threads: int | None,
+    resumed: bool,
+) -> UnitJob:
+    """Load the models on every worker and fix the parts' schema: what each unit needs besides its range."""
+    settings = ModelSettings(
+        tasks=spec.tasks,
+        device=spec.device,
+        precision=spec.precision,
+        tokens_per_batch=spec.tokens_per_batch,
+        max_length=spec.max_length,
+        threads=threads,
+        storage_options=dict(spec.storage_options),
+    )
+    inferring = None
+    if job_plan.schema is None:
+        inferring = _infer_schema(client, job_plan.source, job_plan.units, spec.read_options)
+    # Returns once every worker has its models; JSONL schemas are inferred meanwhile.
+    client.register_plugin(ModelPlugin(settings), name=settings.plugin_name)
+    schema = job_plan.schema
+    if inferring is not None:  # JSONL: its columns are known only now, still before any unit runs
+        schema = _unified_schema(client, inferring, job_plan.units, job_plan.partitioning)
+        try:
+            _check_schema(spec, schema, output)
+        except BatchnlpError:
+            if not resumed:  # nothing ran: leave no run behind for --resume to find
+                committer.clear()
+            raise
+    read = replace(spec.read_options, partitioning=job_plan.partitioning)
+    return UnitJob(job_plan.source, read, spec.id_column, schema, settings.plugin_name, output)
+
+
+def _check_schema(spec: JobSpec, schema: pa.Schema, output: Output) -> None:
+    """The input has the columns the spec names, and the rows the tasks add to it fit the output."""
+    check_columns(spec, schema)
+    output.check(output_schema(schema, spec.tasks))
 
 
 def _schema_record(results: list[PartResult]) -> dict[str, Any] | None:
@@ -353,8 +267,6 @@ def _infer_schema(client: Any, source: Location, units: list[WorkUnit], options:
     Reading JSONL twice costs far less than the model, and a malformed line stops the job
     before any inference.
     """
-    from batchnlp.worker import guarded
-
     return {client.submit(guarded, unit_schema, source, unit, options, pure=False): unit for unit in units}
 
 
@@ -369,59 +281,6 @@ def _unified_schema(
     for unit in units:
         partitioning.check(schemas[unit.id], unit.describe())
     return partitioning.extend(schema)
-
-
-def _check_columns(spec: JobSpec, schema: pa.Schema, sink: TableSink | None = None) -> None:
-    """The columns the spec names exist in the input, and the rows fit the output table: checked once,
-    as soon as the input's schema is known, before any inference."""
-    _check_question_columns(spec, schema)
-    _check_partition_columns(spec, schema)
-    _check_task_columns(spec, schema)
-    if sink is not None:
-        sink.check(output_schema(schema, spec.tasks), spec.partition_by)
-
-
-def _check_question_columns(spec: JobSpec, schema: pa.Schema) -> None:
-    """A misspelt --question-column stops the job before inference, not after rejecting every row."""
-    for task in spec.tasks:
-        if task.question_column and task.question_column not in schema.names:
-            raise InputError(
-                f"task {task.name!r} reads questions from column {task.question_column!r}, which the input "
-                f"does not have; columns found: {', '.join(schema.names)}. Pass --question-column NAME"
-            )
-
-
-def _check_task_columns(spec: JobSpec, schema: pa.Schema) -> None:
-    """The columns a run adds (one per task, ``_error``) are not in the input already: a part with two
-    columns of one name is unreadable. The usual cause is an earlier run's output fed back in."""
-    taken = [name for name in (*(task.name for task in spec.tasks), ERROR_COLUMN.name) if name in schema.names]
-    if not taken:
-        return
-    fixes = []
-    if ERROR_COLUMN.name in taken:
-        fixes.append("drop or rename the input's _error column (every run writes its own)")
-    if set(taken) - {ERROR_COLUMN.name}:
-        fixes.append("give the task another name in a job spec (tasks: [{name: sentiment_v2, task: sentiment}])")
-    raise InputError(
-        f"the input already has {'a column' if len(taken) == 1 else 'columns'} {', '.join(map(repr, taken))}, "
-        f"which this run writes itself (is the input an earlier run's output?); {' and '.join(fixes)}"
-    )
-
-
-def _check_partition_columns(spec: JobSpec, schema: pa.Schema) -> None:
-    """--partition-by names input columns (or the input's own partition keys) of a flat type."""
-    missing = [name for name in spec.partition_by if name not in schema.names]
-    if missing:
-        raise InputError(
-            f"--partition-by names {'a column' if len(missing) == 1 else 'columns'} the input does not have: "
-            f"{', '.join(missing)}; columns found (partition keys of the input included): {', '.join(schema.names)}"
-        )
-    nested = [name for name in spec.partition_by if pa.types.is_nested(schema.field(name).type)]
-    if nested:
-        raise InputError(
-            f"--partition-by cannot use {', '.join(nested)}: a partition value must be a single value "
-            "(string, number, date, ...), not a list or struct"
-        )
 
 
 def _check_bad_lines(spec: JobSpec, finished: list[PartResult], final: bool) -> None:
@@ -450,7 +309,7 @@ def _check_bad_lines(spec: JobSpec, finished: list[PartResult], final: bool) -> 
 
 def _manifest(
     spec: JobSpec, job_plan: Plan, results: list[PartResult], job_record: dict[str, Any], wall: float
-) -> dict[str, Any]:
+) -> Manifest:
     """The commit record: what ran, on what, with which models, and every part it wrote."""
     models = {}
     for task in spec.tasks:
@@ -463,46 +322,25 @@ def _manifest(
             "version": job_record["model_versions"][task.name],
             "weights": results[0].models.get(task.name) if results else None,
         }
-    summary = totals(results)
-    return {
-        "batchnlp_version": __version__,
-        "run_id": job_record["run_id"],
-        "committed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "spec": spec.redacted(),
-        "input": {
+    summary = sum(results, Totals())
+    return Manifest(
+        batchnlp_version=__version__,
+        run_id=job_record["run_id"],
+        committed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        spec=spec.redacted(),
+        input={
             "format": job_plan.format,
             **({"table": job_plan.table} if job_plan.table else {}),
             "partitions": {f.name: str(f.type) for f in job_plan.partitioning.schema} if job_plan.partitioning else {},
-            "files": [
-                {"path": job_plan.source.display(f.path), "size": f.size, "etag": f.etag} for f in job_plan.files
-            ],
+            "files": job_plan.listing,
         },
-        "output": spec.output_options.describe(),
-        "schema": _schema_record(results),
-        "models": models,
-        "device": sorted({r.device for r in results}),
-        "precision": sorted({r.precision for r in results}),
-        "parts": [
-            {
-                "path": r.part.rsplit("/", 1)[-1] or None,
-                "source": redacted_unit(r.unit).describe(),
-                "unit": redacted_unit(r.unit).__dict__,
-                "rows": r.rows_out,
-                "rejected": r.rejected,
-                "bad_lines": r.bad_lines,
-                "quarantine": r.quarantine,
-                "tokens": r.tokens,
-                "padded_tokens": r.padded_tokens,
-                "bytes": r.bytes,
-                "sha256": r.sha256,
-                **({"files": r.files} if r.files else {}),
-                "seconds": {k: round(v, 3) for k, v in r.seconds.items()},
-                "worker": r.worker,
-                "models_loaded_at": r.models_loaded_at,
-            }
-            for r in results
-        ],
-        "totals": summary,
-        "wall_seconds": round(wall, 3),
-        "rows_per_second": round(summary["rows_out"] / wall, 2) if wall else None,
-    }
+        output=spec.output_options.describe(),
+        schema=_schema_record(results),
+        models=models,
+        device=sorted({r.device for r in results}),
+        precision=sorted({r.precision for r in results}),
+        parts=[r.manifest_entry() for r in results],
+        totals=summary,
+        wall_seconds=round(wall, 3),
+        rows_per_second=round(summary.rows_out / wall, 2) if wall else None,
+    )

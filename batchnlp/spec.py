@@ -35,6 +35,18 @@ DEFAULT_CATALOG = "default"
 DEFAULT_MAX_ANSWER_LENGTH = 15  # tokens, as transformers' question-answering pipeline
 QA_KEYS = ("question", "question_column", "doc_stride", "max_answer_length", "allow_no_answer")
 TASK_KEYS = ("name", "task", "model", "top_k", *QA_KEYS)
+# The least value of each integer setting, for the spec and the CLI's options alike. A window
+# or a batch of fewer than 8 tokens holds little beyond [CLS] and [SEP].
+MINIMUMS = {
+    "rows_per_partition": 1,
+    "workers": 1,
+    "max_length": 8,
+    "tokens_per_batch": 8,
+    "top_k": 1,
+    "doc_stride": 0,
+    "max_answer_length": 1,
+    "table_version": 0,
+}
 
 
 @dataclass(frozen=True)
@@ -115,7 +127,7 @@ class JobSpec:
         _table_settings(s, values, mode, problems)
         for name in ("rows_per_partition", "workers", "max_length", "tokens_per_batch"):
             if name in s:
-                values[name] = _positive_int(name, s[name], problems)
+                values[name] = _integer(name, s[name], problems, MINIMUMS[name])
         for name in ("text_column", "id_column", "scheduler"):
             if name in s:
                 if isinstance(s[name], str) and s[name]:
@@ -281,7 +293,7 @@ def _tasks_from_settings(s: Mapping[str, Any], problems: list[str]) -> list[Task
         if top_k is not None:
             if not TASKS[kind].supports_top_k:
                 problems.append(f"task {name!r} ({kind}) does not take top_k")
-            top_k = _positive_int(f"top_k of task {name!r}", top_k, problems)
+            top_k = _integer(f"top_k of task {name!r}", top_k, problems, MINIMUMS["top_k"])
         qa = _qa_settings(name, kind, item, s, problems)
         tasks.append(TaskSpec(name=name, kind=kind, model=str(model), top_k=top_k, **qa))
     names = [t.name for t in tasks]
@@ -320,13 +332,15 @@ def _qa_settings(name: str, kind: str, item: Mapping[str, Any], s: Mapping[str, 
         if value[key] is not None and not (isinstance(value[key], str) and value[key].strip()):
             problems.append(f"{key} of task {name!r} must be a non-empty string, got {value[key]!r}")
     if value["doc_stride"] is not None:
-        value["doc_stride"] = _positive_int(f"doc_stride of task {name!r}", value["doc_stride"], problems, minimum=0)
+        stride_name = f"doc_stride of task {name!r}"
+        value["doc_stride"] = _integer(stride_name, value["doc_stride"], problems, MINIMUMS["doc_stride"])
         stride, window = value["doc_stride"], s.get("max_length")
         if isinstance(stride, int) and isinstance(window, int) and stride >= window:
             problems.append(f"doc_stride of task {name!r} must be less than max_length ({s['max_length']})")
     if value["max_answer_length"] is None:
         value["max_answer_length"] = DEFAULT_MAX_ANSWER_LENGTH
-    _positive_int(f"max_answer_length of task {name!r}", value["max_answer_length"], problems)
+    answer_name = f"max_answer_length of task {name!r}"
+    _integer(answer_name, value["max_answer_length"], problems, MINIMUMS["max_answer_length"])
     if value["allow_no_answer"] is None:
         value["allow_no_answer"] = False
     if not isinstance(value["allow_no_answer"], bool):
@@ -375,7 +389,7 @@ def _table_settings(s: Mapping[str, Any], values: dict[str, Any], mode: str, pro
     if "table_version" in s:
         if not tables.get("input"):
             problems.append("--table-version (a Delta version or Iceberg snapshot) needs --input-format delta|iceberg")
-        values["table_version"] = _positive_int("table_version", s["table_version"], problems, minimum=0)
+        values["table_version"] = _integer("table_version", s["table_version"], problems, MINIMUMS["table_version"])
     if "catalog" in s:
         if isinstance(s["catalog"], str) and s["catalog"]:
             values["catalog"] = s["catalog"]
@@ -440,7 +454,7 @@ def _choice(name: str, value: Any, kind: Any, problems: list[str]) -> Any:
     return value
 
 
-def _positive_int(name: str, value: Any, problems: list[str], minimum: int = 1) -> int:
+def _integer(name: str, value: Any, problems: list[str], minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         what = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
         problems.append(f"{name} must be {what}, got {value!r}")

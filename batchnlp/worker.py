@@ -21,21 +21,18 @@ from typing import Any
 import pyarrow as pa
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from batchnlp import __version__
-from batchnlp.commit import REJECTED, PartResult, sha256
 from batchnlp.engine import BatchStats
 from batchnlp.errors import BatchnlpError, JobFailed
-from batchnlp.formats import BadLine, ReadOptions, WorkUnit, read_unit
-from batchnlp.formats.hive import directory
-from batchnlp.formats.writers import PARQUET_ZSTD, OutputFormat
+from batchnlp.formats import ReadOptions, WorkUnit, read_unit
 from batchnlp.heartbeat import beat, tracking
-from batchnlp.redaction import redact_url
+from batchnlp.output import Output, bad_line_record
+from batchnlp.record import PartResult, encode_schema
 from batchnlp.spec import TaskSpec
 from batchnlp.stats import column_stats
-from batchnlp.storage import Location, write_atomic
-from batchnlp.tables import encode_schema
+from batchnlp.storage import Location
 from batchnlp.tasks.base import value_problem
 from batchnlp.tasks.columns import ERROR_COLUMN
+from batchnlp.version import __version__
 
 EXAMPLES_PER_PART = 5
 
@@ -108,13 +105,11 @@ class UnitJob:
     """Everything a unit needs besides the models; small and picklable."""
 
     input: Location
-    output: Location
     read: ReadOptions
     id_column: str | None
     schema: pa.Schema  # every part gets exactly these input columns and types
     plugin_name: str
-    output_format: OutputFormat = PARQUET_ZSTD  # parquet, arrow or jsonl, and its compression
-    partition_by: tuple[str, ...] = ()  # Hive output: COL=value/ directories, these columns left out of the files
+    output: Output  # bound to the run: where and how the unit's rows are written
 
 
 @dataclass(frozen=True)
@@ -170,7 +165,8 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
         clock = time.perf_counter()
         problems = [error or problem for error, problem in zip(text_errors, task.row_problems(table), strict=True)]
         valid = [i for i, problem in enumerate(problems) if problem is None]
-        rows = table.select(list(task.input_columns)).take(valid) if task.input_columns else None
+        taken = pa.array(valid, pa.int64())  # typed: an empty list alone would be a null array
+        rows = table.select(list(task.input_columns)).take(taken) if task.input_columns else None
         column, stats = task.annotate([texts[i] for i in valid], rows)
         positions = pa.array(_positions(problems), pa.int64())
         table = table.append_column(pa.field(name, task.output_type), column.take(positions))
@@ -185,17 +181,8 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
 
     clock = time.perf_counter()
     table = table.append_column(ERROR_COLUMN, pa.array(errors, pa.string()))
-    fs, _ = job.output.split()
-    quarantine = _quarantine(fs, job, unit, read.bad_lines) if job.read.on_bad_lines == "quarantine" else None
-    part, data, files = "", b"", []
     metadata = {"version": __version__, "models": plugin.checksums, "precision": plugin.precision}
-    if table.num_rows and job.partition_by:
-        files = _write_partitioned(fs, job, unit, table, metadata)
-    elif table.num_rows:  # a unit can hold no rows (a byte range inside one long line): no part
-        data = job.output_format.write(table, metadata)
-        part = job.output.child(unit.id + job.output_format.suffix)
-        write_atomic(fs, part, data)
-        part = fs.unstrip_protocol(part)
+    written = job.output.write(unit, table, metadata, read.bad_lines)
     seconds["write"] = time.perf_counter() - clock
 
     reasons: dict[str, int] = {}
@@ -210,7 +197,7 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
     ]
     return PartResult(
         unit=unit,
-        part=part,
+        part=written.part,
         rows_in=len(errors),
         rows_out=table.num_rows,
         rejected=len(errors) - errors.count(None),
@@ -221,11 +208,11 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
         oom_splits=totals.oom_splits,
         first_output_at=totals.first_output_at,
         bad_lines=len(read.bad_lines),
-        bad_line_examples=[_bad_line_record(unit, bad) for bad in read.bad_lines[:EXAMPLES_PER_PART]],
-        quarantine=quarantine,
-        bytes=sum(f["bytes"] for f in files) if files else len(data),
-        sha256=sha256(data),
-        files=files,
+        bad_line_examples=[bad_line_record(unit, bad) for bad in read.bad_lines[:EXAMPLES_PER_PART]],
+        quarantine=written.quarantine,
+        bytes=written.bytes,
+        sha256=written.sha256,
+        files=written.files,
         seconds=seconds,
         device=plugin.device,
         precision=plugin.precision,
@@ -236,53 +223,6 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
         finished_at=time.time(),
         schema=encode_schema(table.schema),
     )
-
-
-def _write_partitioned(
-    fs: Any, job: UnitJob, unit: WorkUnit, table: pa.Table, metadata: dict[str, Any]
-) -> list[dict[str, Any]]:
-    """One file per partition value combination in the unit: ``COL=v/…/part-NNNNN.<suffix>``.
-
-    The partition columns are left out of the files (their values are in the path, as Hive,
-    Spark and pyarrow write them). Groups come in order of their first row; rows within a group
-    keep input order. The unit id names every file, so names are unique across units and a
-    retried unit rewrites the same files. Paths in the result are relative to OUTPUT.
-    """
-    keys = [table.column(name).cast(pa.string()).to_pylist() for name in job.partition_by]
-    groups: dict[tuple[str | None, ...], list[int]] = {}
-    for i, key in enumerate(zip(*keys, strict=True)):
-        groups.setdefault(key, []).append(i)
-    rest = table.drop_columns(list(job.partition_by))
-    files = []
-    for key, rows in groups.items():
-        data = job.output_format.write(rest.take(pa.array(rows, pa.int64())), metadata)
-        path = f"{directory(zip(job.partition_by, key, strict=True))}/{unit.id}{job.output_format.suffix}"
-        write_atomic(fs, job.output.child(path), data)
-        files.append({"path": path, "rows": len(rows), "bytes": len(data), "sha256": sha256(data)})
-    return files
-
-
-def _quarantine(fs: Any, job: UnitJob, unit: WorkUnit, bad_lines: list[BadLine]) -> dict[str, Any] | None:
-    """Keep a unit's bad lines byte for byte in OUTPUT/_rejected/, where each came from beside them.
-
-    ``_rejected/part-NNNNN.jsonl`` holds the raw lines (fix them and feed the folder back in:
-    listings skip the ``_reasons`` folder); ``_rejected/_reasons/part-NNNNN.jsonl`` gives each
-    one's source file, line number and reason, in the same order. Deterministic names and
-    atomic writes: a retried unit rewrites the same files.
-    """
-    if not bad_lines:
-        return None
-    data = b"".join(bad.raw + b"\n" for bad in bad_lines)
-    reasons = "".join(json.dumps(_bad_line_record(unit, bad), ensure_ascii=False) + "\n" for bad in bad_lines)
-    path = job.output.child(f"{REJECTED}/{unit.id}.jsonl")
-    write_atomic(fs, job.output.child(f"{REJECTED}/_reasons/{unit.id}.jsonl"), reasons.encode())
-    write_atomic(fs, path, data)
-    return {"path": f"{REJECTED}/{unit.id}.jsonl", "lines": len(bad_lines), "bytes": len(data), "sha256": sha256(data)}
-
-
-def _bad_line_record(unit: WorkUnit, bad: BadLine) -> dict[str, Any]:
-    """Where a bad line came from and why, as the manifest and the quarantine's _reasons files show it."""
-    return {"source": redact_url(unit.path), "line": bad.line, "reason": bad.reason}
 
 
 def _positions(errors: list[str | None]) -> list[int | None]:

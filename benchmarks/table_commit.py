@@ -21,15 +21,15 @@ import pyarrow as pa
 
 from batchnlp.formats.writers import PARQUET_ZSTD
 from batchnlp.storage import Location
-from batchnlp.tables import TableSink
+from batchnlp.tables.base import DataFile, TableSink
 from batchnlp.tables.delta import DeltaSink
 from batchnlp.tables.iceberg import IcebergSink
 
 SCHEMA = pa.schema([("id", pa.int64()), ("text", pa.string()), ("_error", pa.string())])
 
 
-def stage(sink: TableSink, run_id: str, files: int) -> dict:
-    """``files`` Parquet parts of 100 rows in the run's staging directory, and the manifest naming them."""
+def stage(sink: TableSink, run_id: str, files: int) -> list[DataFile]:
+    """``files`` Parquet parts of 100 rows in the run's staging directory, as the commit adds them."""
     staging = sink.staging(run_id)
     root = Path(staging.path)
     root.mkdir(parents=True, exist_ok=True)
@@ -38,8 +38,8 @@ def stage(sink: TableSink, run_id: str, files: int) -> dict:
         table = pa.table({"id": range(i * 100, i * 100 + 100), "text": ["x"] * 100, "_error": [None] * 100}, SCHEMA)
         data = PARQUET_ZSTD.write(table, {})
         (root / f"part-{i:05d}.parquet").write_bytes(data)
-        parts.append({"path": f"part-{i:05d}.parquet", "rows": 100, "bytes": len(data)})
-    return {"parts": parts}
+        parts.append(DataFile(f"part-{i:05d}.parquet", 100, len(data), {}))
+    return parts
 
 
 def timed(action) -> float:

@@ -3,7 +3,6 @@ and helpers to write inputs. Everything runs on 127.0.0.1 with no network and no
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from batchnlp.testing import build_classifier, build_question_answerer
+from tests.helpers import cli_job, one_worker_cluster
 from tests.s3proxy import S3Proxy
 
 S3_ENV = {
@@ -90,27 +90,13 @@ def bucket(s3, request: pytest.FixtureRequest) -> str:
     return name
 
 
-def upload_dir(s3, local: Path, bucket: str, prefix: str) -> str:
-    for path in sorted(local.iterdir()):
-        s3.upload_file(str(path), bucket, f"{prefix}/{path.name}")
-    return f"s3://{bucket}/{prefix}/"
-
-
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return path
-
-
 @pytest.fixture(scope="module")
 def scheduler(s3_proxy: S3Proxy) -> Iterator[str]:
     """One real LocalCluster (worker processes) for a module's jobs, so models load once per module.
 
     Started after the S3 fixtures set the AWS variables, so its workers reach moto too.
     """
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+    with one_worker_cluster() as cluster:
         yield cluster.scheduler_address
 
 
@@ -118,18 +104,3 @@ def scheduler(s3_proxy: S3Proxy) -> Iterator[str]:
 def job(tiny_model: Path, scheduler: str):
     """``job(source, out, *flags)``: `batchnlp run` with the tiny model on the module's cluster."""
     return cli_job(tiny_model, scheduler)
-
-
-def cli_job(model: Path, scheduler: str):
-    """``run(source, out, *flags)``: `batchnlp run` in this process with ``model`` on ``scheduler``."""
-    from click.testing import CliRunner
-
-    from batchnlp.cli import main
-
-    def run(source: Path | str, out: Path | str, *flags: str):
-        args = [str(source), str(out), "--model", f"sentiment={model}", "--scheduler", scheduler]
-        result = CliRunner().invoke(main, ["run", *args, "--workers", "1", *map(str, flags)])
-        assert "Traceback" not in result.output, result.output
-        return result
-
-    return run

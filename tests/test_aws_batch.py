@@ -34,7 +34,7 @@ from batchnlp.aws_batch import (
 from batchnlp.cluster import ALLOWED_FAILURES, Layout, local_layout
 from batchnlp.errors import JobFailed, SpecError
 from batchnlp.spec import JobSpec
-from tests.conftest import write_jsonl
+from tests.helpers import write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 # Every AWS Batch container job gets these; they say nothing about nodes.
@@ -226,7 +226,7 @@ def test_the_cli_hook_leaves_single_node_jobs_alone_and_refuses_scheduler(tmp_pa
 CHILD = """
 import logging, os, sys
 from batchnlp.aws_batch import _child_nanny_class, node_role, serve_child
-from batchnlp.redaction import configure_logging
+from batchnlp.logs import configure_logging
 configure_logging(logging.INFO)
 # Count the workers whose nanny stopped them itself (see _child_nanny_class).
 nanny, asked, stopped = _child_nanny_class(), nanny_close_gracefully, []
@@ -379,9 +379,9 @@ def test_a_job_runs_over_both_nodes_and_the_child_exits_when_it_ends(tmp_path, t
     assert code == 0, output[-3000:]
     assert "child exits" in output and "closed; the job is over" in output
     assert_quiet(output)  # a good night must not look like a failure in CloudWatch
-    assert summary.totals["rows_out"] == 120 and summary.totals["parts"] >= 4
+    assert summary.totals.rows_out == 120 and summary.totals.parts >= 4
     assert (tmp_path / "out" / "_SUCCESS").exists()
-    ran_on = {int(part["worker"].rsplit(":", 1)[1]) for part in summary.manifest["parts"]}
+    ran_on = {int(part.worker.rsplit(":", 1)[1]) for part in summary.manifest.parts}
     assert pids["batchnlp-node1-0"] in ran_on, f"the child node's worker ran units: {ran_on} vs {pids}"
 
 

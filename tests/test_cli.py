@@ -13,11 +13,9 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner
 
-from batchnlp.cli import main
 from tests import corpus
-from tests.conftest import write_jsonl
+from tests.helpers import invoke, one_worker_cluster, write_jsonl
 
 BAD_ROWS = [
     ({"id": 10_000, "text": None}, "text is null"),
@@ -27,12 +25,6 @@ BAD_ROWS = [
     ({"id": 10_004, "text": {"nested": "x"}}, "'text' is an object, not a string"),
     ({"id": 10_005}, "no 'text' field"),
 ]
-
-
-def invoke(*args: str):
-    result = CliRunner().invoke(main, ["run", *map(str, args)])
-    assert "Traceback" not in result.output
-    return result
 
 
 def read_output(out: Path) -> pa.Table:
@@ -258,10 +250,10 @@ def test_jsonl_fields_whose_types_drift_between_units_share_one_schema(tmp_path,
 
 
 def test_existing_scheduler_is_used_and_left_running(tmp_path, tiny_model):
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     write_jsonl(tmp_path / "in.jsonl", [{"text": f"text number {i}"} for i in range(40)])
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+    with one_worker_cluster() as cluster:
         result = invoke(
             tmp_path / "in.jsonl", tmp_path / "o", "--model", f"sentiment={tiny_model}",
             "--scheduler", cluster.scheduler_address,

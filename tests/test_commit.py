@@ -6,10 +6,12 @@ import json
 
 import pytest
 
-from batchnlp.commit import Committer, PartResult, sha256, totals
+from batchnlp.commit import Committer, sha256
 from batchnlp.errors import OutputError
 from batchnlp.formats import WorkUnit
+from batchnlp.record import PartResult, Totals
 from batchnlp.storage import Location
+from tests.helpers import manifest, part_result
 
 JOB = {
     "run_id": "r1",
@@ -24,11 +26,10 @@ def fake_part(committer: Committer, index: int, data: bytes) -> PartResult:
     unit = WorkUnit(index, "file:///in.jsonl", "jsonl", index * 10, index * 10 + 10)
     path = committer.path(f"{unit.id}.parquet")
     committer.fs.pipe_file(path, data)
-    return PartResult(
-        unit=unit, part=committer.fs.unstrip_protocol(path), rows_in=3, rows_out=3, rejected=1,
-        reasons={"text is null": 1}, rejected_examples=[{"row": 2, "id": None, "reason": "text is null"}],
-        tokens=10, padded_tokens=16, bytes=len(data), sha256=sha256(data), seconds={"read": 0.1},
-        device="cpu", precision="fp32", worker="h:1", models_loaded_at=0.0,
+    example = {"row": 2, "id": None, "reason": "text is null"}
+    return part_result(
+        index, rows=3, unit=unit, part=committer.fs.unstrip_protocol(path), rejected_examples=[example],
+        bytes=len(data), sha256=sha256(data),
     )  # fmt: skip
 
 
@@ -83,10 +84,10 @@ def test_a_new_run_clears_an_interrupted_attempt_and_commit_is_create_only(commi
     committer.record(fake_part(committer, 0, b"x"))
     committer.prepare("new", {**JOB, "run_id": "r2"})
     assert committer.prepare("resume", {**JOB, "run_id": "r3"}) == {}, "nothing left to resume"
-    committer.commit({"run_id": "r3", "parts": []})
+    committer.commit(manifest("r3"))
     assert json.loads(committer.fs.cat_file(committer.path("_SUCCESS")))["run_id"] == "r3"
     with pytest.raises(OutputError, match="already exists"):
-        committer.commit({"run_id": "r4", "parts": []})
+        committer.commit(manifest("r4"))
     with pytest.raises(OutputError, match="--overwrite"):
         committer.prepare("new", JOB)
     committer.prepare("overwrite", JOB)
@@ -96,10 +97,21 @@ def test_a_new_run_clears_an_interrupted_attempt_and_commit_is_create_only(commi
 def test_totals_add_up_parts_and_keep_examples(committer):
     committer.prepare("new", JOB)
     results = [fake_part(committer, i, b"x") for i in range(2)]
-    summary = totals(results)
-    assert summary["rows_in"] == 6 and summary["rejected"] == 2
-    assert summary["rejected_by_reason"] == {"text is null": 2}
-    assert summary["rejected_examples"][1] == {"part": "part-00001", "row": 2, "id": None, "reason": "text is null"}
+    summary = sum(results, Totals())
+    assert summary == results[0] + results[1]
+    assert summary.parts == 2 and summary.rows_in == 6 and summary.rejected == 2
+    assert summary.rejected_by_reason == {"text is null": 2}
+    assert summary.rejected_examples[1] == {"part": "part-00001", "row": 2, "id": None, "reason": "text is null"}
+    assert summary.worker_seconds == {"read": 1.0, "model:sentiment": 3.0}
+    assert Totals.from_record(summary.to_record()) == summary
+
+
+def test_a_manifest_reads_back_as_it_was_written(committer):
+    committer.prepare("new", JOB)
+    written = manifest("r1", [fake_part(committer, i, b"x") for i in range(2)])
+    committer.commit(written)
+    assert committer.read_manifest() == written
+    assert [part.paths for part in written.parts] == [["part-00000.parquet"], ["part-00001.parquet"]]
 
 
 def test_resume_finishes_a_commit_that_died_between_manifest_and_success(committer):
@@ -107,7 +119,7 @@ def test_resume_finishes_a_commit_that_died_between_manifest_and_success(committ
     committer.record(fake_part(committer, 0, b"x"))
     committer.fs.pipe_file(committer.path("_manifest.json"), b"{}")  # the driver died right here
     assert sorted(committer.prepare("resume", JOB)) == ["part-00000"]
-    committer.commit({"run_id": "r1", "parts": []})
+    committer.commit(manifest("r1"))
     assert committer.finished()
 
 

@@ -19,8 +19,7 @@ from batchnlp.spec import TaskSpec
 from batchnlp.tasks.classify import Classify
 from batchnlp.testing import build_classifier
 from tests import corpus
-from tests.conftest import write_jsonl
-from tests.test_cli import invoke
+from tests.helpers import invoke, write_jsonl
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from batchnlp.cli import main
-from tests.conftest import write_jsonl
+from tests.helpers import write_jsonl
 
 
 def inspect(*args: str):

@@ -14,8 +14,7 @@ import pytest
 from batchnlp.errors import OutputError
 from batchnlp.lock import LOCK, OutputLock, stale
 from batchnlp.storage import Location
-from tests.conftest import write_jsonl
-from tests.test_cli import invoke
+from tests.helpers import invoke, write_jsonl
 
 
 @pytest.fixture

@@ -9,12 +9,11 @@ import pytest
 from click.testing import CliRunner
 
 from batchnlp.cli import main
-from batchnlp.logs import bind
+from batchnlp.logs import bind, configure_logging
 from batchnlp.progress import ProgressReporter
-from batchnlp.redaction import configure_logging
 from batchnlp.runner import RunSummary
-from tests.conftest import write_jsonl
-from tests.test_progress import result, unit
+from tests.helpers import unit, write_jsonl
+from tests.test_progress import result
 
 KEY_ID = "AKIAIOSFODNN7EXAMPLE"
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
@@ -63,12 +62,10 @@ def test_each_record_is_one_json_object_with_its_fields_and_no_secret(json_loggi
 def test_reporter_events_carry_unit_and_counts(json_logging, capsys):
     reporter = ProgressReporter("log", interval=3600, unit_events=True)
     reporter.start("run-9", [unit(0), unit(1)], dashboard="http://127.0.0.1:8787/status")
-    reporter.on_part(result(0, rows=120, rejected=2))
-    reporter.on_part(result(1, rows=80, rejected=0, bad_lines=3))
-    totals = {
-        "parts": 2, "rows_in": 200, "rows_out": 200, "rejected": 2, "bad_lines": 3, "tokens": 4000,
-        "rejected_by_reason": {"text is null": 2},
-    }  # fmt: skip
+    parts = [result(0, rows=120, rejected=2), result(1, rows=80, rejected=0, bad_lines=3)]
+    for part in parts:
+        reporter.on_part(part)
+    totals = parts[0] + parts[1]
     reporter.finish(RunSummary("file:///out", "run-9", totals, 4.0, 2, 0))
     events = {}
     for line in json_lines(capsys.readouterr().err):
@@ -88,7 +85,8 @@ def test_reporter_events_carry_unit_and_counts(json_logging, capsys):
 
 
 def test_a_real_run_logs_json_events_and_cloudwatch_metrics_and_exits_0_with_skipped_lines(tmp_path, tiny_model):
-    """One end-to-end run: JSON on stderr only, a unit_done per unit, job_done, an EMF line last, and exit 0."""
+    """One end-to-end run: JSON lines only (stdout holds nothing), a unit_done per unit, job_done, the summary
+    as an event, an EMF line last, and exit 0."""
     source = write_jsonl(tmp_path / "in.jsonl", [{"id": i, "text": f"review number {i}"} for i in range(40)])
     with source.open("a") as f:
         f.write(f'{{"id": 99, "text": "broken\n{{"secret_access_key": "{SECRET}"\n')
@@ -98,7 +96,7 @@ def test_a_real_run_logs_json_events_and_cloudwatch_metrics_and_exits_0_with_ski
          "--rows-per-partition", "20", "--on-bad-lines", "skip", "--log-format", "json"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "2 input lines that were not JSON objects skipped" in result.stdout
+    assert result.stdout == "", "in a container both streams are one log: no plain-text line anywhere"
     events = json_lines(result.stderr)
     metrics = events[-1]  # CloudWatch Embedded Metric Format: namespace, dimension and metric names under _aws
     definition = metrics["_aws"]["CloudWatchMetrics"][0]
@@ -112,9 +110,24 @@ def test_a_real_run_logs_json_events_and_cloudwatch_metrics_and_exits_0_with_ski
         by_event.setdefault(event["event"], []).append(event)
     done = by_event["job_done"][0]
     assert done["bad_lines"] == 2 and done["rows_in"] == 40 and done["parts"] >= 2
+    summary = [event["message"] for event in by_event["summary"]]
+    assert summary[0].startswith("wrote 40 rows") and "2 input lines that were not JSON objects skipped" in summary[1]
     units = by_event["unit_done"]
     assert len(units) == done["parts"] and all(u["unit"].startswith("part-") for u in units)
     assert sum(u["rows_in"] for u in units) == 40 and sum(u["tokens"] for u in units) > 0
     if "planned" in by_event:  # the runner logs its plan as an event once it has on_start (issue 7's diff)
         assert all(e.get("run_id") == done["run_id"] for e in [*units, *by_event["planned"]])
     assert_no_secret(result.stderr + result.stdout)
+
+
+def test_a_failed_run_in_json_mode_says_why_in_a_json_line(tmp_path, tiny_model):
+    result = CliRunner().invoke(
+        main,
+        ["run", str(tmp_path / "missing.jsonl"), str(tmp_path / "out"), "--model", f"sentiment={tiny_model}",
+         "--log-format", "json"],
+    )  # fmt: skip
+    assert result.exit_code == 2 and result.stdout == ""
+    events = json_lines(result.stderr)
+    failed = next(event for event in events if event["event"] == "failed")
+    assert failed["level"] == "ERROR" and failed["exit_code"] == 2 and "missing.jsonl" in failed["message"]
+    assert events[-1]["event"] == "job_metrics" and events[-1]["exit_code"] == 2

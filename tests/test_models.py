@@ -14,7 +14,7 @@ import batchnlp.runner
 from batchnlp.cli import main
 from batchnlp.errors import ModelError
 from batchnlp.models import check_ref, content_checksums, content_digest, parse_ref, stage, weight_checksums
-from tests.conftest import cli_job, upload_dir, write_jsonl
+from tests.helpers import cli_job, upload_dir, write_jsonl
 
 DIGEST = "a" * 64
 

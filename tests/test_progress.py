@@ -9,24 +9,15 @@ from typing import ClassVar
 import pytest
 from rich.console import Console
 
-from batchnlp.commit import PartResult
-from batchnlp.formats.base import WorkUnit
 from batchnlp.progress import ProgressReporter, _duration, _retries_on_scheduler, choose_mode
+from batchnlp.record import PartResult
+from tests.helpers import part_result, unit
 
 DASHBOARD = "http://127.0.0.1:8787/status"
 
 
-def unit(index: int, rows: int | None = 100) -> WorkUnit:
-    return WorkUnit(index, "file:///data/in.jsonl", "jsonl", index * 1000, (index + 1) * 1000, rows)
-
-
 def result(index: int, rows: int = 100, rejected: int = 1, bad_lines: int = 0) -> PartResult:
-    return PartResult(
-        unit=unit(index), part=f"file:///out/part-{index:05d}.parquet", rows_in=rows, rows_out=rows,
-        rejected=rejected, reasons={"text is null": rejected}, rejected_examples=[], tokens=rows * 20,
-        padded_tokens=rows * 25, bytes=1000, sha256="0" * 64, seconds={"read": 0.5, "model:sentiment": 1.5},
-        device="cpu", precision="fp32", worker="host:1", models_loaded_at=0.0, bad_lines=bad_lines,
-    )  # fmt: skip
+    return part_result(index, rows, rejected, bad_lines=bad_lines)
 
 
 class Clock:

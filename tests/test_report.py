@@ -13,14 +13,14 @@ import pytest
 from click.testing import CliRunner
 
 from batchnlp.cli import main
-from batchnlp.commit import PartResult, totals
 from batchnlp.formats.base import WorkUnit
+from batchnlp.record import PartResult, Totals
 from batchnlp.report import build_report, render_html, unit_seconds
 from batchnlp.stats import column_stats, merge
 from batchnlp.tasks.classify import LABEL_SCORE
 from batchnlp.tasks.qa import ANSWER
 from tests import corpus
-from tests.conftest import write_jsonl
+from tests.helpers import write_jsonl
 
 SECTIONS = ["summary", "models", "throughput", "units", "labels", "scores", "qa", "rejected", "time"]
 HOSTILE = "<script>alert('x')</script>"
@@ -76,7 +76,7 @@ def fake_manifest(results: list[PartResult]) -> dict:
         },
         "device": ["cpu"],
         "precision": ["fp32"],
-        "totals": totals(results),
+        "totals": sum(results, Totals()).to_record(),
         "wall_seconds": 10.0,
         "rows_per_second": 30.0,
         "startup": {"models_loaded_s": 2.0, "first_row_s": 3.0},

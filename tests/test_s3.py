@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from batchnlp.cli import main
 from tests import corpus
-from tests.conftest import upload_dir
+from tests.helpers import upload_dir
 
 FAKE_KEY_ID = "AKIAQWERTYUIOP123456"
 FAKE_SECRET = "Zx9Qw8Er7Ty6Ui5Op4As3Df2Gh1Jk0LzXcVbNm12"

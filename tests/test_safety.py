@@ -23,9 +23,10 @@ from pathlib import Path
 import pytest
 
 from batchnlp.errors import ModelError
+from batchnlp.logs import configure_logging
 from batchnlp.models import check_ref, load_sequence_classifier, stage, weight_checksums
-from batchnlp.redaction import PRELOAD, configure_logging, redact_text
-from tests.conftest import upload_dir, write_jsonl
+from batchnlp.redaction import PRELOAD, redact_text
+from tests.helpers import upload_dir, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 

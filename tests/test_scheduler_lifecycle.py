@@ -17,8 +17,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from batchnlp.lock import LOCK, Owner, owner_from
-from tests.conftest import upload_dir, write_jsonl
-from tests.test_cli import invoke
+from tests.helpers import invoke, upload_dir, write_jsonl
 
 ROWS = 2400
 

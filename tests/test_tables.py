@@ -22,7 +22,8 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable, QueryBuilder, write_deltalake
 
-from tests.conftest import S3_ENV, cli_job, write_jsonl
+from tests.conftest import S3_ENV
+from tests.helpers import cli_job, one_worker_cluster, write_jsonl
 from tests.lake import LAYOUT, hive_parquet
 from tests.s3proxy import ServerProcess
 
@@ -48,9 +49,7 @@ def lake_s3() -> Iterator[ServerProcess]:
 
 @pytest.fixture(scope="module")
 def lake_scheduler(lake_s3: ServerProcess) -> Iterator[str]:
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+    with one_worker_cluster() as cluster:
         yield cluster.scheduler_address
 
 

@@ -11,7 +11,7 @@ import time
 import psutil
 import pyarrow.dataset as ds
 
-from tests.conftest import write_jsonl
+from tests.helpers import write_jsonl
 
 
 def test_a_killed_worker_costs_a_rerun_not_a_row(tmp_path, tiny_model):

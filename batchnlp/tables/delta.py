@@ -26,7 +26,7 @@ import pyarrow as pa
 from batchnlp.errors import InputError, JobFailed, OutputError
 from batchnlp.formats.hive import Partitioning
 from batchnlp.storage import InputFile, Location
-from batchnlp.tables import RUN_ID_PROPERTY, RUNS, DataFile, TableFiles, TableSink, compare_schemas
+from batchnlp.tables.base import RUN_ID_PROPERTY, RUNS, DataFile, TableFiles, TableSink, compare_schemas
 
 APP_ID = "batchnlp:{run_id}"
 # Reader features whose tables cannot be read file by file: deleted rows live in separate

@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from batchnlp.errors import InputError, JobFailed, OutputError
 from batchnlp.storage import InputFile, Location
-from batchnlp.tables import RUN_ID_PROPERTY, DataFile, TableFiles, TableSink, compare_schemas
+from batchnlp.tables.base import RUN_ID_PROPERTY, DataFile, TableFiles, TableSink, compare_schemas
 
 DEFAULT_CATALOG = "default"
 FSSPEC_IO = "pyiceberg.io.fsspec.FsspecFileIO"
