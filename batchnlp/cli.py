@@ -69,7 +69,27 @@ _SETTING_NAMES = {
 }
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class Commands(click.Group):
+    """The command group; with ``--log-format json`` a usage error is a JSON line too (click would
+    print it as text before the command could choose the log format)."""
+
+    def main(self, args: Any = None, *rest: Any, **options: Any) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        wants_json = any(
+            a == "--log-format=json" or (a, b) == ("--log-format", "json")
+            for a, b in zip(argv, [*argv[1:], ""], strict=True)
+        )
+        if not wants_json or options.get("standalone_mode") is False:
+            return super().main(args, *rest, **options)
+        try:
+            code = super().main(argv, *rest, **{**options, "standalone_mode": False})
+        except click.ClickException as e:
+            configure_logging(logging.ERROR, "json")
+            _fail(e.format_message(), e.exit_code, json_logs=True)
+        sys.exit(code if isinstance(code, int) else 0)  # as click's standalone mode ends
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="batchnlp")
 def main() -> None:
     """Batch DistilBERT annotation of JSONL and Parquet data on a Dask cluster."""

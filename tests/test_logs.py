@@ -131,3 +131,10 @@ def test_a_failed_run_in_json_mode_says_why_in_a_json_line(tmp_path, tiny_model)
     failed = next(event for event in events if event["event"] == "failed")
     assert failed["level"] == "ERROR" and failed["exit_code"] == 2 and "missing.jsonl" in failed["message"]
     assert events[-1]["event"] == "job_metrics" and events[-1]["exit_code"] == 2
+
+
+def test_a_usage_error_in_json_mode_is_a_json_line_too(tmp_path):
+    result = CliRunner().invoke(main, ["run", "in.jsonl", "out", "--rows-per-partition", "0", "--log-format", "json"])
+    assert result.exit_code == 2 and result.stdout == ""
+    [line] = json_lines(result.stderr)
+    assert line["event"] == "failed" and "--rows-per-partition" in line["message"]
