@@ -3,16 +3,17 @@
 A plain file is planned from its size alone (plus a small sample for the average line length):
 a unit owns every line whose first byte lies in ``[start, stop)``, the rule Hadoop's line
 reader uses, so units never overlap or drop a line whatever the cut points. Compressed files
-cannot be entered mid-stream; they are planned by line ranges after one counting pass.
+cannot be entered mid-stream; each is one unit, its lines counted by one pass on the driver.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -42,7 +43,9 @@ class JsonlLayout:
 
     size: int
     average_line: float
-    lines: int | None  # counted for compressed files, which are cut by line ranges
+    lines: int | None  # counted for compressed files, which are one unit each
+    # Where a byte range really starts: the first line start at or after each position (a plain file's).
+    line_starts: Callable[[list[int]], list[int]] = field(default=lambda positions: positions, compare=False)
     schema = None  # JSON has none: it is inferred from every unit once the cluster runs
 
     @property
@@ -53,14 +56,24 @@ class JsonlLayout:
         return round(self.size / self.average_line) if self.size else 0
 
     def cut(self, rows_per_unit: int) -> Iterator[tuple[int, int, int | None]]:
-        """``(start, stop, rows)``: line ranges when counted, else byte ranges cut at line ends."""
+        """``(start, stop, rows)``: a compressed file whole, a plain one in byte ranges cut at line ends.
+
+        A compressed stream cannot be entered mid-way: a unit starting at line N would decompress
+        the N lines before it, so splitting a file into U units decompresses it about U/2 times.
+        It is one unit, as Spark and Hadoop treat non-splittable codecs. A plain file is cut into
+        as many equal byte ranges as its estimated rows need units, each cut moved on to the next
+        line start (one small read per cut), so every unit starts a line: no unit is empty (a sliver
+        of one long line, or the last byte of a file), and each carries its row estimate.
+        """
         if self.lines is not None:
-            for start in range(0, self.lines, rows_per_unit):
-                yield start, min(start + rows_per_unit, self.lines), None
+            if self.lines:
+                yield 0, self.lines, self.lines
             return
-        step = max(1, int(self.average_line * rows_per_unit))
-        for start in range(0, self.size, step):
-            yield start, min(start + step, self.size), None
+        units = min(self.size, max(1, -(-self.rows // rows_per_unit)))
+        cuts = self.line_starts([self.size * i // units for i in range(1, units)])
+        bounds = sorted({0, self.size, *(cut for cut in cuts if 0 < cut < self.size)})
+        for start, stop in itertools.pairwise(bounds):
+            yield start, stop, max(1, round((stop - start) / self.average_line))
 
 
 def describe(fs: Any, file: InputFile, options: ReadOptions) -> JsonlLayout:
@@ -68,8 +81,33 @@ def describe(fs: Any, file: InputFile, options: ReadOptions) -> JsonlLayout:
     where = fs.unstrip_protocol(file.path)
     if file.size == 0:
         return JsonlLayout(0, 1.0, 0 if is_compressed(file.path) else None)
-    lines = _count_lines(fs, file.path, where) if is_compressed(file.path) else None
-    return JsonlLayout(file.size, _check_sample(fs, file.path, where, options), lines)
+    if is_compressed(file.path):
+        lines = _count_lines(fs, file.path, where)  # first: it names a truncated file as such
+        return JsonlLayout(file.size, _check_sample(fs, file.path, where, options), lines)
+    average = _check_sample(fs, file.path, where, options)
+    return JsonlLayout(file.size, average, None, functools.partial(_next_line_starts, fs, file.path, file.size))
+
+
+def _next_line_starts(fs: Any, path: str, size: int, positions: list[int]) -> list[int]:
+    """For each position, the first byte at or after it that starts a line (``size`` if none).
+
+    One ranged read of a small window before each position, concurrent where the filesystem
+    can (s3fs's ``cat_ranges``); a line longer than the window is read on to its end.
+    """
+    window = 1 << 16
+    ends = [min(size, position + window) for position in positions]
+    chunks = fs.cat_ranges([path] * len(positions), [p - 1 for p in positions], ends) if positions else []
+    starts = []
+    for position, chunk in zip(positions, chunks, strict=True):
+        newline = chunk.find(b"\n")
+        if newline < 0 and position - 1 + len(chunk) < size:  # a line longer than the window
+            with fs.open(path, "rb") as handle:
+                handle.seek(position - 1)
+                handle.readline()
+                starts.append(handle.tell())
+        else:
+            starts.append(position + newline if newline >= 0 else size)
+    return starts
 
 
 def read(fs: Any, unit: WorkUnit, options: ReadOptions) -> ReadResult:

@@ -9,7 +9,7 @@ import pytest
 import zstandard
 
 from batchnlp.errors import InputError
-from batchnlp.formats import ReadOptions, plan_units, read_unit
+from batchnlp.formats import ReadOptions, jsonl, plan_units, read_unit
 from batchnlp.storage import Location, list_input
 
 
@@ -91,13 +91,43 @@ def test_missing_text_field_lists_the_fields_found(tmp_path):
 
 
 @pytest.mark.parametrize("suffix", [".jsonl.gz", ".jsonl.zst"])
-def test_compressed_files_are_planned_by_line_ranges(tmp_path, suffix):
+def test_a_compressed_file_is_one_unit_decompressed_once_to_read_it(tmp_path, suffix, monkeypatch):
+    """A unit of a compressed file cannot start mid-stream: cut into ten line ranges, a file was
+    decompressed 5.5 times over (each unit from the start to its last line)."""
     data = "".join(json.dumps({"i": i, "text": f"t{i}"}) + "\n" for i in range(95)).encode()
     path = tmp_path / f"in{suffix}"
     path.write_bytes(gzip.compress(data) if suffix.endswith("gz") else zstandard.ZstdCompressor().compress(data))
-    units, reads = plan_and_read(path, 10)
-    assert len(units) == 10 and units[0].format == "jsonl-lines"
-    assert [i for r in reads for i in r.table.column("i").to_pylist()] == list(range(95))
+    location = Location(str(path), {})
+    units = plan_units(location, list_input(location), "jsonl", 10, ReadOptions(), workers=4).units
+    assert [(u.format, u.start, u.stop, u.rows) for u in units] == [("jsonl-lines", 0, 95, 95)]
+    decompressed = []
+    iter_lines = jsonl._iter_lines
+    monkeypatch.setattr(
+        jsonl, "_iter_lines", lambda handle: (decompressed.append(line) or line for line in iter_lines(handle))
+    )
+    read = read_unit(location, units[0], ReadOptions())
+    assert read.table.column("i").to_pylist() == list(range(95))
+    assert len(decompressed) == 95, "every line decompressed once"
+
+
+@pytest.mark.parametrize("trailing_newline", [True, False])
+@pytest.mark.parametrize("line_bytes", [20, 300, 890, 5000])
+@pytest.mark.parametrize("rows", [1, 2, 3, 59, 60, 61, 97])
+def test_no_unit_is_empty_and_estimates_add_up(tmp_path, rows, line_bytes, trailing_newline):
+    """The reported case: 60 lines of ~890 bytes on two workers were cut into 30-row units of
+    ``int(average * 30)`` bytes, which left a third unit of 1 byte and no rows, and an estimate of 90 rows."""
+    lines = [json.dumps({"i": i, "text": "w" * (line_bytes - 25 + i % 7)}) for i in range(rows)]
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join(lines) + ("\n" if trailing_newline else ""))
+    location = Location(str(path), {})
+    for workers in (1, 2, 3, 8):
+        plan = plan_units(location, list_input(location), "jsonl", None, ReadOptions(), workers)
+        reads = [read_unit(location, unit, ReadOptions()) for unit in plan.units]
+        assert all(read.table.num_rows for read in reads), [u.describe() for u in plan.units]
+        assert [i for r in reads for i in r.table.column("i").to_pylist()] == list(range(rows))
+        assert plan.units[0].start == 0 and plan.units[-1].stop == path.stat().st_size
+        assert all(a.stop == b.start for a, b in zip(plan.units, plan.units[1:], strict=False))
+        assert abs(sum(u.rows for u in plan.units) - rows) <= max(1, rows // 20)
 
 
 def test_truncated_compressed_file_is_an_input_error(tmp_path):
