@@ -114,11 +114,21 @@ class Engine:
         # Tensor cores want widths in multiples of 8; a CPU's vector units gain nothing from
         # padding, so there every padded token would be wasted work.
         self.pad_multiple = 8 if self.device == "cuda" else 1
+        self._loaded: dict[tuple[Any, Callable[..., Any]], tuple[Any, Any]] = {}
         if self.device == "cpu" and self.precision == "bf16" and not cpu_has_bf16():
             logger.warning(
                 "--precision bf16 on a CPU without native bf16 units (AVX-512 BF16 or AMX) runs emulated, "
                 "several times slower than fp32; use --precision int8 for speed on this machine"
             )
+
+    def load(self, directory: Any, ref: str, loader: Callable[[Any, str], tuple[Any, Any]]) -> tuple[Any, Any]:
+        """``loader(directory, ref)``'s (tokenizer, model), the model prepared for this engine, once per
+        checkpoint and loader: tasks asking one model different questions share its weights."""
+        key = (directory, loader)
+        if key not in self._loaded:
+            tokenizer, model = loader(directory, ref)
+            self._loaded[key] = (tokenizer, self.prepare(model))
+        return self._loaded[key]
 
     def prepare(self, model: Any) -> Any:
         """Move and convert a freshly loaded fp32 CPU model for this engine."""

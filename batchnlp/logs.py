@@ -120,10 +120,11 @@ def configure_logging(level: int, fmt: str = "text") -> None:
     for name in NOISY_LOGGERS:  # INFO at most: their DEBUG output carries request headers
         logging.getLogger(name).setLevel(logging.INFO if level <= logging.DEBUG else logging.WARNING)
     # Never DEBUG: distributed's debug lines dump pickled task payloads (with storage options).
-    chatty = "info" if level <= logging.DEBUG else "warning"
+    chatty = "info" if level <= logging.DEBUG else "error" if level >= logging.ERROR else "warning"
     # dask configures the "distributed" logger when it is imported, in this process and in
     # worker processes: its config variable covers both, setLevel covers an earlier import.
     os.environ["DASK_LOGGING__DISTRIBUTED"] = chatty
+    os.environ["TRANSFORMERS_VERBOSITY"] = chatty  # likewise transformers' (a checkpoint's load report)
     for name in CHATTY_LOGGERS:  # cluster start-up chatter only with --verbose
         logging.getLogger(name).setLevel(chatty.upper())
     protect_logging()

@@ -16,6 +16,7 @@ between two nights, or between the driver's check and a worker's download, stop 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from batchnlp.errors import JobFailed, ModelError
+
+logger = logging.getLogger(__name__)
 
 WEIGHT_PATTERNS = ("*.safetensors",)
 STAGED_PATTERNS = ("*.json", "*.txt", "*.model", "*.safetensors")
@@ -244,9 +247,7 @@ def _load(directory: Path, ref: str, auto_class: Any, what: str) -> tuple[Any, A
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
-        model = auto_class.from_pretrained(
-            directory, use_safetensors=True, trust_remote_code=False, attn_implementation="sdpa"
-        )
+        model = _with_attention(directory, ref, auto_class)
     except (OSError, ValueError, KeyError) as e:
         if "trust_remote_code" in str(e):  # transformers' advice (pass trust_remote_code=True) is not ours
             raise ModelError(
@@ -254,9 +255,62 @@ def _load(directory: Path, ref: str, auto_class: Any, what: str) -> tuple[Any, A
                 "and batchnlp never runs a checkpoint's code. Use a model type that transformers ships"
             ) from e
         raise ModelError(f"cannot load model {ref!r} as {what}: {e}") from e
+    except RuntimeError as e:  # transformers' "size mismatch": a head or an embedding unlike the config's
+        mismatches = _shape_mismatches(directory, auto_class)
+        if not mismatches:
+            raise
+        raise ModelError(
+            f"model {ref!r} does not match its own config.json as {what}: {'; '.join(mismatches[:5])}. The checkpoint "
+            "is malformed (its config names another head size, e.g. num_labels/id2label, or another vocabulary): "
+            "fix config.json or save the model again with save_pretrained"
+        ) from e
     if not getattr(tokenizer, "is_fast", False):
         raise ModelError(f"model {ref!r} has no fast tokenizer (tokenizer.json); batchnlp needs one")
     return tokenizer, model.eval()
+
+
+def _with_attention(directory: Path, ref: str, auto_class: Any) -> Any:
+    """The model with PyTorch's SDPA attention, or eager attention for the architectures transformers
+    has no SDPA for (DeBERTa-v2/v3): slower, but the checkpoint runs, and the log says so once."""
+    options = {"use_safetensors": True, "trust_remote_code": False}
+    try:
+        return auto_class.from_pretrained(directory, attn_implementation="sdpa", **options)
+    except ValueError as e:
+        if "scaled_dot_product_attention" not in str(e):
+            raise
+    if directory not in _EAGER_NOTED:
+        _EAGER_NOTED.add(directory)
+        logger.info("model %s has no SDPA attention in transformers; it runs with eager attention", ref)
+    return auto_class.from_pretrained(directory, attn_implementation="eager", **options)
+
+
+_EAGER_NOTED: set[Path] = set()  # checkpoints already logged as falling back to eager attention, in this process
+
+
+def _shape_mismatches(directory: Path, auto_class: Any) -> list[str]:
+    """Tensors of the checkpoint whose shape is not the one its config gives them, each named."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    try:
+        with torch.device("meta"):  # shapes only: no memory, no initialisation
+            model = auto_class.from_config(AutoConfig.from_pretrained(directory))
+    except Exception:  # the config itself is unusable: say nothing more than transformers did
+        return []
+    expected = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
+    prefix = model.base_model_prefix
+    found = []
+    for path in sorted(directory.glob("*.safetensors")):
+        with safe_open(str(path), "pt") as weights:
+            for key in weights.keys():  # noqa: SIM118 - safe_open is no mapping
+                name = next(
+                    (n for n in (key, f"{prefix}.{key}", key.removeprefix(f"{prefix}.")) if n in expected), None
+                )
+                shape = list(weights.get_slice(key).get_shape())
+                if name is not None and expected[name] != shape:
+                    found.append(f"{key} is {shape} in {path.name}, but {expected[name]} for the config")
+    return found
 
 
 def _check_files(ref: str, names: list[str]) -> None:

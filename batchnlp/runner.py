@@ -36,7 +36,7 @@ from batchnlp.shutdown import GracefulStop
 from batchnlp.spec import JobSpec
 from batchnlp.storage import Location, check_output
 from batchnlp.tables.base import Commit
-from batchnlp.tasks.columns import output_schema
+from batchnlp.tasks import output_schema
 from batchnlp.version import __version__
 from batchnlp.worker import ModelPlugin, ModelSettings, UnitJob, guarded, run_unit
 

@@ -191,3 +191,24 @@ def test_a_pinned_model_runs_and_a_replaced_one_stops_the_run(tiny_model, tmp_pa
     assert swapped.exit_code == 2, swapped.output
     assert f"model {url} has digest {pinned}, but the spec pins {new}" in swapped.output
     assert not (tmp_path / "night3" / "_SUCCESS").exists()
+
+
+def test_a_checkpoint_whose_head_does_not_match_its_config_is_a_model_error(qa_model, tmp_path):
+    """Was "unexpected RuntimeError … this is a bug in batchnlp" (exit 1), with two worker tracebacks under -q."""
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken-qa"
+    shutil.copytree(qa_model, broken)
+    weights = load_file(broken / "model.safetensors")
+    weights["qa_outputs.weight"] = torch.zeros(3, weights["qa_outputs.weight"].shape[1])
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    source = write_jsonl(tmp_path / "in.jsonl", [{"text": "a contract", "question": "who?"}])
+    run = subprocess.run(
+        ["batchnlp", "run", str(source), str(tmp_path / "out"), "--task", "qa", "--model", f"qa={broken}",
+         "--question-column", "question", "--workers", "1", "-q"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    assert "qa_outputs.weight is [3, 32] in model.safetensors, but [2, 32] for the config" in run.stderr
+    assert "Traceback" not in run.stderr and "bug in batchnlp" not in run.stderr
+    assert run.stderr.count("\n") <= 2, run.stderr  # -q: the error alone

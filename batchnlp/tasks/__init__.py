@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from batchnlp.tasks.columns import answer_type, label_type
+from batchnlp.tasks.columns import ERROR_COLUMN, answer_type, label_type
 
 if TYPE_CHECKING:
     from batchnlp.spec import TaskSpec
@@ -59,3 +59,11 @@ TASKS: dict[str, TaskInfo] = {
         takes_question=True,
     ),
 }
+
+
+def output_schema(input_schema: pa.Schema, tasks: tuple[TaskSpec, ...]) -> pa.Schema:
+    """Every part's columns: the input's (partition keys included), one per task in order, then ``_error``."""
+    schema = input_schema
+    for task in tasks:
+        schema = schema.append(pa.field(task.name, TASKS[task.kind].output_type(task)))
+    return schema.append(ERROR_COLUMN)

@@ -9,6 +9,7 @@ otherwise; the label is the best-scoring one.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -24,10 +25,8 @@ from batchnlp.tasks.first_token import trim_last_layer
 class Classify(Task):
     def __init__(self, spec: TaskSpec, directory: Path, engine: Engine, max_length: int | None) -> None:
         super().__init__(spec, directory, engine, max_length)
-        self.tokenizer, model = load_sequence_classifier(directory, spec.model)
-        trim_last_layer(model)
-        self.model = engine.prepare(model)
-        config = model.config
+        self.tokenizer, self.model = engine.load(directory, spec.model, _load_trimmed)
+        config = self.model.config
         self.labels = [config.id2label[i] for i in range(config.num_labels)]
         self.sigmoid = config.problem_type == "multi_label_classification" or config.num_labels == 1
         limits = [max_length, self.tokenizer.model_max_length, config.max_position_embeddings]
@@ -73,3 +72,10 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 def _sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))
+
+
+def _load_trimmed(directory: Path, ref: str) -> tuple[Any, Any]:
+    """The classifier with its last layer cut to the first token, the only one its head reads."""
+    tokenizer, model = load_sequence_classifier(directory, ref)
+    trim_last_layer(model)
+    return tokenizer, model

@@ -29,13 +29,3 @@ def label_type(spec: TaskSpec) -> pa.DataType:
 def answer_type(spec: TaskSpec) -> pa.DataType:
     """Question answering: the answer text, its score and its character span in the text."""
     return ANSWER
-
-
-def output_schema(input_schema: pa.Schema, tasks: tuple[TaskSpec, ...]) -> pa.Schema:
-    """Every part's columns: the input's (partition keys included), one per task in order, then ``_error``."""
-    from batchnlp.tasks import TASKS
-
-    schema = input_schema
-    for task in tasks:
-        schema = schema.append(pa.field(task.name, TASKS[task.kind].output_type(task)))
-    return schema.append(ERROR_COLUMN)

@@ -13,7 +13,6 @@ search runs over whole chunks of windows at once.
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import numpy as np
@@ -34,20 +33,21 @@ WINDOWS_PER_CHUNK = 512  # bounds the span search's memory: 512 × 384 × 15 flo
 class QuestionAnswering(Task):
     def __init__(self, spec: TaskSpec, directory: Path, engine: Engine, max_length: int | None) -> None:
         super().__init__(spec, directory, engine, max_length)
-        self.tokenizer, model = load_question_answerer(directory, spec.model)
-        self.model = engine.prepare(model)
+        self.tokenizer, self.model = engine.load(directory, spec.model, load_question_answerer)
         # The pipeline's defaults: windows of at most 384 tokens, overlapping by at most half a window.
         limits = [
             max_length or DEFAULT_MAX_LENGTH,
             self.tokenizer.model_max_length,
-            model.config.max_position_embeddings,
+            self.model.config.max_position_embeddings,
         ]
         self.max_length = min(limit for limit in limits if limit)
         stride = spec.doc_stride
         self.doc_stride = min(self.max_length // 2, DEFAULT_DOC_STRIDE) if stride is None else stride
         self.question_first = self.tokenizer.padding_side == "right"
         self.context_index = 1 if self.question_first else 0
-        self.token_types = "token_type_ids" in inspect.signature(model.forward).parameters
+        # As the 4.x pipeline: segment ids only where the tokenizer gives them (BERT, not RoBERTa,
+        # whose single token type would be indexed past by a question/context pair's 1s).
+        self.token_types = "token_type_ids" in self.tokenizer.model_input_names
 
     @property
     def input_columns(self) -> tuple[str, ...]:

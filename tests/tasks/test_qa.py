@@ -20,7 +20,7 @@ from batchnlp.errors import SpecError
 from batchnlp.spec import JobSpec, TaskSpec
 from batchnlp.tasks.qa import QuestionAnswering
 from batchnlp.tasks.spans import best_spans
-from batchnlp.testing import build_question_answerer
+from batchnlp.testing import build_question_answerer, vocabulary_dir
 from tests import corpus
 from tests.tasks.qa_reference import pipeline_answer
 
@@ -102,10 +102,10 @@ def test_many_small_windows_match_the_pipeline(tmp_path, cased):
 
 
 def test_models_with_token_types_get_them(tmp_path):
-    """BERT tells question from context by segment ids; the engine passes them when a model takes them."""
+    """BERT tells question from context by segment ids; they are passed where its tokenizer gives them."""
     from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
 
-    tokenizer = AutoTokenizer.from_pretrained(build_question_answerer(tmp_path / "vocab"))
+    tokenizer = AutoTokenizer.from_pretrained(vocabulary_dir())  # bert-base-uncased's: with token_type_ids
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=2, intermediate_size=64, initializer_range=0.2)  # fmt: skip
     torch.manual_seed(0)
