@@ -1,9 +1,9 @@
-"""Check the qa task against the real transformers 4.x QuestionAnsweringPipeline.
+"""Check the qa task against the real transformers 4.57.6 QuestionAnsweringPipeline (the last 4.x release).
 
 transformers 5 removed that pipeline, so the check runs in two interpreters:
 
     python benchmarks/qa_against_transformers4.py ours /tmp/qa4             # this project's venv
-    python -m venv /tmp/venv4 && /tmp/venv4/bin/pip install torch==2.13.0 "transformers==4.53.3"
+    python -m venv /tmp/venv4 && /tmp/venv4/bin/pip install torch==2.13.0 "transformers==4.57.6"
     /tmp/venv4/bin/python benchmarks/qa_against_transformers4.py theirs /tmp/qa4
 
 ``ours`` saves a random-weight DistilBERT QA model and 210 (question, context) pairs (a third of

@@ -1,10 +1,12 @@
 """Extractive question answering: the span of each text that answers a question.
 
-Answers equal transformers 4.x's ``QuestionAnsweringPipeline`` (removed in 5.x) with the same
-checkpoint and settings: the question goes first (second for left-padding tokenizers), long
-contexts are cut into windows of ``max_length`` tokens overlapping by ``doc_stride``, spans are
-scored as in :mod:`batchnlp.tasks.spans`, widened to whole words, and windows whose answers are
-the same text (ignoring case) add their scores, the first window's position kept.
+Answers and scores equal transformers 4.57.6's ``QuestionAnsweringPipeline`` (the last 4.x
+release; 5.x has none) with the same checkpoint and settings: the question goes first (second for
+left-padding tokenizers), long contexts are cut into windows of ``max_length`` tokens overlapping
+by ``doc_stride``, the best 12 spans of each window are scored as in :mod:`batchnlp.tasks.spans`
+and widened to whole words, and spans that give the same text (ignoring case), in one window or
+several, add their scores: an answer's score is the sum over its token spans, its position the
+first one's. (4.53 and earlier kept one span per window and did not sum within a window.)
 
 Unlike the pipeline, which runs one window at a time, the windows of every row of a unit are
 batched together by length through the shared :class:`~batchnlp.engine.Engine`, and the span
@@ -133,24 +135,22 @@ class QuestionAnswering(Task):
         allowed = (sequences == self.context_index) | (ids == self.tokenizer.cls_token_id)
         spans = best_spans(stacked, lengths, allowed, self.spec.max_answer_length)
         first, last = word_bounds(words, sequences)
-        picked = np.arange(len(windows))
+        picked = np.arange(len(windows))[:, None]
         char_starts = offsets[picked, first[picked, spans.starts], 0]
         char_ends = offsets[picked, last[picked, spans.ends], 1]
         window_rows = rows[windows.start : windows.stop]
         np.minimum.at(null, window_rows, spans.null_scores)
-        for k in np.flatnonzero(spans.found):
+        # Best first within a window, windows in order: the first span of an answer text names its place.
+        for k, candidate in zip(*np.nonzero(spans.kept), strict=True):
             row = window_rows[k]
-            text = contexts[row][char_starts[k] : char_ends[k]]
+            start, end = int(char_starts[k, candidate]), int(char_ends[k, candidate])
+            text = contexts[row][start:end]
+            score = float(spans.scores[k, candidate])
             seen = best[row].get(text.lower())
             if seen:
-                seen["score"] += float(spans.scores[k])
+                seen["score"] += score
             else:
-                best[row][text.lower()] = {
-                    "answer": text,
-                    "score": float(spans.scores[k]),
-                    "start": int(char_starts[k]),
-                    "end": int(char_ends[k]),
-                }
+                best[row][text.lower()] = {"answer": text, "score": score, "start": start, "end": end}
 
     def _choose(self, best: list[dict[str, dict]], null: np.ndarray) -> pa.Array:
         """Highest score per row, the earliest on a tie; the empty answer if the null score beats it."""

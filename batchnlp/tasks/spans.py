@@ -8,8 +8,11 @@ The scoring is transformers 4.x's ``QuestionAnsweringPipeline`` (``select_starts
   the "no answer" score there;
 - start and end logits are soft-maxed over each window separately;
 - the null score is P(start = CLS) × P(end = CLS); then CLS is taken out of the search;
-- a span (i, j) scores P(start = i) × P(end = j), for i ≤ j < i + max_answer_length; the
-  first best span in (i, j) order wins a tie, as ``argmax`` over the pipeline's matrix does.
+- a span (i, j) scores P(start = i) × P(end = j), for i ≤ j < i + max_answer_length;
+- the best ``SPANS_PER_WINDOW`` spans of each window are kept (4.57's ``2 * top_k + 10`` for
+  ``top_k=1``), best first; the caller widens each to whole words and sums the scores of spans
+  that give the same answer text. Spans that score 0 are dropped: the pipeline keeps them only
+  when a window has fewer than 12 candidates, and with score 0 they never win.
 
 The pipeline builds the full L × L matrix per window; here only its band of
 ``max_answer_length`` diagonals is built (``[windows, L, max_answer_length]``), which holds
@@ -25,23 +28,29 @@ import numpy as np
 MASKED_LOGIT = -10000.0  # the pipeline's value for tokens outside the context
 
 
+SPANS_PER_WINDOW = 2 * 1 + 10  # transformers 4.57: top_k * 2 + 10 candidates per window, top_k = 1
+
+
 @dataclass(frozen=True)
 class Spans:
-    """The best span of each window: token positions, score, and whether it is an answer at all."""
+    """The best spans of each window, best first: token positions and scores; ``kept`` marks real ones."""
 
-    starts: np.ndarray  # [windows] int
-    ends: np.ndarray  # [windows] int, inclusive
-    scores: np.ndarray  # [windows] float32
+    starts: np.ndarray  # [windows, k] int
+    ends: np.ndarray  # [windows, k] int, inclusive
+    scores: np.ndarray  # [windows, k] float32
     null_scores: np.ndarray  # [windows] float32: P(start = CLS) × P(end = CLS)
-    found: np.ndarray  # [windows] bool: False only when no candidate has a non-zero score
+    kept: np.ndarray  # [windows, k] bool: a candidate with a score above 0, inside the context
 
 
-def best_spans(logits: np.ndarray, lengths: np.ndarray, allowed: np.ndarray, max_answer_length: int) -> Spans:
-    """Best span per window.
+def best_spans(
+    logits: np.ndarray, lengths: np.ndarray, allowed: np.ndarray, max_answer_length: int, k: int = SPANS_PER_WINDOW
+) -> Spans:
+    """The ``k`` best spans per window.
 
     ``logits`` is ``[windows, L, 2]`` (start, end) padded along L; ``lengths`` the real length
     of each window (padding takes no part in the softmax, as the pipeline runs unpadded
-    windows); ``allowed`` ``[windows, L]`` marks context tokens and CLS.
+    windows); ``allowed`` ``[windows, L]`` marks context tokens and CLS. Equal scores keep
+    (i, j) order.
     """
     count, width = allowed.shape
     real = np.arange(width)[None, :] < lengths[:, None]
@@ -55,15 +64,17 @@ def best_spans(logits: np.ndarray, lengths: np.ndarray, allowed: np.ndarray, max
 
     band = np.arange(width)[:, None] + np.arange(max_answer_length)[None, :]  # [L, K]: j = i + k
     padded_end = np.concatenate([end, np.zeros((count, max_answer_length), np.float32)], axis=1)
-    candidates = start[:, :, None] * padded_end[:, band]  # [windows, L, K]
-    best = candidates.reshape(count, -1).argmax(axis=1)
+    flat = (start[:, :, None] * padded_end[:, band]).reshape(count, -1)  # [windows, L * K]
+    k = min(k, flat.shape[1])
+    top = np.sort(np.argpartition(-flat, k - 1, axis=1)[:, :k], axis=1)  # the k best, in (i, j) order
+    order = np.argsort(-np.take_along_axis(flat, top, axis=1), axis=1, kind="stable")
+    best = np.take_along_axis(top, order, axis=1)
     starts, offsets = np.divmod(best, max_answer_length)
     ends = np.minimum(starts + offsets, width - 1)
-    rows = np.arange(count)
-    # The pipeline drops a best span that starts or ends outside the context; that only happens
-    # when every candidate scores 0 (all probability on masked tokens).
-    found = allowed[rows, starts] & allowed[rows, ends]
-    return Spans(starts, ends, candidates[rows, starts, offsets], null_scores, found)
+    scores = np.take_along_axis(flat, best, axis=1)
+    rows = np.arange(count)[:, None]
+    kept = (scores > 0) & allowed[rows, starts] & allowed[rows, ends]
+    return Spans(starts, ends, scores, null_scores, kept)
 
 
 def word_bounds(word_ids: np.ndarray, sequence_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -2,16 +2,16 @@
 
 transformers 5.x has no question-answering pipeline, so this is a port of the 4.x one
 (Apache-2.0, https://github.com/huggingface/transformers, ``src/transformers/pipelines/
-question_answering.py`` as of v4.53: ``preprocess`` on the fast-tokenizer path, ``_forward``,
-``postprocess``, ``select_starts_ends``, ``decode_spans``, ``get_indices`` and ``get_answer``),
-reduced to what its defaults use (``top_k=1``, ``align_to_words=True``, no padding). It is
+question_answering.py`` as of v4.57.6, the last 4.x release: ``preprocess`` on the fast-tokenizer
+path, ``_forward``, ``postprocess``, ``select_starts_ends``, ``decode_spans``, ``get_indices`` and
+``get_answer``), reduced to what its defaults use (``top_k=1``, so the best ``2 * top_k + 10``
+spans of each window, ``align_to_words=True``, no padding). It is
 deliberately the simple way: one example, one window per forward pass, a Python loop over
 windows and the full start × end matrix, so it shares nothing with the batched code it checks.
 """
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import numpy as np
@@ -58,7 +58,7 @@ def pipeline_answer(
             "input_ids": torch.tensor([input_ids]),
             "attention_mask": torch.tensor([encoded["attention_mask"][span]]),
         }
-        if "token_type_ids" in inspect.signature(model.forward).parameters:
+        if "token_type_ids" in tokenizer.model_input_names:  # _forward passes model_input_names only
             inputs["token_type_ids"] = torch.tensor([encoded["token_type_ids"][span]])
         with torch.no_grad():
             output = model(**inputs)
@@ -105,12 +105,19 @@ def select_starts_ends(start, end, p_mask, attention_mask, min_null_score, handl
     return starts, ends, scores, min_null_score
 
 
+PRE_TOPK = 2 * 1 + 10  # postprocess: top_k * 2 + 10 candidates per window, as align_to_words may merge some
+
+
 def decode_spans(start, end, max_answer_len, undesired_tokens):
-    """4.x ``decode_spans`` with ``topk=1``: the whole start × end matrix, banded, then argmax."""
+    """4.x ``decode_spans`` with ``topk=12``: the whole start × end matrix, banded, the 12 best."""
     outer = np.matmul(np.expand_dims(start, -1), np.expand_dims(end, 1))
     candidates = np.tril(np.triu(outer), max_answer_len - 1)
     scores_flat = candidates.flatten()
-    idx_sort = [np.argmax(scores_flat)]
+    if len(scores_flat) < PRE_TOPK:
+        idx_sort = np.argsort(-scores_flat)
+    else:
+        idx = np.argpartition(-scores_flat, PRE_TOPK)[0:PRE_TOPK]
+        idx_sort = idx[np.argsort(-scores_flat[idx])]
     starts, ends = np.unravel_index(idx_sort, candidates.shape)[1:]
     desired_spans = np.isin(starts, undesired_tokens.nonzero()) & np.isin(ends, undesired_tokens.nonzero())
     starts = starts[desired_spans]

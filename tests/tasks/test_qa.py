@@ -216,10 +216,12 @@ def test_span_search_bounds_answer_length_and_breaks_ties_by_position():
     allowed = np.ones((2, 8), bool)
     allowed[:, 1] = False  # a question token never starts or ends an answer
     spans = best_spans(logits, np.array([8, 8]), allowed, max_answer_length=4)
-    assert spans.starts.tolist() == [2, 2] and spans.ends.tolist() == [3, 3]
-    assert spans.found.all()
+    assert spans.starts[:, 0].tolist() == [2, 2] and spans.ends[:, 0].tolist() == [3, 3]
+    assert (spans.starts[1, 1], spans.ends[1, 1]) == (5, 6), "the equal span comes second"
+    assert spans.kept[:, :2].all() and spans.starts.shape == (2, 12)
+    assert (np.diff(spans.scores, axis=1) <= 0).all(), "best first"
     longer = best_spans(logits, np.array([8, 8]), allowed, max_answer_length=6)
-    assert (longer.starts[0], longer.ends[0]) == (2, 7)
+    assert (longer.starts[0, 0], longer.ends[0, 0]) == (2, 7)
 
 
 def test_row_problems_name_bad_questions(qa_model):
