@@ -198,7 +198,8 @@ def rows_table(info: RunInfo, rows: list[dict[str, Any]], width: int = 100) -> A
     id_column = info.spec.get("id_column")
     tasks = list(info.models) or [t["name"] for t in info.spec.get("tasks", [])]
     columns = ([id_column] if id_column else []) + [text_column, *tasks, "_error"]
-    cells = [{name: _cell(row.get(name)) for name in columns} for row in rows]
+    kinds = {name: model.get("task") for name, model in info.models.items()}
+    cells = [{name: _cell(row.get(name), kinds.get(name)) for name in columns} for row in rows]
     natural = {name: min(max([len(name), *(len(c[name]) for c in cells)]), 40) for name in columns}
     others = sum(natural[name] + 3 for name in columns if name != text_column) + 4
     text_width = max(12, min(TEXT_WIDTH, width - others))
@@ -216,17 +217,14 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, kind: str | None) -> str:
+    """A task's value as its summary shows it (:mod:`batchnlp.tasks.summaries`); anything else as text."""
+    from batchnlp.tasks import TASKS
+
     if value is None:
         return ""
     if isinstance(value, dict):
-        score = value.get("score")
-        shown = f" ({score:.2f})" if isinstance(score, int | float) else ""
-        if "answer" in value:
-            return f"{value['answer']!r}{shown}"
-        if "label" in value:
-            label = value["label"]
-            label = ", ".join(map(str, label)) if isinstance(label, list) else label
-            return f"{label}{shown}"
+        if kind in TASKS:
+            return TASKS[kind].summary.cell(value)
         return json.dumps(value, default=str)[:TEXT_WIDTH]
     return str(value).replace("\n", " ")

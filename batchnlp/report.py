@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from datetime import datetime
 from html import escape
 from typing import Any
 
 from batchnlp.record import PartResult
 from batchnlp.stats import bin_edges, merge
+from batchnlp.tasks import TASKS
+from batchnlp.tasks.summaries import ReportSection
 
 REPORT_VERSION = 1
 SLOWEST = 10  # units listed by name under the duration chart
@@ -79,12 +82,7 @@ def build_report(
     for name, model in manifest["models"].items():
         merged = merge(r.task_stats[name] for r in results if name in r.task_stats)
         entry: dict[str, Any] = {"task": model["task"], "annotated": merged["annotated"]}
-        if model["task"] == "qa":
-            answered = merged.get("answered", 0)
-            entry["answered"] = answered
-            entry["answer_rate"] = round(answered / merged["annotated"], 4) if merged["annotated"] else None
-        else:
-            entry["labels"] = merged.get("labels", {})
+        entry.update(TASKS[model["task"]].summary.figures(merged))
         entry["scores"] = {"edges": bin_edges(), "counts": merged["scores"]}
         tasks[name] = entry
 
@@ -172,8 +170,9 @@ def render_html(report: dict[str, Any]) -> str:
         ("labels", "Labels", _labels(report)),
         ("scores", "Scores", _scores(report)),
     ]
-    if any(task["task"] == "qa" for task in report["tasks"].values()):
-        sections.append(("qa", "Question answering", _qa(report)))
+    for kind in dict.fromkeys(task["task"] for task in report["tasks"].values()):  # a section of its own
+        if (section := TASKS[kind].summary.section) is not None:
+            sections.append((kind, section.title, _task_section(report, kind, section)))
     sections += [("rejected", "Rejected rows", _rejected(report)), ("time", "Time split", _time(report))]
     body = "".join(f'<section id="{key}"><h2>{title}</h2>{content}</section>' for key, title, content in sections)
     return (
@@ -283,10 +282,10 @@ def _units(report: dict[str, Any]) -> str:
     if not units:
         return '<p class="note">No units.</p>'
     slowest = sorted(range(len(units)), key=lambda i: -units[i]["seconds"])[:SLOWEST]
-    durations = sorted(u["seconds"] for u in units)
-    median = durations[len(durations) // 2]
-    # Highlight units well above the median: the stragglers that stretch a run's tail.
-    highlight = {i for i in slowest if units[i]["seconds"] > 1.5 * median} or {slowest[0]}
+    median = statistics.median(u["seconds"] for u in units)
+    # Highlight units well above the median: the stragglers that stretch a run's tail. None, when
+    # no unit is (the slowest used to be marked anyway).
+    highlight = {i for i in slowest if units[i]["seconds"] > 1.5 * median}
     chart = _column_chart(
         [u["unit"].removeprefix("part-") for u in units],
         [u["seconds"] for u in units],
@@ -339,15 +338,27 @@ def _scores(report: dict[str, Any]) -> str:
     )
 
 
-def _qa(report: dict[str, Any]) -> str:
+def _task_section(report: dict[str, Any], kind: str, section: ReportSection) -> str:
+    """One row per task of ``kind``: its figures as the task's summary names them."""
     rows = []
     for name, task in report["tasks"].items():
-        if task["task"] == "qa":
-            rate = task["answer_rate"]
-            rows.append((name, task["annotated"], task["answered"], "–" if rate is None else f"{rate:.1%}"))
-    return "<p>Rows given a non-empty answer, of the rows the task annotated.</p>" + _table(
-        rows, ("task", "annotated", "answered", "answer rate"), {1, 2}
-    )
+        if task["task"] == kind:
+            cells = [task[key] for key, _ in section.columns]
+            rows.append(
+                (
+                    name,
+                    *(
+                        _rate(v) if key.endswith("_rate") else v
+                        for (key, _), v in zip(section.columns, cells, strict=True)
+                    ),
+                )
+            )
+    numeric = {i + 1 for i, (key, _) in enumerate(section.columns) if not key.endswith("_rate")}
+    return f"<p>{_e(section.note)}</p>" + _table(rows, ("task", *(heading for _, heading in section.columns)), numeric)
+
+
+def _rate(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}"
 
 
 def _rejected(report: dict[str, Any]) -> str:

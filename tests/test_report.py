@@ -197,3 +197,23 @@ def test_cli_run_writes_a_report_that_agrees_with_the_output(tmp_path, tiny_mode
         assert f'<section id="{section}">' in page
     assert "<script" not in page and "&lt;script&gt;" in page
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("_report")) == ["_report.html", "_report.json"]
+
+
+@pytest.mark.parametrize(
+    "seconds, red",
+    [
+        ([1.0, 1.0, 1.1, 1.2], []),  # nothing is 1.5× the median: nothing red (the slowest was marked anyway)
+        ([1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.4], []),  # median 2.0: 2.4 is under 3.0
+        ([1.0, 1.0, 1.0, 2.0, 2.0, 2.4], ["part-00005"]),  # median 1.5 (was the upper middle, 2.0): 2.4 > 2.25
+    ],
+)
+def test_the_unit_chart_marks_red_only_units_over_one_and_a_half_times_the_median(seconds, red):
+    from batchnlp.report import HIGHLIGHT, _units
+
+    units = [
+        {"unit": f"part-{i:05d}", "seconds": s, "rows": 1, "rejected": 0, "worker": "h:1"}
+        for i, s in enumerate(seconds)
+    ]
+    html = _units({"units": units})
+    marked = re.findall(rf'fill="{HIGHLIGHT}"><title>(\d+): ', html)
+    assert [f"part-{m}" for m in marked] == red

@@ -1,6 +1,7 @@
 """The task registry: a literal table of task kinds, their code (imported lazily) and defaults.
 
-A new task is one module in this package with a ``Task`` subclass, plus one line here.
+A new task is one module in this package with a ``Task`` subclass, plus one entry here: its
+code, default model, output type and how people see its column (:mod:`batchnlp.tasks.summaries`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from batchnlp.tasks.columns import ERROR_COLUMN, answer_type, label_type
+from batchnlp.tasks.summaries import ANSWERS, LABELS, Summary
 
 if TYPE_CHECKING:
     from batchnlp.spec import TaskSpec
@@ -28,6 +30,7 @@ class TaskInfo:
     supports_top_k: bool
     help: str
     output_type: Callable[[TaskSpec], pa.DataType]  # the task's output column, from its spec alone
+    summary: Summary  # how the report and inspect show the column (batchnlp.tasks.summaries)
     takes_question: bool = False  # qa: --question / --question-column and the span settings
 
     def load(self) -> type[Task]:
@@ -42,6 +45,7 @@ TASKS: dict[str, TaskInfo] = {
         supports_top_k=False,
         help="positive/negative sentiment (SST-2 DistilBERT by default)",
         output_type=label_type,
+        summary=LABELS,
     ),
     "classify": TaskInfo(
         target="batchnlp.tasks.classify:Classify",
@@ -49,6 +53,7 @@ TASKS: dict[str, TaskInfo] = {
         supports_top_k=True,
         help="any sequence-classification checkpoint; --top-k N keeps the N best labels",
         output_type=label_type,
+        summary=LABELS,
     ),
     "qa": TaskInfo(
         target="batchnlp.tasks.qa:QuestionAnswering",
@@ -56,6 +61,7 @@ TASKS: dict[str, TaskInfo] = {
         supports_top_k=False,
         help="extractive question answering: the span of the text that answers --question or --question-column",
         output_type=answer_type,
+        summary=ANSWERS,
         takes_question=True,
     ),
 }
