@@ -20,7 +20,7 @@ from batchnlp.errors import BatchnlpError
 from batchnlp.logs import configure_logging
 from batchnlp.params import KeyValue
 from batchnlp.redaction import redact_text, redact_url
-from batchnlp.spec import MINIMUMS
+from batchnlp.spec import COMPRESSION_NAMES, INPUT_FORMATS, MINIMUMS, OUTPUT_FORMATS
 from batchnlp.version import __version__
 
 RUN_EXAMPLES = """
@@ -154,14 +154,14 @@ def main() -> None:
 )
 @click.option(
     "--input-format",
-    type=click.Choice(["jsonl", "parquet", "delta", "iceberg"]),
+    type=click.Choice(INPUT_FORMATS),
     help="Input format when file names do not tell (.jsonl, .jsonl.gz, .jsonl.zst, .parquet), or a table: delta "
     "(INPUT is the table's directory or s3:// prefix), iceberg (INPUT is namespace.table in --catalog). "
     "Example: --input-format delta",
 )
 @click.option(
     "--output-format",
-    type=click.Choice(["parquet", "arrow", "jsonl", "delta", "iceberg"]),
+    type=click.Choice(OUTPUT_FORMATS),
     help="Part files: parquet (part-NNNNN.parquet, default), arrow (Arrow IPC file format, part-NNNNN.arrow) or "
     "jsonl (one JSON object per row, part-NNNNN.jsonl[.gz]); or one append commit to a table: delta (OUTPUT is "
     "the table's directory or s3:// prefix, created on first use), iceberg (OUTPUT is namespace.table in "
@@ -190,7 +190,7 @@ def main() -> None:
 )
 @click.option(
     "--compression",
-    type=click.Choice(["zstd", "snappy", "gzip", "none"]),
+    type=click.Choice(COMPRESSION_NAMES),
     help="Compression of the parts: parquet zstd (default), snappy or none; jsonl none (default) or gzip; "
     "arrow none. Example: --output-format jsonl --compression gzip",
 )

@@ -7,7 +7,6 @@ interrupted one has no manifest, only ``_progress/_job.json`` (the job record) a
 
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -171,21 +170,12 @@ def first_rows(output: str, info: RunInfo, n: int, storage_options: dict[str, An
 
 
 def _part_rows(handle: Any, name: str, n: int) -> list[dict[str, Any]]:
-    """Up to ``n`` rows of one part file, in whichever output format it was written."""
-    if name.endswith(".parquet"):
-        import pyarrow.parquet as pq
+    """Up to ``n`` rows of one part file, read back by the format that wrote it."""
+    from batchnlp.formats import FORMATS
+    from batchnlp.formats.writers import OutputFormat
 
-        batch = next(pq.ParquetFile(handle).iter_batches(batch_size=n), None)
-        return batch.to_pylist()[:n] if batch is not None else []
-    if name.endswith(".arrow"):
-        import pyarrow as pa
-
-        return pa.ipc.open_file(handle).read_all().slice(0, n).to_pylist()
-    import gzip
-    from itertools import islice
-
-    with gzip.open(handle) if name.endswith(".gz") else contextlib.nullcontext(handle) as lines:
-        return [json.loads(line) for line in islice(lines, n)]
+    written = OutputFormat.of_part(name)
+    return FORMATS[written.format].head(handle, n, written.compression)
 
 
 def rows_table(info: RunInfo, rows: list[dict[str, Any]], width: int = 100) -> Any:

@@ -16,17 +16,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from batchnlp import formats
 from batchnlp.errors import SpecError
+from batchnlp.formats import COMPRESSIONS, DEFAULT_COMPRESSION
 from batchnlp.formats.base import BadLinePolicy, ReadOptions
-from batchnlp.formats.writers import COMPRESSIONS, DEFAULT_COMPRESSION, OutputFormat
+from batchnlp.formats.writers import OutputFormat
 from batchnlp.redaction import redact_url
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
-InputFormat = Literal["jsonl", "parquet", "delta", "iceberg"]
-OutputFormatName = Literal["parquet", "arrow", "jsonl", "delta", "iceberg"]
 TABLE_FORMATS = ("delta", "iceberg")  # batchnlp.tables: a run's Parquet files, then one table commit
-Compression = Literal["zstd", "snappy", "gzip", "none"]
+# What --input-format/--output-format/--compression take: the file format registry's, and the tables.
+INPUT_FORMATS = (*formats.INPUT_FORMATS, *TABLE_FORMATS)
+OUTPUT_FORMATS = (*formats.OUTPUT_FORMATS, *TABLE_FORMATS)
+COMPRESSION_NAMES = tuple(dict.fromkeys(name for names in COMPRESSIONS.values() for name in names))
 WriteMode = Literal["new", "overwrite", "resume"]
 
 RUN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -73,12 +76,12 @@ class JobSpec:
     input: str
     output: str
     tasks: tuple[TaskSpec, ...]
-    input_format: InputFormat | None = None
+    input_format: str | None = None  # one of INPUT_FORMATS; None: from the file names
     text_column: str = "text"
     id_column: str | None = None
     on_bad_lines: BadLinePolicy = "stop"
-    output_format: OutputFormatName = "parquet"
-    compression: Compression | None = None  # None: the output format's default (zstd for Parquet)
+    output_format: str = "parquet"  # one of OUTPUT_FORMATS
+    compression: str | None = None  # None: the output format's default (zstd for Parquet)
     partition_by: tuple[str, ...] = ()  # Hive-partitioned output: OUTPUT/COL=value/.../part-NNNNN.<suffix>
     rows_per_partition: int | None = None  # None: sized from the input and the worker count
     scheduler: str | None = None
@@ -119,10 +122,16 @@ class JobSpec:
         tasks = _tasks_from_settings(s, problems)
         mode = _write_mode(s, problems)
         values: dict[str, Any] = {}
-        choices = (("input_format", InputFormat), ("on_bad_lines", BadLinePolicy), ("device", Device))
-        for name, kind in (*choices, ("precision", Precision), ("output_format", OutputFormatName)):
+        choices = {
+            "input_format": INPUT_FORMATS,
+            "on_bad_lines": get_args(BadLinePolicy),
+            "device": get_args(Device),
+            "precision": get_args(Precision),
+            "output_format": OUTPUT_FORMATS,
+        }
+        for name, allowed in choices.items():
             if name in s:
-                values[name] = _choice(name, s[name], kind, problems)
+                values[name] = _choice(name, s[name], allowed, problems)
         values["compression"] = _compression(values.get("output_format", "parquet"), s.get("compression"), problems)
         _table_settings(s, values, mode, problems)
         for name in ("rows_per_partition", "workers", "max_length", "tokens_per_batch"):
@@ -373,7 +382,7 @@ def _write_mode(s: Mapping[str, Any], problems: list[str]) -> WriteMode:
         return "overwrite"
     if s.get("resume"):
         return "resume"
-    return _choice("mode", s.get("mode", "new"), WriteMode, problems)
+    return _choice("mode", s.get("mode", "new"), get_args(WriteMode), problems)
 
 
 def _table_settings(s: Mapping[str, Any], values: dict[str, Any], mode: str, problems: list[str]) -> None:
@@ -447,8 +456,7 @@ def _seconds(name: str, value: Any, problems: list[str]) -> float:
     return float(value)
 
 
-def _choice(name: str, value: Any, kind: Any, problems: list[str]) -> Any:
-    allowed = get_args(kind)
+def _choice(name: str, value: Any, allowed: tuple[str, ...], problems: list[str]) -> Any:
     if value not in allowed:
         problems.append(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
     return value

@@ -13,25 +13,23 @@ from __future__ import annotations
 import dataclasses
 import pickle
 from pathlib import Path
-from typing import get_args
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
 from batchnlp.commit import Committer
-from batchnlp.formats import WorkUnit
-from batchnlp.formats.writers import COMPRESSIONS
+from batchnlp.formats import COMPRESSIONS, WorkUnit
 from batchnlp.output import Output, open_output
 from batchnlp.record import PartResult, encode_schema
-from batchnlp.spec import TABLE_FORMATS, JobSpec, OutputFormatName
+from batchnlp.spec import OUTPUT_FORMATS, TABLE_FORMATS, JobSpec
 from tests.helpers import manifest, part_result
 
 CASES = [
     pytest.param(
         fmt, compression, partition_by, id=f"{fmt}-{compression or 'default'}{'-hive' if partition_by else ''}"
     )
-    for fmt in get_args(OutputFormatName)
+    for fmt in OUTPUT_FORMATS
     for compression in (COMPRESSIONS.get(fmt, (None,)))
     for partition_by in ((), ("lang",))
     if not (fmt == "iceberg" and partition_by)  # Iceberg partitioning is the table's own

@@ -22,7 +22,8 @@ from click.testing import CliRunner
 from batchnlp.cli import main
 from batchnlp.errors import InputError, SpecError
 from batchnlp.formats import ReadOptions, plan_units, read_unit
-from batchnlp.formats.writers import OutputFormat, write_jsonl
+from batchnlp.formats.jsonl import write as write_jsonl
+from batchnlp.formats.writers import OutputFormat
 from batchnlp.spec import JobSpec
 from batchnlp.storage import Location, list_input
 from tests.lake import LAYOUT, TEXTS, hive_parquet

@@ -1,30 +1,27 @@
-"""Input formats: planning a file and reading a unit of it live in one module per format.
-
-Adding a format is one module with ``plan`` and ``read`` and one line in ``READERS``.
+"""File formats: one module per format declares its :class:`~batchnlp.formats.base.Format`
+(planning a file, reading a unit, writing a part, reading a part back), and this registry is the
+one place that lists them. The spec's and the CLI's allowed formats and compressions, and input
+detection by file name, all come from it: adding a format is one module and one line in ``FORMATS``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from types import ModuleType
 
 import pyarrow as pa
 
 from batchnlp.errors import InputError
-from batchnlp.formats import hive, jsonl, parquet
-from batchnlp.formats.base import BadLine, ReadOptions, ReadResult, WorkUnit, conform, unify
+from batchnlp.formats import arrow, hive, jsonl, parquet
+from batchnlp.formats.base import BadLine, Format, ReadOptions, ReadResult, WorkUnit, conform, unify
 from batchnlp.formats.hive import Partitioning
 from batchnlp.storage import GLOB_CHARS, InputFile, Location, storage_errors
 
-READERS: dict[str, ModuleType] = {"jsonl": jsonl, "parquet": parquet}
-_SUFFIXES = {
-    ".parquet": "parquet",
-    ".pq": "parquet",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".json": "jsonl",
-}
+FORMATS: dict[str, Format] = {f.name: f for f in (parquet.FORMAT, jsonl.FORMAT, arrow.FORMAT)}
+INPUT_FORMATS = tuple(name for name, f in FORMATS.items() if f.read is not None)
+OUTPUT_FORMATS = tuple(name for name, f in FORMATS.items() if f.write is not None)
+COMPRESSIONS = {name: FORMATS[name].compressions for name in OUTPUT_FORMATS}
+DEFAULT_COMPRESSION = {name: compressions[0] for name, compressions in COMPRESSIONS.items()}
 
 # Every worker gets the same number of units, so none idles at the end of a small job (three
 # 500-row units on two workers left one idle for a third of the run). Units under ~250 rows
@@ -32,7 +29,13 @@ _SUFFIXES = {
 MIN_AUTO_ROWS, MAX_AUTO_ROWS, UNITS_PER_WORKER = 250, 10_000, 4
 
 __all__ = [
+    "COMPRESSIONS",
+    "DEFAULT_COMPRESSION",
+    "FORMATS",
+    "INPUT_FORMATS",
+    "OUTPUT_FORMATS",
     "BadLine",
+    "Format",
     "Partitioning",
     "ReadOptions",
     "ReadResult",
@@ -64,12 +67,10 @@ def detect_format(files: list[InputFile], forced: str | None) -> str:
         return forced
     found: dict[str, str] = {}
     for file in files:
-        name = file.path.lower()
-        for suffix in jsonl.COMPRESSED_SUFFIXES:
-            name = name.removesuffix(suffix)
-        kind = next((fmt for suffix, fmt in _SUFFIXES.items() if name.endswith(suffix)), None)
+        kind = _format_of(file.path.lower())
         if kind is None:
-            raise InputError(f"cannot tell the format of {file.path} from its name; pass --input-format jsonl|parquet")
+            names = "|".join(INPUT_FORMATS)
+            raise InputError(f"cannot tell the format of {file.path} from its name; pass --input-format {names}")
         found.setdefault(kind, file.path)
     if len(found) > 1:
         raise InputError(
@@ -78,6 +79,15 @@ def detect_format(files: list[InputFile], forced: str | None) -> str:
             + "); point the job at one format or pass --input-format"
         )
     return next(iter(found))
+
+
+def _format_of(name: str) -> str | None:
+    """The input format a file name says, its compression suffix (if the format reads one) aside."""
+    for fmt in (FORMATS[kind] for kind in INPUT_FORMATS):
+        bare = next((name.removesuffix(c) for c in fmt.input_compressions if name.endswith(c)), name)
+        if bare.endswith(fmt.input_suffixes):
+            return fmt.name
+    return None
 
 
 def plan_units(
@@ -102,16 +112,15 @@ def plan_units(
     layouts = []
     for file in files:
         with storage_errors("read", fs.unstrip_protocol(file.path), InputError, what="input"):
-            layouts.append(READERS[fmt].describe(fs, file, options))
+            layouts.append(FORMATS[fmt].describe(fs, file, options))
     if rows_per_unit is None:
         rows_per_unit = auto_rows_per_unit(sum(layout.rows for layout in layouts), workers)
     units: list[WorkUnit] = []
     for file, layout in zip(files, layouts, strict=True):
-        unit_format = "jsonl-lines" if fmt == "jsonl" and jsonl.is_compressed(file.path) else fmt
         for start, stop, rows in layout.cut(rows_per_unit):
             values = partition_values.get(file.path) if partition_values else None
             url = fs.unstrip_protocol(file.path)
-            units.append(WorkUnit(len(units), url, unit_format, start, stop, rows, values))
+            units.append(WorkUnit(len(units), url, layout.unit_format, start, stop, rows, values))
     schemas = [(fs.unstrip_protocol(f.path), layout.schema) for f, layout in zip(files, layouts, strict=True)]
     known = all(schema is not None for _, schema in schemas)
     partitioning = options.partitioning
@@ -149,10 +158,10 @@ def read_unit(location: Location, unit: WorkUnit, options: ReadOptions, schema: 
     With ``options.partitioning``, the file's Hive partition values are added as columns.
     """
     fs = location.fs
-    fmt = "jsonl" if unit.format.startswith("jsonl") else unit.format
+    fmt = FORMATS[unit.format.split("-")[0]]  # "jsonl-lines": a compressed JSONL file's line range
     path = fs._strip_protocol(unit.path)
     with storage_errors("read", unit.path, InputError, what="input"):
-        result = READERS[fmt].read(fs, replace(unit, path=path), options)
+        result = fmt.read(fs, replace(unit, path=path), options)
     if options.partitioning is not None:
         result.table = options.partitioning.append(result.table, path, unit.describe(), unit.partition)
     if schema is not None:

@@ -1,9 +1,11 @@
-"""What every format shares: the unit of work and the result of reading one."""
+"""What every format shares: the :class:`Format` each format module declares, the unit of work and
+the result of reading one."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 
@@ -13,6 +15,28 @@ if TYPE_CHECKING:
     from batchnlp.formats.hive import Partitioning
 
 BadLinePolicy = Literal["stop", "skip", "quarantine"]
+
+
+@dataclass(frozen=True)
+class Format:
+    """One file format, all batchnlp knows of it, declared once by its module (``FORMAT``).
+
+    The registry (:data:`batchnlp.formats.FORMATS`) derives everything else from these: the
+    spec's and the CLI's allowed input and output formats and compressions, how an input file is
+    recognised by name, a part's suffix. A format that reads has ``describe`` and ``read``; one
+    that writes has ``compressions`` (the default first) and ``write``; ``head`` reads a part back.
+    """
+
+    name: str
+    suffix: str  # of the part files it writes, before a compression's own (``.gz``)
+    input_suffixes: tuple[str, ...] = ()  # names it is recognised by as input
+    input_compressions: tuple[str, ...] = ()  # compressed input it reads: suffixes after its own
+    compressions: tuple[str, ...] = ()  # of the parts it writes, the default first; () = input only
+    # (fs, file, options) -> a layout: rows, schema (None: the data tells), cut(rows_per_unit)
+    describe: Callable[..., Any] | None = None
+    read: Callable[..., ReadResult] | None = None  # (fs, unit, options) -> ReadResult
+    write: Callable[..., bytes] | None = None  # (table, metadata, compression) -> the part's bytes
+    head: Callable[[IO[bytes], int, str], list[dict[str, Any]]] | None = None  # (part, n, compression) -> rows
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""JSON Lines: byte ranges cut at line ends, so one large file spreads over every worker.
+"""JSON Lines, read and written: byte ranges cut at line ends, so one large file spreads over every worker.
 
 A plain file is planned from its size alone (plus a small sample for the average line length):
 a unit owns every line whose first byte lies in ``[start, stop)``, the rule Hadoop's line
@@ -8,19 +8,26 @@ cannot be entered mid-stream; each is one unit, its lines counted by one pass on
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import datetime
+import decimal
 import functools
+import gzip
+import io
 import itertools
 import json
+import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 import pyarrow as pa
 import zstandard
 
 from batchnlp.errors import InputError
-from batchnlp.formats.base import BadLine, BadLinePolicy, ReadOptions, ReadResult, WorkUnit
+from batchnlp.formats.base import BadLine, BadLinePolicy, Format, ReadOptions, ReadResult, WorkUnit
 from batchnlp.storage import InputFile
 
 COMPRESSED_SUFFIXES = (".gz", ".zst", ".bz2", ".xz")
@@ -47,6 +54,11 @@ class JsonlLayout:
     # Where a byte range really starts: the first line start at or after each position (a plain file's).
     line_starts: Callable[[list[int]], list[int]] = field(default=lambda positions: positions, compare=False)
     schema = None  # JSON has none: it is inferred from every unit once the cluster runs
+
+    @property
+    def unit_format(self) -> str:
+        """What its units' start and stop count: lines of a compressed file, else bytes."""
+        return "jsonl-lines" if self.lines is not None else "jsonl"
 
     @property
     def rows(self) -> int:
@@ -346,3 +358,64 @@ def _check_sample(fs: Any, path: str, where: str, options: ReadOptions) -> float
         )
     consumed = sum(len(line) + 1 for line in lines)
     return consumed / max(1, len(lines))
+
+
+def write(table: pa.Table, metadata: Mapping[str, Any] | None = None, compression: str = "none") -> bytes:
+    """One compact JSON object per row, ``\\n``-terminated, gzip (mtime 0) if asked: no metadata, as
+    JSON has no place for it (the manifest has it). Structs are objects, lists arrays, maps arrays of
+    ``[key, value]`` pairs, nulls null; NaN and ±infinity are null (JSON has none); dates, times and
+    timestamps ISO 8601 strings; durations seconds; decimals strings (exact); binary base64."""
+    out = io.StringIO()
+    for batch in table.to_batches(max_chunksize=8192):
+        for row in batch.to_pylist():
+            try:
+                line = json.dumps(row, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_json_value)
+            except ValueError:  # a NaN or infinity somewhere in the row: the slow path
+                line = json.dumps(_finite(row), ensure_ascii=False, separators=(",", ":"), default=_json_value)
+            out.write(line)
+            out.write("\n")
+    data = out.getvalue().encode()
+    return gzip.compress(data, compresslevel=6, mtime=0) if compression == "gzip" else data
+
+
+def _json_value(value: Any) -> Any:
+    """What ``json.dumps`` cannot write itself."""
+    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    raise TypeError(f"cannot write a {type(value).__name__} as JSON")
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN and infinity replaced by None, at any depth."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+def head(part: IO[bytes], n: int, compression: str) -> list[dict[str, Any]]:
+    """The first ``n`` rows of a part, decompressing only as far as they go."""
+    with gzip.open(part) if compression == "gzip" else contextlib.nullcontext(part) as lines:
+        return [json.loads(line) for line in itertools.islice(lines, n)]
+
+
+FORMAT = Format(
+    name="jsonl",
+    suffix=".jsonl",
+    input_suffixes=(".jsonl", ".ndjson", ".json"),
+    input_compressions=COMPRESSED_SUFFIXES,
+    compressions=("none", "gzip"),
+    describe=describe,
+    read=read,
+    write=write,
+    head=head,
+)

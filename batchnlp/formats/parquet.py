@@ -6,13 +6,13 @@ import io
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchnlp.errors import InputError
-from batchnlp.formats.base import ReadOptions, ReadResult, WorkUnit
+from batchnlp.formats.base import Format, ReadOptions, ReadResult, WorkUnit
 from batchnlp.storage import InputFile
 
 
@@ -22,6 +22,7 @@ class ParquetLayout:
 
     row_groups: tuple[int, ...]
     schema: pa.Schema
+    unit_format = "parquet"  # what its units' start and stop count: row groups
 
     @property
     def rows(self) -> int:
@@ -94,3 +95,21 @@ def write(table: pa.Table, metadata: Mapping[str, Any], compression: str = "zstd
     buffer = io.BytesIO()
     pq.write_table(table.replace_schema_metadata(merged), buffer, compression=compression)
     return buffer.getvalue()
+
+
+def head(part: IO[bytes], n: int, compression: str) -> list[dict[str, Any]]:
+    """The first ``n`` rows of a part, reading only the row groups they are in."""
+    batch = next(pq.ParquetFile(part).iter_batches(batch_size=max(1, n)), None)
+    return batch.to_pylist()[:n] if batch is not None else []
+
+
+FORMAT = Format(
+    name="parquet",
+    suffix=".parquet",
+    input_suffixes=(".parquet", ".pq"),
+    compressions=("zstd", "snappy", "none"),
+    describe=describe,
+    read=read,
+    write=write,
+    head=head,
+)
