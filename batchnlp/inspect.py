@@ -14,7 +14,7 @@ from typing import Any
 from batchnlp.commit import JOB_RECORD, MANIFEST, PROGRESS, SUCCESS
 from batchnlp.errors import OutputError
 from batchnlp.lock import LOCK, stale
-from batchnlp.record import PartResult, Totals
+from batchnlp.record import Manifest, PartResult, Totals
 from batchnlp.storage import Location, storage_errors
 
 TEXT_WIDTH = 60  # characters of text shown per row
@@ -29,7 +29,7 @@ class RunInfo:
     run_id: str | None
     spec: dict[str, Any]
     models: dict[str, Any]
-    totals: dict[str, Any]
+    totals: Totals
     parts: list[str]  # part file names (--partition-by: paths below OUTPUT), in unit order
     units_planned: int | None = None  # None: an interrupted run's job record may not say
     device: list[str] = field(default_factory=list)
@@ -49,7 +49,7 @@ def load(output: str, storage_options: dict[str, Any] | None = None) -> RunInfo:
         finished = fs.exists(location.child(SUCCESS))
         has_manifest = fs.exists(location.child(MANIFEST))
         if finished and has_manifest:
-            return _committed(display, json.loads(fs.cat_file(location.child(MANIFEST))))
+            return _committed(display, Manifest.from_record(json.loads(fs.cat_file(location.child(MANIFEST)))))
         job_path = location.child(f"{PROGRESS}/{JOB_RECORD}")
         if not fs.exists(job_path):
             raise OutputError(
@@ -67,11 +67,15 @@ def load(output: str, storage_options: dict[str, Any] | None = None) -> RunInfo:
         run_id=job.get("run_id"),
         spec=spec,
         models={
-            t["name"]: {"task": t["kind"], "ref": t["model"], "version": job.get("model_versions", {}).get(t["name"])}
-            for t in spec.get("tasks", [])
+            task["name"]: {
+                "task": task["kind"],
+                "ref": task["model"],
+                "version": job.get("model_versions", {}).get(task["name"]),
+            }
+            for task in spec.get("tasks", [])
         },
-        totals=sum(results, Totals()).to_record(),
-        parts=[name for r in results for name in ([r.part.rsplit("/", 1)[-1]] if r.part else _paths(r.files))],
+        totals=sum(results, Totals()),
+        parts=[path for r in results for path in r.manifest_entry().paths],
         units_planned=job.get("units"),
         device=sorted({r.device for r in results}),
         precision=sorted({r.precision for r in results}),
@@ -80,28 +84,21 @@ def load(output: str, storage_options: dict[str, Any] | None = None) -> RunInfo:
     )
 
 
-def _paths(files: Any) -> list[str]:
-    """A partitioned unit's file paths (relative to OUTPUT), from its result's or manifest entry's ``files``."""
-    if isinstance(files, dict):
-        files = files.get("files", [])
-    return [f["path"] for f in files]
-
-
-def _committed(display: str, manifest: dict[str, Any]) -> RunInfo:
+def _committed(display: str, manifest: Manifest) -> RunInfo:
     return RunInfo(
         output=display,
         status="committed",
-        run_id=manifest.get("run_id"),
-        spec=manifest.get("spec", {}),
-        models=manifest.get("models", {}),
-        totals=manifest["totals"],
-        parts=[name for p in manifest.get("parts", []) for name in ([p["path"]] if p.get("path") else _paths(p))],
-        units_planned=len(manifest.get("parts", [])),
-        device=manifest.get("device", []),
-        precision=manifest.get("precision", []),
-        wall_seconds=manifest.get("wall_seconds"),
-        committed_at=manifest.get("committed_at"),
-        version=manifest.get("batchnlp_version"),
+        run_id=manifest.run_id,
+        spec=manifest.spec,
+        models=manifest.models,
+        totals=manifest.totals,
+        parts=[path for part in manifest.parts for path in part.paths],
+        units_planned=len(manifest.parts),
+        device=manifest.device,
+        precision=manifest.precision,
+        wall_seconds=manifest.wall_seconds,
+        committed_at=manifest.committed_at,
+        version=manifest.batchnlp_version,
     )
 
 
@@ -111,11 +108,11 @@ def summary(info: RunInfo) -> str:
     if info.status == "committed":
         status = f"committed {info.committed_at}" if info.committed_at else "committed"
     elif info.status == "running":
-        status = f"RUNNING: {t['parts']} of {info.units_planned or '?'} units committed so far"
+        status = f"RUNNING: {t.parts} of {info.units_planned or '?'} units committed so far"
     elif info.units_planned:
-        status = f"INTERRUPTED: {t['parts']} of {info.units_planned} units committed; finish it with --resume"
+        status = f"INTERRUPTED: {t.parts} of {info.units_planned} units committed; finish it with --resume"
     else:
-        status = f"INTERRUPTED: {t['parts']} units committed so far; finish it with --resume"
+        status = f"INTERRUPTED: {t.parts} units committed so far; finish it with --resume"
     if info.manifest_without_success:
         status += f" ({MANIFEST} without {SUCCESS}: a commit that died half-way)"
     lines = [
@@ -129,24 +126,24 @@ def summary(info: RunInfo) -> str:
     device = ", ".join(info.device) or spec.get("device", "?")
     precision = ", ".join(info.precision) or spec.get("precision", "?")
     lines.append(f"device     {device}, {precision}")
-    lines.append(f"rows       {t['rows_in']:,} in, {t['rows_out']:,} out, {t['rejected']:,} rejected")
-    for reason, count in t.get("rejected_by_reason", {}).items():
+    lines.append(f"rows       {t.rows_in:,} in, {t.rows_out:,} out, {t.rejected:,} rejected")
+    for reason, count in t.to_record()["rejected_by_reason"].items():
         lines.append(f"             {count:,} {reason}")
-    if t.get("bad_lines"):
+    if t.bad_lines:
         where = "quarantined under _rejected/" if spec.get("on_bad_lines") == "quarantine" else "skipped"
-        first = t["bad_line_examples"][0] if t.get("bad_line_examples") else None
+        first = t.bad_line_examples[0] if t.bad_line_examples else None
         example = f"; first {first['source']}:{first['line']} ({first['reason']})" if first else ""
-        lines.append(f"bad lines  {t['bad_lines']:,} input lines that were not JSON objects, {where}{example}")
-    lines.append(f"tokens     {t['tokens']:,} ({t['padded_tokens']:,} with padding)")
+        lines.append(f"bad lines  {t.bad_lines:,} input lines that were not JSON objects, {where}{example}")
+    lines.append(f"tokens     {t.tokens:,} ({t.padded_tokens:,} with padding)")
     if info.wall_seconds:
         lines.append(
-            f"time       {info.wall_seconds:.1f} s wall: {t['rows_out'] / info.wall_seconds:,.1f} rows/s, "
-            f"{t['tokens'] / info.wall_seconds:,.0f} tokens/s"
+            f"time       {info.wall_seconds:.1f} s wall: {t.rows_out / info.wall_seconds:,.1f} rows/s, "
+            f"{t.tokens / info.wall_seconds:,.0f} tokens/s"
         )
-    worker = t.get("worker_seconds", {})
+    worker = t.to_record()["worker_seconds"]
     if worker:
         lines.append("worker s   " + ", ".join(f"{k} {v:.1f}" for k, v in worker.items()))
-    lines.append(f"parts      {len(info.parts)} files, {t['bytes'] / 1e6:,.1f} MB" + _part_range(info.parts))
+    lines.append(f"parts      {len(info.parts)} files, {t.bytes / 1e6:,.1f} MB" + _part_range(info.parts))
     return "\n".join(lines)
 
 
@@ -186,7 +183,7 @@ def rows_table(info: RunInfo, rows: list[dict[str, Any]], width: int = 100) -> A
 
     text_column = info.spec.get("text_column") or "text"
     id_column = info.spec.get("id_column")
-    tasks = list(info.models) or [t["name"] for t in info.spec.get("tasks", [])]
+    tasks = list(info.models) or [t.name for t in info.spec.get("tasks", [])]
     columns = ([id_column] if id_column else []) + [text_column, *tasks, "_error"]
     kinds = {name: model.get("task") for name, model in info.models.items()}
     cells = [{name: _cell(row.get(name), kinds.get(name)) for name in columns} for row in rows]

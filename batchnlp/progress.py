@@ -169,7 +169,7 @@ class ProgressReporter:
             result.rows_out,
             result.rejected,
             result.tokens,
-            unit_seconds(result),
+            result.busy_seconds,
             extra={
                 "event": "unit_done",
                 "unit": result.unit.id,
@@ -179,7 +179,7 @@ class ProgressReporter:
                 "rejected": result.rejected,
                 "bad_lines": result.bad_lines,
                 "tokens": result.tokens,
-                "seconds": round(unit_seconds(result), 3),
+                "seconds": round(result.busy_seconds, 3),
                 "stage_seconds": {key: round(value, 3) for key, value in result.seconds.items()},
                 "worker": result.worker,
                 "units_done": self.units_done + self.units_kept,
@@ -378,11 +378,6 @@ class ProgressReporter:
             if not self._polled and not self._stop.is_set():
                 logger.debug("cannot count retries on the scheduler: %s", e)
                 self.retries = None
-
-
-def unit_seconds(result: PartResult) -> float:
-    """A unit's time on its worker: reading, each task's model step, writing (engine time is inside the model's)."""
-    return sum(value for key, value in result.seconds.items() if key in ("read", "write") or key.startswith("model:"))
 
 
 def _retries_on_scheduler(prefix: str, dask_scheduler: Any = None) -> int:

@@ -220,12 +220,11 @@ class Manifest:
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Manifest:
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {key: value for key, value in record.items() if key in known}
+        """A manifest as read back; keys an older batchnlp did not write take empty values."""
+        empty: dict[str, Any] = {"spec": {}, "input": {}, "output": {}, "models": {}, "device": [], "precision": []}
+        values = {f.name: record.get(f.name, empty.get(f.name)) for f in dataclasses.fields(cls)}
         values["parts"] = [PartEntry.from_record(part) for part in record.get("parts", [])]
         values["totals"] = Totals.from_record(record.get("totals", {}))
-        for optional in ("wall_seconds", "rows_per_second", "schema"):
-            values.setdefault(optional, None)
         return cls(**values)
 
 

@@ -15,7 +15,7 @@ from datetime import datetime
 from html import escape
 from typing import Any
 
-from batchnlp.record import PartResult
+from batchnlp.record import Manifest, PartResult
 from batchnlp.stats import bin_edges, merge
 from batchnlp.tasks import TASKS
 from batchnlp.tasks.summaries import ReportSection
@@ -28,14 +28,6 @@ TIME_SPLIT_NOTE = (
     "tokenising (qa: also checking question lengths) and turning outputs into labels or answers. "
     "'model' is the engine's time less its waits for padded input; on CPU, padding is counted as waiting."
 )
-
-
-def unit_seconds(result: PartResult) -> float:
-    """A unit's duration on its worker: read, every task (its input waits included), write."""
-    stages = result.seconds
-    return (
-        stages.get("read", 0.0) + stages.get("write", 0.0) + sum(v for k, v in stages.items() if k.startswith("model:"))
-    )
 
 
 def time_split(results: list[PartResult]) -> dict[str, float]:
@@ -58,18 +50,16 @@ def time_split(results: list[PartResult]) -> dict[str, float]:
     return {key: round(value, 3) for key, value in split.items()}
 
 
-def build_report(
-    manifest: dict[str, Any], results: list[PartResult], started_at: float | None = None
-) -> dict[str, Any]:
+def build_report(manifest: Manifest, results: list[PartResult], started_at: float | None = None) -> dict[str, Any]:
     """The ``_report.json`` content; ``results`` in unit order, ``started_at`` the run's wall-clock start.
 
     Without ``started_at`` the start is the commit time less the manifest's wall seconds.
     Parts finished before the start were kept from an interrupted attempt (``--resume``).
     """
-    totals = manifest["totals"]
+    totals = manifest.totals
     if started_at is None:
-        committed = datetime.fromisoformat(manifest["committed_at"]).timestamp()
-        started_at = committed - (manifest.get("wall_seconds") or 0.0)
+        committed = datetime.fromisoformat(manifest.committed_at).timestamp()
+        started_at = committed - (manifest.wall_seconds or 0.0)
     kept = {r.unit.id for r in results if r.finished_at is None or r.finished_at < started_at}
     ran = sorted((r for r in results if r.unit.id not in kept), key=lambda r: r.finished_at or 0.0)
     rows = kept_rows = sum(r.rows_out for r in results if r.unit.id in kept)
@@ -79,7 +69,7 @@ def build_report(
         points.append({"seconds": round(result.finished_at - started_at, 3), "rows": rows, "unit": result.unit.id})
 
     tasks: dict[str, Any] = {}
-    for name, model in manifest["models"].items():
+    for name, model in manifest.models.items():
         merged = merge(r.task_stats[name] for r in results if name in r.task_stats)
         entry: dict[str, Any] = {"task": model["task"], "annotated": merged["annotated"]}
         entry.update(TASKS[model["task"]].summary.figures(merged))
@@ -88,19 +78,19 @@ def build_report(
 
     return {
         "report_version": REPORT_VERSION,
-        "run_id": manifest["run_id"],
-        "batchnlp_version": manifest["batchnlp_version"],
-        "committed_at": manifest["committed_at"],
+        "run_id": manifest.run_id,
+        "batchnlp_version": manifest.batchnlp_version,
+        "committed_at": manifest.committed_at,
         "status": "committed",
-        "spec": manifest["spec"],
-        "input": {"format": manifest["input"]["format"], "files": len(manifest["input"]["files"])},
-        "models": manifest["models"],
-        "device": manifest["device"],
-        "precision": manifest["precision"],
-        "totals": {key: value for key, value in totals.items() if not key.endswith("examples")},
-        "wall_seconds": manifest.get("wall_seconds"),
-        "rows_per_second": manifest.get("rows_per_second"),
-        "startup": manifest.get("startup"),
+        "spec": manifest.spec,
+        "input": {"format": manifest.input["format"], "files": len(manifest.input["files"])},
+        "models": manifest.models,
+        "device": manifest.device,
+        "precision": manifest.precision,
+        "totals": {key: value for key, value in totals.to_record().items() if not key.endswith("examples")},
+        "wall_seconds": manifest.wall_seconds,
+        "rows_per_second": manifest.rows_per_second,
+        "startup": manifest.startup,
         "throughput": {
             "started_at": round(started_at, 3),
             "kept_rows": kept_rows,
@@ -111,7 +101,7 @@ def build_report(
                 "unit": r.unit.id,
                 "rows": r.rows_out,
                 "rejected": r.rejected,
-                "seconds": round(unit_seconds(r), 3),
+                "seconds": round(r.busy_seconds, 3),
                 "worker": r.worker,
                 "kept": r.unit.id in kept,
             }
@@ -119,11 +109,11 @@ def build_report(
         ],
         "tasks": tasks,
         "rejected": {
-            "rows": totals["rejected"],
-            "by_reason": totals["rejected_by_reason"],
-            "examples": totals["rejected_examples"],
-            "bad_lines": totals.get("bad_lines", 0),
-            "bad_line_examples": totals.get("bad_line_examples", []),
+            "rows": totals.rejected,
+            "by_reason": totals.to_record()["rejected_by_reason"],
+            "examples": totals.rejected_examples,
+            "bad_lines": totals.bad_lines,
+            "bad_line_examples": totals.bad_line_examples,
         },
         "time_split": {"seconds": time_split(results), "note": TIME_SPLIT_NOTE},
     }

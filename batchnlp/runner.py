@@ -191,7 +191,7 @@ def _run_locked(
     manifest = _manifest(spec, job_plan, ordered, job_record, wall)
     manifest.startup = _startup([r for r in ordered if r.unit.id not in kept])
     # The report goes first, so a committed run always has one; the manifest names its files.
-    manifest.report = committer.write_report(build_report(manifest.to_record(), ordered, time.time() - wall))
+    manifest.report = committer.write_report(build_report(manifest, ordered, time.time() - wall))
     return manifest, len(todo)
 
 

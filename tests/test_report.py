@@ -14,8 +14,8 @@ from click.testing import CliRunner
 
 from batchnlp.cli import main
 from batchnlp.formats.base import WorkUnit
-from batchnlp.record import PartResult, Totals
-from batchnlp.report import build_report, render_html, unit_seconds
+from batchnlp.record import Manifest, PartResult, Totals
+from batchnlp.report import build_report, render_html
 from batchnlp.stats import column_stats, merge
 from batchnlp.tasks.classify import LABEL_SCORE
 from batchnlp.tasks.qa import ANSWER
@@ -63,8 +63,8 @@ def fake_result(index: int, rows: int, seconds: float, finished_at: float | None
     )  # fmt: skip
 
 
-def fake_manifest(results: list[PartResult]) -> dict:
-    return {
+def fake_manifest(results: list[PartResult]) -> Manifest:
+    return Manifest.from_record({
         "batchnlp_version": "0.test",
         "run_id": "run-1",
         "committed_at": "2023-11-14T22:13:30+00:00",
@@ -80,7 +80,7 @@ def fake_manifest(results: list[PartResult]) -> dict:
         "wall_seconds": 10.0,
         "rows_per_second": 30.0,
         "startup": {"models_loaded_s": 2.0, "first_row_s": 3.0},
-    }  # fmt: skip
+    })  # fmt: skip
 
 
 def test_report_json_sums_units_and_survives_progress_records():
@@ -118,7 +118,7 @@ def test_report_json_sums_units_and_survives_progress_records():
     }
     split = report["time_split"]["seconds"]
     assert split == {"read": 0.3, "tokenise + decode": 1.2, "model": 6.0, "waiting for input": 0.3, "write": 0.15}
-    assert sum(split.values()) == pytest.approx(sum(unit_seconds(r) for r in results))
+    assert sum(split.values()) == pytest.approx(sum(r.busy_seconds for r in results))
 
 
 def test_old_progress_records_without_statistics_still_report():
@@ -136,7 +136,7 @@ def test_old_progress_records_without_statistics_still_report():
 def test_html_has_every_section_and_escapes_user_strings():
     results = [fake_result(0, 100, 1.0, START + 1, reason=f"bad {HOSTILE}"), fake_result(1, 50, 9.0, START + 9)]
     manifest = fake_manifest(results)
-    manifest["models"]["sentiment"]["ref"] = HOSTILE
+    manifest.models["sentiment"]["ref"] = HOSTILE
     report = build_report(manifest, results, started_at=START)
     report["tasks"]["sentiment"]["labels"] = {HOSTILE: 99}
     page = render_html(report)
