@@ -16,7 +16,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from batchnlp.errors import BatchnlpError
+from batchnlp.errors import BatchnlpError, Interrupted
 from batchnlp.logs import configure_logging
 from batchnlp.params import KeyValue
 from batchnlp.redaction import redact_text, redact_url
@@ -602,10 +602,10 @@ def inspect_output(output: str, rows: int, storage_option: Any) -> None:
 
 @contextmanager
 def _user_errors(verbose: bool, json_logs: bool = False) -> Iterator[None]:
-    """A BatchnlpError ends the command with its message and exit code; anything else is a bug."""
+    """A BatchnlpError or an Interrupted run ends the command with its message and exit code; anything else is a bug."""
     try:
         yield
-    except BatchnlpError as e:
+    except (BatchnlpError, Interrupted) as e:
         _fail(str(e), e.exit_code, json_logs)
     except Exception as e:
         if verbose:

@@ -62,11 +62,13 @@ class RunOwnedElsewhere(OutputError):
     exit_code = 0
 
 
-class Interrupted(BatchnlpError):
+class Interrupted(BaseException):
     """A SIGTERM or SIGINT stopped the run after draining it: finished parts are recorded, the lock released.
 
     128 + the signal's number, as a shell reports a process killed by it; retry rules retry it
-    and the next attempt resumes.
+    and the next attempt resumes. Like ``KeyboardInterrupt`` it is not an ``Exception``: a signal
+    handler raises it wherever the main thread is, and an ``except Exception`` there (logging's
+    own ``emit`` is one) would otherwise swallow it and let the run go on.
     """
 
     def __init__(self, message: str, signal_number: int) -> None:

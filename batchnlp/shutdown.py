@@ -103,4 +103,5 @@ class GracefulStop:
             self.request(f"{name} received", self.grace_seconds)
             return
         self.reason = f"{name} received"
+        self.requested.set()  # should the raise below be swallowed, the drain's start still stops the run
         self.stop("a second signal" if self._signals > 1 else "before any unit ran")
