@@ -243,6 +243,7 @@ def load_question_answerer(directory: Path, ref: str) -> tuple[Any, Any]:
 
 def _load(directory: Path, ref: str, auto_class: Any, what: str) -> tuple[Any, Any]:
     """Safetensors only, no remote code, and a fast tokenizer: tasks need its offsets and windows."""
+    from safetensors import SafetensorError
     from transformers import AutoTokenizer
 
     try:
@@ -263,6 +264,12 @@ def _load(directory: Path, ref: str, auto_class: Any, what: str) -> tuple[Any, A
             f"model {ref!r} does not match its own config.json as {what}: {'; '.join(mismatches[:5])}. The checkpoint "
             "is malformed (its config names another head size, e.g. num_labels/id2label, or another vocabulary): "
             "fix config.json or save the model again with save_pretrained"
+        ) from e
+    except SafetensorError as e:  # a weights file whose header does not describe its bytes
+        unreadable = ", ".join(_unreadable_weights(directory)) or "its weights"
+        raise ModelError(
+            f"cannot load model {ref!r} as {what}: safetensors cannot read {unreadable} ({e}), so the file is "
+            "truncated or corrupt, as a copy or upload that did not finish leaves it: copy the checkpoint again"
         ) from e
     if not getattr(tokenizer, "is_fast", False):
         raise ModelError(f"model {ref!r} has no fast tokenizer (tokenizer.json); batchnlp needs one")
@@ -311,6 +318,20 @@ def _shape_mismatches(directory: Path, auto_class: Any) -> list[str]:
                 if name is not None and expected[name] != shape:
                     found.append(f"{key} is {shape} in {path.name}, but {expected[name]} for the config")
     return found
+
+
+def _unreadable_weights(directory: Path) -> list[str]:
+    """The names of the weight files safetensors refuses to open: transformers' error names none."""
+    from safetensors import SafetensorError, safe_open
+
+    unreadable = []
+    for path in sorted(directory.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), "pt"):  # checks the header, and that the file holds every tensor it lists
+                pass
+        except SafetensorError:
+            unreadable.append(path.name)
+    return unreadable
 
 
 def _check_files(ref: str, names: list[str]) -> None:

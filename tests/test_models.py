@@ -13,7 +13,15 @@ from click.testing import CliRunner
 import batchnlp.runner
 from batchnlp.cli import main
 from batchnlp.errors import ModelError
-from batchnlp.models import check_ref, content_checksums, content_digest, parse_ref, stage, weight_checksums
+from batchnlp.models import (
+    check_ref,
+    content_checksums,
+    content_digest,
+    load_sequence_classifier,
+    parse_ref,
+    stage,
+    weight_checksums,
+)
 from tests.helpers import cli_job, upload_dir, write_jsonl
 
 DIGEST = "a" * 64
@@ -212,3 +220,18 @@ def test_a_checkpoint_whose_head_does_not_match_its_config_is_a_model_error(qa_m
     assert "qa_outputs.weight is [3, 32] in model.safetensors, but [2, 32] for the config" in run.stderr
     assert "Traceback" not in run.stderr and "bug in batchnlp" not in run.stderr
     assert run.stderr.count("\n") <= 2, run.stderr  # -q: the error alone
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [lambda data: data[: len(data) // 2], lambda data: b"<Error><Code>AccessDenied</Code></Error>"],
+    ids=["truncated", "not-safetensors"],
+)
+def test_an_unreadable_weights_file_is_a_model_error_naming_it(tiny_model, tmp_path, damage):
+    """Was "unexpected SafetensorError … this is a bug in batchnlp" (exit 1), with a worker traceback under -q."""
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(damage(weights.read_bytes()))
+    with pytest.raises(ModelError, match=r"cannot read model\.safetensors \(.*\), so the file is truncated"):
+        load_sequence_classifier(broken, str(broken))
