@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -114,17 +115,18 @@ class Engine:
         # Tensor cores want widths in multiples of 8; a CPU's vector units gain nothing from
         # padding, so there every padded token would be wasted work.
         self.pad_multiple = 8 if self.device == "cuda" else 1
-        self._loaded: dict[tuple[Any, Callable[..., Any]], tuple[Any, Any]] = {}
+        self._loaded: dict[tuple[Path, Callable[..., Any]], tuple[Any, Any]] = {}
         if self.device == "cpu" and self.precision == "bf16" and not cpu_has_bf16():
             logger.warning(
                 "--precision bf16 on a CPU without native bf16 units (AVX-512 BF16 or AMX) runs emulated, "
                 "several times slower than fp32; use --precision int8 for speed on this machine"
             )
 
-    def load(self, directory: Any, ref: str, loader: Callable[[Any, str], tuple[Any, Any]]) -> tuple[Any, Any]:
+    def load(self, directory: Path, ref: str, loader: Callable[[Path, str], tuple[Any, Any]]) -> tuple[Any, Any]:
         """``loader(directory, ref)``'s (tokenizer, model), the model prepared for this engine, once per
-        checkpoint and loader: tasks asking one model different questions share its weights."""
-        key = (directory, loader)
+        checkpoint and loader: tasks asking one model different questions share its weights, however
+        their refs spell its directory (``./m`` and ``/jobs/m``)."""
+        key = (Path(directory).resolve(), loader)
         if key not in self._loaded:
             tokenizer, model = loader(directory, ref)
             self._loaded[key] = (tokenizer, self.prepare(model))
