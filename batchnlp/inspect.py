@@ -16,6 +16,7 @@ from batchnlp.errors import OutputError
 from batchnlp.lock import LOCK, stale
 from batchnlp.record import Manifest, PartResult, Totals
 from batchnlp.storage import Location, storage_errors
+from batchnlp.tasks import TASKS
 
 TEXT_WIDTH = 60  # characters of text shown per row
 
@@ -177,15 +178,17 @@ def _part_rows(handle: Any, name: str, n: int) -> list[dict[str, Any]]:
 
 def rows_table(info: RunInfo, rows: list[dict[str, Any]], width: int = 100) -> Any:
     """A rich table ``width`` columns wide at most: the id column (if any), the text (cut to fit,
-    at most :data:`TEXT_WIDTH` characters), one column per task (label (score), or 'answer' (score)),
-    and _error."""
+    at most :data:`TEXT_WIDTH` characters), one column per task (each value as its kind's summary
+    shows it: label (score), 'answer' (score)), and _error."""
     from rich.table import Table
 
     text_column = info.spec.get("text_column") or "text"
     id_column = info.spec.get("id_column")
-    tasks = list(info.models) or [t.name for t in info.spec.get("tasks", [])]
-    columns = ([id_column] if id_column else []) + [text_column, *tasks, "_error"]
-    kinds = {name: model.get("task") for name, model in info.models.items()}
+    # A manifest from before models were recorded names its tasks in its spec only.
+    kinds = {name: model.get("task") for name, model in info.models.items()} or {
+        task["name"]: task.get("kind") for task in info.spec.get("tasks", [])
+    }
+    columns = ([id_column] if id_column else []) + [text_column, *kinds, "_error"]
     cells = [{name: _cell(row.get(name), kinds.get(name)) for name in columns} for row in rows]
     natural = {name: min(max([len(name), *(len(c[name]) for c in cells)]), 40) for name in columns}
     others = sum(natural[name] + 3 for name in columns if name != text_column) + 4
@@ -206,8 +209,6 @@ def _cut(text: str, width: int) -> str:
 
 def _cell(value: Any, kind: str | None) -> str:
     """A task's value as its summary shows it (:mod:`batchnlp.tasks.summaries`); anything else as text."""
-    from batchnlp.tasks import TASKS
-
     if value is None:
         return ""
     if isinstance(value, dict):

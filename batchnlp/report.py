@@ -330,19 +330,11 @@ def _scores(report: dict[str, Any]) -> str:
 
 def _task_section(report: dict[str, Any], kind: str, section: ReportSection) -> str:
     """One row per task of ``kind``: its figures as the task's summary names them."""
-    rows = []
-    for name, task in report["tasks"].items():
-        if task["task"] == kind:
-            cells = [task[key] for key, _ in section.columns]
-            rows.append(
-                (
-                    name,
-                    *(
-                        _rate(v) if key.endswith("_rate") else v
-                        for (key, _), v in zip(section.columns, cells, strict=True)
-                    ),
-                )
-            )
+    rows = [
+        (name, *(_rate(task[key]) if key.endswith("_rate") else task[key] for key, _ in section.columns))
+        for name, task in report["tasks"].items()
+        if task["task"] == kind
+    ]
     numeric = {i + 1 for i, (key, _) in enumerate(section.columns) if not key.endswith("_rate")}
     return f"<p>{_e(section.note)}</p>" + _table(rows, ("task", *(heading for _, heading in section.columns)), numeric)
 

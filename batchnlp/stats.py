@@ -41,23 +41,23 @@ def column_stats(column: pa.Array | pa.ChunkedArray) -> dict[str, Any]:
 
 
 def merge(stats: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Sum per-unit statistics of one task (:func:`column_stats` results) over units."""
-    annotated = 0
-    scores = np.zeros(SCORE_BINS, dtype=np.int64)
-    labels: Counter[str] = Counter()
-    answered: int | None = None
+    """Sum per-unit statistics of one task (:func:`column_stats` results) over units.
+
+    Every statistic is a count, so merging sums whatever the units have, key by key: a number, a
+    histogram (bin by bin) or a ``{value: count}`` map (most common first). A task that counts
+    something new needs no change here; a unit without statistics (an older record) adds nothing.
+    """
+    merged: dict[str, Any] = {"annotated": 0, "scores": [0] * SCORE_BINS}
+    maps: dict[str, Counter[str]] = {}
     for item in stats:
-        annotated += item.get("annotated", 0)
-        if item.get("scores"):
-            scores += np.asarray(item["scores"], dtype=np.int64)
-        labels.update(item.get("labels", {}))
-        if "answered" in item:
-            answered = (answered or 0) + item["answered"]
-    merged: dict[str, Any] = {"annotated": annotated, "scores": scores.tolist()}
-    if labels:
-        merged["labels"] = dict(labels.most_common())
-    if answered is not None:
-        merged["answered"] = answered
+        for key, value in item.items():
+            if isinstance(value, dict):
+                maps.setdefault(key, Counter()).update(value)
+            elif isinstance(value, list):
+                merged[key] = [a + b for a, b in zip(merged.get(key, [0] * len(value)), value, strict=True)]
+            else:
+                merged[key] = merged.get(key, 0) + value
+    merged.update((key, dict(counts.most_common())) for key, counts in maps.items())
     return merged
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -11,8 +12,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from rich.console import Console
 
 from batchnlp.cli import main
+from batchnlp.inspect import RunInfo, rows_table
+from batchnlp.record import Totals
 from tests.helpers import write_jsonl
 
 
@@ -118,3 +122,34 @@ def test_interrupted_run_on_s3(finished, tmp_path, s3, bucket):
     assert "INTERRUPTED" in result.output and f"s3://{bucket}/labelled" in result.output
     first = manifest(finished)["parts"][0]["rows"]  # the first unit is not done: its rows are not shown
     assert f"r{first:03d}" in result.output and f"r{first + 1:03d}" in result.output and "r000" not in result.output
+
+
+def rendered(info: RunInfo, rows: list[dict]) -> str:
+    console = Console(width=120, file=io.StringIO(), record=True)
+    console.print(rows_table(info, rows, console.width))
+    return console.export_text()
+
+
+def run_info(models: dict, spec: dict) -> RunInfo:
+    return RunInfo(output="out/", status="committed", run_id="r", spec=spec, models=models, totals=Totals(), parts=[])
+
+
+ROW = {
+    "text": "the buyer pays",
+    "mood": {"label": "pos", "score": 0.9},
+    "aspects": {"label": ["price", "service"], "score": 0.5},
+    "payer": {"answer": "", "score": 0.1, "start": 0, "end": 0},
+    "_error": None,
+}
+
+
+def test_rows_table_shows_each_value_as_its_task_kind_summarises_it():
+    models = {"mood": {"task": "sentiment"}, "aspects": {"task": "classify"}, "payer": {"task": "qa"}}
+    line = next(line for line in rendered(run_info(models, {}), [ROW]).splitlines() if "buyer" in line)
+    assert [cell.strip() for cell in line.split("│")[2:5]] == ["pos (0.90)", "price, service (0.50)", "'' (0.10)"]
+
+
+def test_rows_table_of_a_manifest_without_models_takes_the_tasks_from_its_spec():
+    spec = {"tasks": [{"name": "mood", "kind": "sentiment", "model": "m"}]}
+    table = rendered(run_info({}, spec), [ROW])
+    assert "mood" in table and "pos (0.90)" in table and "payer" not in table

@@ -17,8 +17,7 @@ from batchnlp.formats.base import WorkUnit
 from batchnlp.record import Manifest, PartResult, Totals
 from batchnlp.report import build_report, render_html
 from batchnlp.stats import column_stats, merge
-from batchnlp.tasks.classify import LABEL_SCORE
-from batchnlp.tasks.qa import ANSWER
+from batchnlp.tasks.columns import ANSWER, LABEL_SCORE
 from tests import corpus
 from tests.helpers import write_jsonl
 
@@ -202,9 +201,12 @@ def test_cli_run_writes_a_report_that_agrees_with_the_output(tmp_path, tiny_mode
 @pytest.mark.parametrize(
     "seconds, red",
     [
-        ([1.0, 1.0, 1.1, 1.2], []),  # nothing is 1.5× the median: nothing red (the slowest was marked anyway)
-        ([1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.4], []),  # median 2.0: 2.4 is under 3.0
-        ([1.0, 1.0, 1.0, 2.0, 2.0, 2.4], ["part-00005"]),  # median 1.5 (was the upper middle, 2.0): 2.4 > 2.25
+        # The slowest unit was marked whether or not it was over the line.
+        pytest.param([1.0, 1.0, 1.1, 1.2], [], id="none-over-the-line"),
+        pytest.param([2.0, 2.0, 3.0], [], id="exactly-one-and-a-half-is-not-over"),
+        pytest.param([2.0, 2.0, 3.01], ["part-00002"], id="just-over"),
+        # An even count's median is the mean of the middle two, 1.5 (the upper one, 2.0, was taken): 2.4 is over.
+        pytest.param([1.0, 1.0, 1.0, 2.0, 2.4, 3.5], ["part-00004", "part-00005"], id="even-count-median"),
     ],
 )
 def test_the_unit_chart_marks_red_only_units_over_one_and_a_half_times_the_median(seconds, red):

@@ -5,6 +5,7 @@ use it without loading a model; the task registry (:mod:`batchnlp.tasks`) names 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,10 +21,16 @@ class ReportSection:
 
 @dataclass(frozen=True)
 class Summary:
-    """What the report and ``inspect`` say of one task kind's column."""
+    """What the report and ``inspect`` say of one task kind's column.
 
-    figures: Any  # merged batchnlp.stats → the task's figures in _report.json (beside annotated, scores)
-    cell: Any  # one output value (a dict) → the text of its table cell
+    ``figures`` turns the task's statistics, summed over units (:func:`batchnlp.stats.merge`), into
+    its own figures in ``_report.json``, beside the ``annotated`` and ``scores`` every task has;
+    ``cell`` writes one output value for ``inspect --rows``; ``section`` is the kind's own report
+    section, if it has one.
+    """
+
+    figures: Callable[[dict[str, Any]], dict[str, Any]]
+    cell: Callable[[dict[str, Any]], str]
     section: ReportSection | None = None
 
 

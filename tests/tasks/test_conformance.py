@@ -1,107 +1,174 @@
 """Every registered task, held to one contract through the worker's own unit function
 (``batchnlp.worker.annotate_unit``): units of 0 rows, 1 row, all-null texts, all-blank texts,
-mixed lengths (one row far over the window) and 10,000 rows.
+mixed lengths (one row far over the window) and 10,000 rows, read from JSONL and from Parquet.
 
 Every input row is in the part, in order; a row a task cannot annotate has a null in its column
-and a reason in ``_error``; the column has the type the registry promises; and the summary the
-report and ``inspect`` use reads it. A new task inherits the suite by being registered (add its
-settings to ``SETTINGS``). The 0-row unit is a real case: a QA job failed on one
-(``ArrowNotImplementedError: array_take`` of string and null types).
+and its reason in ``_error``; the column has the type the registry promises; and the report and
+``inspect`` summarise it through the task's summary. A task is run as its registry entry says it
+can be (``top_k``, a question column or a fixed question), so a new task kind joins the suite by
+being registered; a new task class also needs a tiny model in ``MODELS``. The 0-row unit is a
+real case: a QA job failed on one (``ArrowNotImplementedError: array_take`` of string and null).
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchnlp.formats import ReadOptions, WorkUnit
+from batchnlp.formats import ReadOptions, WorkUnit, plan_units
+from batchnlp.inspect import RunInfo, rows_table
 from batchnlp.output import open_output
+from batchnlp.record import PartResult, Totals
+from batchnlp.report import build_report, render_html
 from batchnlp.spec import JobSpec, TaskSpec
-from batchnlp.stats import merge
-from batchnlp.storage import Location
-from batchnlp.tasks import TASKS
+from batchnlp.storage import InputFile, Location
+from batchnlp.tasks import TASKS, TaskInfo
 from batchnlp.worker import ModelPlugin, ModelSettings, UnitJob, annotate_unit
+from tests.helpers import manifest, write_jsonl
 
-# How each registered task kind is run here: its spec (the model filled in per test session).
-SETTINGS = {
-    "sentiment": [{"name": "sentiment", "kind": "sentiment"}],
-    "classify": [{"name": "topics", "kind": "classify", "top_k": 2}],
-    "qa": [
-        {"name": "answer", "kind": "qa", "question_column": "question", "max_answer_length": 15},
-        {"name": "answer", "kind": "qa", "question": "Who pays?", "max_answer_length": 15},
-    ],
-}
+# The tiny random model (a fixture of tests/conftest.py) each task class is run with here.
+MODELS = {"batchnlp.tasks.classify:Classify": "tiny_model", "batchnlp.tasks.qa:QuestionAnswering": "qa_model"}
+QUESTION = "Who pays?"
 SCHEMA = pa.schema([("id", pa.int64()), ("text", pa.string()), ("question", pa.string())])
-HUGE = "the buyer pays the seller within thirty days of delivery " * 400  # ~4,000 tokens: many windows
+HUGE = "the buyer pays the seller within thirty days of delivery " * 400  # ~4,000 tokens: far over any window
 UNITS = {
-    "no rows": [],
-    "one row": ["The buyer, Acme Ltd, pays within thirty days."],
-    "all null": [None] * 5,
-    "all blank": ["", "   ", "\t\n"] * 2,
-    "mixed lengths": ["ok", None, "a longer sentence about the goods and who pays for them", HUGE, " ", "fine"],
-    "10,000 rows": [f"row {i}: the seller delivers" + " goods" * (i % 9) for i in range(10_000)],
+    "no-rows": [],
+    "one-row": ["The buyer, Acme Ltd, pays within thirty days."],
+    "all-null": [None] * 5,
+    "all-blank": ["", "   ", "\t\n"] * 2,
+    "mixed-lengths": ["ok", None, "a longer sentence about the goods and who pays for them", HUGE, " ", "fine"],
+    "10000-rows": [f"row {i}: the seller delivers" + " goods" * (i % 9) for i in range(10_000)],
 }
-CASES = [
-    pytest.param(kind, settings, unit, id=f"{kind}{'-fixed' if 'question' in settings else ''}-{unit}")
-    for kind, variants in SETTINGS.items()
-    for settings in variants
-    for unit in UNITS
-]
+FORMATS = ("jsonl", "parquet")
 
 
-def test_every_registered_task_is_in_the_suite():
-    assert set(SETTINGS) == set(TASKS)
+def variants(info: TaskInfo) -> dict[str, dict]:
+    """The settings, beyond its model, a task kind is run with: each way its registry entry says it can be asked."""
+    if info.takes_question:
+        return {"question-column": {"question_column": "question"}, "fixed-question": {"question": QUESTION}}
+    if info.supports_top_k:
+        return {"top-k": {"top_k": 2}}
+    return {"": {}}
+
+
+SETTINGS = {
+    "-".join(filter(None, (kind, variant))): {"name": kind, "task": kind, **settings}
+    for kind, info in TASKS.items()
+    for variant, settings in variants(info).items()
+}
+
+
+def expected_error(text: str | None) -> str | None:
+    """The worker's reason for a text it cannot annotate, as a user reads it in ``_error``."""
+    if text is None:
+        return "text is null"
+    return None if text.strip() else "text is empty or whitespace"
+
+
+def test_every_task_class_has_a_test_model():
+    assert {info.target for info in TASKS.values()} <= set(MODELS)
 
 
 @pytest.fixture(scope="module")
-def plugins(tiny_model: Path, qa_model: Path):
+def plugins(request: pytest.FixtureRequest) -> dict[str, ModelPlugin]:
     """One loaded ModelPlugin per task settings, as a worker holds them."""
     loaded = {}
-    for variants in SETTINGS.values():
-        for settings in variants:
-            model = qa_model if settings["kind"] == "qa" else tiny_model
-            spec = TaskSpec(model=str(model), **settings)
-            plugin = ModelPlugin(ModelSettings((spec,), "cpu", "fp32", 4096, None, 1, {}))
-            plugin.load()
-            loaded[json.dumps(settings, sort_keys=True)] = plugin
+    for key, settings in SETTINGS.items():
+        model = request.getfixturevalue(MODELS[TASKS[settings["task"]].target])
+        job = {"input": "in.jsonl", "output": "out/", "tasks": [{**settings, "model": str(model)}]}
+        spec = JobSpec.from_settings(job).tasks[0]  # with the defaults a run fills in
+        plugin = ModelPlugin(
+            ModelSettings(
+                tasks=(spec,),
+                device="cpu",
+                precision="fp32",
+                tokens_per_batch=4096,
+                max_length=None,
+                threads=1,
+                storage_options={},
+            )
+        )
+        plugin.load()
+        loaded[key] = plugin
     return loaded
 
 
-@pytest.mark.parametrize("kind, settings, unit_name", CASES)
-def test_a_task_accounts_for_every_row_of_any_unit(tmp_path, plugins, kind, settings, unit_name):
-    texts = UNITS[unit_name]
-    source = tmp_path / "in.jsonl"
-    source.write_text(
-        "".join(json.dumps({"id": i, "text": t, "question": "Who pays?"}) + "\n" for i, t in enumerate(texts))
-    )
-    plugin = plugins[json.dumps(settings, sort_keys=True)]
-    spec = JobSpec.from_settings({"input": str(source), "output": str(tmp_path / "out"), "run_id": "conformance"})
+def write_input(directory: Path, texts: list[str | None], fmt: str) -> Path:
+    records = [{"id": i, "text": text, "question": QUESTION} for i, text in enumerate(texts)]
+    if fmt == "jsonl":
+        return write_jsonl(directory / "in.jsonl", records)
+    pq.write_table(pa.Table.from_pylist(records, SCHEMA), directory / "in.parquet")
+    return directory / "in.parquet"
+
+
+def whole_file_unit(source: Path, fmt: str, rows: int) -> WorkUnit:
+    """The one unit the planner cuts a file into when a unit has room for all of it (a JSONL file's
+    rows are estimated from a sample); a file without rows plans none, so its unit is an empty range."""
+    location = Location(str(source), {})
+    file = InputFile(str(source), source.stat().st_size)
+    units = plan_units(location, [file], fmt, 1_000_000, ReadOptions(), workers=1).units
+    assert len(units) == (1 if rows else 0)
+    return units[0] if units else WorkUnit(0, source.as_uri(), fmt, 0, 0, 0)
+
+
+def run_unit(directory: Path, texts: list[str | None], fmt: str, plugin: ModelPlugin) -> PartResult:
+    source = write_input(directory, texts, fmt)
+    spec = JobSpec.from_settings({"input": str(source), "output": str(directory / "out"), "run_id": "conformance"})
     output = open_output(spec).prepare()
     job = UnitJob(Location(str(source), {}), ReadOptions(), "id", SCHEMA, plugin.settings.plugin_name, output)
-    unit = WorkUnit(0, source.as_uri(), "jsonl", 0, source.stat().st_size, len(texts))
+    return annotate_unit(whole_file_unit(source, fmt, len(texts)), job, plugin)
 
-    result = annotate_unit(unit, job, plugin)
 
-    bad = [i for i, t in enumerate(texts) if t is None or not t.strip()]
-    assert (result.rows_in, result.rows_out, result.rejected) == (len(texts), len(texts), len(bad))
-    name = settings["name"]
-    if not texts:
+CASES = [
+    pytest.param(key, unit, fmt, id=f"{key}-{unit}-{fmt}") for key in SETTINGS for unit in UNITS for fmt in FORMATS
+]
+
+
+@pytest.mark.parametrize("settings_key, unit_name, fmt", CASES)
+def test_a_task_accounts_for_every_row_of_any_unit(tmp_path, plugins, settings_key, unit_name, fmt):
+    texts, plugin = UNITS[unit_name], plugins[settings_key]
+    task = plugin.settings.tasks[0]
+    info = TASKS[task.kind]
+
+    result = run_unit(tmp_path, texts, fmt, plugin)
+
+    errors = [expected_error(text) for text in texts]
+    annotated = errors.count(None)
+    assert (result.rows_in, result.rows_out, result.rejected) == (len(texts), len(texts), len(texts) - annotated)
+    assert result.reasons == dict(Counter(error for error in errors if error is not None))
+    if texts:
+        part = pq.read_table(result.part.removeprefix("file://"))
+        assert part.column("id").to_pylist() == list(range(len(texts))), "every row, in input order"
+        assert part.schema.field(task.name).type == info.output_type(task)
+        values = part.column(task.name).to_pylist()
+        assert [value is None for value in values] == [error is not None for error in errors]
+        assert part.column("_error").to_pylist() == errors
+        assert all(isinstance(info.summary.cell(value), str) for value in values if value is not None)
+        run = RunInfo("out/", "committed", "conformance", {"id_column": "id"}, record(task), Totals(), [])
+        shown = rows_table(run, part.slice(0, 5).to_pylist())
+        assert [column.header for column in shown.columns] == ["id", "text", task.name, "_error"]
+    else:
         assert result.part == "" and result.bytes == 0, "a unit without rows writes no part"
-        assert result.task_stats[name]["annotated"] == 0
-        return
-    part = pq.read_table(result.part.removeprefix("file://"))
-    assert part.column("id").to_pylist() == list(range(len(texts))), "every row, in input order"
-    task_spec = plugin.settings.tasks[0]
-    assert part.schema.field(name).type == TASKS[kind].output_type(task_spec)
-    values, errors = part.column(name).to_pylist(), part.column("_error").to_pylist()
-    assert [i for i, v in enumerate(values) if v is None] == bad
-    assert [i for i, e in enumerate(errors) if e is not None] == bad
-    assert all(errors[i].startswith("text is") for i in bad)
-    summary = TASKS[kind].summary
-    figures = summary.figures(merge([result.task_stats[name]]))
-    assert isinstance(figures, dict) and result.task_stats[name]["annotated"] == len(texts) - len(bad)
-    assert all(isinstance(summary.cell(v), str) for v in values if v is not None)
+
+    figures = report_figures(task, result)
+    assert figures["annotated"] == sum(figures["scores"]["counts"]) == annotated
+
+
+def record(task: TaskSpec) -> dict[str, dict]:
+    """The task as a run's manifest records it, which is all the report and ``inspect`` know of it."""
+    return {task.name: {"task": task.kind, "ref": task.model, "version": None}}
+
+
+def report_figures(task: TaskSpec, result: PartResult) -> dict:
+    """The task's figures in the report of this one unit, once the page shows them."""
+    report = build_report(dataclasses.replace(manifest("conformance", [result]), models=record(task)), [result])
+    page, section = render_html(report), TASKS[task.kind].summary.section
+    if section is not None:
+        assert f'<section id="{task.kind}">' in page
+        assert all(key in report["tasks"][task.name] for key, _ in section.columns)
+    return report["tasks"][task.name]
