@@ -119,24 +119,33 @@ def test_models_with_token_types_get_them(tmp_path):
 
 
 class PointingModel:
-    """Hand-built logits: 8 on the start token id, 8 on the end token id, 0 elsewhere."""
+    """Hand-built logits: a chosen start and end logit per token id, 0 for every other token."""
 
-    def __init__(self, start_id: int, end_id: int, null: float = 0.0) -> None:
-        self.start_id, self.end_id, self.null = start_id, end_id, null
+    def __init__(self, starts: dict[int, float], ends: dict[int, float], null: float = 0.0) -> None:
+        self.starts, self.ends, self.null = starts, ends, null
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SimpleNamespace:
-        start = (input_ids == self.start_id).float() * 8
-        end = (input_ids == self.end_id).float() * 8
+        start, end = torch.zeros(input_ids.shape), torch.zeros(input_ids.shape)
+        for logits, chosen in ((start, self.starts), (end, self.ends)):
+            for token_id, logit in chosen.items():
+                logits[input_ids == token_id] = logit
         start[:, 0] = end[:, 0] = self.null  # CLS: the "no answer" logit
         return SimpleNamespace(start_logits=start, end_logits=end)
 
     __call__ = forward
 
 
-def pointed(qa_model, start: str, end: str, null: float = 0.0, **settings) -> QuestionAnswering:
+def pointed(
+    qa_model, start: str | dict[str, float], end: str | dict[str, float], null: float = 0.0, **settings
+) -> QuestionAnswering:
+    """A task whose model puts logit 8 on the ``start`` and ``end`` tokens, or the logits given per token."""
     task = make_task(qa_model, **settings)
-    ids = task.tokenizer.convert_tokens_to_ids([start, end])
-    task.model = PointingModel(*ids, null=null)
+
+    def by_id(chosen: str | dict[str, float]) -> dict[int, float]:
+        logits = {chosen: 8.0} if isinstance(chosen, str) else chosen
+        return {task.tokenizer.convert_tokens_to_ids(token): logit for token, logit in logits.items()}
+
+    task.model = PointingModel(by_id(start), by_id(end), null=null)
     return task
 
 
@@ -184,6 +193,45 @@ def test_an_answer_in_the_overlap_of_two_windows_adds_both_scores(qa_model):
     assert got[0]["answer"] == "John Smith" and got[0]["start"] == context.index("John")
     assert got[0]["score"] > 1.0, "the pipeline sums the scores of equal answers from different windows"
     assert_same_answers(got, reference(task, ["Who signed it?"], [context]))
+
+
+def test_spans_that_widen_to_the_same_words_add_their_scores(qa_model):
+    """4.57 keeps 12 spans per window: every span that widens to "crème brûlée" counts, not the best one alone.
+
+    The best span, (##eme, ##e), holds about 0.73; starting at "cr" or ending on "br" or "##ule"
+    gives the same words, so the answer's score is nearly 1 (4.53 and earlier said 0.73).
+    """
+    context = "The dessert was crème brûlée, served cold."
+    task = pointed(qa_model, {"cr": 7.0, "##eme": 8.0}, {"##e": 8.0})
+    got = task.answer([context], ["What was served?"])[0].to_pylist()
+    assert got[0]["answer"] == "crème brûlée" and got[0]["start"] == context.index("crème")
+    assert got[0]["score"] > 0.99
+    assert_same_answers(got, reference(task, ["What was served?"], [context]))
+
+
+def test_answers_differing_only_in_case_add_their_scores_and_keep_the_first(tmp_path):
+    """The cased tokenizer reads "Smith" as [UNK] and "smith" as smith: two spans, one answer ignoring case.
+
+    Each alone scores under 0.4 (max_answer_length 3 keeps them apart); their sum is the score,
+    and the text and place are those of the better span.
+    """
+    model = build_question_answerer(tmp_path / "cased", cased=True)
+    context = "ask Smith first, then ask not smith."
+    task = pointed(model, {"[UNK]": 8.0, "smith": 7.5}, {"[UNK]": 8.0, "smith": 7.5}, max_answer_length=3)
+    got = task.answer([context], ["who is it?"])[0].to_pylist()
+    assert (got[0]["answer"], got[0]["start"]) == ("Smith", context.index("Smith"))
+    assert got[0]["score"] > 0.5
+    assert_same_answers(got, reference(task, ["who is it?"], [context]))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_issues_one_window_example_matches_the_pipeline(tmp_path, seed):
+    """The context of the bug report, whose word pieces let several spans spell one answer."""
+    model = build_question_answerer(tmp_path / "qa", seed=seed)
+    task = make_task(model)
+    contexts, questions = ["getnameinfo(sockaddr, flags) --> (host, port)"], ["What does it return?"]
+    got = task.answer(contexts, questions)[0].to_pylist()
+    assert_same_answers(got, reference(task, questions, contexts))
 
 
 def test_a_context_shorter_than_the_question(qa_model):
