@@ -115,3 +115,21 @@ def test_supervision_settings_do_not_change_what_a_resume_compares():
     base = {"input": "in/", "output": "out/"}
     supervised = {**base, "max_bad_lines": 5, "grace_seconds": 90, "unit_timeout": 1800, "lock_owner": "airflow:x"}
     assert JobSpec.from_settings(base).fingerprint() == JobSpec.from_settings(supervised).fingerprint()
+
+
+@pytest.mark.parametrize("name", ["max_length", "tokens_per_batch", "rows_per_partition", "workers"])
+def test_a_spec_and_the_cli_share_one_lower_bound_per_setting(name, tmp_path):
+    """--max-length/--tokens-per-batch took ≥ 8 on the command line but ≥ 1 in a spec."""
+    from click.testing import CliRunner
+
+    from batchnlp.cli import main
+    from batchnlp.spec import MINIMUMS
+
+    least = MINIMUMS[name]
+    base = {"input": "in.jsonl", "output": "out/"}
+    assert getattr(JobSpec.from_settings({**base, name: least}), name) == least
+    with pytest.raises(SpecError, match=f"{name} must be"):
+        JobSpec.from_settings({**base, name: least - 1})
+    flag = "--" + name.replace("_", "-")
+    result = CliRunner().invoke(main, ["run", "in.jsonl", "out/", flag, str(least - 1)])
+    assert result.exit_code == 2 and f"x>={least}" in result.output
