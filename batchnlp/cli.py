@@ -95,220 +95,238 @@ def main() -> None:
     """Batch DistilBERT annotation of JSONL and Parquet data on a Dask cluster."""
 
 
+# The settings of a job, as flags: `run` takes them all, `plan` the same (it plans what `run` would run).
+JOB_OPTIONS = [
+    click.option(
+        "--spec",
+        "spec_file",
+        help="YAML job spec with the same settings, a path, an s3:// URL or env:VARIABLE; flags override it. "
+        "Example: --spec jobs/nightly-sentiment.yaml",
+    ),
+    click.option(
+        "--task",
+        multiple=True,
+        metavar="NAME",
+        help="Task to run, repeatable: sentiment, classify, qa. Default: sentiment. "
+        "Example: --task sentiment --task classify",
+    ),
+    click.option(
+        "--model",
+        multiple=True,
+        type=KeyValue("TASK"),
+        metavar="TASK=REF",
+        help="Model for a task: Hub id[@revision], local directory or s3:// prefix, optionally pinned @sha256:DIGEST "
+        "(batchnlp models digest). Example: --model classify=s3://models/topics/",
+    ),
+    click.option(
+        "--top-k",
+        type=click.IntRange(min=MINIMUMS["top_k"]),
+        help="classify: also keep the N best labels in a top_k list. Example: --top-k 3",
+    ),
+    click.option(
+        "--question",
+        metavar="TEXT",
+        help='qa: ask every row this question. Example: --question "Who is the buyer?"',
+    ),
+    click.option(
+        "--question-column",
+        metavar="NAME",
+        help="qa: column (JSONL field) holding each row's question. Example: --question-column question",
+    ),
+    click.option(
+        "--doc-stride",
+        type=click.IntRange(min=MINIMUMS["doc_stride"]),
+        help="qa: tokens of overlap between the windows of a long text. Default: 128 (at most half of --max-length). "
+        "Example: --doc-stride 64",
+    ),
+    click.option(
+        "--max-answer-length",
+        type=click.IntRange(min=MINIMUMS["max_answer_length"]),
+        help="qa: longest answer in tokens. Default: 15. Example: --max-answer-length 30",
+    ),
+    click.option(
+        "--allow-no-answer",
+        is_flag=True,
+        default=None,
+        help="qa: answer empty (score = the null score) when no span beats it, for SQuAD2-style models. "
+        "Example: --allow-no-answer",
+    ),
+    click.option(
+        "--input-format",
+        type=click.Choice(INPUT_FORMATS),
+        help="Input format when file names do not tell (.jsonl, .jsonl.gz, .jsonl.zst, .parquet), or a table: delta "
+        "(INPUT is the table's directory or s3:// prefix), iceberg (INPUT is namespace.table in --catalog). "
+        "Example: --input-format delta",
+    ),
+    click.option(
+        "--output-format",
+        type=click.Choice(OUTPUT_FORMATS),
+        help="Part files: parquet (part-NNNNN.parquet, default), arrow (Arrow IPC file format, part-NNNNN.arrow) or "
+        "jsonl (one JSON object per row, part-NNNNN.jsonl[.gz]); or one append commit to a table: delta (OUTPUT is "
+        "the table's directory or s3:// prefix, created on first use), iceberg (OUTPUT is namespace.table in "
+        "--catalog). Example: --output-format delta --run-id 2026-11-24",
+    ),
+    click.option(
+        "--catalog",
+        metavar="NAME",
+        help="Iceberg catalog, configured as pyiceberg finds it (.pyiceberg.yaml, PYICEBERG_CATALOG__NAME__KEY "
+        "variables). Default: default; with nothing configured, a SQLite catalog.db and warehouse/ in the working "
+        "directory. Example: --catalog lake",
+    ),
+    click.option(
+        "--catalog-option",
+        multiple=True,
+        type=KeyValue(typed=False),
+        metavar="KEY=VALUE",
+        help="Iceberg catalog property, over its configuration. Example: --catalog-option type=glue "
+        "--catalog-option warehouse=s3://lake/warehouse",
+    ),
+    click.option(
+        "--table-version",
+        type=click.IntRange(min=MINIMUMS["table_version"]),
+        metavar="N",
+        help="Read this Delta version or Iceberg snapshot id instead of the latest. Example: --table-version 12",
+    ),
+    click.option(
+        "--compression",
+        type=click.Choice(COMPRESSION_NAMES),
+        help="Compression of the parts: parquet zstd (default), snappy or none; jsonl none (default) or gzip; "
+        "arrow none. Example: --output-format jsonl --compression gzip",
+    ),
+    click.option(
+        "--partition-by",
+        multiple=True,
+        metavar="COL",
+        help="Write Hive-partitioned output: OUTPUT/COL=value/.../part-NNNNN.<suffix>, the column left out of the "
+        "files (readers get it back from the path). Repeat for nested keys; an input column or one of the input's "
+        "own key=value partition keys. Example: --partition-by date --partition-by lang",
+    ),
+    click.option(
+        "--text-column", help="Column (JSONL field) holding the text. Default: text. Example: --text-column body"
+    ),
+    click.option("--id-column", help="Column identifying rows in reports. Example: --id-column review_id"),
+    click.option(
+        "--on-bad-lines",
+        type=click.Choice(["stop", "skip", "quarantine"]),
+        help="JSONL lines that are not a JSON object (malformed, invalid UTF-8): stop naming the line (default), "
+        "skip them (counted in the manifest), or quarantine them (also kept byte for byte under OUTPUT/_rejected/). "
+        "Example: --on-bad-lines quarantine",
+    ),
+    click.option(
+        "--max-bad-lines",
+        metavar="N|FRACTION",
+        help="With --on-bad-lines skip|quarantine: most bad lines a run may have and still commit (exit 0): a count, "
+        "a fraction of the input's lines or a percentage. More: nothing is committed, exit 3. Default: any number. "
+        "Example: --max-bad-lines 100, --max-bad-lines 0.1%",
+    ),
+    click.option(
+        "--rows-per-partition",
+        type=click.IntRange(min=MINIMUMS["rows_per_partition"]),
+        help="Rows in one unit of work (about: JSONL is cut by bytes). Default: 4 units per worker (fewer where "
+        "units would fall under 250 rows), at most 10000 rows each. Example: --rows-per-partition 50000",
+    ),
+    click.option(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="Use this Dask scheduler instead of an embedded local cluster. Example: --scheduler tcp://10.0.0.5:8786",
+    ),
+    click.option(
+        "--workers",
+        type=click.IntRange(min=MINIMUMS["workers"]),
+        help="Worker processes of the embedded cluster. Default: one per core, as memory allows; "
+        "on GPUs, three per GPU. Example: --workers 2",
+    ),
+    click.option(
+        "--device",
+        type=click.Choice(["auto", "cpu", "cuda"]),
+        help="Where the model runs. Default: auto (cuda when present). Example: --device cpu",
+    ),
+    click.option(
+        "--precision",
+        type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]),
+        help="Numeric precision. Default: auto (fp32 on CPU, bf16/fp16 on CUDA). Example: --precision bf16",
+    ),
+    click.option(
+        "--max-length",
+        type=click.IntRange(min=MINIMUMS["max_length"]),
+        help="Truncate texts to N tokens; qa cuts longer texts into windows of N tokens instead. Default: the model's "
+        "maximum (512 for DistilBERT), 384 for qa. Example: --max-length 256",
+    ),
+    click.option(
+        "--tokens-per-batch",
+        type=click.IntRange(min=MINIMUMS["tokens_per_batch"]),
+        help="Token budget of one padded batch. Default: 8192 on CPU, 262144 on CUDA. "
+        "Example: --tokens-per-batch 16384",
+    ),
+    click.option(
+        "--storage-option",
+        multiple=True,
+        type=KeyValue(),
+        metavar="KEY=VALUE",
+        help="fsspec option for input, output and models. Example: --storage-option anon=true",
+    ),
+    click.option("--overwrite", is_flag=True, default=None, help="Replace a finished output (one holding _SUCCESS)."),
+    click.option(
+        "--resume", is_flag=True, default=None, help="Finish an interrupted run, keeping the parts it committed."
+    ),
+    click.option(
+        "--break-lock",
+        is_flag=True,
+        default=None,
+        help="Take OUTPUT even though another run's _lock.json says it is writing there (it must be dead).",
+    ),
+    click.option(
+        "--lock-owner",
+        metavar="JOB",
+        help="The scheduled job this run belongs to, where no AWS_BATCH_JOB_ID or BATCHNLP_K8S_JOB_UID says: a later "
+        "run with the same owner takes over its lock at once. Example: --lock-owner airflow:nightly:2026-11-24",
+    ),
+    click.option(
+        "--grace-seconds",
+        type=click.FloatRange(min=0, min_open=True),
+        help="After SIGTERM/SIGINT, how long running units may finish before the run stops (exit 143/130). "
+        "Default: 20, inside ECS's 30 s stop timeout. Example: --grace-seconds 90",
+    ),
+    click.option(
+        "--unit-timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        metavar="SECONDS",
+        help="A unit that makes no progress this long is rerun on a restarted worker. Default: 5 times the median "
+        "unit time, at least 600. Example: --unit-timeout 1800",
+    ),
+    PARAM_OPTION,
+    RUN_DATE_OPTION,
+    click.option(
+        "--run-id",
+        metavar="ID",
+        help="Name the run (manifest, lock, logs). Default: generated. Rerunning a committed run's id exits 0 "
+        "without redoing it, so a retried scheduled job is harmless. Example: --run-id 2026-11-24",
+    ),
+    click.option("-v", "--verbose", is_flag=True, help="Debug logging (credentials stay masked)."),
+    click.option("-q", "--quiet", is_flag=True, help="Only errors: no progress, no summary."),
+    click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        help="Log lines on stderr: text, or one JSON object per line (time, level, logger, event, run_id, unit, "
+        "counts) for CloudWatch and other log stores; json also replaces the progress bar with progress events. "
+        "Example: --log-format json",
+    ),
+]
+
+
+def job_options(command: Any) -> Any:
+    """Decorate ``command`` with :data:`JOB_OPTIONS`, in the order ``--help`` lists them."""
+    for option in reversed(JOB_OPTIONS):
+        command = option(command)
+    return command
+
+
 @main.command(epilog=RUN_EXAMPLES)
 @click.argument("input", required=False)
 @click.argument("output", required=False)
-@click.option(
-    "--spec",
-    "spec_file",
-    help="YAML job spec with the same settings, a path, an s3:// URL or env:VARIABLE; flags override it. "
-    "Example: --spec jobs/nightly-sentiment.yaml",
-)
-@click.option(
-    "--task",
-    multiple=True,
-    metavar="NAME",
-    help="Task to run, repeatable: sentiment, classify, qa. Default: sentiment. "
-    "Example: --task sentiment --task classify",
-)
-@click.option(
-    "--model",
-    multiple=True,
-    type=KeyValue("TASK"),
-    metavar="TASK=REF",
-    help="Model for a task: Hub id[@revision], local directory or s3:// prefix, optionally pinned @sha256:DIGEST "
-    "(batchnlp models digest). Example: --model classify=s3://models/topics/",
-)
-@click.option(
-    "--top-k",
-    type=click.IntRange(min=MINIMUMS["top_k"]),
-    help="classify: also keep the N best labels in a top_k list. Example: --top-k 3",
-)
-@click.option(
-    "--question",
-    metavar="TEXT",
-    help='qa: ask every row this question. Example: --question "Who is the buyer?"',
-)
-@click.option(
-    "--question-column",
-    metavar="NAME",
-    help="qa: column (JSONL field) holding each row's question. Example: --question-column question",
-)
-@click.option(
-    "--doc-stride",
-    type=click.IntRange(min=MINIMUMS["doc_stride"]),
-    help="qa: tokens of overlap between the windows of a long text. Default: 128 (at most half of --max-length). "
-    "Example: --doc-stride 64",
-)
-@click.option(
-    "--max-answer-length",
-    type=click.IntRange(min=MINIMUMS["max_answer_length"]),
-    help="qa: longest answer in tokens. Default: 15. Example: --max-answer-length 30",
-)
-@click.option(
-    "--allow-no-answer",
-    is_flag=True,
-    default=None,
-    help="qa: answer empty (score = the null score) when no span beats it, for SQuAD2-style models. "
-    "Example: --allow-no-answer",
-)
-@click.option(
-    "--input-format",
-    type=click.Choice(INPUT_FORMATS),
-    help="Input format when file names do not tell (.jsonl, .jsonl.gz, .jsonl.zst, .parquet), or a table: delta "
-    "(INPUT is the table's directory or s3:// prefix), iceberg (INPUT is namespace.table in --catalog). "
-    "Example: --input-format delta",
-)
-@click.option(
-    "--output-format",
-    type=click.Choice(OUTPUT_FORMATS),
-    help="Part files: parquet (part-NNNNN.parquet, default), arrow (Arrow IPC file format, part-NNNNN.arrow) or "
-    "jsonl (one JSON object per row, part-NNNNN.jsonl[.gz]); or one append commit to a table: delta (OUTPUT is "
-    "the table's directory or s3:// prefix, created on first use), iceberg (OUTPUT is namespace.table in "
-    "--catalog). Example: --output-format delta --run-id 2026-11-24",
-)
-@click.option(
-    "--catalog",
-    metavar="NAME",
-    help="Iceberg catalog, configured as pyiceberg finds it (.pyiceberg.yaml, PYICEBERG_CATALOG__NAME__KEY "
-    "variables). Default: default; with nothing configured, a SQLite catalog.db and warehouse/ in the working "
-    "directory. Example: --catalog lake",
-)
-@click.option(
-    "--catalog-option",
-    multiple=True,
-    type=KeyValue(typed=False),
-    metavar="KEY=VALUE",
-    help="Iceberg catalog property, over its configuration. Example: --catalog-option type=glue "
-    "--catalog-option warehouse=s3://lake/warehouse",
-)
-@click.option(
-    "--table-version",
-    type=click.IntRange(min=MINIMUMS["table_version"]),
-    metavar="N",
-    help="Read this Delta version or Iceberg snapshot id instead of the latest. Example: --table-version 12",
-)
-@click.option(
-    "--compression",
-    type=click.Choice(COMPRESSION_NAMES),
-    help="Compression of the parts: parquet zstd (default), snappy or none; jsonl none (default) or gzip; "
-    "arrow none. Example: --output-format jsonl --compression gzip",
-)
-@click.option(
-    "--partition-by",
-    multiple=True,
-    metavar="COL",
-    help="Write Hive-partitioned output: OUTPUT/COL=value/.../part-NNNNN.<suffix>, the column left out of the "
-    "files (readers get it back from the path). Repeat for nested keys; an input column or one of the input's "
-    "own key=value partition keys. Example: --partition-by date --partition-by lang",
-)
-@click.option("--text-column", help="Column (JSONL field) holding the text. Default: text. Example: --text-column body")
-@click.option("--id-column", help="Column identifying rows in reports. Example: --id-column review_id")
-@click.option(
-    "--on-bad-lines",
-    type=click.Choice(["stop", "skip", "quarantine"]),
-    help="JSONL lines that are not a JSON object (malformed, invalid UTF-8): stop naming the line (default), "
-    "skip them (counted in the manifest), or quarantine them (also kept byte for byte under OUTPUT/_rejected/). "
-    "Example: --on-bad-lines quarantine",
-)
-@click.option(
-    "--max-bad-lines",
-    metavar="N|FRACTION",
-    help="With --on-bad-lines skip|quarantine: most bad lines a run may have and still commit (exit 0): a count, "
-    "a fraction of the input's lines or a percentage. More: nothing is committed, exit 3. Default: any number. "
-    "Example: --max-bad-lines 100, --max-bad-lines 0.1%",
-)
-@click.option(
-    "--rows-per-partition",
-    type=click.IntRange(min=MINIMUMS["rows_per_partition"]),
-    help="Rows in one unit of work (about: JSONL is cut by bytes). Default: 4 units per worker (fewer where "
-    "units would fall under 250 rows), at most 10000 rows each. Example: --rows-per-partition 50000",
-)
-@click.option(
-    "--scheduler",
-    metavar="ADDRESS",
-    help="Use this Dask scheduler instead of an embedded local cluster. Example: --scheduler tcp://10.0.0.5:8786",
-)
-@click.option(
-    "--workers",
-    type=click.IntRange(min=MINIMUMS["workers"]),
-    help="Worker processes of the embedded cluster. Default: one per core, as memory allows; "
-    "on GPUs, three per GPU. Example: --workers 2",
-)
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    help="Where the model runs. Default: auto (cuda when present). Example: --device cpu",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]),
-    help="Numeric precision. Default: auto (fp32 on CPU, bf16/fp16 on CUDA). Example: --precision bf16",
-)
-@click.option(
-    "--max-length",
-    type=click.IntRange(min=MINIMUMS["max_length"]),
-    help="Truncate texts to N tokens; qa cuts longer texts into windows of N tokens instead. Default: the model's "
-    "maximum (512 for DistilBERT), 384 for qa. Example: --max-length 256",
-)
-@click.option(
-    "--tokens-per-batch",
-    type=click.IntRange(min=MINIMUMS["tokens_per_batch"]),
-    help="Token budget of one padded batch. Default: 8192 on CPU, 262144 on CUDA. Example: --tokens-per-batch 16384",
-)
-@click.option(
-    "--storage-option",
-    multiple=True,
-    type=KeyValue(),
-    metavar="KEY=VALUE",
-    help="fsspec option for input, output and models. Example: --storage-option anon=true",
-)
-@click.option("--overwrite", is_flag=True, default=None, help="Replace a finished output (one holding _SUCCESS).")
-@click.option("--resume", is_flag=True, default=None, help="Finish an interrupted run, keeping the parts it committed.")
-@click.option(
-    "--break-lock",
-    is_flag=True,
-    default=None,
-    help="Take OUTPUT even though another run's _lock.json says it is writing there (it must be dead).",
-)
-@click.option(
-    "--lock-owner",
-    metavar="JOB",
-    help="The scheduled job this run belongs to, where no AWS_BATCH_JOB_ID or BATCHNLP_K8S_JOB_UID says: a later "
-    "run with the same owner takes over its lock at once. Example: --lock-owner airflow:nightly:2026-11-24",
-)
-@click.option(
-    "--grace-seconds",
-    type=click.FloatRange(min=0, min_open=True),
-    help="After SIGTERM/SIGINT, how long running units may finish before the run stops (exit 143/130). "
-    "Default: 20, inside ECS's 30 s stop timeout. Example: --grace-seconds 90",
-)
-@click.option(
-    "--unit-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    metavar="SECONDS",
-    help="A unit that makes no progress this long is rerun on a restarted worker. Default: 5 times the median "
-    "unit time, at least 600. Example: --unit-timeout 1800",
-)
-@PARAM_OPTION
-@RUN_DATE_OPTION
-@click.option(
-    "--run-id",
-    metavar="ID",
-    help="Name the run (manifest, lock, logs). Default: generated. Rerunning a committed run's id exits 0 "
-    "without redoing it, so a retried scheduled job is harmless. Example: --run-id 2026-11-24",
-)
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging (credentials stay masked).")
-@click.option("-q", "--quiet", is_flag=True, help="Only errors: no progress, no summary.")
-@click.option(
-    "--log-format",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Log lines on stderr: text, or one JSON object per line (time, level, logger, event, run_id, unit, "
-    "counts) for CloudWatch and other log stores; json also replaces the progress bar with progress events. "
-    "Example: --log-format json",
-)
+@job_options
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -344,14 +362,9 @@ def run(
         with _user_errors(verbose, log_format == "json"), reporter:
             from batchnlp.aws_batch import multinode_job, node_role, serve_child
             from batchnlp.runner import run as run_job
-            from batchnlp.spec import JobSpec, load_spec_file
             from batchnlp.spot import watching
-            from batchnlp.templating import render
 
-            settings = load_spec_file(spec_file) if spec_file else {}
-            params = {**dict(param), **({"run_date": run_date} if run_date else {})}
-            settings = render(_merge(ctx, settings, flags), params)
-            spec = JobSpec.from_settings(settings)
+            spec = job_spec(ctx, spec_file, param, run_date, flags)
             stop.grace_seconds = spec.grace_seconds
             role = node_role(os.environ)  # an AWS Batch multi-node job's main or child node, else single
             if role.kind == "child":  # only Dask workers here, until the main node's scheduler closes
@@ -430,6 +443,16 @@ def _job_metrics(enabled: bool, outcome: dict[str, Any]) -> Iterator[None]:
             summary = outcome.get("summary")
             totals = summary.totals if summary is not None else None
             emit(emf_fields(totals, summary is not None and code == 0, time.monotonic() - started, code))
+
+
+def job_spec(ctx: click.Context, spec_file: str | None, param: Any, run_date: str | None, flags: dict[str, Any]) -> Any:
+    """The JobSpec of a command taking :data:`JOB_OPTIONS`: the spec file, flags over it, placeholders filled."""
+    from batchnlp.spec import JobSpec, load_spec_file
+    from batchnlp.templating import render
+
+    settings = load_spec_file(spec_file) if spec_file else {}
+    params = {**dict(param), **({"run_date": run_date} if run_date else {})}
+    return JobSpec.from_settings(render(_merge(ctx, settings, flags), params))
 
 
 def _merge(ctx: click.Context, settings: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
