@@ -327,6 +327,19 @@ def job_options(command: Any) -> Any:
 @click.argument("input", required=False)
 @click.argument("output", required=False)
 @job_options
+@click.option(
+    "--shard",
+    metavar="I/N",
+    help="Run only shard I (from 0) of N of a run whose shards share --run-id and OUTPUT: its units of the plan the "
+    "first shard stores, no commit (batchnlp commit does that once all are done). Example: --shard 3/8 --run-id night",
+)
+@click.option(
+    "--shards",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="As --shard, with I from AWS_BATCH_JOB_ARRAY_INDEX (an array job's child) or JOB_COMPLETION_INDEX (a "
+    "Kubernetes indexed Job). Example: --shards 8 --run-id 2026-11-24",
+)
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -336,6 +349,8 @@ def run(
     log_format: str,
     param: Any,
     run_date: str | None,
+    shard: str | None,
+    shards: int | None,
     **flags: Any,
 ) -> None:
     """Annotate INPUT (file, directory/prefix or glob; local or s3://) into OUTPUT.
@@ -365,6 +380,7 @@ def run(
             from batchnlp.spot import watching
 
             spec = job_spec(ctx, spec_file, param, run_date, flags)
+            part_of = _shard(shard, shards)
             stop.grace_seconds = spec.grace_seconds
             role = node_role(os.environ)  # an AWS Batch multi-node job's main or child node, else single
             if role.kind == "child":  # only Dask workers here, until the main node's scheduler closes
@@ -372,7 +388,7 @@ def run(
                 outcome["child_node"] = True  # the main node reports the job's metrics
                 return
             with multinode_job(spec, role) as spec, watching(stop):  # main node: own scheduler, every node joined
-                summary = run_job(spec, on_part=reporter.on_part, on_start=reporter.start, stop=stop)
+                summary = run_job(spec, on_part=reporter.on_part, on_start=reporter.start, stop=stop, shard=part_of)
             reporter.finish(summary)
         outcome["summary"] = summary
         if not quiet:
@@ -380,9 +396,115 @@ def run(
                 _say(line, log_format == "json", "summary", run_id=summary.run_id)
 
 
+def _shard(shard: str | None, shards: int | None) -> Any:
+    """The shard ``--shard I/N`` or ``--shards N`` (index from the environment) names; None: the whole run."""
+    from batchnlp.shards import Shard
+
+    if shard and shards:
+        raise click.UsageError("--shard and --shards exclude each other: --shard names the index, --shards reads it")
+    if shard:
+        return Shard.parse(shard)
+    return Shard.from_environment(shards) if shards else None
+
+
+@main.command("commit")
+@click.argument("output", required=False)
+@click.option("--run-id", required=True, metavar="ID", help="The sharded run to commit. Example: --run-id 2026-11-24")
+@click.option("--spec", "spec_file", help="The shards' job spec (its output, format and catalog); instead of OUTPUT.")
+@PARAM_OPTION
+@RUN_DATE_OPTION
+@click.option(
+    "--output-format",
+    type=click.Choice(OUTPUT_FORMATS),
+    help="delta or iceberg for a table. Default: "
+    "part files, or a Delta table when OUTPUT holds the run's staging directory.",
+)
+@click.option("--catalog", metavar="NAME", help="Iceberg: the catalog holding OUTPUT (namespace.table).")
+@click.option(
+    "--catalog-option", multiple=True, type=KeyValue(typed=False), metavar="KEY=VALUE", help="Iceberg catalog property."
+)
+@click.option("--storage-option", multiple=True, type=KeyValue(), metavar="KEY=VALUE", help="fsspec option for OUTPUT.")
+@click.option("--break-lock", is_flag=True, default=None, help="Take OUTPUT although another commit's lock is there.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging (credentials stay masked).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines on stderr: text or JSON objects.",
+)
+@click.pass_context
+def commit(
+    ctx: click.Context,
+    spec_file: str | None,
+    verbose: bool,
+    quiet: bool,
+    log_format: str,
+    param: Any,
+    run_date: str | None,
+    **flags: Any,
+) -> None:
+    """Commit a sharded run: once every unit of its plan has its part, intact, write _manifest.json and
+    _SUCCESS, or make the one Delta/Iceberg commit. The finalize step of `batchnlp submit --shards N`.
+
+    Exit codes: 0 committed (now or before); 1 units are missing or damaged (the message names them
+    and their shards: rerun those, then commit again); 2 no such run, or a usage or output error.
+
+    \b
+    Examples:
+      batchnlp commit s3://lake/labelled/2026-11-24 --run-id 2026-11-24
+      batchnlp commit s3://lake/tables/labels --output-format delta --run-id 2026-11-24
+      batchnlp commit --spec jobs/nightly-labels.yaml --run-date 2026-11-24 --run-id 2026-11-24
+    """
+    configure_logging(logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO, log_format)
+    outcome: dict[str, Any] = {}
+    with _job_metrics(log_format == "json", outcome), _user_errors(verbose, log_format == "json"):
+        from batchnlp.runner import finalize
+
+        outcome["summary"] = summary = finalize(_commit_spec(ctx, spec_file, param, run_date, flags))
+    if not quiet:
+        for line in _summary_lines(summary):
+            _say(line, log_format == "json", "summary", run_id=summary.run_id)
+
+
+def _commit_spec(
+    ctx: click.Context, spec_file: str | None, param: Any, run_date: str | None, flags: dict[str, Any]
+) -> Any:
+    """What `commit` needs to find a run: its output (and format, catalog), its run id, storage options."""
+    if spec_file:
+        return job_spec(ctx, spec_file, param, run_date, flags)
+    if not flags["output"]:
+        raise click.UsageError("name the run's OUTPUT, or pass the shards' --spec")
+    from batchnlp.shards import staged_as_delta
+    from batchnlp.spec import JobSpec
+
+    options = dict(flags["storage_option"])
+    fmt = flags["output_format"] or ("delta" if staged_as_delta(flags["output"], flags["run_id"], options) else None)
+    settings = {
+        "input": "-",  # the run's stored plan holds its input
+        "output": flags["output"],
+        "output_format": fmt,
+        "run_id": flags["run_id"],
+        "catalog": flags["catalog"],
+        "catalog_options": dict(flags["catalog_option"]),
+        "storage_options": options,
+        "break_lock": flags["break_lock"],
+    }
+    return JobSpec.from_settings(settings)
+
+
 def _summary_lines(summary: Any) -> list[str]:
     """What a finished run tells its user: rows, parts, speed; a table commit; bad input lines."""
     t, table = summary.totals, summary.table
+    if summary.shard is not None and not summary.already_complete:
+        return [
+            f"shard {summary.shard} wrote {t.rows_out} rows ({t.rejected} rejected) in {t.parts} "
+            f"part{'s' * (t.parts != 1)} to {summary.output} in {summary.wall_seconds:.1f} s"
+            + (f"; {summary.units_kept} parts kept from an earlier attempt" if summary.units_kept else "")
+            + f"; nothing committed: when every shard is done, batchnlp commit {summary.output} "
+            f"--run-id {summary.run_id}"
+        ]
     commit = f"{table.kind} {table.version}" if table else ""  # "version 3" (Delta), "snapshot 5012…" (Iceberg)
     if summary.already_complete:
         if table:
@@ -442,7 +564,8 @@ def _job_metrics(enabled: bool, outcome: dict[str, Any]) -> Iterator[None]:
 
             summary = outcome.get("summary")
             totals = summary.totals if summary is not None else None
-            emit(emf_fields(totals, summary is not None and code == 0, time.monotonic() - started, code))
+            committed = summary is not None and code == 0 and summary.shard is None  # a shard commits nothing
+            emit(emf_fields(totals, committed, time.monotonic() - started, code))
 
 
 def job_spec(ctx: click.Context, spec_file: str | None, param: Any, run_date: str | None, flags: dict[str, Any]) -> Any:

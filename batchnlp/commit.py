@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from batchnlp.errors import OutputError
+from batchnlp.formats import WorkUnit
 from batchnlp.record import Manifest, PartResult
 from batchnlp.storage import Location, storage_errors, write_atomic, write_create_only
 
@@ -51,7 +52,7 @@ class Committer:
                 "pass --overwrite to replace it or --resume to finish an interrupted run"
             )
         if mode == "resume":
-            kept = self._resumable(job_record)
+            kept = self.resumable(job_record)
             if kept:
                 # A manifest without _SUCCESS is a commit that died half-way: nothing trusts it.
                 if self.fs.exists(self.path(MANIFEST)):
@@ -59,7 +60,7 @@ class Committer:
                 return kept
         # A new run owns the output: leftovers of an interrupted attempt must not be resumed later.
         self.clear()
-        write_atomic(self.fs, self.path(f"{PROGRESS}/{JOB_RECORD}"), _json(job_record))
+        write_atomic(self.fs, self.path(f"{PROGRESS}/{JOB_RECORD}"), json_bytes(job_record))
         return {}
 
     def clear(self) -> None:
@@ -90,7 +91,7 @@ class Committer:
 
     def record(self, result: PartResult) -> None:
         """Note a finished part so a crashed driver can be resumed without redoing it."""
-        write_atomic(self.fs, self.path(f"{PROGRESS}/{result.unit.id}.json"), _json(result.to_record()))
+        write_atomic(self.fs, self.path(f"{PROGRESS}/{result.unit.id}.json"), json_bytes(result.to_record()))
 
     def read_manifest(self) -> Manifest:
         with storage_errors("read", self.fs.unstrip_protocol(self.path(MANIFEST))):
@@ -103,17 +104,17 @@ class Committer:
         """
         from batchnlp.report import render_html
 
-        files = {"json": (REPORT_JSON, _json(report)), "html": (REPORT_HTML, render_html(report).encode())}
+        files = {"json": (REPORT_JSON, json_bytes(report)), "html": (REPORT_HTML, render_html(report).encode())}
         for name, data in files.values():
             write_atomic(self.fs, self.path(name), data)
         return {key: {"path": name, "sha256": sha256(data)} for key, (name, data) in files.items()}
 
     def commit(self, manifest: Manifest) -> None:
         """Manifest, then ``_SUCCESS`` naming it: the marker's body ties it to this manifest."""
-        data = _json(manifest.to_record())
+        data = json_bytes(manifest.to_record())
         write_create_only(self.fs, self.path(MANIFEST), data)
         marker = {"run_id": manifest.run_id, "manifest_sha256": sha256(data)}
-        write_create_only(self.fs, self.path(SUCCESS), _json(marker))
+        write_create_only(self.fs, self.path(SUCCESS), json_bytes(marker))
 
     def previous_job(self) -> dict[str, Any] | None:
         """The job record an earlier (maybe interrupted) run left, if any."""
@@ -121,8 +122,8 @@ class Committer:
         with storage_errors("read", self.fs.unstrip_protocol(job_path)):
             return json.loads(self.fs.cat_file(job_path)) if self.fs.exists(job_path) else None
 
-    def _resumable(self, job_record: dict[str, Any]) -> dict[str, PartResult]:
-        """Parts whose record matches this job and whose file has the recorded bytes."""
+    def resumable(self, job_record: dict[str, Any], units: list[WorkUnit] | None = None) -> dict[str, PartResult]:
+        """Parts (of ``units``, or all) whose record matches this job and whose file has the recorded bytes."""
         previous = self.previous_job()
         if previous is None:
             return {}
@@ -136,12 +137,24 @@ class Committer:
                 + " and ".join(changed)
                 + f" changed since the interrupted run; {self.restart}"
             )
-        kept: dict[str, PartResult] = {}
-        for path in self.fs.glob(self.path(f"{PROGRESS}/part-*.json")):
-            result = PartResult.from_record(json.loads(self.fs.cat_file(path)))
-            if self._part_intact(result):
-                kept[result.unit.id] = result
-        return kept
+        return self.recorded(units)[0]
+
+    def recorded(self, units: list[WorkUnit] | None = None) -> tuple[dict[str, PartResult], list[str]]:
+        """The finished parts (of ``units``, or all) whose files hold their recorded bytes, by unit id;
+        and the ids of those whose record is there but a file is missing or damaged."""
+        wanted = None if units is None else {unit.id for unit in units}
+        intact: dict[str, PartResult] = {}
+        damaged = []
+        with storage_errors("read", self.output.display(self.path(PROGRESS))):
+            for path in self.fs.glob(self.path(f"{PROGRESS}/part-*.json")):
+                result = PartResult.from_record(json.loads(self.fs.cat_file(path)))
+                if wanted is not None and result.unit.id not in wanted:
+                    continue
+                if self._part_intact(result):
+                    intact[result.unit.id] = result
+                else:
+                    damaged.append(result.unit.id)
+        return intact, sorted(damaged)
 
     def _part_intact(self, result: PartResult) -> bool:
         """The part (or each partitioned file) and its quarantined lines (if any) hold exactly the recorded bytes."""
@@ -152,5 +165,5 @@ class Committer:
         return all(self.fs.exists(path) and sha256(self.fs.cat_file(path)) == digest for path, digest in files)
 
 
-def _json(data: Any) -> bytes:
+def json_bytes(data: Any) -> bytes:
     return json.dumps(data, indent=2, sort_keys=True).encode()

@@ -101,11 +101,12 @@ class OutputLock:
         renew: float = RENEW_SECONDS,
         owner: Owner | None = None,
         fingerprint: str = "",
+        name: str = LOCK,
     ) -> None:
         self.output, self.run_id, self.break_lock, self.renew = output, run_id, break_lock, renew
         self.owner, self.fingerprint = owner, fingerprint  # fingerprint: the spec's, to recognise a duplicate job
         self.fs, _ = output.split()
-        self.path = output.child(LOCK)
+        self.path = output.child(name)  # a sharded run's shards each hold their own (batchnlp.shards.shard_lock)
         self.started_at = time.time()
         self.stop = threading.Event()
         self.renewer = threading.Thread(target=self._renew_until_stopped, name="batchnlp-lock", daemon=True)

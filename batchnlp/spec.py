@@ -227,6 +227,27 @@ class JobSpec:
             task["model"] = redact_url(task["model"])
         return data
 
+    def settings(self) -> dict[str, Any]:
+        """Settings that :meth:`from_settings` turns back into this spec, less its storage and catalog
+        options (credentials: a command gives them again) and with credentials cut from its URLs.
+
+        What a sharded run stores with its plan, so that ``batchnlp commit OUTPUT --run-id ID``
+        knows the job without its spec file.
+        """
+        data = {key: value for key, value in self.redacted().items() if value is not None}
+        for key in ("storage_options", "catalog_options"):
+            data.pop(key)
+        data["partition_by"] = list(self.partition_by)
+        data["tasks"] = [
+            {
+                "name": task.pop("name"),
+                "task": task.pop("kind"),
+                **{key: value for key, value in task.items() if value not in (None, False)},
+            }
+            for task in data["tasks"]
+        ]
+        return data
+
 
 def load_spec_file(ref: str | Path) -> dict[str, Any]:
     """Read a YAML job spec into a settings mapping; errors name the file and line.

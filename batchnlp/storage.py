@@ -155,8 +155,12 @@ def create_only(fs: Any, path: str, data: bytes) -> bool:
         raise ValueError("create-only writes need a non-empty body (s3fs touches empty files unconditionally)")
     url = fs.unstrip_protocol(path)
     try:
-        with storage_errors("write", url), fs.open(path, "xb") as handle:
-            handle.write(data)
+        with storage_errors("write", url):
+            if "file" in _protocols(fs):
+                _link_whole(path, data)
+            else:
+                with fs.open(path, "xb") as handle:
+                    handle.write(data)
     except FileExistsError:
         with storage_errors("read", url):
             try:
@@ -164,6 +168,19 @@ def create_only(fs: Any, path: str, data: bytes) -> bool:
             except FileNotFoundError:
                 return False  # removed since: the caller decides whether to try again
     return True
+
+
+def _link_whole(path: str, data: bytes) -> None:
+    """Local create-only that readers never see half-written (``O_EXCL`` creates the name before the
+    bytes arrive): write a temporary file, then hard-link it to ``path``, which fails if it exists."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+    try:
+        os.link(tmp, path)
+    finally:
+        os.remove(tmp)
 
 
 def write_create_only(fs: Any, path: str, data: bytes) -> None:
