@@ -50,8 +50,9 @@ class Plan:
         return [{"path": self.source.display(f.path), "size": f.size, "etag": f.etag} for f in self.files]
 
 
-def plan(spec: JobSpec, rows_per_unit: int | None = None) -> Plan:
-    """Units for ``spec``; ``rows_per_unit`` (an interrupted run's) overrides automatic sizing."""
+def plan(spec: JobSpec, rows_per_unit: int | None = None, shards: int = 1) -> Plan:
+    """Units for ``spec``; ``rows_per_unit`` (an interrupted run's) overrides automatic sizing.
+    ``shards``: the machines that share the units (each with the workers this one has)."""
     options, table, values = spec.read_options, None, None
     if spec.input_format in TABLE_FORMATS:  # the table's data files at one version, all Parquet
         snapshot = read_table(spec)
@@ -66,7 +67,7 @@ def plan(spec: JobSpec, rows_per_unit: int | None = None) -> Plan:
     else:
         workers = local_layout(spec.workers, spec.device).workers
     rows = spec.rows_per_partition or rows_per_unit
-    unit_plan = plan_units(source, files, fmt, rows, options, workers, table is None, values)
+    unit_plan = plan_units(source, files, fmt, rows, options, workers * shards, table is None, values)
     units, schema, partitioning = unit_plan.units, unit_plan.schema, unit_plan.partitioning
     return Plan(source, files, fmt, units, schema, unit_plan.rows_per_unit, partitioning, table)
 

@@ -262,7 +262,7 @@ def _store_new_plan(
             f"{output.location.display()} holds the unfinished run {previous.get('run_id')}, not planned as shards; "
             "finish it with batchnlp run --resume, or write the shards to another OUTPUT"
         )
-    job_plan = plan(spec)
+    job_plan = plan(spec, shards=shard.count)  # units sized so that every shard's workers are kept busy
     schema = job_plan.schema
     if schema is None:
         schema = _unified_schema(

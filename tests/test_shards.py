@@ -60,6 +60,16 @@ def test_shares_are_fixed_and_cover_every_unit_once():
     assert Shard.from_environment(8, {"JOB_COMPLETION_INDEX": "2"}) == Shard(2, 8)
 
 
+def test_units_are_sized_for_every_shard(tiny_model, scheduler, source, tmp_path):
+    """Automatic sizing counts every shard's workers: three one-worker shards of 600 rows each get a unit
+    (sized for one machine, the plan had two units and the third shard nothing to do)."""
+    out = tmp_path / "out"
+    result = cli_job(tiny_model, scheduler)(source, out, "--shard", "2/3", "--run-id", "night-1")
+    assert result.exit_code == 0, result.output
+    units = json.loads((out / PLAN).read_text())["units"]
+    assert len(units) >= 3 and "shard 2/3 wrote 0 rows" not in result.output
+
+
 def test_array_children_one_killed_and_rerun_then_one_commit(tiny_model, source, tmp_path):
     """Three children of an array job as processes, the index in their environment; the Spot reclaim of one
     (SIGKILL, no drain) costs that shard's unfinished units only, and its retry keeps its finished parts."""
