@@ -23,7 +23,7 @@ import pyarrow as pa
 from batchnlp.cluster import connect
 from batchnlp.collect import StallWatch, results
 from batchnlp.commit import Committer
-from batchnlp.errors import BatchnlpError, JobFailed, OutputError, SpecError, TooManyBadLines
+from batchnlp.errors import BatchnlpError, InputError, JobFailed, OutputError, SpecError, TooManyBadLines
 from batchnlp.formats import Partitioning, ReadOptions, WorkUnit, unify, unit_schema
 from batchnlp.lock import OutputLock, owner_from
 from batchnlp.models import check_ref
@@ -32,7 +32,17 @@ from batchnlp.plan import Plan, check_columns, plan
 from batchnlp.record import Manifest, PartResult, Totals, decode_schema
 from batchnlp.redaction import redact_url
 from batchnlp.report import build_report
-from batchnlp.shards import PLAN, Shard, StoredPlan, check_same_job, read_plan, shard_lock, shard_of, store_plan
+from batchnlp.shards import (
+    PLAN,
+    Shard,
+    StoredPlan,
+    changed_inputs,
+    check_same_job,
+    read_plan,
+    shard_lock,
+    shard_of,
+    store_plan,
+)
 from batchnlp.shutdown import GracefulStop
 from batchnlp.spec import JobSpec
 from batchnlp.storage import Location, check_output
@@ -227,6 +237,12 @@ def _run_shard(
         units = shard.take(stored.plan.units)
         kept = committer.resumable({**stored.job, "model_versions": models}, units)
         todo = [unit for unit in units if unit.id not in kept]
+        changed = changed_inputs(stored, todo)
+        if changed:
+            raise InputError(
+                f"input changed since run {output.run_id} was planned: {'; '.join(changed)}. Its shards must read "
+                "the files its plan listed: restore them, or label the new input as a new run (another --run-id)"
+            )
         _log_planned(output.run_id, stored.plan, todo, kept, shard)
         if todo and client is None:
             client, threads = cluster.enter_context(connect(spec.scheduler, spec.workers, spec.device))

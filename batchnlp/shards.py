@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchnlp.commit import JOB_RECORD, PROGRESS, Committer, json_bytes
-from batchnlp.errors import OutputError, SpecError
+from batchnlp.errors import InputError, OutputError, SpecError
 from batchnlp.formats import Partitioning, WorkUnit
 from batchnlp.plan import Plan
 from batchnlp.record import decode_schema, encode_schema
-from batchnlp.storage import InputFile, Location, create_only, storage_errors, write_atomic
+from batchnlp.storage import InputFile, Location, create_only, input_file, storage_errors, write_atomic
 
 PLAN = f"{PROGRESS}/_plan.json"
 # Where a shard learns its index when the command line gives only the count (--shards N).
@@ -161,6 +161,30 @@ def check_same_job(stored: StoredPlan, job: dict[str, Any], shards: int, output:
             + " differ; run every shard of a run with the same spec, models and shard count, "
             "or give this job another --run-id"
         )
+
+
+def changed_inputs(stored: StoredPlan, units: list[WorkUnit]) -> list[str]:
+    """The input files of ``units`` no longer as the plan listed them (size, ETag or mtime), described.
+
+    A unit is a byte or row range of a file: read from a replaced file, it would label other rows
+    than the plan's, or cut lines in half.
+    """
+    fs, _ = stored.plan.source.split()
+    planned = {f.path: f for f in stored.plan.files}
+    changed = []
+    with storage_errors("read", stored.plan.source.display(), InputError, what="input"):
+        for path in sorted({fs._strip_protocol(unit.path) for unit in units} & set(planned)):
+            try:
+                now = input_file(path, fs.info(path))
+            except FileNotFoundError:
+                changed.append(f"{stored.plan.source.display(path)} (deleted)")
+                continue
+            if now != planned[path]:
+                was = planned[path]
+                changed.append(
+                    f"{stored.plan.source.display(path)} ({was.size} bytes, {was.etag} → {now.size}, {now.etag})"
+                )
+    return changed
 
 
 def staged_as_delta(output: str, run_id: str, storage_options: Mapping[str, str]) -> bool:

@@ -97,13 +97,18 @@ def list_input(location: Location) -> list[InputFile]:
             fs.info(path)  # isdir and isfile answer False to a 403 or a missing bucket: info raises which
             raise InputError(f"input {location.display()} does not exist")
     files = [
-        InputFile(path=p, size=int(info.get("size") or 0), etag=_etag(info))
+        input_file(p, info)
         for p, info in sorted(found.items())
         if info.get("type", "file") == "file" and not _hidden(p, root)
     ]
     if not files:
         raise InputError(f"input {location.display()} holds no data files (only hidden or _ names)")
     return files
+
+
+def input_file(path: str, info: Mapping[str, Any]) -> InputFile:
+    """A listed file as a plan records it: ``info`` is what the filesystem's ``info``/``find`` says of it."""
+    return InputFile(path=path, size=int(info.get("size") or 0), etag=_etag(info))
 
 
 def check_output(location: Location) -> None:

@@ -140,6 +140,15 @@ def test_a_shard_of_another_job_or_shard_count_is_refused(shard_job, topics_mode
     assert other_count.exit_code == 2 and "its shard count (2, this one 3)" in other_count.output
 
 
+def test_a_shard_refuses_an_input_file_replaced_since_the_plan(shard_job, source):
+    """A unit is a byte range: read from a replaced file it would label other rows, or half lines."""
+    assert shard_job(0, 2).exit_code == 0
+    source.write_text(source.read_text() + '{"id": 600, "text": "late"}\n')
+    result = shard_job(1, 2)
+    assert result.exit_code == 2, result.output
+    assert "input changed since run night-1 was planned" in result.output and "in.jsonl" in result.output
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
