@@ -43,6 +43,12 @@ Examples:
   batchnlp submit --spec s3://lake/specs/nightly.yaml --queue batchnlp-multi-node \\
       --job-definition batchnlp-multi-node --nodes 4 --run-date 2026-11-24
   batchnlp submit --spec jobs/nightly-labels.yaml --queue q --job-definition d --dry-run -- --workers 2
+  batchnlp submit --spec s3://lake/specs/nightly.yaml --queue batchnlp-gpu --job-definition batchnlp-gpu \\
+      --shards 8 --run-date 2026-11-24
+  batchnlp submit --spec s3://lake/specs/nightly.yaml --queue batchnlp-gpu --job-definition batchnlp-gpu \\
+      --shards 8 --run-id 2026-11-24 --run-date 2026-11-24 --only-shards 3,5
+  batchnlp submit --spec jobs/nightly-labels.yaml --queue batchnlp-gpu --job-definition batchnlp-gpu \\
+      --from 2026-11-01 --to 2026-11-20 --dry-run
 """
 
 # Spec placeholders, set the same way by `run` and by `submit` (which passes them on to `run`).
@@ -492,6 +498,76 @@ def _commit_spec(
         "break_lock": flags["break_lock"],
     }
     return JobSpec.from_settings(settings)
+
+
+PLAN_EXAMPLES = """
+\b
+Examples:
+  batchnlp plan 'data/*.jsonl' out/ --task sentiment --shards 8 --gpu-hour-price 3.50
+  batchnlp plan --spec jobs/nightly-labels.yaml --run-date 2026-11-25 --json
+  batchnlp plan contracts.parquet out/ --task qa --question-column question --device cuda
+"""
+
+
+@main.command("plan", epilog=PLAN_EXAMPLES)
+@click.argument("input", required=False)
+@click.argument("output", required=False)
+@job_options
+@click.option(
+    "--tokens-per-second",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="N",
+    help="Throughput of one shard. Default: the README's measured figure for the device and precision "
+    "(DistilBERT-base; bigger models slower by parameter count). Example: --tokens-per-second 900000",
+)
+@click.option(
+    "--gpu-hour-price",
+    type=click.FloatRange(min=0),
+    metavar="USD",
+    help="Price of one machine (GPU) hour, to show the cost. Default: no cost shown. Example: --gpu-hour-price 3.50",
+)
+@click.option(
+    "--shards",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Show wall time and cost for 1 up to N shards. Example: --shards 16",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the same figures) instead of a table.")
+@click.pass_context
+def plan_command(
+    ctx: click.Context,
+    spec_file: str | None,
+    verbose: bool,
+    quiet: bool,
+    log_format: str,
+    param: Any,
+    run_date: str | None,
+    tokens_per_second: float | None,
+    gpu_hour_price: float | None,
+    shards: int,
+    as_json: bool,
+    **flags: Any,
+) -> None:
+    """Print what `batchnlp run` with the same arguments would cost, writing nothing.
+
+    Files, bytes and rows (Parquet: exact from footers; JSONL: sampled, with a 95% interval),
+    the units run would cut, tokens and padding counted with each task's real tokenizer on a
+    sample of rows, and wall time, machine-hours and cost for 1 to N shards. Exit codes as run's:
+    2 for a missing input, a bad spec or model.
+    """
+    configure_logging(logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING, log_format)
+    with _user_errors(verbose, log_format == "json"):
+        from batchnlp.estimate import plan_run, render_plan
+        from batchnlp.plan import check_columns, plan
+
+        spec = job_spec(ctx, spec_file, param, run_date, flags)
+        job_plan = plan(spec)
+        if job_plan.schema is not None:
+            check_columns(spec, job_plan.schema)
+        figures = plan_run(spec, job_plan, shards, tokens_per_second, gpu_hour_price)
+    click.echo(json.dumps(figures, indent=2, ensure_ascii=False) if as_json else redact_text(render_plan(figures)))
 
 
 def _summary_lines(summary: Any) -> list[str]:

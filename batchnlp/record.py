@@ -211,6 +211,7 @@ class Manifest:
     rows_per_second: float | None
     startup: dict[str, float | None] | None = None  # seconds to the first loaded model and first annotated row
     report: dict[str, dict[str, str]] | None = None  # _report.json and _report.html: path and sha256
+    estimate: dict[str, Any] | None = None  # the plan's estimate before the run (batchnlp.estimate.estimate_from_plan)
 
     def to_record(self) -> dict[str, Any]:
         record = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

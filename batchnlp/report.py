@@ -91,6 +91,7 @@ def build_report(manifest: Manifest, results: list[PartResult], started_at: floa
         "wall_seconds": manifest.wall_seconds,
         "rows_per_second": manifest.rows_per_second,
         "startup": manifest.startup,
+        "estimate": estimate_beside_actual(manifest),
         "throughput": {
             "started_at": round(started_at, 3),
             "kept_rows": kept_rows,
@@ -117,6 +118,31 @@ def build_report(manifest: Manifest, results: list[PartResult], started_at: floa
         },
         "time_split": {"seconds": time_split(results), "note": TIME_SPLIT_NOTE},
     }
+
+
+def estimate_beside_actual(manifest: Manifest) -> list[dict[str, Any]] | None:
+    """The plan's estimate (``batchnlp plan``'s figures, recorded before the run) beside what happened:
+    rows, tokens, padded share and wall seconds, each estimate with its 95% interval where it has one."""
+    estimate, totals = manifest.estimate, manifest.totals
+    if not estimate:
+        return None
+    padding = round(1 - totals.tokens / totals.padded_tokens, 4) if totals.padded_tokens else 0.0
+    rate = estimate.get("tokens_per_second")
+    figures = [
+        ("rows", estimate.get("rows"), totals.rows_in),
+        ("tokens", estimate.get("tokens"), totals.tokens),
+        ("padding share", estimate.get("padding_share"), padding),
+        (
+            "wall seconds" + (f" at {rate:,.0f} tokens/s" if rate else ""),
+            estimate.get("wall_seconds"),
+            manifest.wall_seconds,
+        ),
+    ]
+    rows = []
+    for name, planned, actual in figures:
+        planned = planned if isinstance(planned, dict) else {"estimate": planned}
+        rows.append({"figure": name, **planned, "actual": actual})
+    return rows
 
 
 # ---------------------------------------------------------------- HTML
@@ -157,6 +183,7 @@ def render_html(report: dict[str, Any]) -> str:
         ("models", "Models", _models(report)),
         ("throughput", "Throughput", _throughput(report)),
         ("units", "Units", _units(report)),
+        *([("estimate", "Estimate and outcome", _estimate(report))] if report.get("estimate") else []),
         ("labels", "Labels", _labels(report)),
         ("scores", "Scores", _scores(report)),
     ]
@@ -239,6 +266,24 @@ def _summary(report: dict[str, Any]) -> str:
     ]
     spec = json.dumps(report["spec"], indent=2, sort_keys=True, ensure_ascii=False)
     return _table(rows) + f"<h3>Job spec</h3><pre>{_e(spec)}</pre>"
+
+
+def _estimate(report: dict[str, Any]) -> str:
+    def show(row: dict[str, Any], value: Any) -> str:
+        share = row["figure"] == "padding share" and isinstance(value, float)
+        return f"{value:.1%}" if share else _num(value, 1 if isinstance(value, float) else 0)
+
+    rows = [
+        (
+            row["figure"],
+            show(row, row.get("estimate")),
+            f"{_num(row['low'])} – {_num(row['high'])}" if "low" in row else "–",
+            show(row, row["actual"]),
+        )
+        for row in report["estimate"]
+    ]
+    note = '<p class="note">Estimated by the plan before the run (batchnlp plan), from a sample of rows.</p>'
+    return note + _table(rows, ("figure", "estimate", "95% interval", "actual"))
 
 
 def _models(report: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -103,6 +104,7 @@ def run(
     # Automatic unit sizing depends on the machine: a resumed run reuses the interrupted one's.
     previous = committer.previous_job() if spec.mode == "resume" else None
     job_plan = plan(spec, previous.get("rows_per_unit") if previous else None)
+    estimating = Estimating(spec, job_plan)  # on a thread, while the workers start
     if job_plan.schema is not None:  # Parquet: known now, before any worker starts
         _check_schema(spec, job_plan.schema, output)
     job_record = {
@@ -126,13 +128,36 @@ def run(
         manifest, units_run = output.sealed(committer), 0
         if manifest is None:
             manifest, units_run = _run_locked(
-                spec, job_plan, output, committer, job_record, started, on_part, on_start, stop
+                spec, job_plan, output, committer, job_record, started, on_part, on_start, stop, estimating
             )
         table = output.commit(committer, manifest)
         kept, wall = len(job_plan.units) - units_run, time.perf_counter() - started
         return RunSummary(
             output.location.display(), output.run_id, manifest.totals, wall, units_run, kept, False, manifest, table
         )
+
+
+class Estimating:
+    """The plan's estimate (:func:`batchnlp.estimate.estimate_from_plan`: rows, tokens, padding, time),
+    worked out on a thread while the run goes on. It only informs the report: a failure warns."""
+
+    def __init__(self, spec: JobSpec, job_plan: Plan) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="batchnlp-estimate")
+        self._future = self._pool.submit(_estimate, spec, job_plan)
+        self._pool.shutdown(wait=False)
+
+    def result(self) -> dict[str, Any] | None:
+        try:
+            return self._future.result()
+        except Exception as e:  # an estimate must never fail a run
+            logger.warning("no estimate for the report: %s: %s", type(e).__name__, e)
+            return None
+
+
+def _estimate(spec: JobSpec, job_plan: Plan) -> dict[str, Any]:
+    from batchnlp.estimate import estimate_from_plan
+
+    return estimate_from_plan(spec, job_plan)
 
 
 def _already_committed(output: Output, table: Commit) -> RunSummary:
@@ -153,6 +178,7 @@ def _run_locked(
     on_part: Callable[[PartResult], None] | None,
     on_start: Callable[..., None] | None = None,
     stop: GracefulStop | None = None,
+    estimating: Estimating | None = None,
 ) -> tuple[Manifest, int]:
     """Submit and collect every unit left to run, then build the manifest and the report (nothing
     committed yet); only ever run while holding OUTPUT's lock. Returns the manifest and the units run."""
@@ -166,7 +192,8 @@ def _run_locked(
         done = _run_units(None, None, spec, job_plan, output, committer, todo, kept, on_part, on_start, stop)
     ordered = [done[unit.id] for unit in job_plan.units]
     _check_bad_lines(spec, ordered, final=True)
-    manifest = _finish(spec, job_plan, ordered, job_record, time.perf_counter() - started, kept, committer)
+    estimate = estimating.result() if estimating else None
+    manifest = _finish(spec, job_plan, ordered, job_record, time.perf_counter() - started, kept, committer, estimate)
     return manifest, len(todo)
 
 
@@ -300,6 +327,7 @@ def _store_new_plan(
         "settings": spec.settings(),
         "planned_at": time.time(),
         "shards": shard.count,
+        "estimate": Estimating(spec, job_plan).result(),
     }
     return store_plan(committer, StoredPlan(replace(job_plan, schema=schema), job, shard.count), spec.storage_options)
 
@@ -346,7 +374,8 @@ def finalize(command: JobSpec) -> RunSummary:
             _check_bad_lines(spec, ordered, final=True)
             planned_at = stored.job["planned_at"]
             wall = time.time() - planned_at
-            manifest = _finish(spec, stored.plan, ordered, stored.job, wall, {}, committer, planned_at)
+            estimate = stored.job.get("estimate")
+            manifest = _finish(spec, stored.plan, ordered, stored.job, wall, {}, committer, estimate, planned_at)
         table = output.commit(committer, manifest)
     # The run's figures span its shards, from the plan to this commit.
     units = len(stored.plan.units)
@@ -425,12 +454,15 @@ def _finish(
     wall: float,
     kept: dict[str, PartResult],
     committer: Committer,
+    estimate: dict[str, Any] | None,
     since: float | None = None,
 ) -> Manifest:
     """The manifest and the report of a run whose every unit is done (nothing committed yet).
 
-    ``since``: when the run began, for its start-up figures (default: this process's start)."""
+    ``estimate``: the plan's, for the report to set beside what happened. ``since``: when the run
+    began, for its start-up figures (default: this process's start)."""
     manifest = _manifest(spec, job_plan, ordered, job_record, wall)
+    manifest.estimate = estimate
     manifest.startup = _startup([r for r in ordered if r.unit.id not in kept], since)
     # The report goes first, so a committed run always has one; the manifest names its files.
     manifest.report = committer.write_report(build_report(manifest, ordered, time.time() - wall))

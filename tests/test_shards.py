@@ -107,6 +107,7 @@ def test_array_children_one_killed_and_rerun_then_one_commit(tiny_model, source,
     manifest = json.loads((out / "_manifest.json").read_text())
     plan = json.loads((out / PLAN).read_text())
     assert [p["unit"]["index"] for p in manifest["parts"]] == [u["index"] for u in plan["units"]]
+    assert manifest["estimate"]["rows"]["low"] <= ROWS <= manifest["estimate"]["rows"]["high"]  # the planner's
     again = commit(out, "--run-id", "night-1")
     assert again.exit_code == 0 and "already complete" in again.output
 
