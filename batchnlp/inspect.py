@@ -39,6 +39,8 @@ class RunInfo:
     committed_at: str | None = None
     version: str | None = None
     manifest_without_success: bool = False
+    shards: int | None = None  # a sharded run not committed yet: its shard count (batchnlp.shards)
+    shards_left: list[int] = field(default_factory=list)  # ...and the shards with units still to run
 
 
 def load(output: str, storage_options: dict[str, Any] | None = None) -> RunInfo:
@@ -82,6 +84,8 @@ def load(output: str, storage_options: dict[str, Any] | None = None) -> RunInfo:
         precision=sorted({r.precision for r in results}),
         version=job.get("batchnlp_version"),
         manifest_without_success=has_manifest,
+        shards=job.get("shards"),
+        shards_left=_shards_left(job, results),
     )
 
 
@@ -103,11 +107,31 @@ def _committed(display: str, manifest: Manifest) -> RunInfo:
     )
 
 
+def _shards_left(job: dict[str, Any], results: list[PartResult]) -> list[int]:
+    """The shards of a sharded run that still have units to run (unit i is shard i mod N's)."""
+    from batchnlp.shards import shard_of
+
+    if not job.get("shards"):
+        return []
+    done = {r.unit.index for r in results}
+    return sorted({shard_of(i, job["shards"]) for i in range(job.get("units") or 0) if i not in done})
+
+
+def _sharded_status(info: RunInfo) -> str:
+    head = f"SHARDED over {info.shards}, not committed: {info.totals.parts} of {info.units_planned} units done"
+    commit = f"batchnlp commit {info.output} --run-id {info.run_id}"
+    if not info.shards_left:
+        return f"{head}; commit it: {commit}"
+    return f"{head}; shards {', '.join(map(str, info.shards_left))} have units left: run them, then {commit}"
+
+
 def summary(info: RunInfo) -> str:
     """The run in a few readable lines."""
     t, spec = info.totals, info.spec
     if info.status == "committed":
         status = f"committed {info.committed_at}" if info.committed_at else "committed"
+    elif info.shards:
+        status = _sharded_status(info)
     elif info.status == "running":
         status = f"RUNNING: {t.parts} of {info.units_planned or '?'} units committed so far"
     elif info.units_planned:

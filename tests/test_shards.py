@@ -131,6 +131,16 @@ def test_commit_names_a_missing_shard_then_a_damaged_part(shard_job, tmp_path):
     assert ids(out) == list(range(ROWS))
 
 
+def test_inspect_says_which_shards_have_units_left(shard_job, tmp_path):
+    out = tmp_path / "out"
+    assert shard_job(1, 3).exit_code == 0
+    shown = CliRunner().invoke(main, ["inspect", str(out)])
+    assert "SHARDED over 3, not committed" in shown.output and "shards 0, 2 have units left" in shown.output
+    assert shard_job(0, 3).exit_code == 0 and shard_job(2, 3).exit_code == 0
+    shown = CliRunner().invoke(main, ["inspect", str(out)])
+    assert "commit it: batchnlp commit" in shown.output and "--run-id night-1" in shown.output
+
+
 def test_a_shard_of_another_job_or_shard_count_is_refused(shard_job, topics_model, tmp_path):
     assert shard_job(0, 2).exit_code == 0
     other_model = shard_job(1, 2, "--model", f"sentiment={topics_model}")
