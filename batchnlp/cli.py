@@ -383,6 +383,7 @@ def run(
         with _user_errors(verbose, log_format == "json"), reporter:
             from batchnlp.aws_batch import multinode_job, node_role, serve_child
             from batchnlp.runner import run as run_job
+            from batchnlp.sharded import run_shard
             from batchnlp.spot import watching
 
             spec = job_spec(ctx, spec_file, param, run_date, flags)
@@ -466,7 +467,7 @@ def commit(
     configure_logging(logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO, log_format)
     outcome: dict[str, Any] = {}
     with _job_metrics(log_format == "json", outcome), _user_errors(verbose, log_format == "json"):
-        from batchnlp.runner import finalize
+        from batchnlp.sharded import finalize
 
         outcome["summary"] = summary = finalize(_commit_spec(ctx, spec_file, param, run_date, flags))
     if not quiet:

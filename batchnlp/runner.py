@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -24,7 +24,7 @@ import pyarrow as pa
 from batchnlp.cluster import connect
 from batchnlp.collect import StallWatch, results
 from batchnlp.commit import Committer
-from batchnlp.errors import BatchnlpError, InputError, JobFailed, OutputError, SpecError, TooManyBadLines
+from batchnlp.errors import BatchnlpError, JobFailed, TooManyBadLines
 from batchnlp.formats import Partitioning, ReadOptions, WorkUnit, unify, unit_schema
 from batchnlp.lock import OutputLock, owner_from
 from batchnlp.models import check_ref
@@ -34,15 +34,7 @@ from batchnlp.record import Manifest, PartResult, Totals, decode_schema
 from batchnlp.redaction import redact_url
 from batchnlp.report import build_report
 from batchnlp.shards import (
-    PLAN,
     Shard,
-    StoredPlan,
-    changed_inputs,
-    check_same_job,
-    read_plan,
-    shard_lock,
-    shard_of,
-    store_plan,
 )
 from batchnlp.shutdown import GracefulStop
 from batchnlp.spec import JobSpec
@@ -80,10 +72,8 @@ def run(
     on_part: Callable[[PartResult], None] | None = None,
     on_start: Callable[..., None] | None = None,
     stop: GracefulStop | None = None,
-    shard: Shard | None = None,
 ) -> RunSummary:
-    """Run a job to commit (or, given ``shard``, run that shard's units of it; :mod:`batchnlp.shards`);
-    raises a :class:`BatchnlpError` saying what to fix on failure.
+    """Run a job to commit; raises a :class:`BatchnlpError` saying what to fix on failure.
 
     ``on_start(run_id, units, kept, client=..., rows_per_unit=...)`` is called once the units to
     run are known (with the Dask client once connected, None when nothing is left to run);
@@ -91,22 +81,18 @@ def run(
     ``stop``, installed by the caller, turns SIGTERM into a drain (:mod:`batchnlp.shutdown`).
     """
     started = time.perf_counter()
-    if shard is not None:
-        _check_shardable(spec)
     output = open_output(spec).prepare()
     done = output.committed()
     if done is not None:  # a retried table job: the table already holds this run
-        return _already_committed(output, done)
+        return already_committed(output, done)
     committer = Committer(output.location, restart=output.restart)
-    if shard is not None:
-        return _run_shard(spec, shard, output, committer, started, on_part, on_start, stop)
     spec = replace(spec, mode=output.mode(committer))
     # Automatic unit sizing depends on the machine: a resumed run reuses the interrupted one's.
     previous = committer.previous_job() if spec.mode == "resume" else None
     job_plan = plan(spec, previous.get("rows_per_unit") if previous else None)
     estimating = Estimating(spec, job_plan)  # on a thread, while the workers start
     if job_plan.schema is not None:  # Parquet: known now, before any worker starts
-        _check_schema(spec, job_plan.schema, output)
+        check_schema(spec, job_plan.schema, output)
     job_record = {
         "run_id": output.run_id,
         "spec_fingerprint": spec.fingerprint(),
@@ -160,7 +146,7 @@ def _estimate(spec: JobSpec, job_plan: Plan) -> dict[str, Any]:
     return estimate_from_plan(spec, job_plan)
 
 
-def _already_committed(output: Output, table: Commit) -> RunSummary:
+def already_committed(output: Output, table: Commit) -> RunSummary:
     """A run the table holds: nothing to do; figures from its sealed manifest when it is still there."""
     committer = Committer(output.location)
     manifest = committer.read_manifest() if committer.finished() else None
@@ -184,20 +170,20 @@ def _run_locked(
     committed yet); only ever run while holding OUTPUT's lock. Returns the manifest and the units run."""
     kept = committer.prepare(spec.mode, job_record)
     todo = [unit for unit in job_plan.units if unit.id not in kept]
-    _log_planned(output.run_id, job_plan, todo, kept)
+    log_planned(output.run_id, job_plan, todo, kept)
     if todo:
         with connect(spec.scheduler, spec.workers, spec.device) as (client, threads):
-            done = _run_units(client, threads, spec, job_plan, output, committer, todo, kept, on_part, on_start, stop)
+            done = run_units(client, threads, spec, job_plan, output, committer, todo, kept, on_part, on_start, stop)
     else:
-        done = _run_units(None, None, spec, job_plan, output, committer, todo, kept, on_part, on_start, stop)
+        done = run_units(None, None, spec, job_plan, output, committer, todo, kept, on_part, on_start, stop)
     ordered = [done[unit.id] for unit in job_plan.units]
-    _check_bad_lines(spec, ordered, final=True)
+    check_bad_lines(spec, ordered, final=True)
     estimate = estimating.result() if estimating else None
-    manifest = _finish(spec, job_plan, ordered, job_record, time.perf_counter() - started, kept, committer, estimate)
+    manifest = finish(spec, job_plan, ordered, job_record, time.perf_counter() - started, kept, committer, estimate)
     return manifest, len(todo)
 
 
-def _log_planned(
+def log_planned(
     run_id: str, job_plan: Plan, todo: list[WorkUnit], kept: dict[str, PartResult], shard: Shard | None = None
 ) -> None:
     share = f"; shard {shard} runs {len(todo) + len(kept)} of them" if shard else ""
@@ -222,187 +208,7 @@ def _log_planned(
     )
 
 
-def _run_shard(
-    spec: JobSpec,
-    shard: Shard,
-    output: Output,
-    committer: Committer,
-    started: float,
-    on_part: Callable[[PartResult], None] | None,
-    on_start: Callable[..., None] | None,
-    stop: GracefulStop | None,
-) -> RunSummary:
-    """Run one shard's units of the run's stored plan (planning and storing it if this shard is first);
-    record each, commit nothing. A rerun of the shard keeps its intact parts."""
-    display = output.location.display()
-    if committer.finished():
-        manifest = committer.read_manifest()
-        if manifest.run_id == output.run_id:
-            return RunSummary(display, output.run_id, manifest.totals, 0.0, 0, 0, True, manifest, shard=shard)
-        raise OutputError(
-            f"{display} holds committed run {manifest.run_id}; the shards of run {output.run_id} need an output of "
-            "their own: put ${run_date} in the spec's output, or use another OUTPUT"
-        )
-    models = {task.name: check_ref(task.model, spec.storage_options) for task in spec.tasks}
-    check_output(output.location)
-    owner = owner_from(os.environ, spec.lock_owner)
-    lock = OutputLock(
-        output.location,
-        output.run_id,
-        spec.break_lock,
-        owner=owner,
-        fingerprint=spec.fingerprint(),
-        name=shard_lock(shard),
-    )
-    with lock, ExitStack() as cluster:
-        client, threads = None, None
-        stored = read_plan(committer, spec.storage_options)
-        if stored is None:
-            client, threads = cluster.enter_context(connect(spec.scheduler, spec.workers, spec.device))
-            stored = _store_new_plan(client, spec, output, committer, shard, models)
-        check_same_job(stored, {"spec_fingerprint": spec.fingerprint(), "model_versions": models}, shard.count, display)
-        units = shard.take(stored.plan.units)
-        kept = committer.resumable({**stored.job, "model_versions": models}, units)
-        todo = [unit for unit in units if unit.id not in kept]
-        changed = changed_inputs(stored, todo)
-        if changed:
-            raise InputError(
-                f"input changed since run {output.run_id} was planned: {'; '.join(changed)}. Its shards must read "
-                "the files its plan listed: restore them, or label the new input as a new run (another --run-id)"
-            )
-        _log_planned(output.run_id, stored.plan, todo, kept, shard)
-        if todo and client is None:
-            client, threads = cluster.enter_context(connect(spec.scheduler, spec.workers, spec.device))
-        done = _run_units(
-            client, threads, spec, stored.plan, output, committer, todo, kept, on_part, on_start, stop, units
-        )
-    totals = sum((done[unit.id] for unit in units), Totals())
-    wall = time.perf_counter() - started
-    return RunSummary(display, output.run_id, totals, wall, len(todo), len(kept), shard=shard)
-
-
-def _check_shardable(spec: JobSpec) -> None:
-    """Every shard, every retry and the commit must name the same run; and no shard may wipe the others'."""
-    if not spec.run_id:
-        raise SpecError(
-            "a sharded run needs a run id that every shard and `batchnlp commit` share: pass --run-id ID "
-            "(run_id: ${run_date} in a scheduled spec)"
-        )
-    if spec.mode == "overwrite":
-        raise SpecError(
-            "--overwrite does not apply to a shard: one shard would delete the others' parts; clear OUTPUT first"
-        )
-
-
-def _store_new_plan(
-    client: Any, spec: JobSpec, output: Output, committer: Committer, shard: Shard, models: dict[str, Any]
-) -> StoredPlan:
-    """Plan the run, with the parts' schema (JSONL's inferred on the cluster), and store it for every
-    shard; the plan another shard stored first wins. OUTPUT must hold no other run's unfinished work."""
-    previous = committer.previous_job()
-    if previous is not None:
-        raise OutputError(
-            f"{output.location.display()} holds the unfinished run {previous.get('run_id')}, not planned as shards; "
-            "finish it with batchnlp run --resume, or write the shards to another OUTPUT"
-        )
-    job_plan = plan(spec, shards=shard.count)  # units sized so that every shard's workers are kept busy
-    schema = job_plan.schema
-    if schema is None:
-        schema = _unified_schema(
-            client,
-            _infer_schema(client, job_plan.source, job_plan.units, spec.read_options),
-            job_plan.units,
-            job_plan.partitioning,
-        )
-    _check_schema(spec, schema, output)
-    job = {
-        "run_id": output.run_id,
-        "spec_fingerprint": spec.fingerprint(),
-        "input_fingerprint": job_plan.fingerprint,
-        "model_versions": models,
-        "rows_per_unit": job_plan.rows_per_unit,
-        "units": len(job_plan.units),
-        "batchnlp_version": __version__,
-        "spec": spec.redacted(),
-        "settings": spec.settings(),
-        "planned_at": time.time(),
-        "shards": shard.count,
-        "estimate": Estimating(spec, job_plan).result(),
-    }
-    return store_plan(committer, StoredPlan(replace(job_plan, schema=schema), job, shard.count), spec.storage_options)
-
-
-def finalize(command: JobSpec) -> RunSummary:
-    """``batchnlp commit``: commit a sharded run once every unit of its plan is there, intact.
-
-    ``command`` names the output, the run id and how to reach them (storage and catalog options);
-    the job itself is the one its shards stored with their plan.
-    """
-    output = open_output(command).prepare()
-    done = output.committed()
-    if done is not None:
-        return _already_committed(output, done)
-    committer = Committer(output.location, restart=output.restart)
-    display = output.location.display()
-    stored = read_plan(committer, command.storage_options)
-    if stored is None:
-        raise OutputError(
-            f"{display} holds no sharded run {output.run_id}: no shard has planned it ({PLAN} is missing). Run its "
-            f"shards first (batchnlp run ... --shard I/N --run-id {output.run_id}); a run without shards commits itself"
-        )
-    connection = {
-        "output": command.output,
-        "run_id": output.run_id,
-        "storage_options": dict(command.storage_options),
-        "catalog_options": dict(command.catalog_options),
-    }
-    spec = JobSpec.from_settings({**stored.job["settings"], **connection})
-    owner = owner_from(os.environ, spec.lock_owner)
-    with OutputLock(
-        output.location, output.run_id, command.break_lock, owner=owner, fingerprint=stored.job["spec_fingerprint"]
-    ):
-        if committer.finished():  # committed by an earlier attempt (a table's commit may still be due)
-            manifest = committer.read_manifest()
-            if manifest.run_id != output.run_id:
-                raise OutputError(f"{display} holds committed run {manifest.run_id}, not {output.run_id}")
-            if output.sealed(committer) is None:  # part files: committed before, nothing to do
-                return RunSummary(
-                    display, output.run_id, manifest.totals, 0.0, 0, len(stored.plan.units), True, manifest
-                )
-        else:
-            ordered = _every_part(committer, stored, display)
-            _check_bad_lines(spec, ordered, final=True)
-            planned_at = stored.job["planned_at"]
-            wall = time.time() - planned_at
-            estimate = stored.job.get("estimate")
-            manifest = _finish(spec, stored.plan, ordered, stored.job, wall, {}, committer, estimate, planned_at)
-        table = output.commit(committer, manifest)
-    # The run's figures span its shards, from the plan to this commit.
-    units = len(stored.plan.units)
-    return RunSummary(display, output.run_id, manifest.totals, manifest.wall_seconds, units, 0, False, manifest, table)
-
-
-def _every_part(committer: Committer, stored: StoredPlan, display: str) -> list[PartResult]:
-    """Every unit's result in plan order, or a JobFailed naming the units (and shards) to run again."""
-    units = stored.plan.units
-    intact, damaged = committer.recorded(units)
-    missing = [(position, unit) for position, unit in enumerate(units) if unit.id not in intact]
-    if not missing:
-        return [intact[unit.id] for unit in units]
-    shards = sorted({shard_of(position, stored.shards) for position, _ in missing})
-    named = ", ".join(unit.id + (" (damaged)" if unit.id in damaged else "") for _, unit in missing[:10])
-    more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
-    run_id = stored.job["run_id"]
-    raise JobFailed(
-        f"run {run_id} at {display} is not complete: {len(missing)} of {len(units)} units have no intact part: "
-        f"{named}{more}, of shard{'s' * (len(shards) > 1)} {', '.join(map(str, shards))} of {stored.shards}; "
-        f"nothing was committed. Run those shards again (batchnlp run ... --shard {shards[0]}/{stored.shards} "
-        f"--run-id {run_id}, or batchnlp submit ... --shards {stored.shards} --only-shards "
-        f"{','.join(map(str, shards))} --run-id {run_id}), then commit again"
-    )
-
-
-def _run_units(
+def run_units(
     client: Any,
     threads: int | None,
     spec: JobSpec,
@@ -442,11 +248,11 @@ def _run_units(
                 on_part(result)
             bad_lines += result.bad_lines
             if isinstance(spec.max_bad_lines, int) and bad_lines > spec.max_bad_lines:
-                _check_bad_lines(spec, list(done.values()), final=False)
+                check_bad_lines(spec, list(done.values()), final=False)
     return done
 
 
-def _finish(
+def finish(
     spec: JobSpec,
     job_plan: Plan,
     ordered: list[PartResult],
@@ -490,14 +296,14 @@ def _submitted_job(
     )
     inferring = None
     if job_plan.schema is None:
-        inferring = _infer_schema(client, job_plan.source, job_plan.units, spec.read_options)
+        inferring = infer_schema(client, job_plan.source, job_plan.units, spec.read_options)
     # Returns once every worker has its models; JSONL schemas are inferred meanwhile.
     client.register_plugin(ModelPlugin(settings), name=settings.plugin_name)
     schema = job_plan.schema
     if inferring is not None:  # JSONL: its columns are known only now, still before any unit runs
-        schema = _unified_schema(client, inferring, job_plan.units, job_plan.partitioning)
+        schema = unified_schema(client, inferring, job_plan.units, job_plan.partitioning)
         try:
-            _check_schema(spec, schema, output)
+            check_schema(spec, schema, output)
         except BatchnlpError:
             if not resumed:  # nothing ran: leave no run behind for --resume to find
                 committer.clear()
@@ -506,7 +312,7 @@ def _submitted_job(
     return UnitJob(job_plan.source, read, spec.id_column, schema, settings.plugin_name, output)
 
 
-def _check_schema(spec: JobSpec, schema: pa.Schema, output: Output) -> None:
+def check_schema(spec: JobSpec, schema: pa.Schema, output: Output) -> None:
     """The input has the columns the spec names, and the rows the tasks add to it fit the output."""
     check_columns(spec, schema)
     output.check(output_schema(schema, spec.tasks))
@@ -535,7 +341,7 @@ def _startup(results: list[PartResult], since: float | None = None) -> dict[str,
     }
 
 
-def _infer_schema(client: Any, source: Location, units: list[WorkUnit], options: ReadOptions) -> dict[Any, WorkUnit]:
+def infer_schema(client: Any, source: Location, units: list[WorkUnit], options: ReadOptions) -> dict[Any, WorkUnit]:
     """Every part gets one schema: each unit infers its own on the cluster (these futures)...
 
     All units take part, not only those left to run, so a resumed run finds the same schema.
@@ -545,7 +351,7 @@ def _infer_schema(client: Any, source: Location, units: list[WorkUnit], options:
     return {client.submit(guarded, unit_schema, source, unit, options, pure=False): unit for unit in units}
 
 
-def _unified_schema(
+def unified_schema(
     client: Any, futures: dict[Any, WorkUnit], units: list[WorkUnit], partitioning: Partitioning | None = None
 ) -> pa.Schema:
     """...and the driver unifies them, then appends the Hive partition columns."""
@@ -558,7 +364,7 @@ def _unified_schema(
     return partitioning.extend(schema)
 
 
-def _check_bad_lines(spec: JobSpec, finished: list[PartResult], final: bool) -> None:
+def check_bad_lines(spec: JobSpec, finished: list[PartResult], final: bool) -> None:
     """Stop a run whose bad input lines exceed ``--max-bad-lines``: before the commit, or as soon as a
     count limit is passed (a fraction needs every line counted)."""
     limit = spec.max_bad_lines

@@ -3,7 +3,8 @@ steps below them, so a change to a lower step never needs a higher one.
 
 A job goes cli → spec → plan → runner → worker → task/engine → output → commit. The runner
 conducts it: it calls plan, submits to the workers and commits through the output, so it imports
-them; plan and worker are one layer (neither knows the other). Imports under ``TYPE_CHECKING`` are
+them; plan and worker are one layer (neither knows the other). A sharded run's steps (sharded)
+are the runner's, shared out: they sit above it. Imports under ``TYPE_CHECKING`` are
 not imports at run time and are not counted; imports inside functions are."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "batchnlp"
 # Each layer may import the layers to its right; the spec is the data every step reads.
-STEPS = ["cli", "runner", "plan|worker", "tasks|engine", "output", "commit"]
+STEPS = ["cli", "sharded", "runner", "plan|worker", "tasks|engine", "output", "commit"]
 SHARED = {"spec"}
 
 
@@ -97,4 +98,4 @@ def test_the_checks_see_the_steps():
     """Guard against the checks above passing because they read nothing."""
     assert {"batchnlp.runner", "batchnlp.output", "batchnlp.plan"} <= set(GRAPH)
     assert {"batchnlp.plan", "batchnlp.worker", "batchnlp.output"} <= GRAPH["batchnlp.runner"]
-    assert [step(f"batchnlp.{name}") for name in ("cli", "tasks.qa", "commit", "record")] == [0, 3, 5, None]
+    assert [step(f"batchnlp.{name}") for name in ("cli", "tasks.qa", "commit", "record")] == [0, 4, 6, None]
