@@ -395,7 +395,10 @@ def run(
                 outcome["child_node"] = True  # the main node reports the job's metrics
                 return
             with multinode_job(spec, role) as spec, watching(stop):  # main node: own scheduler, every node joined
-                summary = run_job(spec, on_part=reporter.on_part, on_start=reporter.start, stop=stop, shard=part_of)
+                if part_of is None:
+                    summary = run_job(spec, on_part=reporter.on_part, on_start=reporter.start, stop=stop)
+                else:
+                    summary = run_shard(spec, part_of, on_part=reporter.on_part, on_start=reporter.start, stop=stop)
             reporter.finish(summary)
         outcome["summary"] = summary
         if not quiet:
