@@ -689,11 +689,29 @@ def _merge(ctx: click.Context, settings: dict[str, Any], flags: dict[str, Any]) 
     type=click.IntRange(min=2),
     help="Run as a multi-node parallel job over N machines (on-demand queues only). Example: --nodes 4",
 )
+@click.option(
+    "--shards",
+    type=click.IntRange(min=2, max=10_000),
+    metavar="N",
+    help="Run as an array job of N shards (Spot queues welcome), then one `batchnlp commit` job that waits for them "
+    "all. Example: --shards 8",
+)
+@click.option(
+    "--only-shards",
+    metavar="I,J",
+    help="With --shards and --run-id: rerun only these shards (from 0) of that run, and a new commit job. "
+    "Example: --only-shards 3,5",
+)
+@click.option("--run-id", metavar="ID", help="The run's id (run's and commit's --run-id). With --shards: the date.")
+@click.option("--finalize-queue", metavar="QUEUE", help="Queue of the commit job (it needs no GPU). Default: --queue.")
+@click.option("--finalize-job-definition", metavar="DEF", help="Job definition of the commit job. Default: the shards.")
+@click.option("--from", "date_from", metavar="DATE", help="Backfill: one run per date from DATE (with --to).")
+@click.option("--to", "date_to", metavar="DATE", help="Backfill: ... to DATE, included; committed dates are skipped.")
 @click.option("--env", multiple=True, type=KeyValue("NAME", typed=False), metavar="NAME=VALUE", help="Extra variable.")
 @click.option("--name", help="Job name. Default: batchnlp-<spec name>-<run date>.")
 @click.option("--region", help="AWS region. Default: the AWS configuration's.")
 @RUN_DATE_OPTION
-@click.option("--dry-run", is_flag=True, help="Print the SubmitJob request and stop.")
+@click.option("--dry-run", is_flag=True, help="Print the SubmitJob request(s) (a backfill: the dates) and stop.")
 @click.argument("run_args", nargs=-1, type=click.UNPROCESSED)
 def submit(
     spec: str,
@@ -701,6 +719,13 @@ def submit(
     job_definition: str,
     param: Any,
     nodes: int | None,
+    shards: int | None,
+    only_shards: str | None,
+    run_id: str | None,
+    finalize_queue: str | None,
+    finalize_job_definition: str | None,
+    date_from: str | None,
+    date_to: str | None,
     env: Any,
     name: str | None,
     region: str | None,
@@ -708,19 +733,46 @@ def submit(
     dry_run: bool,
     run_args: tuple[str, ...],
 ) -> None:
-    """Submit a job spec to AWS Batch; RUN_ARGS after -- go to `batchnlp run` in the container."""
-    with _user_errors(False):
-        from batchnlp.submit import Submission
-        from batchnlp.submit import submit as submit_job
+    """Submit a job spec to AWS Batch; RUN_ARGS after -- go to `batchnlp run` in the container.
 
-        submission = Submission(spec, queue, job_definition, dict(param), run_args, dict(env), nodes, name, run_date)
-        request = submission.request()
-        if dry_run:
-            click.echo(json.dumps(request, indent=2))
-            return
-        job = submit_job(request, region)
-    click.echo(f"submitted {job['jobName']}: job id {job['jobId']}\n{job['link']}")
-    click.echo(f"follow it with: batchnlp status {job['jobId']} --follow")
+    --shards N: an array job of N `batchnlp run --shards N` children and one `batchnlp commit` job
+    that runs once all succeeded. --from/--to: one run per date (run date and run id the date),
+    skipping dates whose output already holds their commit.
+    """
+    if shards is None and (only_shards or finalize_queue or finalize_job_definition):
+        raise click.UsageError("--only-shards, --finalize-queue and --finalize-job-definition need --shards N")
+    if only_shards and not run_id:
+        raise click.UsageError("--only-shards reruns shards of one run: name it, --run-id ID (by default its date)")
+    backfill = date_from or date_to
+    if backfill and not (date_from and date_to):
+        raise click.UsageError("a backfill needs both --from DATE and --to DATE")
+    if backfill and (run_date or run_id or name):
+        raise click.UsageError("--from/--to set each run's date, id and name: drop --run-date, --run-id, --name")
+    only = _shard_list(only_shards) if only_shards else ()
+    with _user_errors(False):
+        from batchnlp import submit as batch
+
+        base: Any = batch.Submission(
+            spec, queue, job_definition, dict(param), run_args, dict(env), nodes, name, run_date, run_id
+        )
+        if shards is not None:
+            base = batch.ShardedSubmission(base, shards, finalize_queue, finalize_job_definition, only)
+        if backfill:
+            from batchnlp.backfill import backfill as submit_dates
+
+            lines = submit_dates(base, date_from, date_to, dry_run, region)
+        else:
+            lines = batch.send(base, dry_run, region)
+    for line in lines:
+        click.echo(line)
+
+
+def _shard_list(text: str) -> tuple[int, ...]:
+    """``--only-shards 3,5`` as sorted, distinct indexes."""
+    try:
+        return tuple(sorted({int(item) for item in text.split(",") if item.strip()}))
+    except ValueError:
+        raise click.UsageError(f"--only-shards takes shard indexes joined by commas, e.g. 3,5; got {text!r}") from None
 
 
 @main.command()

@@ -9,6 +9,8 @@ partition, and a duplicate submission finds the committed output and exits 0.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -24,6 +26,8 @@ SPEC_VARIABLE = "BATCHNLP_SPEC"
 # SubmitJob allows 30 KiB of container overrides; a spec is a few hundred bytes of YAML.
 MAX_INLINE_SPEC = 20_000
 TERMINAL = ("SUCCEEDED", "FAILED")
+MIN_SHARDS, MAX_SHARDS = 2, 10_000  # an array job's size
+MAX_DEPENDENCIES = 20  # jobs one AWS Batch job may depend on
 
 
 @dataclass(frozen=True)
@@ -39,45 +43,130 @@ class Submission:
     nodes: int | None = None  # a multi-node parallel job of this many nodes
     name: str | None = None
     run_date: str | None = None  # default: today (UTC) at submission
+    run_id: str | None = None  # passed on as --run-id; shards and backfilled dates always have one
 
     def request(self, today: str | None = None) -> dict[str, Any]:
         """The SubmitJob request: the command every node runs, and the spec when it travels inline."""
-        run_date = self.run_date or today or datetime.now(timezone.utc).date().isoformat()
-        environment = dict(self.environment)
-        if "://" in self.spec or self.spec.startswith("env:"):
-            spec_ref = self.spec
-        else:
-            environment[SPEC_VARIABLE] = _inline(self.spec)
-            spec_ref = f"env:{SPEC_VARIABLE}"
+        run_date = self.date(today)
+        request = self.job(self.name or job_name(self.spec, run_date), self.run_command(run_date))
+        if self.nodes is not None:
+            # Every node runs the same command: the container tells main from child by itself.
+            request["nodeOverrides"] = {
+                "numNodes": self.nodes,
+                "nodePropertyOverrides": [
+                    {"targetNodes": "0:", "containerOverrides": request.pop("containerOverrides")}
+                ],
+            }
+        return request
+
+    def date(self, today: str | None = None) -> str:
+        """The run date the command passes: the one given, else today (UTC), fixed at submission."""
+        return self.run_date or today or datetime.now(timezone.utc).date().isoformat()
+
+    def run_command(self, run_date: str, *more: str) -> list[str]:
+        """``batchnlp run`` on the spec for ``run_date``, resuming, with JSON logs; ``more`` flags last."""
         # JSON logs: CloudWatch Logs Insights reads them and the last line is the night's metrics (batchnlp.metrics).
-        command = ["run", "--spec", spec_ref, "--resume", "--run-date", run_date, "--log-format", "json"]
-        for key, value in self.params.items():
-            command += ["--param", f"{key}={value}"]
-        command += list(self.run_args)
+        command = ["run", "--spec", self.spec_ref(), "--resume", "--run-date", run_date, "--log-format", "json"]
+        command += self.param_args() + (["--run-id", self.run_id] if self.run_id else [])
+        return command + list(self.run_args) + list(more)
+
+    def param_args(self) -> list[str]:
+        return [arg for key, value in self.params.items() for arg in ("--param", f"{key}={value}")]
+
+    def spec_ref(self) -> str:
+        """What the container's ``--spec`` reads: the URL, or the variable the spec travels in."""
+        return self.spec if "://" in self.spec or self.spec.startswith("env:") else f"env:{SPEC_VARIABLE}"
+
+    def job(self, name: str, command: list[str], queue: str | None = None, definition: str | None = None) -> dict:
+        """A single-container SubmitJob request running ``command``, the spec inline when it is a local file."""
+        environment = dict(self.environment)
+        if self.spec_ref() != self.spec:
+            environment[SPEC_VARIABLE] = _inline(self.spec)
         overrides = {
             "command": command,
             "environment": [{"name": key, "value": value} for key, value in sorted(environment.items())],
         }
-        request: dict[str, Any] = {
-            "jobName": self.name or job_name(self.spec, run_date),
-            "jobQueue": self.queue,
-            "jobDefinition": self.job_definition,
+        return {
+            "jobName": name,
+            "jobQueue": queue or self.queue,
+            "jobDefinition": definition or self.job_definition,
+            "containerOverrides": overrides,
         }
-        if self.nodes is None:
-            request["containerOverrides"] = overrides
+
+
+@dataclass(frozen=True)
+class ShardedSubmission:
+    """A night as AWS Batch runs it on Spot: an array job of ``shards`` children, each ``batchnlp run
+    --shards N`` (its index from ``AWS_BATCH_JOB_ARRAY_INDEX``), then one finalize job, ``batchnlp
+    commit``, that depends on the array. A dependency with no type waits for the whole array: the
+    array job succeeds once every child has, and fails when any child fails for good (after its own
+    retries), and a job whose dependency fails goes from PENDING to FAILED without running. So the
+    finalize runs only when every shard succeeded; when one did not, ``only`` reruns those shards
+    (one job each, ``--shard I/N``) under the same run id, with a new finalize depending on them.
+    """
+
+    submission: Submission  # spec, queue, job definition, params, run arguments, run date, run id
+    shards: int
+    finalize_queue: str | None = None  # default: the shards' queue (a CPU queue is cheaper: commit needs no GPU)
+    finalize_job_definition: str | None = None
+    only: tuple[int, ...] = ()  # rerun just these shards
+
+    def __post_init__(self) -> None:
+        if not MIN_SHARDS <= self.shards <= MAX_SHARDS:
+            raise SpecError(
+                f"--shards {self.shards}: an AWS Batch array job has {MIN_SHARDS} to {MAX_SHARDS:,} children"
+            )
+        if self.submission.nodes is not None:
+            raise SpecError(
+                "--shards and --nodes exclude each other: shards are array children on Spot, and multi-node "
+                "parallel jobs never run on Spot; choose one"
+            )
+        wrong = sorted({i for i in self.only if not 0 <= i < self.shards})
+        if wrong:
+            raise SpecError(f"--only-shards {wrong}: shards of --shards {self.shards} run from 0 to {self.shards - 1}")
+        if len(self.only) > MAX_DEPENDENCIES:
+            raise SpecError(
+                f"--only-shards names {len(self.only)} shards, and an AWS Batch job waits for at most "
+                f"{MAX_DEPENDENCIES} jobs; submit the whole array again with the same --run-id instead "
+                "(finished shards keep their parts and end quickly)"
+            )
+
+    def run_id(self, today: str | None = None) -> str:
+        """The given run id, else the run's date: a duplicate submission of one night is the same run."""
+        return self.submission.run_id or run_day(self.submission.date(today))
+
+    def requests(self, today: str | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The shard jobs' requests (one array job, or one job per rerun shard), and the finalize's,
+        whose ``dependsOn`` :func:`submit_sharded` fills with the shard jobs' ids."""
+        s = dataclasses.replace(self.submission, run_id=self.run_id(today))
+        run_date = s.date(today)
+        stem = s.name or job_name(s.spec, run_date)
+        if self.only:
+            shards = [
+                s.job(f"{stem}-shard-{i}-of-{self.shards}", s.run_command(run_date, "--shard", f"{i}/{self.shards}"))
+                for i in self.only
+            ]
         else:
-            # Every node runs the same command: the container tells main from child by itself.
-            request["nodeOverrides"] = {
-                "numNodes": self.nodes,
-                "nodePropertyOverrides": [{"targetNodes": "0:", "containerOverrides": overrides}],
-            }
-        return request
+            array = s.job(f"{stem}-shards", s.run_command(run_date, "--shards", str(self.shards)))
+            shards = [{**array, "arrayProperties": {"size": self.shards}}]
+        commit = ["commit", "--spec", s.spec_ref(), "--run-date", run_date, *s.param_args()]
+        commit += ["--run-id", s.run_id, "--log-format", "json"]
+        finalize = s.job(f"{stem}-commit", commit, self.finalize_queue, self.finalize_job_definition)
+        finalize["dependsOn"] = [{"jobId": f"<job id of {shard['jobName']}>"} for shard in shards]
+        return shards, finalize
 
 
 def job_name(spec: str, run_date: str) -> str:
     """``batchnlp-<spec name>-<run date>``, within Batch's name rules (128 of ``[A-Za-z0-9_-]``)."""
     stem = Path(spec.rstrip("/").rsplit("/", 1)[-1]).stem
     return re.sub(r"[^A-Za-z0-9_-]", "-", f"batchnlp-{stem}-{run_date}")[:128]
+
+
+def run_day(run_date: str) -> str:
+    """The date ``run_date`` names (a date, an ISO timestamp or 'today'), as ``${run_date}`` renders it."""
+    from batchnlp.templating import render
+
+    return render({"day": "${run_date}"}, {"run_date": run_date})["day"]
 
 
 def _inline(path: str) -> str:
@@ -98,6 +187,54 @@ def submit(request: Mapping[str, Any], region: str | None = None) -> dict[str, s
     with _aws_errors("submit the job to queue " + repr(request["jobQueue"])):
         response = _batch(region).submit_job(**request)
     return {"jobId": response["jobId"], "jobName": response["jobName"], "link": console_link(response["jobId"], region)}
+
+
+def submit_sharded(
+    sharded: ShardedSubmission, region: str | None = None, today: str | None = None
+) -> list[dict[str, str]]:
+    """Submit the shard jobs, then the finalize depending on them; returns what :func:`submit` returned for
+    each, the finalize last."""
+    shards, finalize = sharded.requests(today)
+    submitted = [submit(request, region) for request in shards]
+    finalize["dependsOn"] = [{"jobId": job["jobId"]} for job in submitted]
+    return [*submitted, submit(finalize, region)]
+
+
+def send(base: Submission | ShardedSubmission, dry_run: bool, region: str | None = None) -> list[str]:
+    """What ``batchnlp submit`` prints: the request(s) with ``dry_run``, else what it submitted."""
+    if isinstance(base, Submission):
+        if dry_run:
+            return [json.dumps(base.request(), indent=2)]
+        return announce([submit(base.request(), region)])
+    # The date fixed once: the shards, the finalize and the printed advice name the same run.
+    base = dataclasses.replace(base, submission=dataclasses.replace(base.submission, run_date=base.submission.date()))
+    if dry_run:
+        shards, finalize = base.requests()
+        return [json.dumps({"shards": shards, "finalize": finalize}, indent=2)]
+    return announce(submit_sharded(base, region), base)
+
+
+def announce(jobs: list[dict[str, str]], sharded: ShardedSubmission | None = None) -> list[str]:
+    """One line per submitted job with its console link, then how to follow it (and, for shards, what
+    to do when some fail)."""
+    lines = []
+    for job in jobs:
+        lines += [f"submitted {job['jobName']}: job id {job['jobId']}", f"  {job['link']}"]
+    lines.append(f"follow it with: batchnlp status {jobs[-1]['jobId']} --follow")
+    if sharded is not None:
+        run_id, count = sharded.run_id(), sharded.shards
+        lines.append(
+            f"the commit job ({jobs[-1]['jobId']}) waits for every shard; when one fails for good it fails without "
+            "running. Rerun just the failed shards (their indexes: "
+            + (
+                f"aws batch list-jobs --array-job-id {jobs[0]['jobId']} --job-status FAILED "
+                "--query 'jobSummaryList[].arrayProperties.index'"
+                if not sharded.only
+                else "the failed jobs' names"
+            )
+            + f") with the same options plus: --shards {count} --run-id {run_id} --only-shards I,J"
+        )
+    return lines
 
 
 def console_link(job_id: str, region: str | None = None) -> str:

@@ -130,3 +130,128 @@ def test_aws_refusals_are_one_line_errors(batch, tmp_path):
     assert "AWS Batch refused to submit the job to queue 'no-such-queue'" in result.output
     result = invoke("status", "00000000-0000-0000-0000-000000000000")
     assert result.exit_code == 2 and "AWS Batch knows no job" in result.output
+
+
+# ------------------------------------------------------------------ sharded nights (array job + commit job)
+
+
+def job_ids(output: str) -> list[str]:
+    """The job ids `submit` printed, in submission order (the commit job last)."""
+    ids = [
+        line.split("job id ")[1].split()[0] for line in output.splitlines() if line.lstrip().startswith("submitted ")
+    ]
+    assert ids, output
+    return ids
+
+
+def parsed(command: list[str]) -> dict:
+    """``command`` parsed by the real CLI (a misspelt flag or a missing value fails here)."""
+    with main.commands[command[0]].make_context(command[0], list(command[1:])) as context:
+        return context.params
+
+
+def test_shards_submit_an_array_job_and_a_commit_job_that_waits_for_all_of_it(batch, tmp_path):
+    client, queue = batch
+    spec = tmp_path / "nightly.yaml"
+    spec.write_text(SPEC)
+    result = invoke(
+        "submit", "--spec", str(spec), "--queue", queue, "--job-definition", "batchnlp", "--shards", "4",
+        "--run-date", "2026-11-25", "--param", "table=reviews", "--", "--workers", "2",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    array_id, commit_id = job_ids(result.output)
+    assert f"batchnlp status {commit_id} --follow" in result.output
+    assert f"--array-job-id {array_id} --job-status FAILED" in result.output
+    assert "--shards 4 --run-id 2026-11-25 --only-shards I,J" in result.output
+    array, commit = client.describe_jobs(jobs=[array_id, commit_id])["jobs"]
+    assert array["jobName"] == "batchnlp-nightly-2026-11-25-shards" and array["arrayProperties"]["size"] == 4
+    (child,) = client.describe_jobs(jobs=[f"{array_id}:3"])["jobs"]
+    run = parsed(child["container"]["command"])
+    assert (run["shards"], run["shard"], run["run_id"], run["run_date"]) == (4, None, "2026-11-25", "2026-11-25")
+    assert (run["resume"], run["spec_file"], run["param"], run["workers"]) == (
+        True,
+        "env:BATCHNLP_SPEC",
+        (("table", "reviews"),),
+        2,
+    )
+    # The commit job: no dependency type, so it waits for the array job as a whole.
+    assert commit["dependsOn"] == [{"jobId": array_id}]
+    assert commit["jobName"] == "batchnlp-nightly-2026-11-25-commit"
+    finalize = parsed(commit["container"]["command"])
+    assert commit["container"]["command"][0] == "commit"
+    assert (finalize["run_id"], finalize["run_date"], finalize["spec_file"]) == (
+        "2026-11-25",
+        "2026-11-25",
+        "env:BATCHNLP_SPEC",
+    )
+    assert (finalize["param"], finalize["log_format"]) == ((("table", "reviews"),), "json")
+    for job in (child, commit):
+        environment = {item["name"]: item["value"] for item in job["container"]["environment"]}
+        assert yaml.safe_load(environment["BATCHNLP_SPEC"]) == yaml.safe_load(SPEC)
+
+
+def test_the_run_id_is_the_run_date_unless_given_and_the_commit_job_may_go_elsewhere(tmp_path):
+    spec = tmp_path / "nightly.yaml"
+    spec.write_text(SPEC)
+    common = ["submit", "--spec", str(spec), "--queue", "gpu-spot", "--job-definition", "gpu", "--shards", "3"]
+    result = invoke(*common, "--run-date", "2026-11-25T02:00:00Z", "--dry-run")
+    assert result.exit_code == 0, result.output
+    requests = json.loads(result.output)
+    (array,) = requests["shards"]
+    assert parsed(array["containerOverrides"]["command"])["run_id"] == "2026-11-25"  # the date of the timestamp
+    assert requests["finalize"]["jobQueue"] == "gpu-spot" and requests["finalize"]["jobDefinition"] == "gpu"
+    result = invoke(
+        *common,
+        "--run-id",
+        "backfill-7",
+        "--finalize-queue",
+        "cpu",
+        "--finalize-job-definition",
+        "cpu-def",
+        "--dry-run",
+    )
+    requests = json.loads(result.output)
+    assert parsed(requests["shards"][0]["containerOverrides"]["command"])["run_id"] == "backfill-7"
+    finalize = requests["finalize"]
+    assert (finalize["jobQueue"], finalize["jobDefinition"]) == ("cpu", "cpu-def")
+    assert parsed(finalize["containerOverrides"]["command"])["run_id"] == "backfill-7"
+
+
+def test_only_shards_reruns_those_shards_and_a_new_commit_job(batch):
+    client, queue = batch
+    result = invoke(
+        "submit", "--spec", "s3://lake/specs/nightly.yaml", "--queue", queue, "--job-definition", "batchnlp",
+        "--shards", "8", "--run-id", "2026-11-24", "--run-date", "2026-11-24", "--only-shards", "5,3,5",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    three, five, commit_id = job_ids(result.output)
+    jobs = {job["jobId"]: job for job in client.describe_jobs(jobs=[three, five, commit_id])["jobs"]}
+    for job_id, index in ((three, 3), (five, 5)):
+        job = jobs[job_id]
+        assert job["jobName"] == f"batchnlp-nightly-2026-11-24-shard-{index}-of-8" and "arrayProperties" not in job
+        run = parsed(job["container"]["command"])
+        assert (run["shard"], run["shards"], run["run_id"]) == (f"{index}/8", None, "2026-11-24")
+    assert jobs[commit_id]["dependsOn"] == [{"jobId": three}, {"jobId": five}]
+    assert parsed(jobs[commit_id]["container"]["command"])["run_id"] == "2026-11-24"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--shards", "1"], "1 is not in the range 2<=x<=10000"),
+        (["--shards", "10001"], "10001 is not in the range 2<=x<=10000"),
+        (["--shards", "4", "--nodes", "2"], "--shards and --nodes exclude each other"),
+        (["--shards", "4", "--only-shards", "3"], "name it, --run-id ID"),
+        (["--only-shards", "3", "--run-id", "r"], "need --shards N"),
+        (["--finalize-queue", "cpu"], "need --shards N"),
+        (
+            ["--shards", "4", "--run-id", "r", "--only-shards", "1,4"],
+            "--only-shards [4]: shards of --shards 4 run from 0 to 3",
+        ),
+        (["--shards", "4", "--run-id", "r", "--only-shards", "1,x"], "indexes joined by commas"),
+        (["--shards", "100", "--run-id", "r", "--only-shards", ",".join(map(str, range(21)))], "at most 20 jobs"),
+    ],
+)
+def test_sharded_submissions_refuse_what_aws_batch_or_the_run_cannot_do(flags, message):
+    result = invoke("submit", "--spec", "s3://lake/specs/n.yaml", "--queue", "q", "--job-definition", "d", *flags)
+    assert result.exit_code == 2 and message in result.output, result.output
