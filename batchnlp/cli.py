@@ -469,13 +469,14 @@ def commit(
     """
     configure_logging(logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO, log_format)
     outcome: dict[str, Any] = {}
-    with _job_metrics(log_format == "json", outcome), _user_errors(verbose, log_format == "json"):
-        from batchnlp.sharded import finalize
+    with _job_metrics(log_format == "json", outcome):  # its line last, as `run` ends
+        with _user_errors(verbose, log_format == "json"):
+            from batchnlp.sharded import finalize
 
-        outcome["summary"] = summary = finalize(_commit_spec(ctx, spec_file, param, run_date, flags))
-    if not quiet:
-        for line in _summary_lines(summary):
-            _say(line, log_format == "json", "summary", run_id=summary.run_id)
+            outcome["summary"] = summary = finalize(_commit_spec(ctx, spec_file, param, run_date, flags))
+        if not quiet:
+            for line in _summary_lines(summary):
+                _say(line, log_format == "json", "summary", run_id=summary.run_id)
 
 
 def _commit_spec(

@@ -179,6 +179,27 @@ def test_shard_flags_that_cannot_work_exit_2(tiny_model, source, tmp_path, flags
     assert result.exit_code == 2 and message in result.output, result.output
 
 
+def test_the_commit_job_of_a_sharded_submission_commits_from_the_spec(tiny_model, scheduler, source, tmp_path):
+    """What `batchnlp submit --shards N` runs: children `run --spec S --resume --run-date D --run-id D --shards N`
+    (index from the environment), then `commit --spec S --run-date D --run-id D`."""
+    spec = tmp_path / "nightly.yaml"
+    spec.write_text(
+        f"input: {source}\noutput: {tmp_path}/labelled/dt=${{run_date}}/\nmodels: {{sentiment: {tiny_model}}}\n"
+        f"scheduler: {scheduler}\nworkers: 1\n"
+    )
+    night = ["--spec", str(spec), "--run-date", "2026-11-24", "--run-id", "2026-11-24"]
+    for index in range(2):
+        child = CliRunner(env={"AWS_BATCH_JOB_ARRAY_INDEX": str(index)}).invoke(
+            main, ["run", *night, "--resume", "--shards", "2"]
+        )
+        assert child.exit_code == 0 and f"shard {index}/2 wrote" in child.output, child.output
+    done = commit(*night, "--log-format", "json")
+    assert done.exit_code == 0, done.output
+    assert ids(tmp_path / "labelled" / "dt=2026-11-24") == list(range(ROWS))
+    metrics = json.loads(done.output.strip().splitlines()[-1])
+    assert (metrics["Committed"], metrics["Rows"]) == (1, ROWS)  # the night-not-committed alarm's data point
+
+
 def test_commit_of_a_run_no_shard_planned_exits_2(tmp_path):
     result = commit(tmp_path / "out", "--run-id", "never")
     assert result.exit_code == 2 and "holds no sharded run never" in result.output
