@@ -261,8 +261,15 @@ JOB_OPTIONS = [
     click.option(
         "--tokens-per-batch",
         type=click.IntRange(min=MINIMUMS["tokens_per_batch"]),
-        help="Token budget of one padded batch. Default: 8192 on CPU, 262144 on CUDA. "
+        help="Token budget of one padded batch. Default: 8192 on CPU (1024 with int8), 262144 on CUDA. "
         "Example: --tokens-per-batch 16384",
+    ),
+    click.option(
+        "--rescore-margin",
+        type=click.FloatRange(min=0, max=1, max_open=True),
+        metavar="MARGIN",
+        help="int8: rescore in fp32 every row whose best two label scores are closer than this, so int8 "
+        "keeps fp32's labels. Default: 0.05; 0 never rescores. Example: --rescore-margin 0.1",
     ),
     click.option(
         "--storage-option",

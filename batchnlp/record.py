@@ -45,6 +45,7 @@ class PartResult:
     models_loaded_at: float
     models: dict[str, dict[str, str]] = field(default_factory=dict)
     oom_splits: int = 0  # batches halved after running out of device memory
+    rescored: int = 0  # int8 rows too close to call, rescored in fp32
     first_output_at: float | None = None  # wall clock when the unit's first rows were annotated
     bad_lines: int = 0  # source lines that were not rows (--on-bad-lines skip|quarantine)
     bad_line_examples: list[dict[str, Any]] = field(default_factory=list)  # the first few: source, line, reason
@@ -109,6 +110,7 @@ class Totals:
     tokens: int = 0
     padded_tokens: int = 0
     oom_splits: int = 0
+    rescored: int = 0
     bytes: int = 0
     worker_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -128,6 +130,7 @@ class Totals:
             tokens=other.tokens,
             padded_tokens=other.padded_tokens,
             oom_splits=other.oom_splits,
+            rescored=other.rescored,
             bytes=other.bytes,
             worker_seconds=dict(other.seconds),
         )

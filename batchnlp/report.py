@@ -259,6 +259,7 @@ def _summary(report: dict[str, Any]) -> str:
         ("parts", f"{t['parts']:,}  ({t['bytes']:,} bytes)"),
         ("tokens (padded)", f"{t['tokens']:,} ({t['padded_tokens']:,}; {padding:.1%} padding)"),
         ("out-of-memory splits", f"{t.get('oom_splits', 0):,}"),
+        ("int8 rows rescored in fp32 (near ties)", f"{t.get('rescored', 0):,}"),
         ("wall time", f"{_num(report['wall_seconds'], 1)} s; {_num(report['rows_per_second'], 1)} rows/s"),
         ("models loaded after", f"{_num(startup.get('models_loaded_s'), 1)} s"),
         ("first row annotated after", f"{_num(startup.get('first_row_s'), 1)} s"),

@@ -293,6 +293,7 @@ def _submitted_job(
         max_length=spec.max_length,
         threads=threads,
         storage_options=dict(spec.storage_options),
+        rescore_margin=spec.rescore_margin,
     )
     inferring = None
     if job_plan.schema is None:

@@ -90,6 +90,8 @@ class JobSpec:
     precision: Precision = "auto"
     max_length: int | None = None
     tokens_per_batch: int | None = None  # None: the engine's default for the device
+    # int8: a row whose top-2 score margin is below this is rescored in fp32 (batchnlp.engine). None: the default.
+    rescore_margin: float | None = None
     storage_options: Mapping[str, str] = field(default_factory=dict)
     mode: WriteMode = "new"
     break_lock: bool = False  # take OUTPUT even if another run's lock says it is writing there
@@ -155,6 +157,12 @@ class JobSpec:
         for name in ("grace_seconds", "unit_timeout"):
             if name in s:
                 values[name] = _seconds(name, s[name], problems)
+        if "rescore_margin" in s:
+            margin = s["rescore_margin"]
+            if isinstance(margin, int | float) and not isinstance(margin, bool) and 0 <= margin < 1:
+                values["rescore_margin"] = float(margin)
+            else:
+                problems.append(f"rescore_margin must be a score margin from 0 (never) to below 1, got {margin!r}")
         if "lock_owner" in s:
             if isinstance(s["lock_owner"], str) and RUN_ID.fullmatch(s["lock_owner"]):
                 values["lock_owner"] = s["lock_owner"]
@@ -211,7 +219,12 @@ class JobSpec:
         for name in (*volatile, *supervision):
             relevant.pop(name)
         # Added later: runs that do not use them keep the fingerprints they had.
-        for later, unset in (("partition_by", ()), ("catalog", DEFAULT_CATALOG), ("table_version", None)):
+        for later, unset in (
+            ("partition_by", ()),
+            ("catalog", DEFAULT_CATALOG),
+            ("table_version", None),
+            ("rescore_margin", None),
+        ):
             if relevant[later] == unset:
                 relevant.pop(later)
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()

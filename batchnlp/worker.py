@@ -48,11 +48,14 @@ class ModelSettings:
     max_length: int | None
     threads: int | None
     storage_options: dict[str, Any]
+    rescore_margin: float | None = None
 
     @property
     def plugin_name(self) -> str:
         """Distinct per model set, so jobs sharing a cluster do not replace each other's models."""
-        key = json.dumps([list(dataclasses.astuple(t)) for t in self.tasks] + [self.device, self.precision])
+        key = json.dumps(
+            [list(dataclasses.astuple(t)) for t in self.tasks] + [self.device, self.precision, self.rescore_margin]
+        )
         return "batchnlp-models-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
@@ -90,7 +93,7 @@ class ModelPlugin(WorkerPlugin):
             import torch
 
             torch.set_num_threads(s.threads)
-        engine = Engine(s.device, s.precision, s.tokens_per_batch)
+        engine = Engine(s.device, s.precision, s.tokens_per_batch, s.rescore_margin)
         self.device, self.precision = engine.device, engine.precision
         for spec in s.tasks:
             # A pinned ref is checked here too: a model replaced after the driver's check is caught.
@@ -206,6 +209,7 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
         tokens=totals.tokens,
         padded_tokens=totals.padded_tokens,
         oom_splits=totals.oom_splits,
+        rescored=totals.rescored,
         first_output_at=totals.first_output_at,
         bad_lines=len(read.bad_lines),
         bad_line_examples=[bad_line_record(unit, bad) for bad in read.bad_lines[:EXAMPLES_PER_PART]],

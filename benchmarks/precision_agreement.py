@@ -121,11 +121,14 @@ def balance(logits: np.ndarray, bias: np.ndarray, step: float, rounds: int = 500
     return bias
 
 
-def run_job(corpus: Path, model: Path, out: Path, precision: str) -> tuple[float, dict]:
-    """Wall seconds of one ``batchnlp run`` process, and its manifest."""
+def run_job(corpus: Path, model: Path, out: Path, setting: str) -> tuple[float, dict]:
+    """Wall seconds of one ``batchnlp run`` process, and its manifest. ``setting``: a precision, or
+    ``int8@MARGIN`` for int8 with ``--rescore-margin MARGIN``."""
+    precision, _, margin = setting.partition("@")
     command = [sys.executable, "-m", "batchnlp", "run", str(corpus), str(out), "--overwrite", "--quiet",
                "--task", TASK, "--model", f"{TASK}={model}", "--top-k", "2",
                "--precision", precision, "--device", "cpu"]  # fmt: skip
+    command += ["--rescore-margin", margin] if margin else []
     started = time.perf_counter()
     subprocess.run(command, check=True)
     return time.perf_counter() - started, json.loads((out / "_manifest.json").read_text())
@@ -153,7 +156,12 @@ def gap(value: dict) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1200)
-    parser.add_argument("--precision", nargs="+", default=["int8", "bf16"], help="compared with fp32")
+    parser.add_argument(
+        "--precision",
+        nargs="+",
+        default=["int8", "bf16"],
+        help="compared with fp32; int8@MARGIN sets --rescore-margin (int8@0: no fp32 rescoring)",
+    )
     parser.add_argument("--logit-std", type=float, default=2.0, help="spread of the head's logits (scores only)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -199,6 +207,7 @@ def main() -> None:
             "flips",
             "max gap",
             "unstable",
+            "rescored%",
         )
         print(" ".join(f"{name:>9}" for name in header))
         for precision, (wall, manifest, rows) in results.items():
@@ -213,12 +222,14 @@ def main() -> None:
             print(
                 f"{precision:>9} {len(common):>9} {100 * np.mean(same):>9.2f} {diffs.max():>9.4f} {diffs.mean():>9.5f} "
                 f"{wall:>9.1f} {manifest['wall_seconds']:>9.1f} {len(flipped):>9} "
-                f"{max(flipped, default=0.0):>9.4f} {unstable:>9}"
+                f"{max(flipped, default=0.0):>9.4f} {unstable:>9} "
+                f"{100 * manifest['totals'].get('rescored', 0) / max(1, manifest['totals']['rows_out']):>9.1f}"
             )
         print()
         print("Δs: score minus the fp32 score of the same row; job s: the run's own wall time (manifest);")
         print("flips: rows whose label differs from fp32; max gap: the largest fp32 top-1 minus top-2 score")
-        print("of a flipped row; unstable: distinct texts whose copies (in different batches) got more than one label.")
+        print("of a flipped row; unstable: distinct texts whose copies (in different batches) got more than one label;")
+        print("rescored%: int8 rows whose best two scores were within --rescore-margin, run again in fp32.")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ class Classify(Task):
     def __init__(self, spec: TaskSpec, directory: Path, engine: Engine, max_length: int | None) -> None:
         super().__init__(spec, directory, engine, max_length)
         self.tokenizer, self.model = engine.load(directory, spec.model, _load_trimmed)
+        self.reference = engine.reference(directory, spec.model, _load_trimmed)  # fp32, for int8's near ties
         config = self.model.config
         self.labels = [config.id2label[i] for i in range(config.num_labels)]
         self.sigmoid = config.problem_type == "multi_label_classification" or config.num_labels == 1
@@ -36,7 +37,29 @@ class Classify(Task):
         input_ids = self.tokenize(texts) if texts else []
         rows, stats = self.engine.run(self.model, input_ids, self.tokenizer.pad_token_id, lambda out: out.logits)
         logits = np.stack(rows) if rows else np.zeros((0, len(self.labels)), dtype=np.float32)
+        if self.reference is not None:
+            self._rescore_near_ties(logits, input_ids, stats)
         return self.postprocess(logits), stats
+
+    def _rescore_near_ties(self, logits: np.ndarray, input_ids: list[list[int]], stats: BatchStats) -> None:
+        """Rerun in fp32 the rows whose best two scores are within the engine's rescore margin, in place.
+
+        int8 moves a score by a few hundredths at most, so only such rows can have changed label:
+        rescored, every label is fp32's, whatever the row's batch mates.
+        """
+        scores = _sigmoid(logits) if self.sigmoid else _softmax(logits)
+        if scores.shape[1] < 2:  # one label: nothing to swap
+            return
+        top = np.sort(scores, axis=-1)[:, -2:]
+        near = np.flatnonzero(top[:, 1] - top[:, 0] < self.engine.rescore_margin)
+        if not len(near):
+            return
+        exact, extra = self.engine.run(
+            self.reference, [input_ids[i] for i in near], self.tokenizer.pad_token_id, lambda out: out.logits
+        )
+        logits[near] = np.stack(exact)
+        stats.rescored += len(near)
+        stats.engine_s += extra.engine_s
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         """Token ids per text; the engine builds its own masks (the tokenizer's triple the time)."""
