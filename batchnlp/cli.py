@@ -310,6 +310,13 @@ JOB_OPTIONS = [
     PARAM_OPTION,
     RUN_DATE_OPTION,
     click.option(
+        "--incremental",
+        is_flag=True,
+        default=None,
+        help="Label only input files no committed run at OUTPUT read as they are now (new or replaced), as a run of "
+        "its own: OUTPUT/run_id=ID/ for part files, an append for a table. Example: --incremental --run-id 2026-11-24",
+    ),
+    click.option(
         "--run-id",
         metavar="ID",
         help="Name the run (manifest, lock, logs). Default: generated. Rerunning a committed run's id exits 0 "
@@ -594,6 +601,8 @@ def _summary_lines(summary: Any) -> list[str]:
             f"--run-id {summary.run_id}"
         ]
     commit = f"{table.kind} {table.version}" if table else ""  # "version 3" (Delta), "snapshot 5012…" (Iceberg)
+    if summary.nothing_new:
+        return [f"nothing new to label at {summary.output}: every input file was labelled by a committed run"]
     if summary.already_complete:
         if table:
             return [f"{table.table} already holds run {summary.run_id} ({commit}); nothing to do"]

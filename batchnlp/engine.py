@@ -65,6 +65,11 @@ class BatchStats:
         self.first_output_at = min(firsts, default=None)
 
 
+def default_tokens_per_batch(device: str, precision: str) -> int:
+    """The token budget of a batch when none is given (:data:`DEFAULT_TOKENS_PER_BATCH`, int8's own)."""
+    return INT8_TOKENS_PER_BATCH if precision == "int8" else DEFAULT_TOKENS_PER_BATCH[device]
+
+
 def choose(device: str, precision: str, *, cuda: bool, cuda_bf16: bool) -> tuple[str, str]:
     """Turn ``auto`` into concrete choices, refusing combinations that cannot run.
 
@@ -119,12 +124,10 @@ class Engine:
         self, device: str, precision: str, tokens_per_batch: int | None = None, rescore_margin: float | None = None
     ) -> None:
         self.device, self.precision = resolve(device, precision)
-        int8 = self.precision == "int8"
-        self.tokens_per_batch = tokens_per_batch or (
-            INT8_TOKENS_PER_BATCH if int8 else DEFAULT_TOKENS_PER_BATCH[self.device]
-        )
+        self.tokens_per_batch = tokens_per_batch or default_tokens_per_batch(self.device, self.precision)
         # Which int8 results are too close to call, so that a task runs them again in fp32 (reference()).
-        self.rescore_margin = (DEFAULT_RESCORE_MARGIN if rescore_margin is None else rescore_margin) if int8 else 0.0
+        margin = DEFAULT_RESCORE_MARGIN if rescore_margin is None else rescore_margin
+        self.rescore_margin = margin if self.precision == "int8" else 0.0
         # Tensor cores want widths in multiples of 8; a CPU's vector units gain nothing from
         # padding, so there every padded token would be wasted work.
         self.pad_multiple = 8 if self.device == "cuda" else 1

@@ -38,7 +38,7 @@ from typing import Any
 import pyarrow as pa
 
 from batchnlp.batching import PAD_MULTIPLE, token_budget_batches
-from batchnlp.engine import DEFAULT_TOKENS_PER_BATCH, choose
+from batchnlp.engine import choose, default_tokens_per_batch
 from batchnlp.errors import ModelError, SpecError
 from batchnlp.formats import WorkUnit, jsonl, read_unit
 from batchnlp.plan import Plan
@@ -289,8 +289,12 @@ class TokenCounter:
 
     def __init__(self, device: str, precision: str, tokens_per_batch: int | None) -> None:
         self.device, self.precision = device, precision
-        self.tokens_per_batch = tokens_per_batch or DEFAULT_TOKENS_PER_BATCH[device]
+        self.tokens_per_batch = tokens_per_batch or default_tokens_per_batch(device, precision)
         self.pad_multiple = PAD_MULTIPLE if device == "cuda" else 1  # as Engine pads
+
+    def reference(self, directory: Path, ref: str, loader: Any) -> None:
+        """No int8 rows are rescored when only tokens are counted."""
+        return None
 
     def load(self, directory: Path, ref: str, loader: Any) -> tuple[Any, Any]:
         from transformers import AutoConfig, AutoTokenizer

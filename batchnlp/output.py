@@ -25,19 +25,21 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from batchnlp.commit import REJECTED, Committer, sha256
+from batchnlp.commit import REJECTED, SUCCESS, Committer, sha256
 from batchnlp.errors import OutputError
 from batchnlp.formats import BadLine, WorkUnit
 from batchnlp.formats.hive import directory
 from batchnlp.record import Manifest, decode_schema
 from batchnlp.redaction import redact_url
-from batchnlp.storage import Location, write_atomic
+from batchnlp.storage import Location, storage_errors, write_atomic
 
 if TYPE_CHECKING:
     from batchnlp.spec import JobSpec
     from batchnlp.tables.base import Commit, TableSink
 
 logger = logging.getLogger(__name__)
+
+INCREMENTAL_RUN = "run_id"  # --incremental part files: OUTPUT/run_id=<ID>/, a partition column for readers
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,10 @@ class Output(ABC):
         """A run sealed by an earlier attempt that only needs :meth:`commit` (a table's); else None."""
         return None
 
+    @abstractmethod
+    def covered_runs(self) -> list[Manifest]:
+        """The other runs committed here, whose input an ``--incremental`` run leaves out (batchnlp.incremental)."""
+
     # Worker.
 
     def write(self, unit: WorkUnit, table: pa.Table, metadata: dict[str, Any], bad_lines: list[BadLine]) -> Written:
@@ -123,8 +129,22 @@ class FilesOutput(Output):
     """Part files (Parquet, Arrow IPC, JSON Lines) under OUTPUT, trusted once ``_SUCCESS`` is there."""
 
     def prepare(self) -> Output:
+        run_id = self.spec.run_id or new_run_id()
         location = Location(self.spec.output, self.spec.storage_options)
-        return dataclasses.replace(self, run_id=self.spec.run_id or new_run_id(), location=location)
+        if self.spec.incremental:  # each run a part set of its own: OUTPUT/run_id=ID/ (Hive-style)
+            location = Location(location.url.rstrip("/") + f"/{INCREMENTAL_RUN}={run_id}", location.storage_options)
+        return dataclasses.replace(self, run_id=run_id, location=location)
+
+    def covered_runs(self) -> list[Manifest]:
+        root = Location(self.spec.output, self.spec.storage_options)
+        fs, path = root.split()
+        with storage_errors("list", root.display()):
+            sealed = fs.glob(f"{path.rstrip('/')}/{INCREMENTAL_RUN}=*/{SUCCESS}")
+        runs = [
+            Committer(Location(fs.unstrip_protocol(marker.rsplit("/", 1)[0]), root.storage_options))
+            for marker in sealed
+        ]
+        return [m for m in (committer.read_manifest() for committer in runs) if m.run_id != self.run_id]
 
     def completed(self, committer: Committer, job: dict[str, Any], listing: list[dict[str, Any]]) -> Manifest | None:
         """OUTPUT holds this run committed: asked to resume, named by its run id, or (no id given) the
@@ -201,6 +221,21 @@ class TableOutput(Output):
     def sealed(self, committer: Committer) -> Manifest | None:
         """Files sealed, but the table commit died with its driver: commit them now."""
         return committer.read_manifest() if committer.finished() else None
+
+    def covered_runs(self) -> list[Manifest]:
+        """Runs staged here whose table commit happened (a staged run without one covers nothing)."""
+        from batchnlp.tables.base import RUNS
+
+        root = self.sink.root()
+        fs, path = root.split()
+        with storage_errors("list", root.display()):
+            sealed = fs.glob(f"{path.rstrip('/')}/{RUNS}/*/{SUCCESS}")
+        runs = [marker.rsplit("/", 2)[-2] for marker in sealed]
+        return [
+            Committer(self.sink.staging(run_id)).read_manifest()
+            for run_id in runs
+            if run_id != self.run_id and self.sink.committed(run_id) is not None
+        ]
 
     def commit(self, committer: Committer, manifest: Manifest) -> Commit:
         from batchnlp.tables import data_files

@@ -17,6 +17,8 @@ import pyarrow as pa
 from batchnlp.cluster import local_layout
 from batchnlp.errors import InputError
 from batchnlp.formats import Partitioning, WorkUnit, detect_format, plan_units
+from batchnlp.incremental import select
+from batchnlp.record import Manifest
 from batchnlp.spec import TABLE_FORMATS, JobSpec
 from batchnlp.storage import InputFile, Location, list_input
 from batchnlp.tables import read_table
@@ -36,6 +38,7 @@ class Plan:
     rows_per_unit: int
     partitioning: Partitioning | None = None  # Hive key=value directories below the input root, or a Delta log's
     table: dict[str, Any] | None = None  # Delta/Iceberg input: the table and the version/snapshot read
+    incremental: dict[str, Any] | None = None  # --incremental: what was new, replaced, gone (Selection.record)
 
     @property
     def fingerprint(self) -> str:
@@ -50,9 +53,12 @@ class Plan:
         return [{"path": self.source.display(f.path), "size": f.size, "etag": f.etag} for f in self.files]
 
 
-def plan(spec: JobSpec, rows_per_unit: int | None = None, shards: int = 1) -> Plan:
+def plan(
+    spec: JobSpec, rows_per_unit: int | None = None, shards: int = 1, covered: list[Manifest] | None = None
+) -> Plan:
     """Units for ``spec``; ``rows_per_unit`` (an interrupted run's) overrides automatic sizing.
-    ``shards``: the machines that share the units (each with the workers this one has)."""
+    ``shards``: the machines that share the units (each with the workers this one has). ``covered``:
+    with ``--incremental``, the committed runs whose input files are left out."""
     options, table, values = spec.read_options, None, None
     if spec.input_format in TABLE_FORMATS:  # the table's data files at one version, all Parquet
         snapshot = read_table(spec)
@@ -62,6 +68,12 @@ def plan(spec: JobSpec, rows_per_unit: int | None = None, shards: int = 1) -> Pl
         source = Location(spec.input, spec.storage_options)
         files = list_input(source)
         fmt = detect_format(files, spec.input_format)
+    selection = None
+    if spec.incremental:
+        selection = select(files, source.display, covered or [])
+        files = selection.files
+        if not files:  # nothing new: no units, and nothing to read a schema from
+            return Plan(source, [], fmt, [], None, 0, None, table, selection.record())
     if spec.scheduler:
         workers = spec.workers or EXTERNAL_WORKERS_GUESS
     else:
@@ -69,7 +81,8 @@ def plan(spec: JobSpec, rows_per_unit: int | None = None, shards: int = 1) -> Pl
     rows = spec.rows_per_partition or rows_per_unit
     unit_plan = plan_units(source, files, fmt, rows, options, workers * shards, table is None, values)
     units, schema, partitioning = unit_plan.units, unit_plan.schema, unit_plan.partitioning
-    return Plan(source, files, fmt, units, schema, unit_plan.rows_per_unit, partitioning, table)
+    incremental = selection.record() if selection else None
+    return Plan(source, files, fmt, units, schema, unit_plan.rows_per_unit, partitioning, table, incremental)
 
 
 def check_columns(spec: JobSpec, schema: pa.Schema) -> None:

@@ -61,6 +61,7 @@ class RunSummary:
     manifest: Manifest | None = None  # None: a table holds the run, its staging manifest is gone
     table: Commit | None = None  # Delta/Iceberg output: the table, its version, committed now or before
     shard: Shard | None = None  # one shard of a sharded run: its parts written, nothing committed
+    nothing_new: bool = False  # --incremental: every input file was labelled by a committed run already
 
     @property
     def rows_per_second(self) -> float:
@@ -89,7 +90,10 @@ def run(
     spec = replace(spec, mode=output.mode(committer))
     # Automatic unit sizing depends on the machine: a resumed run reuses the interrupted one's.
     previous = committer.previous_job() if spec.mode == "resume" else None
-    job_plan = plan(spec, previous.get("rows_per_unit") if previous else None)
+    covered = output.covered_runs() if spec.incremental else None
+    job_plan = plan(spec, previous.get("rows_per_unit") if previous else None, covered=covered)
+    if not job_plan.units:  # an incremental run with nothing new: no run to commit
+        return _nothing_new(spec, output, job_plan, time.perf_counter() - started)
     estimating = Estimating(spec, job_plan)  # on a thread, while the workers start
     if job_plan.schema is not None:  # Parquet: known now, before any worker starts
         check_schema(spec, job_plan.schema, output)
@@ -121,6 +125,18 @@ def run(
         return RunSummary(
             output.location.display(), output.run_id, manifest.totals, wall, units_run, kept, False, manifest, table
         )
+
+
+def _nothing_new(spec: JobSpec, output: Output, job_plan: Plan, wall: float) -> RunSummary:
+    """An incremental run whose input every committed run already covers: nothing runs, nothing commits."""
+    runs = (job_plan.incremental or {}).get("covered_by", [])
+    logger.info(
+        "nothing new to label: every input file was labelled by run %s",
+        ", ".join(runs[-3:]) or "?",
+        extra={"event": "nothing_new", "run_id": output.run_id, "covered_by": runs},
+    )
+    where = Location(spec.output, spec.storage_options).display()  # OUTPUT, not this run's own directory
+    return RunSummary(where, output.run_id, Totals(), wall, 0, 0, True, nothing_new=True)
 
 
 class Estimating:
@@ -413,6 +429,7 @@ def _manifest(
         input={
             "format": job_plan.format,
             **({"table": job_plan.table} if job_plan.table else {}),
+            **({"incremental": job_plan.incremental} if job_plan.incremental else {}),
             "partitions": {f.name: str(f.type) for f in job_plan.partitioning.schema} if job_plan.partitioning else {},
             "files": job_plan.listing,
         },

@@ -138,7 +138,13 @@ def _store_new_plan(
             f"{output.location.display()} holds the unfinished run {previous.get('run_id')}, not planned as shards; "
             "finish it with batchnlp run --resume, or write the shards to another OUTPUT"
         )
-    job_plan = plan(spec, shards=shard.count)  # units sized so that every shard's workers are kept busy
+    covered = output.covered_runs() if spec.incremental else None
+    job_plan = plan(spec, shards=shard.count, covered=covered)  # units sized to keep every shard's workers busy
+    if not job_plan.units:
+        raise OutputError(
+            f"nothing new to label for run {output.run_id}: every input file was labelled by a committed run; "
+            "no shard needs to run"
+        )
     schema = job_plan.schema
     if schema is None:
         schema = unified_schema(

@@ -103,6 +103,7 @@ class StoredPlan:
             if p.partitioning is None
             else {"root": p.partitioning.root, "schema": encode_schema(p.partitioning.schema)},
             "table": p.table,
+            "incremental": p.incremental,
         }
 
     @classmethod
@@ -119,6 +120,7 @@ class StoredPlan:
             if partitioning is None
             else Partitioning(partitioning["root"], decode_schema(partitioning["schema"])),
             table=record["table"],
+            incremental=record.get("incremental"),
         )
         return cls(plan, record["job"], record["shards"])
 

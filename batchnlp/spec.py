@@ -95,6 +95,7 @@ class JobSpec:
     storage_options: Mapping[str, str] = field(default_factory=dict)
     mode: WriteMode = "new"
     break_lock: bool = False  # take OUTPUT even if another run's lock says it is writing there
+    incremental: bool = False  # label only input files no committed run at OUTPUT read (batchnlp.incremental)
     run_id: str | None = None  # names the run; None: generated. A committed run of this id is not redone.
     catalog: str = DEFAULT_CATALOG  # Iceberg: the pyiceberg catalog holding INPUT/OUTPUT tables
     catalog_options: Mapping[str, str] = field(default_factory=dict)  # its properties, over its configuration
@@ -168,6 +169,13 @@ class JobSpec:
                 values["lock_owner"] = s["lock_owner"]
             else:
                 problems.append(f"lock_owner must be 1-128 of letters, digits and . _ : -, got {s['lock_owner']!r}")
+        if "incremental" in s:
+            if not isinstance(s["incremental"], bool):
+                problems.append(f"incremental must be true or false, got {s['incremental']!r}")
+            elif s["incremental"] and mode == "overwrite":
+                problems.append("--incremental adds a run beside the earlier ones; --overwrite would delete them")
+            else:
+                values["incremental"] = s["incremental"]
         if "break_lock" in s:
             if isinstance(s["break_lock"], bool):
                 values["break_lock"] = s["break_lock"]
@@ -224,6 +232,7 @@ class JobSpec:
             ("catalog", DEFAULT_CATALOG),
             ("table_version", None),
             ("rescore_margin", None),
+            ("incremental", False),
         ):
             if relevant[later] == unset:
                 relevant.pop(later)
