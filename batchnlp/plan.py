@@ -17,7 +17,7 @@ import pyarrow as pa
 from batchnlp.cluster import local_layout
 from batchnlp.errors import InputError
 from batchnlp.formats import Partitioning, WorkUnit, detect_format, plan_units
-from batchnlp.incremental import select
+from batchnlp.incremental import select, table_rewrites
 from batchnlp.record import Manifest
 from batchnlp.spec import TABLE_FORMATS, JobSpec
 from batchnlp.storage import InputFile, Location, list_input
@@ -66,11 +66,14 @@ def plan(
         options, values = replace(options, partitioning=snapshot.partitioning), snapshot.partition_values
     else:
         source = Location(spec.input, spec.storage_options)
+        if spec.incremental:  # a listing cached by an earlier run in this process would hide new files
+            source.fs.invalidate_cache()
         files = list_input(source)
         fmt = detect_format(files, spec.input_format)
     selection = None
     if spec.incremental:
-        selection = select(files, source.display, covered or [])
+        rewrites = table_rewrites(spec, table, covered or []) if table else []
+        selection = select(files, source.display, covered or [], rewrites)
         files = selection.files
         if not files:  # nothing new: no units, and nothing to read a schema from
             return Plan(source, [], fmt, [], None, 0, None, table, selection.record())

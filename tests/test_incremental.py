@@ -121,3 +121,93 @@ def test_selection_compares_size_and_etag_with_the_latest_run_that_read_a_path()
 def test_incremental_and_overwrite_exclude_each_other(tmp_path):
     result = CliRunner().invoke(main, ["run", str(tmp_path), str(tmp_path / "o"), "--incremental", "--overwrite"])
     assert result.exit_code == 2 and "--overwrite would delete them" in result.output
+
+
+def test_a_delta_compaction_of_labelled_files_is_not_labelled_again(tiny_model, scheduler, tmp_path):
+    from deltalake import DeltaTable
+
+    job = cli_job(tiny_model, scheduler)
+    source, out = str(tmp_path / "reviews"), tmp_path / "out"
+    flags = ["--incremental", "--input-format", "delta"]
+
+    def append(ids: range) -> None:
+        write_deltalake(source, pa.table({"id": list(ids), "text": [f"review {i}" for i in ids]}), mode="append")
+
+    append(range(10))
+    append(range(10, 15))
+    assert job(source, out, *flags, "--run-id", "d1").exit_code == 0
+    DeltaTable(source).optimize.compact()  # OPTIMIZE: one file of the 15 labelled rows (dataChange false)
+    append(range(20, 24))
+    second = job(source, out, *flags, "--run-id", "d2")
+    assert second.exit_code == 0 and "gone from the input" not in second.output
+    record = json.loads((out / "run_id=d2" / "_manifest.json").read_text())["input"]["incremental"]
+    assert len(record["rewritten"]) == 1 and record["deleted"] == {} and record["already_labelled"] == 1
+    assert labelled(out)["id"].to_pylist().count(3) == 1
+
+    nothing = job(source, out, *flags, "--run-id", "d3")  # the compacted file counts as labelled from d2's record
+    assert "nothing new to label" in nothing.output
+
+    append(range(30, 32))
+    DeltaTable(source).optimize.compact()  # takes in rows no run labelled: its file is labelled, never skipped
+    fourth = job(source, out, *flags, "--run-id", "d4")
+    assert fourth.exit_code == 0 and "2 input files gone from the input" in fourth.output
+    latest = labelled(out).filter(pa.compute.equal(labelled(out)["run_id"], "d4"))
+    assert sorted(latest["id"].to_pylist()) == [*range(15), *range(20, 24), 30, 31]
+
+
+def test_a_rewrite_hands_coverage_on_only_when_every_file_it_replaced_was_labelled():
+    from batchnlp.incremental import select
+    from batchnlp.tables.delta import Rewrite
+
+    run = manifest("r1")
+    run.input = {"files": [{"path": "a", "size": 1, "etag": None}, {"path": "b", "size": 2, "etag": None}]}
+    compacted = Rewrite(2, frozenset({"a", "b"}), {"ab": 3})
+    chosen = select([InputFile("ab", 3)], lambda path: path, [run], [compacted])
+    assert (chosen.files, chosen.deleted, chosen.rewritten) == ([], {}, [{"path": "ab", "size": 3, "etag": None}])
+
+    with_new = Rewrite(3, frozenset({"ab", "c"}), {"abc": 6})  # c was never labelled
+    chosen = select([InputFile("abc", 6)], lambda path: path, [run], [compacted, with_new])
+    assert [f.path for f in chosen.files] == ["abc"] and chosen.deleted == {"ab": "r1"}
+
+
+def test_an_iceberg_input_labels_only_data_files_appended_since_the_last_run(tiny_model, scheduler, tmp_path):
+    from batchnlp.tables.iceberg import load
+
+    options = {"type": "sql", "uri": f"sqlite:///{tmp_path / 'catalog.db'}", "warehouse": (tmp_path / "wh").as_uri()}
+    catalog = load("lake", options)
+    catalog.create_namespace("lake")
+    rows = pa.table({"id": pa.array(range(6), pa.int64()), "text": [f"old {i}" for i in range(6)]})
+    table = catalog.create_table("lake.reviews", rows.schema)
+    table.append(rows)
+    job = cli_job(tiny_model, scheduler)
+    flags = ["--incremental", "--input-format", "iceberg", "--catalog", "lake"]
+    flags += [f for k, v in options.items() for f in ("--catalog-option", f"{k}={v}")]
+    out = tmp_path / "out"
+    assert job("lake.reviews", out, *flags, "--run-id", "d1").exit_code == 0
+    table.append(pa.table({"id": pa.array([6, 7], pa.int64()), "text": ["new 6", "new 7"]}))
+    assert job("lake.reviews", out, *flags, "--run-id", "d2").exit_code == 0
+    assert sorted(labelled(out)["id"].to_pylist()) == list(range(8))  # each row once over both runs
+    recorded = json.loads((out / "run_id=d2" / "_manifest.json").read_text())["input"]
+    assert recorded["table"]["snapshot_id"] == table.refresh().current_snapshot().snapshot_id
+    assert recorded["incremental"]["already_labelled"] == 1 and len(recorded["files"]) == 1
+
+
+def test_incremental_runs_over_s3_see_a_file_replaced_at_the_same_size(s3, bucket, tiny_model, scheduler):
+    import s3fs
+
+    def put(key: str, text: str) -> None:
+        s3.put_object(Bucket=bucket, Key=key, Body=(json.dumps({"id": 1, "text": text}) + "\n").encode())
+
+    put("in/a.jsonl", "good")
+    put("in/b.jsonl", "fine")
+    job = cli_job(tiny_model, scheduler)
+    source, out = f"s3://{bucket}/in/", f"s3://{bucket}/out"
+    assert job(source, out, "--incremental", "--run-id", "d1").exit_code == 0
+    put("in/b.jsonl", "bad!")  # same size, another ETag
+    put("in/c.jsonl", "new")
+    second = job(source, out, "--incremental", "--run-id", "d2")
+    assert second.exit_code == 0, second.output
+    assert f"s3://{bucket}/in/b.jsonl (run d1)" in second.output
+    record = json.loads(s3fs.S3FileSystem().cat_file(f"{bucket}/out/run_id=d2/_manifest.json"))["input"]
+    assert sorted(f["path"].rsplit("/", 1)[1] for f in record["files"]) == ["b.jsonl", "c.jsonl"]
+    assert record["incremental"]["replaced"] == {f"s3://{bucket}/in/b.jsonl": "d1"}

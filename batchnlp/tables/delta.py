@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -145,8 +146,7 @@ def read_snapshot(location: Location, version: int | None) -> TableFiles:
     partition_columns = list(table.metadata().partition_columns)
     files, values = [], {}
     for action in actions:
-        path = action["path"]
-        path = fs._strip_protocol(path) if "://" in path else f"{root.rstrip('/')}/{path}"
+        path = _log_path(fs, root.rstrip("/"), action["path"])
         files.append(InputFile(path, int(action["size_bytes"]), None))
         values[path] = {c: _text(action.get(f"partition.{c}")) for c in partition_columns}
     if not files:
@@ -159,6 +159,47 @@ def read_snapshot(location: Location, version: int | None) -> TableFiles:
         partitioning = Partitioning("", schema)
     described = {"format": "delta", "table": location.display(), "version": table.version()}
     return TableFiles(location, files, partitioning, values if partitioning else {}, described)
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """A commit that moved rows between data files without changing them (``dataChange: false``:
+    OPTIMIZE, Z-order): the rows of the files it added are those of the files it removed."""
+
+    version: int
+    removed: frozenset[str]  # fsspec paths, as :func:`read_snapshot` names files
+    added: dict[str, int]  # fsspec path → size in bytes
+
+
+def rewrites(location: Location, after: int, upto: int) -> list[Rewrite] | None:
+    """The commits of versions ``after`` + 1 … ``upto`` that only rewrote files, oldest first, read from
+    the log's JSON entries as Delta's streaming source reads them; None when one of those entries is
+    gone (log cleanup), so which files are rewrites cannot be told."""
+    fs, root = location.split()
+    root = root.rstrip("/")
+    found = []
+    for version in range(after + 1, upto + 1):
+        try:
+            with fs.open(f"{root}/_delta_log/{version:020d}.json", "rb") as entry:
+                actions = [json.loads(line) for line in entry.read().splitlines() if line.strip()]
+        except FileNotFoundError:
+            return None
+        removed = {_log_path(fs, root, a["remove"]["path"]) for a in actions if _rewrite(a.get("remove"))}
+        adds = [a["add"] for a in actions if _rewrite(a.get("add"))]
+        added = {_log_path(fs, root, add["path"]): int(add["size"]) for add in adds}
+        if removed or added:
+            found.append(Rewrite(version, frozenset(removed), added))
+    return found
+
+
+def _rewrite(action: dict[str, Any] | None) -> bool:
+    return action is not None and action.get("dataChange") is False
+
+
+def _log_path(fs: Any, root: str, path: str) -> str:
+    """A log entry's file path (relative to the table, or absolute) as an fsspec path: one rule for
+    :func:`read_snapshot` and :func:`rewrites`, so that their paths compare."""
+    return fs._strip_protocol(path) if "://" in path else f"{root}/{path}"
 
 
 def storage_options(location: Location) -> dict[str, str]:
