@@ -183,9 +183,12 @@ def _sample_lines(spec: JobSpec, source: Location, units: list[WorkUnit], size: 
     fs = source.fs
     for url, positions in by_file.items():
         path = fs._strip_protocol(url)
+        parsed: dict[int, dict[str, Any] | None] = {}  # a long line holds many offsets: parse (and count) it once
         for start, raw in _lines_around(fs, path, ends[url], positions):
+            if start not in parsed:
+                parsed[start] = _parsed_row(spec, fs, path, start, raw)
             stratum.sizes.append(float(len(raw)))
-            stratum.rows.append(_parsed_row(spec, fs, path, start, raw))
+            stratum.rows.append(parsed[start])
     return stratum
 
 
@@ -507,7 +510,8 @@ def estimate_from_plan(
     parameters = 0
     with _tasks(spec, counter) as built:
         for task_spec, task in built:
-            per_item = {id(s): [_lengths(task, row, spec) for row in s.rows] for s in sample.strata}
+            counted: dict[int, list[int]] = {}  # by row object: a line drawn many times is tokenised once
+            per_item = {id(s): [_counted(counted, task, row, spec) for row in s.rows] for s in sample.strata}
             tokens = sample.total(lambda s, per_item=per_item: [float(sum(n)) for n in per_item[id(s)]])
             kept = [n for lengths in per_item.values() for n in lengths if n]
             padded = tokens.scaled(padded_share(kept, unit_rows, counter))
@@ -544,6 +548,12 @@ def _workers(spec: JobSpec, device: str) -> int:
     if spec.scheduler:
         return spec.workers or EXTERNAL_WORKERS_GUESS
     return local_layout(spec.workers, device).workers
+
+
+def _counted(counted: dict[int, list[int]], task: Any, row: dict[str, Any] | None, spec: JobSpec) -> list[int]:
+    if id(row) not in counted:
+        counted[id(row)] = _lengths(task, row, spec)
+    return counted[id(row)]
 
 
 def _lengths(task: Any, row: dict[str, Any] | None, spec: JobSpec) -> list[int]:

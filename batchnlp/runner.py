@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -45,6 +45,8 @@ from batchnlp.version import __version__
 from batchnlp.worker import ModelPlugin, ModelSettings, UnitJob, guarded, run_unit
 
 logger = logging.getLogger(__name__)
+
+ESTIMATE_WAIT_SECONDS = 30.0  # how long a finished run waits for its estimate (Estimating)
 
 
 @dataclass
@@ -141,19 +143,28 @@ def _nothing_new(spec: JobSpec, output: Output, job_plan: Plan, wall: float) -> 
 
 class Estimating:
     """The plan's estimate (:func:`batchnlp.estimate.estimate_from_plan`: rows, tokens, padding, time),
-    worked out on a thread while the run goes on. It only informs the report: a failure warns."""
+    worked out on a daemon thread while the run goes on. It only informs the report: a failure
+    warns, and a run never waits for it more than :data:`ESTIMATE_WAIT_SECONDS` after its last unit."""
 
     def __init__(self, spec: JobSpec, job_plan: Plan) -> None:
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="batchnlp-estimate")
-        self._future = self._pool.submit(_estimate, spec, job_plan)
-        self._pool.shutdown(wait=False)
+        self._result: dict[str, Any] | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, args=(spec, job_plan), name="batchnlp-estimate", daemon=True)
+        self._thread.start()
+
+    def _work(self, spec: JobSpec, job_plan: Plan) -> None:
+        try:
+            self._result = _estimate(spec, job_plan)
+        except Exception as e:  # reported by result(): an estimate must never fail a run
+            self._error = e
 
     def result(self) -> dict[str, Any] | None:
-        try:
-            return self._future.result()
-        except Exception as e:  # an estimate must never fail a run
-            logger.warning("no estimate for the report: %s: %s", type(e).__name__, e)
-            return None
+        self._thread.join(ESTIMATE_WAIT_SECONDS)
+        if self._thread.is_alive():
+            logger.warning("no estimate for the report: still estimating %.0f s after the run", ESTIMATE_WAIT_SECONDS)
+        elif self._error is not None:
+            logger.warning("no estimate for the report: %s: %s", type(self._error).__name__, self._error)
+        return self._result
 
 
 def _estimate(spec: JobSpec, job_plan: Plan) -> dict[str, Any]:
