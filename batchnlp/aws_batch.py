@@ -45,7 +45,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from batchnlp import redaction
+from batchnlp import child_worker, redaction
 from batchnlp.cluster import Layout, local_layout, start_local_cluster
 from batchnlp.errors import JobFailed, SpecError
 
@@ -227,7 +227,12 @@ async def _serve_child(role: NodeRole, layout: Layout, address: str, host: str |
     await _wait_for_scheduler(address, deadline)
     nanny_class = _child_nanny_class()
     nannies = [
-        nanny_class(address, host=host, death_timeout=max(1.0, deadline - time.monotonic()), **options)
+        nanny_class(
+            address,
+            host=host,
+            death_timeout=max(1.0, deadline - time.monotonic()),
+            **{**options, "preload": [*options["preload"], child_worker.__name__]},
+        )
         for options in worker_options(role, layout).values()
     ]
     try:

@@ -259,9 +259,17 @@ def test_too_many_bad_lines_commit_nothing_exit_3_and_resume_with_a_higher_limit
     assert (out / "_SUCCESS").exists()
 
 
-def test_a_hung_unit_is_detected_and_rerun_on_a_restarted_worker(tmp_path, s3, bucket, tiny_model, s3_proxy):
+def test_a_hung_unit_is_detected_and_rerun_on_a_restarted_worker(
+    tmp_path, s3, bucket, tiny_model, s3_proxy, monkeypatch
+):
     """A read that never answers (the proxy holds it; a user's long read timeout keeps botocore waiting)."""
     import pyarrow as pa
+
+    from batchnlp import runner
+
+    # The report's estimate reads sample units on the driver at the same time as the workers: it
+    # would take the one delayed answer meant for a worker's read (and wait 30 s for it at the end).
+    monkeypatch.setattr(runner, "_estimate", lambda spec, job_plan: {})
     import pyarrow.parquet as pq
 
     local = tmp_path / "in"
