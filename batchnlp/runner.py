@@ -94,7 +94,7 @@ def run(
     previous = committer.previous_job() if spec.mode == "resume" else None
     covered = output.covered_runs() if spec.incremental else None
     job_plan = plan(spec, previous.get("rows_per_unit") if previous else None, covered=covered)
-    if not job_plan.units:  # an incremental run with nothing new: no run to commit
+    if spec.incremental and not job_plan.units:  # nothing new: no run to commit (an empty input commits)
         return _nothing_new(spec, output, job_plan, time.perf_counter() - started)
     estimating = Estimating(spec, job_plan)  # on a thread, while the workers start
     if job_plan.schema is not None:  # Parquet: known now, before any worker starts

@@ -41,3 +41,25 @@ def test_long_contexts_on_two_workers_make_no_empty_unit(tmp_path, qa_model, tin
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     assert [part["rows"] > 0 for part in manifest["parts"]] == [True] * len(manifest["parts"])
     assert manifest["totals"]["rows_out"] == ROWS and manifest["totals"]["rejected"] == 0
+
+
+@pytest.mark.parametrize("name", ["empty.jsonl", "empty.parquet"])
+def test_an_empty_input_commits_an_empty_output(tmp_path, tiny_model, name):
+    """A night whose input file is empty still ends in a commit (downstream jobs wait on _SUCCESS),
+    not in an incremental run's "nothing new" exit."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source = tmp_path / name
+    if name.endswith(".parquet"):
+        pq.write_table(pa.table({"id": pa.array([], pa.int64()), "text": pa.array([], pa.string())}), source)
+    else:
+        source.write_text("")
+    out = tmp_path / "out"
+    flags = ["--task", "sentiment", "--model", f"sentiment={tiny_model}", "--workers", "1"]
+    result = CliRunner().invoke(main, ["run", str(source), str(out), *flags])
+    assert result.exit_code == 0, result.output
+    assert "nothing new" not in result.output
+    assert (out / "_SUCCESS").exists()
+    totals = json.loads((out / "_manifest.json").read_text())["totals"]
+    assert totals["rows_in"] == totals["rows_out"] == totals["parts"] == 0
