@@ -140,7 +140,7 @@ def _store_new_plan(
         )
     covered = output.covered_runs() if spec.incremental else None
     job_plan = plan(spec, shards=shard.count, covered=covered)  # units sized to keep every shard's workers busy
-    if not job_plan.units:
+    if spec.incremental and not job_plan.units:  # an empty input is planned and committed as an empty run
         raise OutputError(
             f"nothing new to label for run {output.run_id}: every input file was labelled by a committed run; "
             "no shard needs to run"

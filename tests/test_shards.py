@@ -258,3 +258,13 @@ def test_shards_on_s3_share_one_stored_plan(shard_job, bucket, s3):
     assert done.exit_code == 0, done.output
     manifest = json.loads(s3.get_object(Bucket=bucket, Key="labelled/night-1/_manifest.json")["Body"].read())
     assert manifest["totals"]["rows_out"] == ROWS and manifest["run_id"] == "night-1"
+
+
+def test_shards_of_an_empty_input_commit_an_empty_run(shard_job, source, tmp_path):
+    source.write_text("")  # a night with nothing in it still commits: downstream jobs wait on _SUCCESS
+    for index in range(2):
+        result = shard_job(index, 2)
+        assert result.exit_code == 0, result.output
+    result = commit(tmp_path / "out", "--run-id", "night-1")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "out" / "_manifest.json").read_text())["totals"]["rows_out"] == 0
