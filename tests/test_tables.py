@@ -33,18 +33,32 @@ ROWS = [{"id": i, "text": f"review {i}: {'great' if i % 3 else 'awful'} product"
 @pytest.fixture(scope="module")
 def lake_s3() -> Iterator[ServerProcess]:
     """moto behind the fault proxy in a child process; the AWS variables point at it for the module."""
-    import s3fs
 
     saved = dict(os.environ)
     os.environ.update(S3_ENV)
     server = ServerProcess()
     os.environ["AWS_ENDPOINT_URL"] = server.endpoint
-    s3fs.S3FileSystem.clear_instance_cache()  # cached filesystems still know the session's server
+    drop_cached_filesystems()  # cached filesystems still know the session's server
     yield server
     server.stop()
     os.environ.clear()
     os.environ.update(saved)
+    drop_cached_filesystems()
+
+
+def drop_cached_filesystems() -> None:
+    """Forget s3fs's cached instances, and finalise them here and now.
+
+    They sit in reference cycles: left to the cyclic collector, one may be finalised on the Dask
+    client's event-loop thread of a later test, where s3fs closes its session as a task of that
+    loop instead of its own ("Task exception was never retrieved ... attached to a different loop")
+    and the job's output shows the traceback."""
+    import gc
+
+    import s3fs
+
     s3fs.S3FileSystem.clear_instance_cache()
+    gc.collect()
 
 
 @pytest.fixture(scope="module")
