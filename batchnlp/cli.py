@@ -101,6 +101,21 @@ def main() -> None:
     """Batch DistilBERT annotation of JSONL and Parquet data on a Dask cluster."""
 
 
+# How a command logs: run, commit and distill alike.
+LOG_OPTIONS = [
+    click.option("-v", "--verbose", is_flag=True, help="Debug logging (credentials stay masked)."),
+    click.option("-q", "--quiet", is_flag=True, help="Only errors: no progress, no summary."),
+    click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        help="Log lines on stderr: text, or one JSON object per line (time, level, logger, event, run_id, unit, "
+        "counts) for CloudWatch and other log stores; json also replaces the progress bar with progress events. "
+        "Example: --log-format json",
+    ),
+]
+
 # The settings of a job, as flags: `run` takes them all, `plan` the same (it plans what `run` would run).
 JOB_OPTIONS = [
     click.option(
@@ -128,6 +143,13 @@ JOB_OPTIONS = [
         "--top-k",
         type=click.IntRange(min=MINIMUMS["top_k"]),
         help="classify: also keep the N best labels in a top_k list. Example: --top-k 3",
+    ),
+    click.option(
+        "--keep-probs",
+        is_flag=True,
+        default=None,
+        help="classify, sentiment: also write every label's probability (probs: list<float>, label order in the "
+        "field's metadata), the soft labels batchnlp distill trains a student on. Example: --keep-probs",
     ),
     click.option(
         "--question",
@@ -322,23 +344,22 @@ JOB_OPTIONS = [
         help="Name the run (manifest, lock, logs). Default: generated. Rerunning a committed run's id exits 0 "
         "without redoing it, so a retried scheduled job is harmless. Example: --run-id 2026-11-24",
     ),
-    click.option("-v", "--verbose", is_flag=True, help="Debug logging (credentials stay masked)."),
-    click.option("-q", "--quiet", is_flag=True, help="Only errors: no progress, no summary."),
-    click.option(
-        "--log-format",
-        type=click.Choice(["text", "json"]),
-        default="text",
-        show_default=True,
-        help="Log lines on stderr: text, or one JSON object per line (time, level, logger, event, run_id, unit, "
-        "counts) for CloudWatch and other log stores; json also replaces the progress bar with progress events. "
-        "Example: --log-format json",
-    ),
+    *LOG_OPTIONS,
 ]
 
 
 def job_options(command: Any) -> Any:
     """Decorate ``command`` with :data:`JOB_OPTIONS`, in the order ``--help`` lists them."""
-    for option in reversed(JOB_OPTIONS):
+    return _with(JOB_OPTIONS, command)
+
+
+def log_options(command: Any) -> Any:
+    """Decorate ``command`` with :data:`LOG_OPTIONS` (``-v``, ``-q``, ``--log-format``)."""
+    return _with(LOG_OPTIONS, command)
+
+
+def _with(options: list[Any], command: Any) -> Any:
+    for option in reversed(options):
         command = option(command)
     return command
 
@@ -449,15 +470,7 @@ def _shard(shard: str | None, shards: int | None) -> Any:
 )
 @click.option("--storage-option", multiple=True, type=KeyValue(), metavar="KEY=VALUE", help="fsspec option for OUTPUT.")
 @click.option("--break-lock", is_flag=True, default=None, help="Take OUTPUT although another commit's lock is there.")
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging (credentials stay masked).")
-@click.option("-q", "--quiet", is_flag=True, help="Only errors.")
-@click.option(
-    "--log-format",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Log lines on stderr: text or JSON objects.",
-)
+@log_options
 @click.pass_context
 def commit(
     ctx: click.Context,
@@ -587,6 +600,113 @@ def plan_command(
             check_columns(spec, job_plan.schema)
         figures = plan_run(spec, job_plan, shards, tokens_per_second, gpu_hour_price)
     click.echo(json.dumps(figures, indent=2, ensure_ascii=False) if as_json else redact_text(render_plan(figures)))
+
+
+@main.command("distill")
+@click.argument("teacher_output")
+@click.argument("student_dir")
+@click.option("--task", metavar="NAME", help="The task column to learn. Default: the output's one classifier.")
+@click.option("--output-format", type=click.Choice(["delta", "iceberg"]), help="TEACHER_OUTPUT is a table.")
+@click.option("--catalog", default="default", metavar="NAME", help="Iceberg: the catalog holding TEACHER_OUTPUT.")
+@click.option(
+    "--catalog-option", multiple=True, type=KeyValue(typed=False), metavar="KEY=VALUE", help="Iceberg catalog property."
+)
+@click.option("--storage-option", multiple=True, type=KeyValue(), metavar="KEY=VALUE", help="fsspec option.")
+@click.option("--teacher-model", metavar="REF", help="The teacher checkpoint. Default: the one the output names.")
+@click.option("--student-init", metavar="REF", help="Start from this checkpoint instead of the teacher's layers.")
+@click.option("--layers", type=click.IntRange(min=1), help="Student layers. Default: half the teacher's.")
+@click.option("--hidden", type=click.IntRange(min=8), help="Student width; other than the teacher's: random start.")
+@click.option(
+    "--temperature",
+    type=click.FloatRange(min=0, min_open=True),
+    default=2.0,
+    show_default=True,
+    help="Softens both distributions in the KL term (scaled by T²).",
+)
+@click.option(
+    "--alpha",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Weight of the soft (KL) loss; 1 - alpha weighs cross-entropy on the teacher's labels.",
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True, help="Passes over the rows.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Rows per step.")
+@click.option(
+    "--lr", type=click.FloatRange(min=0, min_open=True), default=5e-5, show_default=True, help="AdamW peak rate."
+)
+@click.option("--max-length", type=click.IntRange(min=8), help="Truncate training texts. Default: the model's.")
+@click.option(
+    "--eval-fraction",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.1,
+    show_default=True,
+    help="Rows held out to measure the student, picked by a hash of the id column (else the row position).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, rows and device: same weights.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16"]),
+    default="auto",
+    show_default=True,
+    help="Training: bf16 autocast (auto on a GPU with bf16) or fp32. Measuring: as batchnlp run's.",
+)
+@click.option("--resume", is_flag=True, help="Continue after the last epoch checkpointed in STUDENT_DIR.")
+@click.option("--overwrite", is_flag=True, help="Replace the student in STUDENT_DIR.")
+@log_options
+def distill_command(
+    teacher_output: str,
+    student_dir: str,
+    verbose: bool,
+    quiet: bool,
+    log_format: str,
+    **flags: Any,
+) -> None:
+    """Train a smaller student on the labels of a committed run (written with --keep-probs), then
+    measure it against its teacher on held-out rows: _distill_report.json/.html and a model card.
+
+    Exit codes: 0 done; 2 an output that is not committed, has no probabilities or no such task,
+    or bad flags; 1 anything else.
+
+    \b
+    Examples:
+      batchnlp run reviews/ labelled/ --task classify --model classify=./topics --keep-probs
+      batchnlp distill labelled/ ./topics-student --task classify --epochs 3
+      batchnlp run reviews/ cheap/ --task classify --model classify=./topics-student
+    """
+    configure_logging(logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO, log_format)
+    from batchnlp.progress import choose_mode
+
+    if flags["resume"] and flags["overwrite"]:
+        raise click.UsageError("--resume and --overwrite exclude each other; pick one")
+    with _user_errors(verbose, log_format == "json"):
+        from batchnlp.distill import DistillSpec, TrainingProgress, distill
+        from batchnlp.distill_data import TeacherSource
+        from batchnlp.distill_train import TrainSettings
+
+        source = TeacherSource(
+            teacher_output,
+            flags["output_format"],
+            dict(flags["storage_option"]),
+            flags["catalog"],
+            dict(flags["catalog_option"]),
+        )
+        training = ("epochs", "batch_size", "lr", "temperature", "alpha", "seed", "max_length")
+        spec = DistillSpec(
+            source,
+            student_dir,
+            **{k: flags[k] for k in ("task", "teacher_model", "student_init", "layers", "hidden", "eval_fraction")},
+            train=TrainSettings(**{k: flags[k] for k in training}),
+            device=flags["device"],
+            precision=flags["precision"],
+            mode="resume" if flags["resume"] else "overwrite" if flags["overwrite"] else "new",
+        )
+        with TrainingProgress(choose_mode(quiet, log_format)) as progress:
+            result = distill(spec, progress)
+    if not quiet:
+        line = result.summary()
+        _say(line, log_format == "json", "distill_done")
 
 
 def _summary_lines(summary: Any) -> list[str]:

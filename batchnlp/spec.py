@@ -37,7 +37,7 @@ ICEBERG_TABLE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.[A-Za-z0-9_-]+")  # na
 DEFAULT_CATALOG = "default"
 DEFAULT_MAX_ANSWER_LENGTH = 15  # tokens, as transformers' question-answering pipeline
 QA_KEYS = ("question", "question_column", "doc_stride", "max_answer_length", "allow_no_answer")
-TASK_KEYS = ("name", "task", "model", "top_k", *QA_KEYS)
+TASK_KEYS = ("name", "task", "model", "top_k", "keep_probs", *QA_KEYS)
 # The least value of each integer setting, for the spec and the CLI's options alike. A window
 # or a batch of fewer than 8 tokens holds little beyond [CLS] and [SEP].
 MINIMUMS = {
@@ -67,6 +67,8 @@ class TaskSpec:
     doc_stride: int | None = None
     max_answer_length: int | None = None
     allow_no_answer: bool = False
+    # classify/sentiment: also write every label's probability (probs), as ``batchnlp distill`` needs
+    keep_probs: bool = False
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,8 @@ class JobSpec:
         """
         problems: list[str] = []
         s = {key.replace("-", "_"): value for key, value in settings.items() if value is not None}
-        known = {f.name for f in dataclasses.fields(cls)} | {"models", "top_k", "overwrite", "resume", *QA_KEYS}
+        extra = {"models", "top_k", "keep_probs", "overwrite", "resume", *QA_KEYS}
+        known = {f.name for f in dataclasses.fields(cls)} | extra
         for key in sorted(set(s) - known):
             problems.append(f"unknown setting {key!r}; known settings: {', '.join(sorted(known))}")
 
@@ -226,6 +229,9 @@ class JobSpec:
         supervision = ("max_bad_lines", "grace_seconds", "unit_timeout", "lock_owner")
         for name in (*volatile, *supervision):
             relevant.pop(name)
+        for task in relevant["tasks"]:  # keep_probs came later: runs without it keep their fingerprints
+            if not task["keep_probs"]:
+                task.pop("keep_probs")
         # Added later: runs that do not use them keep the fingerprints they had.
         for later, unset in (
             ("partition_by", ()),
@@ -347,16 +353,32 @@ def _tasks_from_settings(s: Mapping[str, Any], problems: list[str]) -> list[Task
                 problems.append(f"task {name!r} ({kind}) does not take top_k")
             top_k = _integer(f"top_k of task {name!r}", top_k, problems, MINIMUMS["top_k"])
         qa = _qa_settings(name, kind, item, s, problems)
-        tasks.append(TaskSpec(name=name, kind=kind, model=str(model), top_k=top_k, **qa))
+        keep_probs = _keep_probs(name, kind, item, s, problems)
+        tasks.append(TaskSpec(name=name, kind=kind, model=str(model), top_k=top_k, keep_probs=keep_probs, **qa))
     names = [t.name for t in tasks]
     given = [key for key in QA_KEYS if key in s]
     if given and not any(TASKS[t.kind].takes_question for t in tasks):
         problems.append(f"{', '.join(given)} apply to qa tasks only, and this job has none (add --task qa)")
+    if s.get("keep_probs") and not any(TASKS[t.kind].keeps_probs for t in tasks):
+        problems.append("keep_probs applies to classify and sentiment tasks only, and this job has none")
     for name in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"task {name!r} is given twice; give each task a distinct name in a job spec")
     for name in sorted(set(models) - set(names)):
         problems.append(f"--model {name}=... names no task of this job (tasks: {', '.join(names)})")
     return tasks
+
+
+def _keep_probs(name: str, kind: str, item: Mapping[str, Any], s: Mapping[str, Any], problems: list[str]) -> bool:
+    """A classifier's keep_probs: its own key, else the job's; refused for a task without label probabilities (qa)."""
+    from batchnlp.tasks import TASKS
+
+    value = item.get("keep_probs", s.get("keep_probs", False) if TASKS[kind].keeps_probs else False)
+    if not isinstance(value, bool):
+        problems.append(f"keep_probs of task {name!r} must be true or false, got {value!r}")
+        return False
+    if value and not TASKS[kind].keeps_probs:
+        problems.append(f"task {name!r} ({kind}) does not take keep_probs: only classify and sentiment do")
+    return value
 
 
 def _qa_settings(name: str, kind: str, item: Mapping[str, Any], s: Mapping[str, Any], problems: list[str]) -> dict:

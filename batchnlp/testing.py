@@ -67,7 +67,64 @@ def build_question_answerer(dest: str | Path, *, size: str = "tiny", cased: bool
     return _build(dest, DistilBertForQuestionAnswering, size, seed, do_lower_case=not cased)
 
 
-def _build(dest: str | Path, model_class: Any, size: str, seed: int, do_lower_case: bool = True, **labels: Any) -> Path:
+def build_separating_classifier(
+    dest: str | Path,
+    texts: Sequence[str],
+    labels: Sequence[str] = ("NEGATIVE", "POSITIVE"),
+    *,
+    size: str = "tiny",
+    layers: int | None = None,
+    seed: int = 0,
+) -> Path:
+    """A random two-label DistilBERT whose head cuts ``texts`` in two along the main direction of
+    its [CLS] features: a teacher for ``batchnlp distill`` tests and benchmarks.
+
+    A random head gives nearly one label to every row; this one gives each label to about half of
+    ``texts``, decided by the text, so a student has something to learn and a majority-label guess
+    does not. Its labels are a fixed function of the text, not sentiment.
+    """
+    from transformers import DistilBertForSequenceClassification
+
+    if len(labels) != 2:
+        raise ValueError(f"a separating head has two labels, got {list(labels)}")
+
+    def separate(model: Any, tokenizer: Any) -> None:
+        import torch
+
+        with torch.no_grad():
+            encoded = tokenizer(list(texts), truncation=True, padding=True, return_tensors="pt")
+            features = torch.relu(model.distilbert(**encoded).last_hidden_state[:, 0])
+            direction = torch.linalg.svd(features - features.mean(0), full_matrices=False).Vh[0]
+            projection = features @ direction
+            scale, cut = 4 / projection.std(), projection.median()
+            model.pre_classifier.weight.copy_(torch.eye(model.config.dim))
+            model.pre_classifier.bias.zero_()
+            model.classifier.weight.copy_(torch.stack([-direction, direction]) * scale)
+            model.classifier.bias.copy_(torch.stack([cut * scale, -cut * scale]))
+
+    shape = {"initializer_range": 0.02, **({"n_layers": layers} if layers else {})}
+    return _build(
+        dest,
+        DistilBertForSequenceClassification,
+        size,
+        seed,
+        adjust=separate,
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        **shape,
+    )
+
+
+def _build(
+    dest: str | Path,
+    model_class: Any,
+    size: str,
+    seed: int,
+    do_lower_case: bool = True,
+    adjust: Any = None,
+    **settings: Any,
+) -> Path:
+    """Tokenizer and random model of ``size`` (``settings`` override the config), ``adjust``ed, saved."""
     import torch
     from transformers import AutoTokenizer, DistilBertConfig
     from transformers.utils import logging as transformers_logging
@@ -82,12 +139,12 @@ def _build(dest: str | Path, model_class: Any, size: str, seed: int, do_lower_ca
         vocab_size=tokenizer.vocab_size,
         max_position_embeddings=512,
         # A wide initialisation spreads the logits, so labels do not hinge on rounding noise.
-        initializer_range=0.2 if size == "tiny" else 0.02,
-        **labels,
-        **SIZES[size],
+        **{"initializer_range": 0.2 if size == "tiny" else 0.02, **SIZES[size], **settings},
     )
     torch.manual_seed(seed)
     model = model_class(config).eval()
+    if adjust is not None:
+        adjust(model, tokenizer)
     dest = Path(dest)
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)

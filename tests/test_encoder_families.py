@@ -127,9 +127,12 @@ FAMILIES = {
 }
 
 
-def build(dest: Path, family: str, head: str) -> Path:
-    """A random ``family`` model with ``head`` and its family's kind of tokenizer, saved to ``dest``."""
+def build(dest: Path, family: str, head: str, layers: int | None = None) -> Path:
+    """A random ``family`` model with ``head`` (and ``layers`` encoder blocks, else 2) and its family's
+    kind of tokenizer, saved to ``dest``."""
     config_name, settings, make_tokenizer = FAMILIES[family]
+    if layers:
+        settings = {**settings, "n_layers" if family == "distilbert" else "num_hidden_layers": layers}
     tokenizer = make_tokenizer()
     tokenizer.model_max_length = 512
     special = {

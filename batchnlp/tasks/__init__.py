@@ -32,6 +32,7 @@ class TaskInfo:
     output_type: Callable[[TaskSpec], pa.DataType]  # the task's output column, from its spec alone
     summary: Summary  # how the report and inspect show the column (batchnlp.tasks.summaries)
     takes_question: bool = False  # qa: --question / --question-column and the span settings
+    keeps_probs: bool = False  # classifiers: --keep-probs writes every label's probability (batchnlp distill)
 
     def load(self) -> type[Task]:
         module, _, name = self.target.partition(":")
@@ -46,6 +47,7 @@ TASKS: dict[str, TaskInfo] = {
         help="positive/negative sentiment (SST-2 DistilBERT by default)",
         output_type=label_type,
         summary=LABELS,
+        keeps_probs=True,
     ),
     "classify": TaskInfo(
         target="batchnlp.tasks.classify:Classify",
@@ -54,6 +56,7 @@ TASKS: dict[str, TaskInfo] = {
         help="any sequence-classification checkpoint; --top-k N keeps the N best labels",
         output_type=label_type,
         summary=LABELS,
+        keeps_probs=True,
     ),
     "qa": TaskInfo(
         target="batchnlp.tasks.qa:QuestionAnswering",

@@ -18,7 +18,7 @@ from batchnlp.engine import BatchStats, Engine
 from batchnlp.models import load_sequence_classifier
 from batchnlp.spec import TaskSpec
 from batchnlp.tasks.base import Task
-from batchnlp.tasks.columns import LABEL_SCORE
+from batchnlp.tasks.columns import LABEL_SCORE, with_label_order
 from batchnlp.tasks.first_token import trim_last_layer
 
 
@@ -32,6 +32,12 @@ class Classify(Task):
         self.sigmoid = config.problem_type == "multi_label_classification" or config.num_labels == 1
         limits = [max_length, self.tokenizer.model_max_length, config.max_position_embeddings]
         self.max_length = min(limit for limit in limits if limit)
+
+    @property
+    def output_type(self) -> pa.DataType:
+        """The spec's type; with --keep-probs, the probs field names its labels in order."""
+        kind = super().output_type
+        return with_label_order(kind, self.labels) if self.spec.keep_probs else kind
 
     def annotate(self, texts: list[str], rows: pa.Table | None = None) -> tuple[pa.Array, BatchStats]:
         input_ids = self.tokenize(texts) if texts else []
@@ -85,6 +91,10 @@ class Classify(Task):
             )
             offsets = pa.array(np.arange(0, len(best) * k + 1, k, dtype=np.int32))
             children.append(pa.ListArray.from_arrays(offsets, flat, type=pa.list_(LABEL_SCORE)))
+        if self.spec.keep_probs:  # the same scores, every label's, in the model's label order
+            width = len(self.labels)
+            offsets = pa.array(np.arange(0, len(best) * width + 1, width, dtype=np.int32))
+            children.append(pa.ListArray.from_arrays(offsets, pa.array(scores.ravel(), pa.float32())))
         return pa.StructArray.from_arrays(children, fields=list(self.output_type))
 
 

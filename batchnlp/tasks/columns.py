@@ -6,6 +6,8 @@ against the table's own schema before inference starts, not after the first unit
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -16,6 +18,8 @@ if TYPE_CHECKING:
 LABEL_SCORE = pa.struct([("label", pa.string()), ("score", pa.float32())])
 ANSWER = pa.struct([("answer", pa.string()), ("score", pa.float32()), ("start", pa.int32()), ("end", pa.int32())])
 ERROR_COLUMN = pa.field("_error", pa.string())
+PROBS = "probs"  # --keep-probs: every label's probability, in the order LABEL_ORDER_KEY gives
+LABEL_ORDER_KEY = b"batchnlp.labels"  # metadata of the probs field: the labels as a JSON list
 
 
 def label_type(spec: TaskSpec) -> pa.DataType:
@@ -23,7 +27,27 @@ def label_type(spec: TaskSpec) -> pa.DataType:
     fields = list(LABEL_SCORE)
     if spec.top_k:
         fields.append(pa.field("top_k", pa.list_(LABEL_SCORE)))
+    if spec.keep_probs:
+        fields.append(pa.field(PROBS, pa.list_(pa.float32())))
     return pa.struct(fields)
+
+
+def with_label_order(kind: pa.DataType, labels: Sequence[str]) -> pa.DataType:
+    """``kind`` with the labels of its probs list, in order, in that field's metadata.
+
+    Only the loaded model knows its labels, so the driver's schema (from the spec) lacks them;
+    Arrow compares types without metadata, and Parquet, Arrow IPC and the manifest's schema keep it.
+    """
+    order = {LABEL_ORDER_KEY: json.dumps(list(labels), ensure_ascii=False).encode()}
+    return pa.struct([f.with_metadata(order) if f.name == PROBS else f for f in kind])
+
+
+def label_order(kind: pa.DataType) -> list[str] | None:
+    """The labels of a task column's probs list (:func:`with_label_order`); None when it has none."""
+    if not pa.types.is_struct(kind) or kind.get_field_index(PROBS) < 0:
+        return None
+    metadata = kind.field(PROBS).metadata or {}
+    return json.loads(metadata[LABEL_ORDER_KEY]) if LABEL_ORDER_KEY in metadata else None
 
 
 def answer_type(spec: TaskSpec) -> pa.DataType:
