@@ -135,11 +135,28 @@ class Totals:
             worker_seconds=dict(other.seconds),
         )
 
+    @property
+    def shares(self) -> dict[str, float]:
+        """Where the compute went, each a share from 0 to 1: ``padding`` of the tokens the model ran
+        (pad tokens computed for nothing), ``input_wait`` of the engine's time (the model's thread
+        waiting for a padded batch: the device starved of input), ``model`` of the workers' unit time
+        (read, tasks, write) spent in the model itself, which is what keeps a device busy."""
+        seconds = self.worker_seconds
+        engine = sum(value for key, value in seconds.items() if key.startswith("engine:"))
+        busy = sum(value for key, value in seconds.items() if key in ("read", "write") or key.startswith("model:"))
+        wait = min(seconds.get("input_wait", 0.0), engine)
+        return {
+            "padding": round(1 - self.tokens / self.padded_tokens, 4) if self.padded_tokens else 0.0,
+            "input_wait": round(wait / engine, 4) if engine else 0.0,
+            "model": round((engine - wait) / busy, 4) if busy else 0.0,
+        }
+
     def to_record(self) -> dict[str, Any]:
-        """As the manifest stores them: reasons sorted, seconds rounded to the millisecond."""
+        """As the manifest stores them: reasons sorted, seconds rounded to the millisecond, and the shares."""
         record = dataclasses.asdict(self)
         record["rejected_by_reason"] = dict(sorted(self.rejected_by_reason.items()))
         record["worker_seconds"] = {key: round(value, 3) for key, value in sorted(self.worker_seconds.items())}
+        record["shares"] = self.shares
         return record
 
     @classmethod

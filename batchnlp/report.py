@@ -15,7 +15,7 @@ from datetime import datetime
 from html import escape
 from typing import Any
 
-from batchnlp.record import Manifest, PartResult
+from batchnlp.record import Manifest, PartResult, Totals
 from batchnlp.stats import bin_edges, merge
 from batchnlp.tasks import TASKS
 from batchnlp.tasks.summaries import ReportSection
@@ -126,7 +126,7 @@ def estimate_beside_actual(manifest: Manifest) -> list[dict[str, Any]] | None:
     estimate, totals = manifest.estimate, manifest.totals
     if not estimate:
         return None
-    padding = round(1 - totals.tokens / totals.padded_tokens, 4) if totals.padded_tokens else 0.0
+    padding = totals.shares["padding"]
     rate = estimate.get("tokens_per_second")
     figures = [
         ("rows", estimate.get("rows"), totals.rows_in),
@@ -250,14 +250,18 @@ def _table(rows: list[tuple[Any, ...]], head: tuple[str, ...] | None = None, num
 
 def _summary(report: dict[str, Any]) -> str:
     t, startup = report["totals"], report.get("startup") or {}
-    padding = 1 - t["tokens"] / t["padded_tokens"] if t.get("padded_tokens") else 0.0
+    shares = Totals.from_record(t).shares
     rows = [
         ("input", f"{report['input']['files']} {report['input']['format']} file(s)"),
         ("rows in / out", f"{t['rows_in']:,} / {t['rows_out']:,}"),
         ("rejected rows", f"{t['rejected']:,}"),
         ("bad source lines", f"{t.get('bad_lines', 0):,}"),
         ("parts", f"{t['parts']:,}  ({t['bytes']:,} bytes)"),
-        ("tokens (padded)", f"{t['tokens']:,} ({t['padded_tokens']:,}; {padding:.1%} padding)"),
+        ("tokens (padded)", f"{t['tokens']:,} ({t['padded_tokens']:,}; {shares['padding']:.1%} padding)"),
+        (
+            "worker time in the model / model time waiting for input",
+            f"{shares['model']:.1%} / {shares['input_wait']:.1%}",
+        ),
         ("out-of-memory splits", f"{t.get('oom_splits', 0):,}"),
         ("int8 rows rescored in fp32 (near ties)", f"{t.get('rescored', 0):,}"),
         ("wall time", f"{_num(report['wall_seconds'], 1)} s; {_num(report['rows_per_second'], 1)} rows/s"),

@@ -178,7 +178,9 @@ def report(rows: list[tuple], tokens: int | None, count: int) -> None:
         if manifest:
             seconds = manifest["totals"]["worker_seconds"]
             startup = manifest["startup"]
-            print(f"{'':>13} worker seconds {seconds}; models loaded after {startup['models_loaded_s']} s")
+            shares = manifest["totals"].get("shares", {})
+            print(f"{'':>13} worker seconds {seconds}; models loaded after {startup['models_loaded_s']} s; "
+                  f"shares {shares}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -96,6 +96,8 @@ def test_report_json_sums_units_and_survives_progress_records():
     assert report["models"]["sentiment"]["version"] == "abc1" and report["device"] == ["cpu"]
     assert report["spec"]["storage_options"] == {"key": "***"}
     assert report["totals"]["rows_out"] == 300 and "rejected_examples" not in report["totals"]
+    # engine 6.3 s (0.3 s of it waiting for input) of 7.95 s of unit time; 10 tokens of every 12 real
+    assert report["totals"]["shares"] == {"padding": 0.1667, "input_wait": 0.0476, "model": 0.7547}
     assert report["throughput"]["kept_rows"] == 100
     assert report["throughput"]["points"] == [
         {"seconds": 0.0, "rows": 100},
@@ -190,6 +192,9 @@ def test_cli_run_writes_a_report_that_agrees_with_the_output(tmp_path, tiny_mode
     assert report["tasks"]["qa"]["annotated"] == 200 and report["tasks"]["qa"]["answered"] == sum(map(bool, answers))
     split = report["time_split"]["seconds"]
     assert all(value >= 0 for value in split.values()) and split["model"] > 0 and split["tokenise + decode"] > 0
+    shares = manifest["totals"]["shares"]
+    assert shares == report["totals"]["shares"] and 0 < shares["model"] < 1 and 0 <= shares["input_wait"] < 1
+    assert shares["padding"] == round(1 - manifest["totals"]["tokens"] / manifest["totals"]["padded_tokens"], 4)
 
     page = (out / "_report.html").read_text()
     for section in SECTIONS:
