@@ -92,8 +92,12 @@ def build_separating_classifier(
         import torch
 
         with torch.no_grad():
-            encoded = tokenizer(list(texts), truncation=True, padding=True, return_tensors="pt")
-            features = torch.relu(model.distilbert(**encoded).last_hidden_state[:, 0])
+            chunks = []  # 256 rows at a time: a DistilBERT-base forward over thousands at once needs GBs
+            for start in range(0, len(texts), 256):
+                chunk = list(texts[start : start + 256])
+                encoded = tokenizer(chunk, truncation=True, padding=True, return_tensors="pt")
+                chunks.append(torch.relu(model.distilbert(**encoded).last_hidden_state[:, 0]))
+            features = torch.cat(chunks)
             direction = torch.linalg.svd(features - features.mean(0), full_matrices=False).Vh[0]
             projection = features @ direction
             scale, cut = 4 / projection.std(), projection.median()

@@ -214,18 +214,25 @@ def test_distill_refuses_outputs_it_cannot_learn_from(labelled: Path, corpus: Pa
     assert not (tmp_path / "s" / "model.safetensors").exists()
 
 
-def test_distill_learns_from_a_delta_table(corpus: Path, label, tmp_path: Path):
-    pytest.importorskip("deltalake")
+@pytest.mark.parametrize("fmt", ["delta", "iceberg"])
+def test_distill_learns_from_a_table(corpus: Path, label, tmp_path: Path, fmt: str):
+    """Every run the table holds: two nights' appends, read through the table's own commits."""
+    pytest.importorskip("deltalake" if fmt == "delta" else "pyiceberg")
+    from tests.test_tables import catalog_flags
+
     lines = corpus.read_text().splitlines()[:300]
-    small = tmp_path / "small.jsonl"
-    small.write_text("\n".join(lines) + "\n")
-    table = tmp_path / "table"
-    label(small, table, "--keep-probs", "--output-format", "delta", "--run-id", "night-1")
-    result = distill(table, tmp_path / "s", "--output-format", "delta", "--layers", "1", "--epochs", "1",
-                     "--max-length", "32", "--device", "cpu")  # fmt: skip
+    nights = [write_jsonl(tmp_path / f"night-{n}.jsonl", [json.loads(line) for line in lines[n::2]]) for n in (0, 1)]
+    if fmt == "delta":
+        table, flags = tmp_path / "table", ["--output-format", "delta"]
+    else:
+        table, flags = "lake.labels", ["--output-format", "iceberg", *catalog_flags(str(tmp_path), tmp_path)]
+    for n, night in enumerate(nights):
+        label(night, table, "--keep-probs", *flags, "--run-id", f"night-{n + 1}")
+    result = distill(table, tmp_path / "s", *flags, "--layers", "1", "--epochs", "1", "--max-length", "32",
+                     "--device", "cpu")  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "s" / "_distill_report.json").read_text())
-    assert report["data"]["runs"] == ["night-1"] and report["data"]["rows"] == 300
+    assert report["data"]["runs"] == ["night-1", "night-2"] and report["data"]["rows"] == 300
 
 
 def test_distill_from_s3_and_stage_the_student_there(corpus: Path, label, s3, bucket: str, tmp_path: Path):
