@@ -783,6 +783,9 @@ def _job_metrics(enabled: bool, outcome: dict[str, Any]) -> Iterator[None]:
             totals = summary.totals if summary is not None else None
             committed = summary is not None and code == 0 and summary.shard is None  # a shard commits nothing
             emit(emf_fields(totals, committed, time.monotonic() - started, code))
+            # The line stays last: what distributed says as the interpreter tears down its comms
+            # ("Closing dangling stream" after a SIGTERM mid-start-up) is no news of the job.
+            logging.getLogger("distributed").setLevel(logging.ERROR)
 
 
 def job_spec(ctx: click.Context, spec_file: str | None, param: Any, run_date: str | None, flags: dict[str, Any]) -> Any:
