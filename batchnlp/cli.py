@@ -291,7 +291,7 @@ JOB_OPTIONS = [
         type=click.FloatRange(min=0, max=1, max_open=True),
         metavar="MARGIN",
         help="int8: rescore in fp32 every row whose best two label scores are closer than this, so int8 "
-        "keeps fp32's labels. Default: 0.05; 0 never rescores. Example: --rescore-margin 0.1",
+        "keeps fp32's labels. Default: 0.1; 0 never rescores. Example: --rescore-margin 0.2",
     ),
     click.option(
         "--storage-option",
