@@ -117,9 +117,9 @@ def backfill(base: Any, first: str, last: str, dry_run: bool, region: str | None
     not committed yet; the lines to print: each date, submitted or skipped and why."""
     from batchnlp.submit import ShardedSubmission, job_name, send
 
-    spec = base.submission.spec if isinstance(base, ShardedSubmission) else base.spec
-    params = base.submission.params if isinstance(base, ShardedSubmission) else base.params
-    checked = check(spec, params, dates(first, last))
+    submission = base.submission if isinstance(base, ShardedSubmission) else base
+    spec = submission.spec
+    checked = check(spec, submission.params, dates(first, last))
     todo = [d for d in checked if d.committed is None]
     verb = "would submit" if dry_run else "submitting"
     shape = f" ({base.shards} shards, then commit)" if isinstance(base, ShardedSubmission) else ""
@@ -138,6 +138,8 @@ def backfill(base: Any, first: str, last: str, dry_run: bool, region: str | None
 
 def for_date(base: Any, day: str) -> Any:
     """``base`` (a Submission or ShardedSubmission) for ``day``: the date is its run date and run id."""
-    if hasattr(base, "submission"):
+    from batchnlp.submit import ShardedSubmission
+
+    if isinstance(base, ShardedSubmission):
         return dataclasses.replace(base, submission=for_date(base.submission, day))
     return dataclasses.replace(base, run_date=day, run_id=day)

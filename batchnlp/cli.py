@@ -358,6 +358,11 @@ def log_options(command: Any) -> Any:
     return _with(LOG_OPTIONS, command)
 
 
+def log_level(verbose: bool, quiet: bool, default: int = logging.INFO) -> int:
+    """The level :data:`LOG_OPTIONS` ask for: DEBUG with -v, only errors with -q."""
+    return logging.DEBUG if verbose else logging.ERROR if quiet else default
+
+
 def _with(options: list[Any], command: Any) -> Any:
     for option in reversed(options):
         command = option(command)
@@ -407,7 +412,7 @@ def run(
     lines than --max-bad-lines: nothing committed; 143 (130) stopped by SIGTERM (SIGINT) after
     draining: retry, the next attempt resumes.
     """
-    configure_logging(logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO, log_format)
+    configure_logging(log_level(verbose, quiet), log_format)
     from batchnlp.progress import ProgressReporter, choose_mode
     from batchnlp.shutdown import GracefulStop
 
@@ -494,7 +499,7 @@ def commit(
       batchnlp commit s3://lake/tables/labels --output-format delta --run-id 2026-11-24
       batchnlp commit --spec jobs/nightly-labels.yaml --run-date 2026-11-24 --run-id 2026-11-24
     """
-    configure_logging(logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO, log_format)
+    configure_logging(log_level(verbose, quiet), log_format)
     outcome: dict[str, Any] = {}
     with _job_metrics(log_format == "json", outcome):  # its line last, as `run` ends
         with _user_errors(verbose, log_format == "json"):
@@ -589,7 +594,7 @@ def plan_command(
     sample of rows, and wall time, machine-hours and cost for 1 to N shards. Exit codes as run's:
     2 for a missing input, a bad spec or model.
     """
-    configure_logging(logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING, log_format)
+    configure_logging(log_level(verbose, quiet, logging.WARNING), log_format)
     with _user_errors(verbose, log_format == "json"):
         from batchnlp.estimate import plan_run, render_plan
         from batchnlp.plan import check_columns, plan
@@ -675,7 +680,7 @@ def distill_command(
       batchnlp distill labelled/ ./topics-student --task classify --epochs 3
       batchnlp run reviews/ cheap/ --task classify --model classify=./topics-student
     """
-    configure_logging(logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO, log_format)
+    configure_logging(log_level(verbose, quiet), log_format)
     from batchnlp.progress import choose_mode
 
     if flags["resume"] and flags["overwrite"]:

@@ -111,7 +111,8 @@ def committed_runs(source: TeacherSource) -> list[tuple[Location, Manifest]]:
 
 
 def _table_runs(source: TeacherSource) -> list[tuple[Location, Manifest]]:
-    """The runs a Delta/Iceberg table holds (each staged in its own directory, sealed, then committed)."""
+    """The runs a Delta/Iceberg table holds (each staged in its own directory, sealed, then committed):
+    :meth:`batchnlp.output.TableOutput.covered_runs` of an output bound to no run of its own."""
     from batchnlp.output import open_output
     from batchnlp.spec import JobSpec
     from batchnlp.tables.base import RUNS
@@ -124,16 +125,9 @@ def _table_runs(source: TeacherSource) -> list[tuple[Location, Manifest]]:
         "catalog_options": dict(source.catalog_options),
         "storage_options": dict(source.storage_options),
     }
-    sink = open_output(JobSpec.from_settings(settings)).sink
-    fs, root = sink.root().split()
-    with storage_errors("list", sink.display()):
-        staged = sorted(path.rstrip("/").rsplit("/", 1)[-1] for path in fs.glob(f"{root.rstrip('/')}/{RUNS}/*"))
-    runs = []
-    for run_id in staged:
-        location = sink.staging(run_id)
-        committer = Committer(location)
-        if committer.finished() and sink.committed(run_id) is not None:
-            runs.append((location, committer.read_manifest()))
+    output = open_output(JobSpec.from_settings(settings))
+    sink = output.sink
+    runs = [(sink.staging(manifest.run_id), manifest) for manifest in output.covered_runs()]
     if not runs:
         raise InputError(
             f"{sink.display()} holds no committed batchnlp run (none of its {RUNS}/ directories is sealed and in "

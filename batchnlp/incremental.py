@@ -85,7 +85,8 @@ def select(
             covered[read["path"]] = (read.get("size"), read.get("etag"), run.run_id)
         for path in followed.get("compacted", []):
             covered.pop(path, None)
-    moved, compacted = _follow(covered, rewrites, display, [run.run_id for run in ordered])
+    runs_read = [run.run_id for run in ordered]
+    moved, compacted = _follow(covered, rewrites, display, runs_read)
     todo, new, replaced, rewritten, already = [], [], {}, [], 0
     for file in files:
         shown = display(file.path)
@@ -101,7 +102,6 @@ def select(
             if shown in moved:
                 rewritten.append({"path": shown, "size": file.size, "etag": file.etag})
     deleted = {path: run_id for path, (_, _, run_id) in covered.items()}
-    runs_read = [run.run_id for run in ordered]
     selection = Selection(todo, new, replaced, deleted, already, runs_read, rewritten, sorted(compacted))
     _warn(selection)
     return selection

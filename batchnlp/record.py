@@ -60,7 +60,7 @@ class PartResult:
     @property
     def busy_seconds(self) -> float:
         """How long the unit took on its worker: read, each task (tokenise, model, decode) and write."""
-        return sum(v for k, v in self.seconds.items() if k in ("read", "write") or k.startswith("model:"))
+        return busy_seconds(self.seconds)
 
     def __add__(self, other: PartResult | Totals) -> Totals:
         return Totals() + self + other
@@ -143,7 +143,7 @@ class Totals:
         (read, tasks, write) spent in the model itself, which is what keeps a device busy."""
         seconds = self.worker_seconds
         engine = sum(value for key, value in seconds.items() if key.startswith("engine:"))
-        busy = sum(value for key, value in seconds.items() if key in ("read", "write") or key.startswith("model:"))
+        busy = busy_seconds(seconds)
         wait = min(seconds.get("input_wait", 0.0), engine)
         return {
             "padding": round(1 - self.tokens / self.padded_tokens, 4) if self.padded_tokens else 0.0,
@@ -163,6 +163,12 @@ class Totals:
     def from_record(cls, record: dict[str, Any]) -> Totals:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{key: value for key, value in record.items() if key in known})
+
+
+def busy_seconds(seconds: dict[str, float]) -> float:
+    """Worker time in the stages a unit's seconds sum to: read, each task (``model:NAME``: tokenise,
+    model, decode) and write; ``engine:NAME`` and ``input_wait`` are parts of a task's time."""
+    return sum(value for key, value in seconds.items() if key in ("read", "write") or key.startswith("model:"))
 
 
 def _plus(a: Any, b: Any) -> Any:
