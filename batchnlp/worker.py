@@ -83,11 +83,13 @@ class ModelPlugin(WorkerPlugin):
     def load(self) -> None:
         from transformers.utils import logging as transformers_logging
 
+        from batchnlp.allocator import keep_freed_memory
         from batchnlp.engine import Engine
         from batchnlp.models import stage_and_hash, weights_of
         from batchnlp.tasks import TASKS
 
         transformers_logging.disable_progress_bar()
+        keep_freed_memory()
         s = self.settings
         if s.threads:
             import torch
