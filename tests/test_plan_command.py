@@ -289,3 +289,26 @@ def test_a_run_records_its_estimate_beside_what_happened(tmp_path: Path, tiny_mo
         exact_tokens(tiny_model, [r["text"] for r in records])
     )
     assert "Estimate and outcome" in (out / "_report.html").read_text()
+
+
+@pytest.mark.parametrize("task", ["sentiment", "qa"])
+def test_the_estimate_imports_no_model_code(tmp_path: Path, tiny_model: Path, qa_model: Path, task: str) -> None:
+    """A run's driver estimates while its workers label: importing transformers' modeling code there
+    (seconds of CPU) would take those seconds from the workers. Tokenizers are all it needs."""
+    import subprocess
+    import sys
+
+    source = write_jsonl(tmp_path / "in.jsonl", [{"text": t, "q": "Who?"} for t in texts(50, seed=1)])
+    model = qa_model if task == "qa" else tiny_model
+    args = ["plan", str(source), str(tmp_path / "out"), "--task", task, "--model", f"{task}={model}"]
+    args += ["--question-column", "q"] if task == "qa" else []
+    script = (
+        "import sys\nfrom batchnlp.cli import main\n"
+        f"try:\n    main({[*args, '--json']!r})\nexcept SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "print([m for m in ('transformers.modeling_utils', 'batchnlp.tasks.first_token') if m in sys.modules])"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    loaded = done.stdout.strip().splitlines()[-1]
+    assert loaded == "[]", loaded

@@ -19,7 +19,6 @@ from batchnlp.models import load_sequence_classifier
 from batchnlp.spec import TaskSpec
 from batchnlp.tasks.base import Task
 from batchnlp.tasks.columns import LABEL_SCORE, with_label_order
-from batchnlp.tasks.first_token import trim_last_layer
 
 
 class Classify(Task):
@@ -109,6 +108,10 @@ def _sigmoid(logits: np.ndarray) -> np.ndarray:
 
 def _load_trimmed(directory: Path, ref: str) -> tuple[Any, Any]:
     """The classifier with its last layer cut to the first token, the only one its head reads."""
+    # Imported here: transformers' modeling code costs seconds to import, and the driver's estimate
+    # builds this task on its tokenizer alone, while the workers it would slow are labelling.
+    from batchnlp.tasks.first_token import trim_last_layer
+
     tokenizer, model = load_sequence_classifier(directory, ref)
     trim_last_layer(model)
     return tokenizer, model
