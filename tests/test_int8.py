@@ -41,6 +41,10 @@ def task(model_dir, precision: str, margin: float | None = None) -> Classify:
     return Classify(spec, model_dir, Engine("cpu", precision, 4096, margin), None)
 
 
+def models_held(classify: Classify) -> int:
+    return len(classify.engine._loaded)
+
+
 @pytest.fixture(scope="module")
 def texts() -> list[str]:
     return corpus.texts(200, seed=11)
@@ -57,15 +61,30 @@ def test_rows_within_the_margin_are_rescored_in_fp32(topics_model, texts):
 
 def test_margin_0_rescores_nothing_and_only_int8_near_ties_are_rescored(topics_model, texts):
     plain, stats = task(topics_model, "int8", 0.0).annotate(texts)
-    assert stats.rescored == 0 and task(topics_model, "int8", 0.0).reference is None
+    assert stats.rescored == 0
     margins = [r["top_k"][0]["score"] - r["top_k"][1]["score"] for r in plain.to_pylist()]
-    _, stats = task(topics_model, "int8", 0.2).annotate(texts)
+    near = task(topics_model, "int8", 0.2)
+    _, stats = near.annotate(texts)
     assert stats.rescored == sum(m < 0.2 for m in margins) > 0
+    assert models_held(near) == 2  # the int8 model and, for the near ties, the fp32 one
+
+
+def test_the_fp32_model_is_loaded_only_for_a_near_tie(topics_model, texts):
+    plain = task(topics_model, "int8", 0.0).annotate(texts)[0].to_pylist()
+    margins = [r["top_k"][0]["score"] - r["top_k"][1]["score"] for r in plain]
+    clear = [text for text, margin in zip(texts, margins, strict=True) if margin > 0.2]
+    near = [text for text, margin in zip(texts, margins, strict=True) if margin < 0.05]
+    assert clear and near
+    rescoring = task(topics_model, "int8", 0.1)
+    assert rescoring.annotate(clear)[1].rescored == 0 and models_held(rescoring) == 1
+    assert rescoring.annotate(near)[1].rescored == len(near) and models_held(rescoring) == 2
 
 
 def test_fp32_and_bf16_engines_never_rescore(topics_model):
     assert Engine("cpu", "fp32", rescore_margin=0.5).rescore_margin == 0.0
-    assert task(topics_model, "fp32", 0.5).reference is None
+    fp32 = task(topics_model, "fp32", 0.5)
+    fp32.annotate(corpus.texts(20, seed=2))
+    assert models_held(fp32) == 1
 
 
 @pytest.mark.parametrize("margin, ok", [(0.05, True), (0, True), (1, False), (-0.1, False), ("x", False)])
