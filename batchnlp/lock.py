@@ -112,19 +112,33 @@ class OutputLock:
         self.renewer = threading.Thread(target=self._renew_until_stopped, name="batchnlp-lock", daemon=True)
 
     def __enter__(self) -> OutputLock:
-        self.acquire()
-        self.renewer.start()
+        try:
+            self.acquire()
+            self.renewer.start()
+        except BaseException:  # a SIGTERM's Interrupted after the lock was created: __exit__ would not run
+            self.release()
+            raise
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Stop renewing and delete the lock if this run holds it (another run's is left alone)."""
         self.stop.set()
-        self.renewer.join()
+        if self.renewer.ident is not None:
+            self.renewer.join()
         with storage_errors("delete", self.fs.unstrip_protocol(self.path)):
             holder = self.holder()
-            if holder is not None and holder.get("run_id") == self.run_id:
+            if holder is not None and self._ours(holder):
                 self.fs.rm(self.path)
+
+    def _ours(self, holder: dict[str, Any]) -> bool:
+        """Whether ``holder`` is this very lock: a duplicate job of the same run id holds its own."""
+        mine = (self.run_id, socket.gethostname(), os.getpid(), self.started_at)
+        return (holder.get("run_id"), holder.get("host"), holder.get("pid"), holder.get("started_at")) == mine
 
     def acquire(self) -> None:
         for _ in range(3):  # a lock removed or broken between our create and our read: try again

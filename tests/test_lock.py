@@ -85,6 +85,32 @@ def test_the_lock_is_renewed_while_held_and_released_on_failure(tmp_path):
     assert not (tmp_path / LOCK).exists()
 
 
+def test_an_interrupt_while_taking_the_lock_leaves_none_behind(tmp_path):
+    """A SIGTERM's exception landing after the lock file was created but before ``with`` holds it
+    (so ``__exit__`` never runs) still removes the lock: the scheduler's next attempt finds none."""
+    lock = OutputLock(Location(str(tmp_path), {}), "run-a")
+
+    def interrupted() -> None:
+        assert (tmp_path / LOCK).exists()
+        raise KeyboardInterrupt
+
+    lock.renewer.start = interrupted
+    with pytest.raises(KeyboardInterrupt), lock:
+        pass
+    assert not (tmp_path / LOCK).exists()
+
+
+def test_a_refused_run_leaves_the_holders_lock_even_with_the_same_run_id(tmp_path):
+    write_lock(tmp_path, run_id="run-a")  # alive: this very process, from an earlier lock
+    held = (tmp_path / LOCK).read_text()
+    with (
+        pytest.raises(OutputError, match="is being written by run run-a"),
+        OutputLock(Location(str(tmp_path), {}), "run-a"),
+    ):
+        pass
+    assert (tmp_path / LOCK).read_text() == held
+
+
 def test_s3_lock_is_create_only(bucket):
     output = Location(f"s3://{bucket}/out/", {})
     with OutputLock(output, "run-a"):
