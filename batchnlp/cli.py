@@ -421,15 +421,20 @@ def run(
     outcome: dict[str, Any] = {}
     with _job_metrics(log_format == "json", outcome), stop.installed():
         with _user_errors(verbose, log_format == "json"), reporter:
-            from batchnlp.aws_batch import multinode_job, node_role, serve_child
-            from batchnlp.runner import run as run_job
-            from batchnlp.sharded import run_shard
-            from batchnlp.spot import watching
+            from batchnlp.aws_batch import node_role
+            from batchnlp.cluster import begin_worker_imports
 
             spec = job_spec(ctx, spec_file, param, run_date, flags)
             part_of = _shard(shard, shards)
             stop.grace_seconds = spec.grace_seconds
             role = node_role(os.environ)  # an AWS Batch multi-node job's main or child node, else single
+            if role.kind != "child":  # first: the workers' imports take seconds, and go on while the job plans
+                begin_worker_imports(spec.scheduler, spec.workers, spec.device)
+            from batchnlp.aws_batch import multinode_job, serve_child
+            from batchnlp.runner import run as run_job
+            from batchnlp.sharded import run_shard
+            from batchnlp.spot import watching
+
             if role.kind == "child":  # only Dask workers here, until the main node's scheduler closes
                 serve_child(role, spec.device, spec.workers)
                 outcome["child_node"] = True  # the main node reports the job's metrics

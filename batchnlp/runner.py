@@ -96,7 +96,7 @@ def run(
     job_plan = plan(spec, previous.get("rows_per_unit") if previous else None, covered=covered)
     if spec.incremental and not job_plan.units:  # nothing new: no run to commit (an empty input commits)
         return _nothing_new(spec, output, job_plan, time.perf_counter() - started)
-    estimating = Estimating(spec, job_plan)  # started once the first unit is done
+    estimating = Estimating(spec, job_plan)  # while the workers start
     if job_plan.schema is not None:  # Parquet: known now, before any worker starts
         check_schema(spec, job_plan.schema, output)
     job_record = {
@@ -146,20 +146,18 @@ class Estimating:
     worked out on a daemon thread while the run goes on. It only informs the report: a failure
     warns, and a run never waits for it more than :data:`ESTIMATE_WAIT_SECONDS` after its last unit.
 
-    The thread starts with :meth:`start`, which the run calls when its first unit is done: its
-    tokenising competes for the CPU, and during start-up it delayed the first row of a 1,200-row
-    job on 2 cores by 2.5 s (9.2 s against 6.7 s). Lowering the thread's priority instead made the
-    whole run 10 s slower: starved while holding the GIL, it held up the driver's event loop."""
+    It starts at once, while the CPU workers are forked from the process importing their libraries
+    (:mod:`batchnlp.cluster`): that takes one core for ~5 s while the driver waits, and the
+    estimate's tokenising fits beside it. Started later, it took those seconds from the labelling
+    workers (a 1,200-row job on 2 cores: units beside it ran 35% slower). A lower thread priority
+    was tried once and made the run 10 s slower: starved while holding the GIL, the thread held up
+    the driver's event loop."""
 
     def __init__(self, spec: JobSpec, job_plan: Plan) -> None:
         self._result: dict[str, Any] | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._work, args=(spec, job_plan), name="batchnlp-estimate", daemon=True)
-
-    def start(self) -> None:
-        """Begin estimating (once; later calls do nothing)."""
-        if self._thread.ident is None:
-            self._thread.start()
+        self._thread.start()
 
     def _work(self, spec: JobSpec, job_plan: Plan) -> None:
         try:
@@ -168,7 +166,6 @@ class Estimating:
             self._error = e
 
     def result(self) -> dict[str, Any] | None:
-        self.start()
         self._thread.join(ESTIMATE_WAIT_SECONDS)
         if self._thread.is_alive():
             logger.warning("no estimate for the report: still estimating %.0f s after the run", ESTIMATE_WAIT_SECONDS)
@@ -210,8 +207,7 @@ def _run_locked(
     log_planned(output.run_id, job_plan, todo, kept)
     if todo:
         with connect(spec.scheduler, spec.workers, spec.device) as (client, threads):
-            recorded = _then(estimating, on_part)
-            done = run_units(client, threads, spec, job_plan, output, committer, todo, kept, recorded, on_start, stop)
+            done = run_units(client, threads, spec, job_plan, output, committer, todo, kept, on_part, on_start, stop)
     else:
         done = run_units(None, None, spec, job_plan, output, committer, todo, kept, on_part, on_start, stop)
     ordered = [done[unit.id] for unit in job_plan.units]
@@ -219,21 +215,6 @@ def _run_locked(
     estimate = estimating.result() if estimating else None
     manifest = finish(spec, job_plan, ordered, job_record, time.perf_counter() - started, kept, committer, estimate)
     return manifest, len(todo)
-
-
-def _then(
-    estimating: Estimating | None, on_part: Callable[[PartResult], None] | None
-) -> Callable[[PartResult], None] | None:
-    """``on_part``, which also starts the estimate when the first unit is done."""
-    if estimating is None:
-        return on_part
-
-    def recorded(result: PartResult) -> None:
-        estimating.start()
-        if on_part:
-            on_part(result)
-
-    return recorded
 
 
 def log_planned(

@@ -55,6 +55,18 @@ def one_worker_cluster() -> Iterator[Any]:
         yield cluster
 
 
+def worker_processes(driver: Any) -> list[Any]:
+    """The Dask worker processes of a ``batchnlp run`` (a ``psutil.Process``): spawned by the driver,
+    or, on CPU, forked by its multiprocessing fork server."""
+    workers = []
+    for child in driver.children():
+        if "spawn_main" in " ".join(child.cmdline()):
+            workers.append(child)
+        elif "forkserver" in " ".join(child.cmdline()):
+            workers.extend(child.children())
+    return workers
+
+
 def unit(index: int, rows: int | None = 100) -> WorkUnit:
     """Unit ``index`` of a JSONL file, 1000 bytes each."""
     return WorkUnit(index, "file:///data/in.jsonl", "jsonl", index * 1000, (index + 1) * 1000, rows)

@@ -51,3 +51,46 @@ def test_each_gpu_worker_process_sees_only_its_own_gpu():
         cluster.close()
     assert sorted(seen.values()) == ["0", "1"]
     assert set(threads.values()) == {2}
+
+
+def imported_model_code() -> bool:
+    import sys
+
+    return "transformers.modeling_utils" in sys.modules and "torch" in sys.modules
+
+
+def test_cpu_workers_are_forked_with_their_libraries_imported_and_the_drivers_environment(monkeypatch):
+    """Forked from the fork server, a CPU worker starts with torch and transformers' model code
+    imported (a spawned one imports them itself, seconds later), and with the driver's environment
+    as it is when the cluster starts, not as it was when the fork server did."""
+    from distributed import Client
+
+    from batchnlp.cluster import start_worker_imports
+
+    start_worker_imports()
+    monkeypatch.setenv("BATCHNLP_TEST_SET_LATE", "seen")
+    cluster = start_local_cluster(Layout(2, 1, 1))
+    try:
+        with Client(cluster) as client:
+            client.wait_for_workers(2)
+            imported = client.run(imported_model_code)
+            seen = client.run(lambda: os.environ.get("BATCHNLP_TEST_SET_LATE"))
+            parents = client.run(os.getppid)
+    finally:
+        cluster.close()
+    assert set(imported.values()) == {True}
+    assert set(seen.values()) == {"seen"}
+    assert os.getpid() not in parents.values(), "forked by the fork server, not by the driver"
+
+
+def test_gpu_workers_are_spawned_importing_nothing_before_they_are_pinned():
+    from distributed import Client
+
+    cluster = start_local_cluster(Layout(1, 1, 1, ("0",)))
+    try:
+        with Client(cluster) as client:
+            client.wait_for_workers(1)
+            imported = client.run(imported_model_code)
+    finally:
+        cluster.close()
+    assert set(imported.values()) == {False}

@@ -11,7 +11,7 @@ import time
 import psutil
 import pyarrow.dataset as ds
 
-from tests.helpers import write_jsonl
+from tests.helpers import worker_processes, write_jsonl
 
 
 def test_a_killed_worker_costs_a_rerun_not_a_row(tmp_path, tiny_model):
@@ -24,7 +24,7 @@ def test_a_killed_worker_costs_a_rerun_not_a_row(tmp_path, tiny_model):
     while len(list((out / "_progress").glob("part-*.json"))) < 2 and time.time() < deadline:
         assert driver.poll() is None, "the run ended before a worker could be killed"
         time.sleep(0.01)
-    workers = [p for p in driver.children() if "spawn_main" in " ".join(p.cmdline())]
+    workers = worker_processes(driver)
     assert len(workers) == 2
     workers[0].send_signal(signal.SIGKILL)
 
