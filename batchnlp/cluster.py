@@ -41,10 +41,12 @@ UNITS_PER_GPU_WORKER = 2
 # GIL. Measured on an H200 (DistilBERT-base, bf16, 400,000 rows, tokens/s after the first row):
 # 1 process 0.88M, 2 processes 1.41M, 3 processes 1.78M. Each holds its own model copy (~130 MB).
 WORKERS_PER_GPU = 3
-# What a forked CPU worker has imported before it starts: Dask, batchnlp's worker side and the
-# model code its tasks load (torch and transformers' modeling: ~5 s of the ~5.5 s).
+# What a forked CPU worker has imported before it starts: Dask, batchnlp's worker side, the
+# model code its tasks load (torch and transformers' modeling: ~5 s of the ~5.5 s), and pandas,
+# which pyarrow imports at a process's first ``pa.array`` (a worker's first unit read: ~1 s).
 WORKER_IMPORTS = (
     "distributed",
+    "pandas",
     "batchnlp.worker",
     "batchnlp.int8",
     "batchnlp.tasks.classify",
