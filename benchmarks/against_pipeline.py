@@ -9,7 +9,7 @@ Parquet) at each ``--naive-batch-sizes``, then ``batchnlp run`` at each ``--prec
 corpus is ``examples/reviews.jsonl`` (hand-written English reviews, 4 to 214 tokens) cycled to
 ``--rows``; the model a random-weight DistilBERT-base with the real bert-base-uncased vocabulary
 (speed does not depend on the weights). Prints, per setting: rows/s, tokens/s, the ratio to the
-best naive setting, peak memory of the whole process tree, seconds from process start to the
+best naive setting, peak memory of the whole process tree (PSS), seconds from process start to the
 first labelled row and tokens/s from then on (the steady state, start-up left out); then how
 batchnlp's labels compare with the naive script's (fp32) and with batchnlp fp32 (other
 precisions). On a GPU it also samples utilisation through NVML.
@@ -39,10 +39,14 @@ HERE = Path(__file__).resolve().parent
 
 
 class Sampler:
-    """Samples, while a command runs, its process tree's resident memory and the GPU's utilisation."""
+    """Samples, while a command runs, its process tree's memory and the GPU's utilisation.
+
+    Memory is the tree's proportional set size (PSS): pages shared between processes (a worker
+    forked from the fork server shares its libraries) count once, split among their sharers;
+    summed resident sizes would count them once per process."""
 
     def __init__(self, process: psutil.Popen, gpu: bool) -> None:
-        self.process, self.peak_rss, self.gpu = process, 0, []
+        self.process, self.peak_memory, self.gpu = process, 0, []
         self.nvml = _nvml_handle() if gpu else None
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
@@ -51,7 +55,7 @@ class Sampler:
         while self.process.poll() is None:
             try:
                 tree = [self.process, *self.process.children(recursive=True)]
-                self.peak_rss = max(self.peak_rss, sum(_rss(p) for p in tree))
+                self.peak_memory = max(self.peak_memory, sum(_pss(p) for p in tree))
             except psutil.Error:
                 pass
             if self.nvml is not None:
@@ -66,9 +70,9 @@ class Sampler:
         return sum(samples) / len(samples) / 100 if samples else None
 
 
-def _rss(process: psutil.Process) -> int:
+def _pss(process: psutil.Process) -> int:
     try:
-        return process.memory_info().rss
+        return process.memory_full_info().pss
     except psutil.Error:
         return 0
 
@@ -129,7 +133,7 @@ def main() -> None:
             wall, _, sampler, stdout = timed([*command, "--batch-size", str(batch_size), "--device", args.device], gpu)
             outputs[f"naive bs{batch_size}"] = labels(pq.read_table(out), "sentiment")
             first = json.loads(stdout.strip().splitlines()[-1])["first_row_s"]
-            rows.append((f"naive bs{batch_size}", wall, None, sampler.peak_rss, first, None))
+            rows.append((f"naive bs{batch_size}", wall, None, sampler.peak_memory, first, None))
         tokens = None
         for precision in args.precision:
             out = work / f"batchnlp-{precision}"
@@ -144,7 +148,7 @@ def main() -> None:
             outputs[f"batchnlp {precision}"] = labels(parts, "sentiment")
             first = manifest["startup"]["first_row_s"]
             busy = sampler.gpu_busy(launched + first) if gpu else None
-            rows.append((f"batchnlp {precision}", wall, manifest, sampler.peak_rss, first, busy))
+            rows.append((f"batchnlp {precision}", wall, manifest, sampler.peak_memory, first, busy))
         report(rows, tokens, args.rows)
         print()
         for name, _, *_ in rows:
@@ -157,7 +161,7 @@ def main() -> None:
 def report(rows: list[tuple], tokens: int | None, count: int) -> None:
     naive = [wall for name, wall, *_ in rows if name.startswith("naive")]
     best = min(naive) if naive else None
-    header = ("setting", "wall s", "rows/s", "tokens/s", "× naive", "peak MiB", "1st row s", "after 1st")
+    header = ("setting", "wall s", "rows/s", "tokens/s", "× naive", "peak PSS MiB", "1st row s", "after 1st")
     header += ("padding", "GPU busy")
     print(" ".join(f"{h:>13}" for h in header))
     for name, wall, manifest, peak, first, busy in rows:
