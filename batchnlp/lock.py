@@ -137,8 +137,11 @@ class OutputLock:
 
     def _ours(self, holder: dict[str, Any]) -> bool:
         """Whether ``holder`` is this very lock: a duplicate job of the same run id holds its own."""
-        mine = (self.run_id, socket.gethostname(), os.getpid(), self.started_at)
-        return (holder.get("run_id"), holder.get("host"), holder.get("pid"), holder.get("started_at")) == mine
+        return all(holder.get(key) == value for key, value in self._identity().items())
+
+    def _identity(self) -> dict[str, Any]:
+        """The fields of the lock's record that name this very lock."""
+        return {"run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(), "started_at": self.started_at}
 
     def acquire(self) -> None:
         for _ in range(3):  # a lock removed or broken between our create and our read: try again
@@ -190,10 +193,7 @@ class OutputLock:
     def _record(self) -> bytes:
         return json.dumps(
             {
-                "run_id": self.run_id,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "started_at": self.started_at,
+                **self._identity(),
                 "renewed_at": time.time(),
                 "owner": asdict(self.owner) if self.owner else None,
                 "spec_fingerprint": self.fingerprint,
