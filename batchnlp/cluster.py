@@ -16,9 +16,11 @@ pinned to their GPU, and they start on machines with cores to spare.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -202,12 +204,31 @@ def forks_workers(layout: Layout) -> bool:
     return not layout.gpus and sys.platform == "linux"
 
 
+@functools.cache  # once per process; forking a worker restarts the server if it has died
 def start_worker_imports() -> None:
     """Start the fork server that CPU workers are forked from, importing :data:`WORKER_IMPORTS` in the
-    background; returns at once. Called as a command begins, so the imports overlap its planning.
-    Started once per process: later calls find it running."""
+    background; returns at once. Called as a command begins, so the imports overlap its planning."""
+    import atexit
     import multiprocessing
     from multiprocessing import forkserver
 
     multiprocessing.get_context("forkserver").set_forkserver_preload(list(WORKER_IMPORTS))
     forkserver.ensure_running()
+    atexit.register(_stop_worker_imports)
+
+
+def _stop_worker_imports() -> None:
+    """Stop the fork server as this process exits, even in the middle of its imports.
+
+    A fork server exits by itself when its parent is gone, but only once its imports are done:
+    a command that ends before starting a cluster (a refused or finished run) would leave it
+    importing for seconds, holding the command's stdout and stderr, so a caller reading them
+    through a pipe waits for it. By exit, the command has closed its cluster: no worker is left
+    for the server to watch.
+    """
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver  # the module's private singleton: the only handle on its process
+    if server._forkserver_pid is not None:
+        os.kill(server._forkserver_pid, signal.SIGTERM)  # our unreaped child: alive, or a zombie
+        server._stop()  # reaps it and removes its socket

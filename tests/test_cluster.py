@@ -1,4 +1,8 @@
 import os
+import subprocess
+import sys
+
+import psutil
 
 from batchnlp.cluster import Layout, local_layout, start_local_cluster, visible_gpus
 
@@ -94,3 +98,19 @@ def test_gpu_workers_are_spawned_importing_nothing_before_they_are_pinned():
     finally:
         cluster.close()
     assert set(imported.values()) == {False}
+
+
+def test_a_command_that_exits_before_its_cluster_starts_stops_the_fork_server_with_it():
+    """A refused or finished run exits within a second or two; its fork server, still importing torch,
+    would outlive it by seconds holding its stdout and stderr, and a caller reading them waits."""
+    script = (
+        "from multiprocessing import forkserver\n"
+        "from batchnlp.cluster import start_worker_imports\n"
+        "start_worker_imports()\n"
+        "print(forkserver._forkserver._forkserver_pid, flush=True)\n"
+    )
+    command = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    server = int(command.stdout.readline())
+    assert command.wait(timeout=120) == 0
+    assert not psutil.pid_exists(server), "the fork server outlived the command"
+    assert command.stdout.read() == "", "and the command's output closed with it"
