@@ -6,9 +6,9 @@ processes pinned to GPUs, each started with ``CUDA_VISIBLE_DEVICES`` naming only
 and no process creates a context on another. Only a cluster this module started is shut down; a
 shared cluster is left as it was found.
 
-CPU workers are forked from one process that has imported torch and transformers' model code
+CPU workers are forked from one process that has imported Dask, torch and the model code
 (a multiprocessing forkserver, started by :func:`start_worker_imports` as the command begins):
-each spawned worker used to import them itself, ~5 s of CPU per worker, all before the first
+each spawned worker used to import them itself, seconds of CPU per worker, all before the first
 row. Forked, the workers pay the imports once, on one core, while the driver plans and
 estimates on the other. GPU workers are still spawned: nothing may touch CUDA before they are
 pinned to their GPU, and they start on machines with cores to spare.
@@ -44,8 +44,10 @@ UNITS_PER_GPU_WORKER = 2
 # 1 process 0.88M, 2 processes 1.41M, 3 processes 1.78M. Each holds its own model copy (~130 MB).
 WORKERS_PER_GPU = 3
 # What a forked CPU worker has imported before it starts: Dask, batchnlp's worker side, the
-# model code its tasks load (torch and transformers' modeling: ~5 s of the ~5.5 s), and pandas,
-# which pyarrow imports at a process's first ``pa.array`` (a worker's first unit read: ~1 s).
+# model code its tasks load (torch, batchnlp's DistilBERT, transformers' tokenizers and configs),
+# and pandas, which pyarrow imports at a process's first ``pa.array`` (a worker's first unit read:
+# ~1 s). Not transformers' modeling code (~3 s): only a checkpoint of another family needs it,
+# and its worker imports it then.
 WORKER_IMPORTS = (
     "distributed",
     "pandas",
@@ -53,8 +55,8 @@ WORKER_IMPORTS = (
     "batchnlp.int8",
     "batchnlp.tasks.classify",
     "batchnlp.tasks.qa",
-    "batchnlp.tasks.first_token",
-    "transformers.models.auto.modeling_auto",
+    "batchnlp.distilbert",
+    "transformers.models.auto.configuration_auto",
     "transformers.models.auto.tokenization_auto",
 )
 

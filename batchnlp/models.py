@@ -228,27 +228,35 @@ def _digest(value: Any) -> str:
 
 
 def load_sequence_classifier(directory: Path, ref: str) -> tuple[Any, Any]:
-    """(tokenizer, model) in fp32 on the CPU; the engine moves and converts the model."""
-    from transformers import AutoModelForSequenceClassification
-
-    return _load(directory, ref, AutoModelForSequenceClassification, "a sequence classifier")
+    """(tokenizer, model) in fp32 on the CPU; the engine moves and converts the model. The model's
+    output has ``logits``; a DistilBERT classifier's last layer runs for the first token only."""
+    return _load(directory, ref, "sequence_classifier", "a sequence classifier")
 
 
 def load_question_answerer(directory: Path, ref: str) -> tuple[Any, Any]:
-    """(tokenizer, model) of an extractive QA checkpoint (start/end logits), fp32 on the CPU."""
-    from transformers import AutoModelForQuestionAnswering
-
-    return _load(directory, ref, AutoModelForQuestionAnswering, "a question-answering model")
+    """(tokenizer, model) of an extractive QA checkpoint (``start_logits``, ``end_logits``), fp32 on the CPU."""
+    return _load(directory, ref, "question_answerer", "a question-answering model")
 
 
-def _load(directory: Path, ref: str, auto_class: Any, what: str) -> tuple[Any, Any]:
-    """Safetensors only, no remote code, and a fast tokenizer: tasks need its offsets and windows."""
+def _load(directory: Path, ref: str, head: str, what: str) -> tuple[Any, Any]:
+    """Safetensors only, no remote code, and a fast tokenizer: tasks need its offsets and windows.
+
+    DistilBERT checkpoints load as :mod:`batchnlp.distilbert`'s modules, which spare the process
+    transformers' modeling code; any other checkpoint, or one that module does not recognise
+    exactly, loads through transformers' auto classes (imported only then).
+    """
     from safetensors import SafetensorError
     from transformers import AutoTokenizer
 
+    from batchnlp import distilbert
+
+    auto_class: Any = None
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
-        model = _with_attention(directory, ref, auto_class)
+        model = distilbert.load(directory, head)
+        if model is None:
+            auto_class = _auto_class(head)
+            model = _with_attention(directory, ref, auto_class)
     except (OSError, ValueError, KeyError) as e:
         if "trust_remote_code" in str(e):  # transformers' advice (pass trust_remote_code=True) is not ours
             raise ModelError(
@@ -257,7 +265,7 @@ def _load(directory: Path, ref: str, auto_class: Any, what: str) -> tuple[Any, A
             ) from e
         raise ModelError(f"cannot load model {ref!r} as {what}: {e}") from e
     except RuntimeError as e:  # transformers' "size mismatch": a head or an embedding unlike the config's
-        mismatches = _shape_mismatches(directory, auto_class)
+        mismatches = _shape_mismatches(directory, auto_class) if auto_class else []
         if not mismatches:
             raise
         raise ModelError(
@@ -274,6 +282,19 @@ def _load(directory: Path, ref: str, auto_class: Any, what: str) -> tuple[Any, A
     if not getattr(tokenizer, "is_fast", False):
         raise ModelError(f"model {ref!r} has no fast tokenizer (tokenizer.json); batchnlp needs one")
     return tokenizer, model.eval()
+
+
+AUTO_CLASSES = {
+    "sequence_classifier": "AutoModelForSequenceClassification",
+    "question_answerer": "AutoModelForQuestionAnswering",
+}
+
+
+def _auto_class(head: str) -> Any:
+    """transformers' auto class for ``head`` (its first checkpoint imports transformers' modeling code: seconds)."""
+    import transformers
+
+    return getattr(transformers, AUTO_CLASSES[head])
 
 
 def _with_attention(directory: Path, ref: str, auto_class: Any) -> Any:

@@ -60,12 +60,12 @@ def test_each_gpu_worker_process_sees_only_its_own_gpu():
 def imported_model_code() -> bool:
     import sys
 
-    return "transformers.modeling_utils" in sys.modules and "torch" in sys.modules
+    return "batchnlp.distilbert" in sys.modules and "torch" in sys.modules
 
 
 def test_cpu_workers_are_forked_with_their_libraries_imported_and_the_drivers_environment(monkeypatch):
-    """Forked from the fork server, a CPU worker starts with torch and transformers' model code
-    imported (a spawned one imports them itself, seconds later), and with the driver's environment
+    """Forked from the fork server, a CPU worker starts with torch and the model code imported (a
+    spawned one imports them itself, seconds later), and with the driver's environment
     as it is when the cluster starts, not as it was when the fork server did."""
     from distributed import Client
 

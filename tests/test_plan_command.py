@@ -306,7 +306,7 @@ def test_the_estimate_imports_no_model_code(tmp_path: Path, tiny_model: Path, qa
         "import sys\nfrom batchnlp.cli import main\n"
         f"try:\n    main({[*args, '--json']!r})\nexcept SystemExit as e:\n"
         "    assert not e.code, e.code\n"
-        "print([m for m in ('transformers.modeling_utils', 'batchnlp.tasks.first_token') if m in sys.modules])"
+        "print([m for m in ('transformers.modeling_utils', 'batchnlp.distilbert') if m in sys.modules])"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -9,7 +9,6 @@ otherwise; the label is the best-scoring one.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -24,7 +23,7 @@ from batchnlp.tasks.columns import LABEL_SCORE, with_label_order
 class Classify(Task):
     def __init__(self, spec: TaskSpec, directory: Path, engine: Engine, max_length: int | None) -> None:
         super().__init__(spec, directory, engine, max_length)
-        self.tokenizer, self.model = engine.load(directory, spec.model, _load_trimmed)
+        self.tokenizer, self.model = engine.load(directory, spec.model, load_sequence_classifier)
         config = self.model.config
         self.labels = [config.id2label[i] for i in range(config.num_labels)]
         self.sigmoid = config.problem_type == "multi_label_classification" or config.num_labels == 1
@@ -60,7 +59,7 @@ class Classify(Task):
         near = np.flatnonzero(top[:, 1] - top[:, 0] < self.engine.rescore_margin)
         if not len(near):
             return
-        reference = self.engine.reference(self.directory, self.spec.model, _load_trimmed)
+        reference = self.engine.reference(self.directory, self.spec.model, load_sequence_classifier)
         exact, extra = self.engine.run(
             reference, [input_ids[i] for i in near], self.tokenizer.pad_token_id, lambda out: out.logits
         )
@@ -106,14 +105,3 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 def _sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))
-
-
-def _load_trimmed(directory: Path, ref: str) -> tuple[Any, Any]:
-    """The classifier with its last layer cut to the first token, the only one its head reads."""
-    # Imported here: transformers' modeling code costs seconds to import, and the driver's estimate
-    # builds this task on its tokenizer alone, while the workers it would slow are labelling.
-    from batchnlp.tasks.first_token import trim_last_layer
-
-    tokenizer, model = load_sequence_classifier(directory, ref)
-    trim_last_layer(model)
-    return tokenizer, model

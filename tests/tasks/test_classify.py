@@ -82,20 +82,3 @@ def test_reduced_precisions_run_and_mostly_agree_with_fp32(tiny_model, texts, pr
     labels = [row["label"] for row in make_task(tiny_model, precision=precision).annotate(texts)[0].to_pylist()]
     agreement = np.mean([a == b for a, b in zip(labels, reference, strict=True)])
     assert agreement >= 0.9
-
-
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_last_layer_for_the_first_token_only_gives_the_full_models_logits(tiny_model, texts, attention):
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from batchnlp.tasks.first_token import FirstTokenLayer, trim_last_layer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    batch = tokenizer(texts[:64], truncation=True, padding=True, return_tensors="pt")
-    full = AutoModelForSequenceClassification.from_pretrained(tiny_model, attn_implementation=attention).eval()
-    trimmed = AutoModelForSequenceClassification.from_pretrained(tiny_model, attn_implementation=attention).eval()
-    assert trim_last_layer(trimmed) and isinstance(trimmed.distilbert.transformer.layer[-1], FirstTokenLayer)
-    assert batch["attention_mask"].min() == 0, "rows of different lengths: the mask matters"
-    with torch.inference_mode():
-        np.testing.assert_allclose(trimmed(**batch).logits, full(**batch).logits, atol=1e-5)
