@@ -108,8 +108,10 @@ class Encoder(nn.Module):
         self.transformer = Layers(config)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, first_only: bool = False) -> torch.Tensor:
-        # SDPA's boolean mask keeps True; None when no row is padded lets it take its fastest kernel.
-        mask = None if bool(attention_mask.all()) else attention_mask.bool()[:, None, None, :]
+        # SDPA's boolean mask keeps True. On the CPU a batch without padding goes unmasked, SDPA's
+        # fastest path; on a GPU that check would stall the host until the device caught up.
+        unpadded = attention_mask.device.type == "cpu" and bool(attention_mask.all())
+        mask = None if unpadded else attention_mask.bool()[:, None, None, :]
         hidden = self.embeddings(input_ids)
         layers = self.transformer.layer
         for index, block in enumerate(layers):
