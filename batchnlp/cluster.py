@@ -22,13 +22,14 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 # Resident memory of one worker process holding a DistilBERT-base model (measured: ~1.1 GB).
@@ -217,6 +218,46 @@ def start_worker_imports() -> None:
     multiprocessing.get_context("forkserver").set_forkserver_preload(list(WORKER_IMPORTS))
     forkserver.ensure_running()
     atexit.register(_stop_worker_imports)
+
+
+def worker_imports_started() -> bool:
+    """Whether this process started the fork server (:func:`start_worker_imports`)."""
+    return start_worker_imports.cache_info().currsize > 0
+
+
+def run_forked(function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)`` in a process forked from the fork server, in this process's environment as it
+    is now; returns its result or raises its exception. Blocks until the fork server's imports are
+    done, then for the call: for work that needs those libraries but should not import them again
+    here (seconds of CPU that the workers' own start-up wants)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_call_and_send, args=(send, dict(os.environ), function, args), daemon=True)
+    child.start()
+    send.close()
+    try:
+        succeeded, value = receive.recv()
+    except EOFError:
+        child.join()
+        raise RuntimeError(f"the process running {function.__name__} exited with code {child.exitcode}") from None
+    finally:
+        receive.close()
+        child.join()
+    if not succeeded:
+        raise value
+    return value
+
+
+def _call_and_send(send: Any, environ: dict[str, str], function: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    os.environ.clear()
+    os.environ.update(environ)
+    try:
+        outcome = (True, function(*args))
+    except Exception as e:  # raised again in the caller
+        outcome = (False, e)
+    send.send(outcome)
 
 
 def _stop_worker_imports() -> None:

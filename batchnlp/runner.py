@@ -21,7 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from batchnlp.cluster import connect
+from batchnlp.cluster import connect, run_forked, worker_imports_started
 from batchnlp.collect import StallWatch, results
 from batchnlp.commit import Committer
 from batchnlp.errors import BatchnlpError, JobFailed, TooManyBadLines
@@ -146,12 +146,14 @@ class Estimating:
     worked out on a daemon thread while the run goes on. It only informs the report: a failure
     warns, and a run never waits for it more than :data:`ESTIMATE_WAIT_SECONDS` after its last unit.
 
-    It starts at once, while the CPU workers are forked from the process importing their libraries
-    (:mod:`batchnlp.cluster`): that takes one core for ~5 s while the driver waits, and the
-    estimate's tokenising fits beside it. Started later, it took those seconds from the labelling
-    workers (a 1,200-row job on 2 cores: units beside it ran 35% slower). A lower thread priority
-    was tried once and made the run 10 s slower: starved while holding the GIL, the thread held up
-    the driver's event loop."""
+    It starts at once. Where the CPU workers are forked from a process importing their libraries
+    (:mod:`batchnlp.cluster`), the estimate is forked from it too, once those imports are done:
+    run here, it imported torch and transformers a second time, ~3 s of CPU that on 2 cores
+    delayed the workers' start (first row of a 1,200-row job: 5.2-6.1 s, 4.4-4.8 s without it);
+    forked, it costs ~0.5 s. Started after the first row instead, it took its seconds from the
+    labelling workers (units beside it ran 35% slower). A lower thread priority was tried once and
+    made the run 10 s slower: starved while holding the GIL, the thread held up the driver's event
+    loop."""
 
     def __init__(self, spec: JobSpec, job_plan: Plan) -> None:
         self._result: dict[str, Any] | None = None
@@ -161,7 +163,9 @@ class Estimating:
 
     def _work(self, spec: JobSpec, job_plan: Plan) -> None:
         try:
-            self._result = _estimate(spec, job_plan)
+            self._result = (
+                run_forked(_estimate, spec, job_plan) if worker_imports_started() else _estimate(spec, job_plan)
+            )
         except Exception as e:  # reported by result(): an estimate must never fail a run
             self._error = e
 

@@ -114,3 +114,29 @@ def test_a_command_that_exits_before_its_cluster_starts_stops_the_fork_server_wi
     assert command.wait(timeout=120) == 0
     assert not psutil.pid_exists(server), "the fork server outlived the command"
     assert command.stdout.read() == "", "and the command's output closed with it"
+
+
+def forked_view(name: str) -> tuple[int, bool, str | None]:
+    return os.getpid(), "torch" in sys.modules, os.environ.get(name)
+
+
+def refuse(message: str) -> None:
+    from batchnlp.errors import ModelError
+
+    raise ModelError(message)
+
+
+def test_run_forked_calls_in_a_child_with_the_worker_imports_and_the_callers_environment(monkeypatch):
+    """What the driver's estimate runs on: forked, it does not import torch and transformers again."""
+    import pytest
+
+    from batchnlp.cluster import run_forked, start_worker_imports, worker_imports_started
+    from batchnlp.errors import ModelError
+
+    start_worker_imports()
+    assert worker_imports_started()
+    monkeypatch.setenv("BATCHNLP_TEST_SET_LATE", "seen")
+    pid, imported, seen = run_forked(forked_view, "BATCHNLP_TEST_SET_LATE")
+    assert pid != os.getpid() and imported and seen == "seen"
+    with pytest.raises(ModelError, match="no such model"):
+        run_forked(refuse, "no such model")
