@@ -134,6 +134,11 @@ def _store_new_plan(
     shard; the plan another shard stored first wins. OUTPUT must hold no other run's unfinished work."""
     previous = committer.previous_job()
     if previous is not None:
+        # A shard stores its plan before its job record: a record with a plan beside it is another
+        # shard's, stored while this one started its cluster (array children start together).
+        stored = read_plan(committer, spec.storage_options)
+        if stored is not None:
+            return stored
         raise OutputError(
             f"{output.location.display()} holds the unfinished run {previous.get('run_id')}, not planned as shards; "
             "finish it with batchnlp run --resume, or write the shards to another OUTPUT"

@@ -112,6 +112,25 @@ def test_array_children_one_killed_and_rerun_then_one_commit(tiny_model, source,
     assert again.exit_code == 0 and "already complete" in again.output
 
 
+def test_a_shard_that_finds_the_plan_stored_while_its_cluster_started_runs_on_it(shard_job, tmp_path, monkeypatch):
+    """Array children start together: each finds no plan, starts its cluster, and by then another may
+    have stored the plan and its job record. That record is the same run's, not an unfinished other run."""
+    import batchnlp.sharded
+
+    assert shard_job(0, 2).exit_code == 0
+    looks, real = [], batchnlp.sharded.read_plan
+
+    def read_plan(*args):  # shard 1's first look came before shard 0 had stored anything
+        looks.append(args)
+        return real(*args) if len(looks) > 1 else None
+
+    monkeypatch.setattr(batchnlp.sharded, "read_plan", read_plan)
+    result = shard_job(1, 2)
+    assert result.exit_code == 0, result.output
+    assert commit(tmp_path / "out", "--run-id", "night-1").exit_code == 0
+    assert ids(tmp_path / "out") == list(range(ROWS))
+
+
 def test_commit_names_a_missing_shard_then_a_damaged_part(shard_job, tmp_path):
     out = tmp_path / "out"
     assert shard_job(0, 2).exit_code == 0
