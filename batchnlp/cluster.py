@@ -238,13 +238,15 @@ def run_forked(function: Callable[..., T], *args: Any) -> T:
     child.start()
     send.close()
     try:
-        succeeded, value = receive.recv()
-    except EOFError:
-        child.join()
-        raise RuntimeError(f"the process running {function.__name__} exited with code {child.exitcode}") from None
+        outcome = receive.recv()
+    except EOFError:  # the child died before it could send anything
+        outcome = None
     finally:
         receive.close()
         child.join()
+    if outcome is None:
+        raise RuntimeError(f"the process running {function.__name__} exited with code {child.exitcode}")
+    succeeded, value = outcome
     if not succeeded:
         raise value
     return value

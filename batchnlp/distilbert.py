@@ -17,6 +17,7 @@ explains what is wrong with it.
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -26,6 +27,7 @@ from torch.nn import functional
 
 ACTIVATIONS = {"gelu": functional.gelu, "relu": functional.relu}
 LAYER_NORM_EPS = 1e-12  # DistilBERT's, fixed in its code rather than in its config
+OLD_POSITION_IDS = "distilbert.embeddings.position_ids"  # a buffer older transformers saved; not a weight
 
 
 class ClassifierOutput(NamedTuple):
@@ -175,13 +177,12 @@ def load(directory: Path, head: str) -> Model | None:
     with torch.device("meta"):  # shapes only: the checkpoint's tensors are assigned below
         model = HEADS[head](config)
     expected = {name: tensor.shape for name, tensor in model.state_dict().items()}
-    weights: dict[str, torch.Tensor] = {}
-    for path in sorted(directory.glob("*.safetensors")):
-        with safe_open(str(path), "pt") as handle:
-            for name in handle.keys():  # noqa: SIM118 - safe_open is no mapping
-                if name != "distilbert.embeddings.position_ids":  # a buffer older transformers saved
-                    weights[name] = handle.get_tensor(name)
-    if weights.keys() != expected.keys() or any(weights[n].shape != shape for n, shape in expected.items()):
-        return None
-    model.load_state_dict({name: tensor.float() for name, tensor in weights.items()}, assign=True)
+    # Names and shapes from the headers first: a checkpoint left to transformers is not read twice.
+    # (SIM118: safe_open is no mapping; keys() is its listing.)
+    with ExitStack() as files:
+        handles = [files.enter_context(safe_open(str(path), "pt")) for path in sorted(directory.glob("*.safetensors"))]
+        holders = {name: handle for handle in handles for name in handle.keys() if name != OLD_POSITION_IDS}  # noqa: SIM118
+        if {name: torch.Size(handle.get_slice(name).get_shape()) for name, handle in holders.items()} != expected:
+            return None
+        model.load_state_dict({name: handle.get_tensor(name).float() for name, handle in holders.items()}, assign=True)
     return model.eval()
