@@ -10,6 +10,7 @@ import zstandard
 
 from batchnlp.errors import InputError
 from batchnlp.formats import ReadOptions, jsonl, plan_units, read_unit
+from batchnlp.formats.base import WHOLE_STREAM
 from batchnlp.storage import Location, list_input
 
 
@@ -99,11 +100,13 @@ def test_a_compressed_file_is_one_unit_decompressed_once_to_read_it(tmp_path, su
     path.write_bytes(gzip.compress(data) if suffix.endswith("gz") else zstandard.ZstdCompressor().compress(data))
     location = Location(str(path), {})
     units = plan_units(location, list_input(location), "jsonl", 10, ReadOptions(), workers=4).units
-    assert [(u.format, u.start, u.stop, u.rows) for u in units] == [("jsonl-lines", 0, 95, 95)]
+    assert [(u.format, u.start, u.stop, u.rows) for u in units] == [("jsonl-lines", 0, WHOLE_STREAM, 95)]
     decompressed = []
-    iter_lines = jsonl._iter_lines
+    bounded_lines = jsonl.bounded_lines
     monkeypatch.setattr(
-        jsonl, "_iter_lines", lambda handle: (decompressed.append(line) or line for line in iter_lines(handle))
+        jsonl,
+        "bounded_lines",
+        lambda blocks, limit: (decompressed.append(line) or line for line in bounded_lines(blocks, limit)),
     )
     read = read_unit(location, units[0], ReadOptions())
     assert read.table.column("i").to_pylist() == list(range(95))
