@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 BLOCK_BYTES = 1 << 20  # read at a time from a plain file
-KEPT_BYTES = 4096  # of a line past the cap: what the quarantine keeps of it, with its length
+KEPT_BYTES = 4096  # of a line past the cap (or the cap, if less): what the quarantine keeps, with its length
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ def blocks_of(handle: Any, most: int | None = None) -> Iterator[bytes]:
 def bounded_lines(blocks: Iterable[bytes], limit: int) -> Iterator[Line]:
     """Every line of ``blocks``, each one longer than ``limit`` bytes (its newline aside) as an
     :class:`Unreadable`: at most ``limit`` bytes of a line are ever held, plus one block."""
+    keep = min(KEPT_BYTES, limit)
     held: list[bytes] = []  # the current line's pieces, while it is within the limit
     length = 0  # bytes of the current line so far, newline aside
     kept: bytes | None = None  # once past the limit: its first KEPT_BYTES, the rest only counted
@@ -56,11 +57,11 @@ def bounded_lines(blocks: Iterable[bytes], limit: int) -> Iterator[Line]:
             if kept is None and length <= limit:
                 yield b"".join((*held, piece, b"\n"))
             else:
-                yield overlong(kept if kept is not None else b"".join((*held, piece))[:KEPT_BYTES], length, 1, limit)
+                yield overlong(kept if kept is not None else b"".join((*held, piece))[:keep], length, 1, limit)
             held, length, kept = [], 0, None
         length += len(rest)
         if kept is None and length > limit:
-            kept, held = b"".join((*held, rest))[:KEPT_BYTES], []
+            kept, held = b"".join((*held, rest))[:keep], []
         elif kept is None and rest:
             held.append(rest)
     if kept is not None:
