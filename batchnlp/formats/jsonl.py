@@ -382,6 +382,7 @@ def _check_sample(fs: Any, file: InputFile, where: str, options: ReadOptions) ->
             lines, head.ended = [], False
     if lines and not head.ended and not isinstance(lines[-1], Unreadable):
         lines.pop()  # cut by the sample's end
+    counted = len(lines)
     lines = lines[:SAMPLE_LINES]
     parsed = _parse(lines, where, lambda: 1, True, options.on_bad_lines)
     records, text_column = parsed.records, options.text_column
@@ -394,8 +395,8 @@ def _check_sample(fs: Any, file: InputFile, where: str, options: ReadOptions) ->
     consumed = sum(size_of(line) for line in lines) or head.read
     average = consumed / max(1, len(lines))
     if decompressed is None:
-        return _Sample(average, len(lines), head.ended)
-    return _Sample(average, len(lines), head.ended, decompressed.decompressed, decompressed.compressed)
+        return _Sample(average, counted, head.ended)
+    return _Sample(average, counted, head.ended, decompressed.decompressed, decompressed.compressed)
 
 
 class _Head:
