@@ -236,8 +236,8 @@ def _parsed_row(spec: JobSpec, fs: Any, path: str, start: int, raw: Line) -> dic
     under ``--on-bad-lines stop`` stops the plan as it would stop the run, naming its line."""
     where = fs.unstrip_protocol(path)
 
-    def first_line() -> int:
-        return jsonl._line_number(fs, path, start)
+    def first_line() -> int:  # counting lines reads the file up to ``start``: only to name a line that stops the plan
+        return jsonl._line_number(fs, path, start) if spec.on_bad_lines == "stop" else 0
 
     parsed = jsonl._parse([raw], where, first_line, start == 0, spec.on_bad_lines)
     result = jsonl._to_table(parsed, spec.text_column, where, first_line)

@@ -18,7 +18,7 @@ from batchnlp.errors import InputError
 from batchnlp.formats.base import UNIT_BYTES, Format, ReadOptions, ReadResult, WorkUnit
 from batchnlp.storage import InputFile
 
-BATCH_BYTES = 16 << 20  # a record batch's rows, by the footer's average row size
+BATCH_BYTES = 4 << 20  # a record batch's rows, by the footer's average row size
 READ_BUFFER = 1 << 20  # a column chunk is read through this, not whole
 _BYTES_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
 
@@ -154,11 +154,13 @@ def _capped(batch: pa.RecordBatch, limit: int) -> tuple[pa.RecordBatch, list[str
         if not pc.any(over).as_py():
             continue
         name = batch.schema.field(index).name
-        for row in pc.indices_nonzero(pc.fill_null(over, False)).to_pylist():
+        flags = over.to_pylist()
+        for row in (row for row, flag in enumerate(flags) if flag):
             reasons[row] = reasons[row] or (
                 f"column {name!r} holds {lengths[row].as_py():,} bytes, more than --max-line-bytes ({limit:,})"
             )
-        columns[index] = pc.if_else(over, pa.scalar(None, column.type), column)
+        # take, not if_else: if_else sizes its result's data as its input's, the long cells included
+        columns[index] = column.take(pa.array([None if flag else row for row, flag in enumerate(flags)], pa.int64()))
     return pa.RecordBatch.from_arrays(columns, schema=batch.schema), reasons
 
 
