@@ -41,11 +41,12 @@ def decompression_cap(compressed_size: int, max_bytes: int) -> int:
     return min(max_bytes, max(RATIO_FLOOR, MAX_RATIO * compressed_size))
 
 
-class _Zlib:
-    """zlib's decompressor (gzip, one member) behind the interface of bz2's and lzma's."""
+class _Wrapped:
+    """A decompressor of one member or frame with bz2's and lzma's interface: ``eof``, ``unused_data``,
+    ``needs_input`` and ``decompress(data, max_length)``."""
 
-    def __init__(self) -> None:
-        self._d = zlib.decompressobj(wbits=31)
+    def __init__(self, decompressor: Any) -> None:
+        self._d = decompressor
 
     @property
     def eof(self) -> bool:
@@ -54,6 +55,13 @@ class _Zlib:
     @property
     def unused_data(self) -> bytes:
         return self._d.unused_data
+
+
+class _Zlib(_Wrapped):
+    """zlib's, for gzip: input it could not take yet waits in its ``unconsumed_tail``."""
+
+    def __init__(self) -> None:
+        super().__init__(zlib.decompressobj(wbits=31))
 
     @property
     def needs_input(self) -> bool:
@@ -63,21 +71,13 @@ class _Zlib:
         return self._d.decompress(self._d.unconsumed_tail + data, max_length)
 
 
-class _Zstd:
-    """zstandard's decompressor (one frame) behind the same interface; it takes no ``max_length``."""
+class _Zstd(_Wrapped):
+    """zstandard's, which takes no ``max_length``: bounded by the little input it is fed at once."""
 
     needs_input = True
 
     def __init__(self) -> None:
-        self._d = zstandard.ZstdDecompressor().decompressobj()
-
-    @property
-    def eof(self) -> bool:
-        return self._d.eof
-
-    @property
-    def unused_data(self) -> bytes:
-        return self._d.unused_data
+        super().__init__(zstandard.ZstdDecompressor().decompressobj())
 
     def decompress(self, data: bytes, max_length: int) -> bytes:
         return self._d.decompress(data)
