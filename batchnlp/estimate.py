@@ -531,8 +531,10 @@ def estimate_from_plan(
     rate, startup, source = default_throughput(device, precision, _workers(spec, device), parameters)
     rate = tokens_per_second or rate
     one = shard_costs(total_tokens, len(job_plan.units), rate, startup, 1, None)
+    # A compressed file's rows are counted only where the plan's sample held all of it.
+    exact = rows.low == rows.high and not any(unit.stop == WHOLE_STREAM for unit in job_plan.units)
     return {
-        "rows": {**rows.to_record(), "exact": rows.low == rows.high, "sampled": sample.size},
+        "rows": {**rows.to_record(), "exact": exact, "sampled": sample.size},
         "units": len(job_plan.units),
         "rows_per_unit": job_plan.rows_per_unit,
         "tasks": tasks,
