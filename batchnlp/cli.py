@@ -248,6 +248,18 @@ JOB_OPTIONS = [
         "Example: --max-bad-lines 100, --max-bad-lines 0.1%",
     ),
     click.option(
+        "--max-line-bytes",
+        metavar="BYTES",
+        help="A longer JSONL line is a bad line, set aside without being read whole (quarantined by its first "
+        "4 KiB and length); a longer Parquet cell rejects its row. Default: 8MiB. Example: --max-line-bytes 32MiB",
+    ),
+    click.option(
+        "--max-decompressed-bytes",
+        metavar="BYTES",
+        help="A compressed file decompressing past this, or past 1000x its size beyond 4 GiB, is refused from there "
+        "on: the rest of it is one bad line naming the file. Default: 64GiB. Example: --max-decompressed-bytes 200GiB",
+    ),
+    click.option(
         "--rows-per-partition",
         type=click.IntRange(min=MINIMUMS["rows_per_partition"]),
         help="Rows in one unit of work (about: JSONL is cut by bytes). Default: 4 units per worker (fewer where "

@@ -41,6 +41,8 @@ from batchnlp.batching import PAD_MULTIPLE, token_budget_batches
 from batchnlp.engine import choose, default_tokens_per_batch
 from batchnlp.errors import ModelError, SpecError
 from batchnlp.formats import WorkUnit, jsonl, read_unit
+from batchnlp.formats.base import WHOLE_STREAM
+from batchnlp.formats.lines import Line, blocks_of, bounded_lines, overlong, size_of
 from batchnlp.plan import Plan
 from batchnlp.spec import JobSpec, TaskSpec
 from batchnlp.storage import Location
@@ -49,6 +51,7 @@ from batchnlp.tasks.base import value_problem
 
 SAMPLE_ROWS = 400  # rows tokenised per plan: about a second of tokenising, a 95% interval of a few percent
 MAX_UNITS_READ = 4  # Parquet / compressed JSONL: whole units read (as a worker reads them) to draw rows from
+COMPRESSED_HEAD_LINES = 2000  # of a compressed file's unit, read in place of all of it
 PADDING_TRIALS = 3  # simulated units per task whose padding is averaged
 LINE_WINDOW = 1 << 16  # bytes read on each side of a sampled offset; a longer line is read on to its ends
 Z95 = 1.96
@@ -184,35 +187,39 @@ def _sample_lines(spec: JobSpec, source: Location, units: list[WorkUnit], size: 
     for url, positions in by_file.items():
         path = fs._strip_protocol(url)
         parsed: dict[int, dict[str, Any] | None] = {}  # a long line holds many offsets: parse (and count) it once
-        for start, raw in _lines_around(fs, path, ends[url], positions):
+        for start, raw in _lines_around(fs, path, ends[url], positions, spec.max_line_bytes):
             if start not in parsed:
                 parsed[start] = _parsed_row(spec, fs, path, start, raw)
-            stratum.sizes.append(float(len(raw)))
+            stratum.sizes.append(float(size_of(raw)))
             stratum.rows.append(parsed[start])
     return stratum
 
 
-def _lines_around(fs: Any, path: str, size: int, offsets: list[int]) -> list[tuple[int, bytes]]:
+def _lines_around(fs: Any, path: str, size: int, offsets: list[int], limit: int) -> list[tuple[int, Line]]:
     """(start, the whole line with its newline) holding each offset: one concurrent ranged read of a
-    window around each, more reads for a line longer than the window."""
+    window around each, more reads for a line longer than the window (at most ``limit`` each way)."""
     windows = [(max(0, o - LINE_WINDOW), min(size, o + LINE_WINDOW)) for o in offsets]
     chunks = fs.cat_ranges([path] * len(offsets), [lo for lo, _ in windows], [hi for _, hi in windows])
     lines = []
     for offset, (lo, hi), chunk in zip(offsets, windows, chunks, strict=True):
         before, after = chunk.rfind(b"\n", 0, offset - lo), chunk.find(b"\n", offset - lo)
         if (before < 0 and lo > 0) or (after < 0 and hi < size):
-            lines.append(_line_around(fs, path, offset))
+            lines.append(_line_around(fs, path, offset, limit))
         else:
             end = after + 1 if after >= 0 else len(chunk)
             lines.append((lo + before + 1, chunk[before + 1 : end]))
     return lines
 
 
-def _line_around(fs: Any, path: str, offset: int) -> tuple[int, bytes]:
-    """The line holding ``offset`` when it is longer than the read window: back to its start, then on."""
+def _line_around(fs: Any, path: str, offset: int, limit: int) -> tuple[int, Line]:
+    """The line holding ``offset`` when it is longer than the read window: back to its start, then on,
+    reading at most ``limit`` bytes each way. A line past that is drawn as what the reader makes
+    of it, a bad line (its start unknown: keyed by ``offset``, its size at least ``limit``)."""
     start = offset
     with fs.open(path, "rb") as handle:
         while start > 0:
+            if offset - start > limit:
+                return offset, overlong(b"", limit + 1, 0, limit)
             low = max(0, start - LINE_WINDOW)
             handle.seek(low)
             newline = handle.read(start - low).rfind(b"\n")
@@ -221,16 +228,16 @@ def _line_around(fs: Any, path: str, offset: int) -> tuple[int, bytes]:
                 break
             start = low
         handle.seek(start)
-        return start, handle.readline()
+        return start, next(bounded_lines(blocks_of(handle, limit + 2), limit), b"")
 
 
-def _parsed_row(spec: JobSpec, fs: Any, path: str, start: int, raw: bytes) -> dict[str, Any] | None:
+def _parsed_row(spec: JobSpec, fs: Any, path: str, start: int, raw: Line) -> dict[str, Any] | None:
     """One sampled line as the reader makes it a row (None for a blank or skipped line); a bad line
     under ``--on-bad-lines stop`` stops the plan as it would stop the run, naming its line."""
     where = fs.unstrip_protocol(path)
 
-    def first_line() -> int:
-        return jsonl._line_number(fs, path, start)
+    def first_line() -> int:  # counting lines reads the file up to ``start``: only to name a line that stops the plan
+        return jsonl._line_number(fs, path, start) if spec.on_bad_lines == "stop" else 0
 
     parsed = jsonl._parse([raw], where, first_line, start == 0, spec.on_bad_lines)
     result = jsonl._to_table(parsed, spec.text_column, where, first_line)
@@ -248,6 +255,8 @@ def _sample_rows(spec: JobSpec, source: Location, units: list[WorkUnit], size: i
     items: list[dict[str, Any] | None] = []
     options = replace(spec.read_options, partitioning=None)
     for unit in chosen:
+        if unit.stop == WHOLE_STREAM:  # a compressed file: its first lines, never all of it
+            unit = replace(unit, stop=COMPRESSED_HEAD_LINES, rows=min(unit.rows or 0, COMPRESSED_HEAD_LINES))
         result = read_unit(source, unit, options)
         rows = _rows(result.table, result.errors, spec)
         items.extend(rows + [None] * max(0, (unit.rows or 0) - len(rows)))
@@ -522,8 +531,10 @@ def estimate_from_plan(
     rate, startup, source = default_throughput(device, precision, _workers(spec, device), parameters)
     rate = tokens_per_second or rate
     one = shard_costs(total_tokens, len(job_plan.units), rate, startup, 1, None)
+    # A compressed file's rows are counted only where the plan's sample held all of it.
+    exact = rows.low == rows.high and not any(unit.stop == WHOLE_STREAM for unit in job_plan.units)
     return {
-        "rows": {**rows.to_record(), "exact": rows.low == rows.high, "sampled": sample.size},
+        "rows": {**rows.to_record(), "exact": exact, "sampled": sample.size},
         "units": len(job_plan.units),
         "rows_per_unit": job_plan.rows_per_unit,
         "tasks": tasks,

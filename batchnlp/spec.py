@@ -19,7 +19,8 @@ from typing import Any, Literal, get_args
 from batchnlp import formats
 from batchnlp.errors import SpecError
 from batchnlp.formats import COMPRESSIONS, DEFAULT_COMPRESSION
-from batchnlp.formats.base import BadLinePolicy, ReadOptions
+from batchnlp.formats.base import DEFAULT_MAX_LINE_BYTES, BadLinePolicy, ReadOptions
+from batchnlp.formats.decompress import DEFAULT_MAX_DECOMPRESSED_BYTES
 from batchnlp.formats.writers import OutputFormat
 from batchnlp.redaction import redact_url
 
@@ -32,6 +33,8 @@ OUTPUT_FORMATS = (*formats.OUTPUT_FORMATS, *TABLE_FORMATS)
 COMPRESSION_NAMES = tuple(dict.fromkeys(name for names in COMPRESSIONS.values() for name in names))
 WriteMode = Literal["new", "overwrite", "resume"]
 
+BYTE_UNITS = {"": 0, "b": 0, "kib": 10, "mib": 20, "gib": 30, "tib": 40}
+BYTE_SIZE = re.compile(r"([1-9][0-9]*) ?([KMGT]iB|B|)", re.IGNORECASE)
 RUN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 ICEBERG_TABLE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.[A-Za-z0-9_-]+")  # namespace.table
 DEFAULT_CATALOG = "default"
@@ -105,6 +108,10 @@ class JobSpec:
     # Bad input lines (--on-bad-lines skip|quarantine) a run may have and still commit: a count, or a
     # fraction (0 < f < 1) of the input's lines. None: any number.
     max_bad_lines: int | float | None = None
+    # A longer JSONL line (or Parquet cell) is a bad line (a rejected row); a compressed file
+    # decompressing past this (or 1000x its size, past 4 GiB) is refused from there (batchnlp.formats.decompress).
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES
     grace_seconds: float = 20.0  # after SIGTERM, running units get this long to finish (batchnlp.shutdown)
     unit_timeout: float | None = None  # a unit silent this long is rerun elsewhere; None: derived (batchnlp.collect)
     lock_owner: str | None = None  # the job this run belongs to, when no scheduler variable says (batchnlp.lock)
@@ -158,6 +165,9 @@ class JobSpec:
             values["partition_by"] = _partition_by(s["partition_by"], tasks, problems)
         if "max_bad_lines" in s:
             values["max_bad_lines"] = _bad_line_limit(s["max_bad_lines"], problems)
+        for name in ("max_line_bytes", "max_decompressed_bytes"):
+            if name in s:
+                values[name] = _byte_size(name, s[name], problems)
         for name in ("grace_seconds", "unit_timeout"):
             if name in s:
                 values[name] = _seconds(name, s[name], problems)
@@ -209,7 +219,12 @@ class JobSpec:
 
     @property
     def read_options(self) -> ReadOptions:
-        return ReadOptions(self.text_column, self.on_bad_lines)
+        return ReadOptions(
+            self.text_column,
+            self.on_bad_lines,
+            max_line_bytes=self.max_line_bytes,
+            max_decompressed_bytes=self.max_decompressed_bytes,
+        )
 
     @property
     def table_output(self) -> bool:
@@ -239,6 +254,8 @@ class JobSpec:
             ("table_version", None),
             ("rescore_margin", None),
             ("incremental", False),
+            ("max_line_bytes", DEFAULT_MAX_LINE_BYTES),
+            ("max_decompressed_bytes", DEFAULT_MAX_DECOMPRESSED_BYTES),
         ):
             if relevant[later] == unset:
                 relevant.pop(later)
@@ -524,6 +541,16 @@ def _seconds(name: str, value: Any, problems: list[str]) -> float:
 def _choice(name: str, value: Any, allowed: tuple[str, ...], problems: list[str]) -> Any:
     if value not in allowed:
         problems.append(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def _byte_size(name: str, value: Any, problems: list[str]) -> int:
+    """A positive number of bytes: an integer, or a string with a binary unit ("8MiB", "64 GiB")."""
+    found = BYTE_SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if found:
+        return int(found[1]) << BYTE_UNITS[found[2].lower()]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        problems.append(f"{name} must be a positive number of bytes (8388608, 8MiB, 64GiB), got {value!r}")
     return value
 
 

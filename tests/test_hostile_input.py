@@ -282,3 +282,93 @@ def test_nothing_to_read_is_named(tmp_path, job):
     assert_stopped(job(tmp_path / "*.jsonl"), tmp_path / "out", "matches no files; check the pattern")
     (tmp_path / "empty").mkdir()
     assert_stopped(job(tmp_path / "empty"), tmp_path / "out", "input directory", "is empty")
+
+
+def good_lines(name: str, count: int) -> list[bytes]:
+    return [json.dumps({"id": f"{name}-{i}", "text": f"review {i} of {name}"}).encode() for i in range(count)]
+
+
+def labelled(out: Path) -> dict[str, dict]:
+    return {row["id"]: row for row in rows(out)}
+
+
+def test_every_failure_of_the_json_parser_is_a_bad_line(tmp_path, job):
+    """A 5,000-digit number (ValueError past Python's 4,300 digits) and 100,000 nested brackets
+    (RecursionError) ended the job as "unexpected ... a bug in batchnlp"; nesting past 64 levels, which
+    parses, is refused too. Each is a counted bad line; every row around them is labelled."""
+    data = tmp_path / "in"
+    data.mkdir()
+    hostile = {
+        "digits": b'{"id": "x", "text": "a", "n": ' + b"9" * 5000 + b"}",
+        "nested": b'{"id": "y", "text": "a", "n": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        "deep": b'{"id": "z", "text": "a", "n": ' + b"[" * 65 + b"]" * 65 + b"}",
+    }
+    for name, line in hostile.items():
+        lines = good_lines(name, 6)
+        (data / f"{name}.jsonl").write_bytes(b"\n".join([*lines[:3], line, *lines[3:]]) + b"\n")
+    result = job(data, "--on-bad-lines", "skip", "--max-bad-lines", "3")
+    assert result.exit_code == 0, result.output
+    out = labelled(tmp_path / "out")
+    assert sorted(out) == sorted(f"{name}-{i}" for name in hostile for i in range(6))
+    assert all(row["sentiment"] is not None for row in out.values())
+    totals = json.loads((tmp_path / "out" / "_manifest.json").read_text())["totals"]
+    assert totals["bad_lines"] == 3
+    reasons = {e["source"].rsplit("/", 1)[1]: (e["line"], e["reason"]) for e in totals["bad_line_examples"]}
+    assert reasons["digits.jsonl"][0] == 4 and "4300 digits" in reasons["digits.jsonl"][1]
+    assert reasons["nested.jsonl"] == (4, "JSON nested deeper than 64 levels")
+    assert reasons["deep.jsonl"] == (4, "JSON nested deeper than 64 levels")
+
+
+def test_a_long_line_and_a_gzip_bomb_are_set_aside_and_the_rest_labelled(tmp_path, job):
+    """A line past --max-line-bytes is a bad line, quarantined by its first 4 KiB and its length; a
+    compressed file past --max-decompressed-bytes is read up to the cap, the rest one bad line
+    naming the file. Before: the line became a row, the flag did not exist, the bomb was read whole."""
+    data = tmp_path / "in"
+    data.mkdir()
+    lines = good_lines("long", 6)
+    long_line = b'{"id": "long", "text": "' + b"w" * 20_000 + b'"}'
+    (data / "long.jsonl").write_bytes(b"\n".join([*lines[:3], long_line, *lines[3:]]) + b"\n")
+    bomb = gzip.compress(b"\n".join([*good_lines("bomb", 3), b'{"text": "' + b"a" * 3_000_000 + b'"}', b"{}"]))
+    assert len(bomb) < 10_000
+    (data / "bomb.jsonl.gz").write_bytes(bomb)
+    flags = ("--on-bad-lines", "quarantine", "--max-line-bytes", "1KiB", "--max-decompressed-bytes", "1MiB")
+    result = job(data, *flags)
+    assert result.exit_code == 0, result.output
+    out = labelled(tmp_path / "out")
+    assert sorted(out) == sorted([*(f"long-{i}" for i in range(6)), *(f"bomb-{i}" for i in range(3))])
+    assert all(row["sentiment"] is not None for row in out.values())
+    totals = json.loads((tmp_path / "out" / "_manifest.json").read_text())["totals"]
+    assert totals["bad_lines"] == 2
+    rejected = tmp_path / "out" / "_rejected"
+    reasons = {
+        r["source"].rsplit("/", 1)[1]: r
+        for p in (rejected / "_reasons").glob("*.jsonl")
+        for r in map(json.loads, p.open())
+    }
+    assert reasons["long.jsonl"]["line"] == 4
+    reason = (
+        f"the line is {len(long_line):,} bytes, more than --max-line-bytes (1,024): set aside unread, its first 1,024"
+    )
+    assert reasons["long.jsonl"]["reason"].startswith(reason)
+    assert reasons["bomb.jsonl.gz"]["line"] == 4
+    assert "bomb.jsonl.gz decompresses to more than 1,048,576 bytes" in reasons["bomb.jsonl.gz"]["reason"]
+    kept = b"".join(p.read_bytes() for p in rejected.glob("part-*.jsonl"))
+    assert kept.startswith(long_line[:1024] + b"\n") and len(kept) < 1100, "a prefix of the line, not all of it"
+
+
+def test_a_parquet_cell_past_the_cap_rejects_its_row_with_a_reason(tmp_path, job):
+    data = tmp_path / "pq"
+    data.mkdir()
+    texts = [f"review {i}" for i in range(8)]
+    texts[5] = "x" * 5000
+    notes = ["n"] * 8
+    notes[2] = "y" * 3000  # a pass-through column's cell is bounded as well
+    write_parquet(data / "a.parquet", pa.table({"id": [f"p-{i}" for i in range(8)], "text": texts, "note": notes}))
+    result = job(data, "--max-line-bytes", "1KiB")
+    assert result.exit_code == 0, result.output
+    out = labelled(tmp_path / "out")
+    assert sorted(out) == [f"p-{i}" for i in range(8)], "every row kept"
+    assert out["p-5"]["_error"] == "column 'text' holds 5,000 bytes, more than --max-line-bytes (1,024)"
+    assert out["p-2"]["_error"] == "column 'note' holds 3,000 bytes, more than --max-line-bytes (1,024)"
+    assert out["p-5"]["text"] is None and out["p-2"]["note"] is None and out["p-5"]["sentiment"] is None
+    assert all(out[f"p-{i}"]["sentiment"] is not None and out[f"p-{i}"]["_error"] is None for i in (0, 1, 3, 4, 6, 7))

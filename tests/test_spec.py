@@ -111,6 +111,25 @@ def test_max_bad_lines_refuses_what_is_neither(given):
         JobSpec.from_settings({"input": "in/", "output": "out/", "max_bad_lines": given})
 
 
+@pytest.mark.parametrize(
+    ("given", "size"), [(1024, 1024), ("1024", 1024), ("8MiB", 8 << 20), ("64 GiB", 64 << 30), ("1kib", 1024)]
+)
+def test_byte_caps_take_bytes_or_binary_units(given, size):
+    settings = {"input": "in/", "output": "out/", "max_line_bytes": given, "max_decompressed_bytes": given}
+    spec = JobSpec.from_settings(settings)
+    assert spec.read_options.max_line_bytes == spec.read_options.max_decompressed_bytes == size
+    defaults = JobSpec.from_settings({"input": "in/", "output": "out/"})
+    assert (defaults.max_line_bytes, defaults.max_decompressed_bytes) == (8 << 20, 64 << 30)
+    explicit = {"input": "in/", "output": "out/", "max_line_bytes": "8MiB", "max_decompressed_bytes": "64GiB"}
+    assert JobSpec.from_settings(explicit).fingerprint() == defaults.fingerprint(), "earlier runs resume"
+
+
+@pytest.mark.parametrize("given", [0, -1, True, "8MB", "x", 1.5])
+def test_byte_caps_refuse_what_is_not_a_size(given):
+    with pytest.raises(SpecError, match="max_line_bytes must be a positive number of bytes"):
+        JobSpec.from_settings({"input": "in/", "output": "out/", "max_line_bytes": given})
+
+
 def test_supervision_settings_do_not_change_what_a_resume_compares():
     base = {"input": "in/", "output": "out/"}
     supervised = {**base, "max_bad_lines": 5, "grace_seconds": 90, "unit_timeout": 1800, "lock_owner": "airflow:x"}

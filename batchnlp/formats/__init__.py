@@ -117,10 +117,10 @@ def plan_units(
         rows_per_unit = auto_rows_per_unit(sum(layout.rows for layout in layouts), workers)
     units: list[WorkUnit] = []
     for file, layout in zip(files, layouts, strict=True):
-        for start, stop, rows in layout.cut(rows_per_unit):
+        for unit_format, start, stop, rows in layout.cut(rows_per_unit):
             values = partition_values.get(file.path) if partition_values else None
             url = fs.unstrip_protocol(file.path)
-            units.append(WorkUnit(len(units), url, layout.unit_format, start, stop, rows, values))
+            units.append(WorkUnit(len(units), url, unit_format, start, stop, rows, values))
     schemas = [(fs.unstrip_protocol(f.path), layout.schema) for f, layout in zip(files, layouts, strict=True)]
     known = all(schema is not None for _, schema in schemas)
     partitioning = options.partitioning
@@ -158,7 +158,7 @@ def read_unit(location: Location, unit: WorkUnit, options: ReadOptions, schema: 
     With ``options.partitioning``, the file's Hive partition values are added as columns.
     """
     fs = location.fs
-    fmt = FORMATS[unit.format.split("-")[0]]  # "jsonl-lines": a compressed JSONL file's line range
+    fmt = FORMATS[unit.format.split("-")[0]]  # "jsonl-lines", "parquet-rows": a variant of the format's units
     path = fs._strip_protocol(unit.path)
     with storage_errors("read", unit.path, InputError, what="input"):
         result = fmt.read(fs, replace(unit, path=path), options)

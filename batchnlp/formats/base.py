@@ -10,11 +10,18 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 import pyarrow as pa
 
 from batchnlp.errors import InputError
+from batchnlp.formats.decompress import DEFAULT_MAX_DECOMPRESSED_BYTES
 
 if TYPE_CHECKING:
     from batchnlp.formats.hive import Partitioning
 
 BadLinePolicy = Literal["stop", "skip", "quarantine"]
+DEFAULT_MAX_LINE_BYTES = 8 << 20
+# The stop of a compressed file's one unit: every line of it, however many its worker finds.
+WHOLE_STREAM = -1
+# Most uncompressed bytes a unit of a splittable file (Parquet) holds: a larger row group is
+# split into row ranges, so a worker's memory does not grow with the writer's row group size.
+UNIT_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -44,14 +51,18 @@ class ReadOptions:
     """How every unit of a job is read.
 
     ``on_bad_lines`` decides what a line that is not a JSON object does (malformed JSON,
-    invalid UTF-8, an array): ``stop`` the job naming it, ``skip`` it (counted and reported),
-    or ``quarantine`` it (also kept byte for byte under OUTPUT/_rejected/). ``partitioning``
-    (found at plan time) adds each file's Hive ``key=value`` directories as columns.
+    invalid UTF-8, an array, a line past ``max_line_bytes``, the rest of a compressed file past
+    its decompression cap): ``stop`` the job naming it, ``skip`` it (counted and reported),
+    or ``quarantine`` it (also kept byte for byte under OUTPUT/_rejected/, a line past the cap by
+    its first bytes). ``max_line_bytes`` also bounds a Parquet cell: a longer one rejects its row.
+    ``partitioning`` (found at plan time) adds each file's Hive ``key=value`` directories as columns.
     """
 
     text_column: str = "text"
     on_bad_lines: BadLinePolicy = "stop"
     partitioning: Partitioning | None = None
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES
 
 
 @dataclass(frozen=True)
@@ -68,7 +79,9 @@ class WorkUnit:
     """A deterministic slice of one input file; the same input always plans the same units.
 
     ``start``/``stop`` mean what the format says: a byte range cut at line ends for plain
-    JSONL, a line range for compressed JSONL, a row-group range for Parquet.
+    JSONL, a line range for compressed JSONL (to :data:`WHOLE_STREAM`), a row-group range for
+    Parquet, a row range within one row group for ``parquet-rows`` (a row group past
+    :data:`UNIT_BYTES`, split).
     """
 
     index: int
@@ -85,7 +98,9 @@ class WorkUnit:
         return f"part-{self.index:05d}"
 
     def describe(self) -> str:
-        kind = {"parquet": "row groups", "jsonl-lines": "lines"}.get(self.format, "bytes")
+        if self.stop == WHOLE_STREAM:
+            return f"{self.path} lines {self.start}-"
+        kind = {"parquet": "row groups", "parquet-rows": "rows", "jsonl-lines": "lines"}.get(self.format, "bytes")
         return f"{self.path} {kind} {self.start}-{self.stop}"
 
 

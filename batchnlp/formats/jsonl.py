@@ -3,7 +3,12 @@
 A plain file is planned from its size alone (plus a small sample for the average line length):
 a unit owns every line whose first byte lies in ``[start, stop)``, the rule Hadoop's line
 reader uses, so units never overlap or drop a line whatever the cut points. Compressed files
-cannot be entered mid-stream; each is one unit, its lines counted by one pass on the driver.
+cannot be entered mid-stream; each is one unit, decompressed as a stream on its worker only (the
+driver reads a sample of it, never the whole: a gzip bomb costs the plan nothing).
+
+Every line is read through :func:`~batchnlp.formats.lines.bounded_lines`: one longer than
+``--max-line-bytes`` is a bad line set aside without being held whole, as is the rest of a
+compressed file past its decompression cap (:mod:`batchnlp.formats.decompress`).
 """
 
 from __future__ import annotations
@@ -19,21 +24,24 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 import pyarrow as pa
-import zstandard
 
 from batchnlp.errors import InputError
-from batchnlp.formats.base import BadLine, BadLinePolicy, Format, ReadOptions, ReadResult, WorkUnit
+from batchnlp.formats.base import WHOLE_STREAM, BadLine, BadLinePolicy, Format, ReadOptions, ReadResult, WorkUnit
+from batchnlp.formats.decompress import DECODERS, Decompressed, DecompressionCapPassed, decompression_cap
+from batchnlp.formats.lines import Line, Unreadable, blocks_of, bounded_lines, end_of_line, size_of
 from batchnlp.storage import InputFile
 
-COMPRESSED_SUFFIXES = (".gz", ".zst", ".bz2", ".xz")
+COMPRESSED_SUFFIXES = tuple(DECODERS)
 SAMPLE_BYTES = 1 << 20
 SAMPLE_LINES = 200
-MAX_LINE_PROBE = 64 << 20
+# Deeper JSON is a bad line: Arrow stores a record's nesting as nested types, and Python's parser
+# gives up (RecursionError) near its recursion limit. Only lines with this many brackets are walked.
+MAX_DEPTH = 64
 
 # A \uD800-\uDFFF escape: valid JSON syntax, but alone it is no character and Arrow cannot store it.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -50,7 +58,7 @@ class JsonlLayout:
 
     size: int
     average_line: float
-    lines: int | None  # counted for compressed files, which are one unit each
+    lines: int | None  # estimated for compressed files, which are one unit each
     # Where a byte range really starts: the first line start at or after each position (a plain file's).
     line_starts: Callable[[list[int]], list[int]] = field(default=lambda positions: positions, compare=False)
     schema = None  # JSON has none: it is inferred from every unit once the cluster runs
@@ -62,49 +70,51 @@ class JsonlLayout:
 
     @property
     def rows(self) -> int:
-        """Rows in the file: exact when counted, estimated from the sampled line length otherwise."""
+        """Rows in the file: estimated from the sample (exact where it held a whole compressed file)."""
         if self.lines is not None:
             return self.lines
         return round(self.size / self.average_line) if self.size else 0
 
-    def cut(self, rows_per_unit: int) -> Iterator[tuple[int, int, int | None]]:
-        """``(start, stop, rows)``: a compressed file whole, a plain one in byte ranges cut at line ends.
+    def cut(self, rows_per_unit: int) -> Iterator[tuple[str, int, int, int | None]]:
+        """``(format, start, stop, rows)``: a compressed file whole, a plain one in byte ranges cut at line ends.
 
         A compressed stream cannot be entered mid-way: a unit starting at line N would decompress
         the N lines before it, so splitting a file into U units decompresses it about U/2 times.
-        It is one unit, as Spark and Hadoop treat non-splittable codecs. A plain file is cut into
+        It is one unit, as Spark and Hadoop treat non-splittable codecs: every line of it (stop
+        :data:`WHOLE_STREAM`), however many the worker finds. A plain file is cut into
         as many equal byte ranges as its estimated rows need units, each cut moved on to the next
         line start (one small read per cut), so every unit starts a line: no unit is empty (a sliver
         of one long line, or the last byte of a file), and each carries its row estimate.
         """
         if self.lines is not None:
-            if self.lines:
-                yield 0, self.lines, self.lines
+            if self.size:
+                yield self.unit_format, 0, WHOLE_STREAM, self.lines
             return
         units = min(self.size, max(1, -(-self.rows // rows_per_unit)))
         cuts = self.line_starts([self.size * i // units for i in range(1, units)])
         bounds = sorted({0, self.size, *(cut for cut in cuts if 0 < cut < self.size)})
         for start, stop in itertools.pairwise(bounds):
-            yield start, stop, max(1, round((stop - start) / self.average_line))
+            yield self.unit_format, start, stop, max(1, round((stop - start) / self.average_line))
 
 
 def describe(fs: Any, file: InputFile, options: ReadOptions) -> JsonlLayout:
-    """Sample (and, if compressed, count) a file; a bad first line or missing field fails here."""
+    """Sample a file (the first lines of a compressed one: never all of it); a bad first line or a
+    missing field fails here."""
     where = fs.unstrip_protocol(file.path)
     if file.size == 0:
         return JsonlLayout(0, 1.0, 0 if is_compressed(file.path) else None)
+    sample = _check_sample(fs, file, where, options)
     if is_compressed(file.path):
-        lines = _count_lines(fs, file.path, where)  # first: it names a truncated file as such
-        return JsonlLayout(file.size, _check_sample(fs, file.path, where, options), lines)
-    average = _check_sample(fs, file.path, where, options)
-    return JsonlLayout(file.size, average, None, functools.partial(_next_line_starts, fs, file.path, file.size))
+        return JsonlLayout(file.size, sample.average_line, sample.compressed_rows(file.size))
+    partial = functools.partial(_next_line_starts, fs, file.path, file.size)
+    return JsonlLayout(file.size, sample.average_line, None, partial)
 
 
 def _next_line_starts(fs: Any, path: str, size: int, positions: list[int]) -> list[int]:
     """For each position, the first byte at or after it that starts a line (``size`` if none).
 
     One ranged read of a small window before each position, concurrent where the filesystem
-    can (s3fs's ``cat_ranges``); a line longer than the window is read on to its end.
+    can (s3fs's ``cat_ranges``); a line longer than the window is scanned on to its end in blocks.
     """
     window = 1 << 16
     ends = [min(size, position + window) for position in positions]
@@ -114,35 +124,55 @@ def _next_line_starts(fs: Any, path: str, size: int, positions: list[int]) -> li
         newline = chunk.find(b"\n")
         if newline < 0 and position - 1 + len(chunk) < size:  # a line longer than the window
             with fs.open(path, "rb") as handle:
-                handle.seek(position - 1)
-                handle.readline()
-                starts.append(handle.tell())
+                handle.seek(position - 1 + len(chunk))
+                starts.append(end_of_line(handle))
         else:
             starts.append(position + newline if newline >= 0 else size)
     return starts
 
 
 def read(fs: Any, unit: WorkUnit, options: ReadOptions) -> ReadResult:
+    """One unit's lines parsed as they are read: a unit holds its rows, never a whole long line."""
     where = fs.unstrip_protocol(unit.path)
     if unit.format == "jsonl-lines":
-        with fs.open(unit.path, "rb", compression="infer") as handle:
-            lines = _line_range(handle, unit.start, unit.stop)
 
         def first_line() -> int:
             return unit.start + 1
 
+        size = fs.size(unit.path)
+        with fs.open(unit.path, "rb") as handle:
+            lines = _decompressed_lines(handle, unit.path, where, size, options)
+            stop = None if unit.stop == WHOLE_STREAM else unit.stop
+            parsed = _parse(
+                itertools.islice(lines, unit.start, stop), where, first_line, unit.start == 0, options.on_bad_lines
+            )
     else:
         with fs.open(unit.path, "rb") as handle:
-            first_offset, lines = _byte_range(handle, unit.start, unit.stop)
+            lines, first_offset = _byte_range(handle, unit.start, unit.stop, options.max_line_bytes)
 
-        @functools.cache
-        def first_line() -> int:  # counting newlines costs a read: only for errors, once per unit
-            return _line_number(fs, unit.path, first_offset)
+            @functools.cache
+            def first_line() -> int:  # counting newlines costs a read: only for errors, once per unit
+                return _line_number(fs, unit.path, first_offset())
 
-    parsed = _parse(lines, where, first_line, unit.start == 0, options.on_bad_lines)
+            parsed = _parse(lines, where, first_line, unit.start == 0, options.on_bad_lines)
     result = _to_table(parsed, options.text_column, where, first_line)
     result.bad_lines = parsed.bad_lines
     return result
+
+
+def _decompressed_lines(handle: Any, path: str, where: str, size: int, options: ReadOptions) -> Iterator[Line]:
+    """The lines of a compressed file, decompressed in bounded blocks; past its cap, one last
+    :class:`Unreadable` stands for the rest of the file."""
+    cap = decompression_cap(size, options.max_decompressed_bytes)
+    stream = Decompressed(handle, _suffix(path), cap, where)
+    try:
+        yield from bounded_lines(stream, options.max_line_bytes)
+    except DecompressionCapPassed as e:
+        yield Unreadable(str(e), b"", 0)
+
+
+def _suffix(path: str) -> str:
+    return next(suffix for suffix in COMPRESSED_SUFFIXES if path.endswith(suffix))
 
 
 @dataclass
@@ -155,16 +185,20 @@ class _Parsed:
 
 
 def _parse(
-    lines: list[bytes], where: str, first_line: Callable[[], int], at_file_start: bool, policy: BadLinePolicy
+    lines: Iterable[Line], where: str, first_line: Callable[[], int], at_file_start: bool, policy: BadLinePolicy
 ) -> _Parsed:
-    """Decode and parse each line; blank lines are not rows and yield nothing.
+    """Decode and parse each line as it comes; blank lines are not rows and yield nothing.
 
-    A line that is not a JSON object stops the job naming it, or under ``skip``/``quarantine``
-    is set aside as a :class:`BadLine`, so every line is either a row or accounted for.
+    A line that is not a JSON object, or was set aside unread, stops the job naming it, or under
+    ``skip``/``quarantine`` is set aside as a :class:`BadLine`, so every line is either a row or
+    accounted for.
     """
     parsed = _Parsed([], [], [])
     for index, raw in enumerate(lines):
-        record, column, reason = _record(raw, bom_allowed=at_file_start and index == 0)
+        if isinstance(raw, Unreadable):
+            record, column, reason = None, None, raw.reason
+        else:
+            record, column, reason = _record(raw, bom_allowed=at_file_start and index == 0)
         if reason is None:
             if record is not None:
                 parsed.records.append(record)
@@ -176,14 +210,17 @@ def _parse(
                 f"{where}:{line}{f':{column}' if column else ''}: {reason}; fix or remove the line, "
                 "or pass --on-bad-lines skip (or quarantine) to set such lines aside"
             )
-        parsed.bad_lines.append(
-            BadLine(line, reason if column is None else f"{reason} at column {column}", raw.removesuffix(b"\n"))
-        )
+        kept = raw.kept if isinstance(raw, Unreadable) else raw.removesuffix(b"\n")
+        parsed.bad_lines.append(BadLine(line, reason if column is None else f"{reason} at column {column}", kept))
     return parsed
 
 
 def _record(raw: bytes, bom_allowed: bool) -> tuple[dict[str, Any] | None, int | None, str | None]:
-    """``(record, column, problem)`` of one line: a blank line is ``(None, None, None)``."""
+    """``(record, column, problem)`` of one line: a blank line is ``(None, None, None)``.
+
+    Every failure of the parser is the line's problem, not the job's: malformed JSON, a number past
+    Python's 4,300 digits (ValueError), nesting past its recursion limit (RecursionError).
+    """
     try:
         text = raw.decode("utf-8-sig" if bom_allowed else "utf-8")
     except UnicodeDecodeError as e:
@@ -194,14 +231,32 @@ def _record(raw: bytes, bom_allowed: bool) -> tuple[dict[str, Any] | None, int |
         record = json.loads(text)
     except json.JSONDecodeError as e:
         return None, e.colno, f"malformed JSON ({e.msg})"
+    except RecursionError:
+        return None, None, f"JSON nested deeper than {MAX_DEPTH} levels"
+    except ValueError as e:  # a number of more digits than Python converts
+        return None, None, f"a JSON value that cannot be read ({str(e).split(';')[0]})"
     if not isinstance(record, dict):
         return None, None, f"the line is {_JSON_TYPE_NAMES.get(type(record), 'a string')}, not a JSON object"
+    if text.count("[") + text.count("{") > MAX_DEPTH and _depth(record) > MAX_DEPTH:
+        return None, None, f"JSON nested deeper than {MAX_DEPTH} levels"
     if _SURROGATE_ESCAPE.search(text):  # rare: only such lines pay for the check
         try:
             json.dumps(record, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
             return None, None, "a string holds an unpaired surrogate escape (\\udXXX): not valid Unicode"
     return record, None, None
+
+
+def _depth(value: Any) -> int:
+    """How deep objects and arrays nest in ``value`` (an object of scalars is 1), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _to_table(parsed: _Parsed, text_column: str, where: str, first_line: Callable[[], int]) -> ReadResult:
@@ -250,42 +305,25 @@ def _type_drift(values: list[Any], name: str, where: str, line_of: Callable[[int
     )
 
 
-def _byte_range(handle: Any, start: int, stop: int) -> tuple[int, list[bytes]]:
-    """Lines whose first byte lies in ``[start, stop)``, and the offset of the first one."""
-    if start > 0:
-        handle.seek(start - 1)
-        handle.readline()
-    first = position = handle.tell()
-    lines = []
-    while position < stop:
-        line = handle.readline()
-        if not line:
-            break
-        lines.append(line)
-        position += len(line)
-    return first, lines
+def _byte_range(handle: Any, start: int, stop: int, limit: int) -> tuple[Iterator[Line], Callable[[], int]]:
+    """Lines whose first byte lies in ``[start, stop)``, as they are read, and the offset of the
+    first one (known once the lines are read)."""
+    first = [start]
 
+    def lines() -> Iterator[Line]:
+        position = start - 1 if start > 0 else 0
+        handle.seek(position)
+        items = bounded_lines(blocks_of(handle), limit)
+        if start > 0:  # the end of the line before: its unit's
+            position += size_of(next(items, b""))
+        first[0] = position
+        for line in items:
+            if position >= stop:
+                break
+            yield line
+            position += size_of(line)
 
-def _line_range(handle: Any, start: int, stop: int) -> list[bytes]:
-    lines = []
-    for number, line in enumerate(_iter_lines(handle)):
-        if number >= stop:
-            break
-        if number >= start:
-            lines.append(line)
-    return lines
-
-
-def _iter_lines(handle: Any) -> Iterator[bytes]:
-    """Lines of a stream that may not support ``readline`` (zstd's reader does not)."""
-    pending = b""
-    while block := handle.read(1 << 20):
-        pending += block
-        *complete, pending = pending.split(b"\n")
-        for line in complete:
-            yield line + b"\n"
-    if pending:
-        yield pending
+    return lines(), lambda: first[0]
 
 
 def _line_number(fs: Any, path: str, offset: int) -> int:
@@ -302,51 +340,49 @@ def _line_number(fs: Any, path: str, offset: int) -> int:
     return count + 1
 
 
-def _count_lines(fs: Any, path: str, where: str) -> int:
-    """Lines of a compressed file, in one decompressing pass that also proves the file is whole."""
-    count, last = 0, b"\n"
-    try:
-        with fs.open(path, "rb", compression=None if path.endswith(".zst") else "infer") as handle:
-            for block in _zstd_blocks(handle) if path.endswith(".zst") else iter(lambda: handle.read(1 << 22), b""):
-                count += block.count(b"\n")
-                last = block[-1:]
-    except (EOFError, OSError, ValueError, zstandard.ZstdError) as e:
-        raise InputError(f"{where} is not a readable compressed file (truncated or corrupt?): {e}") from e
-    return count + (last != b"\n")
+@dataclass(frozen=True)
+class _Sample:
+    """The first lines of a file, as planning measures them."""
+
+    average_line: float  # bytes
+    lines: int  # complete lines sampled
+    whole: bool  # the sample is the whole (decompressed) file
+    decompressed: int = 0  # bytes of a compressed file's sample...
+    compressed: int = 0  # ...and the compressed bytes they took
+
+    def compressed_rows(self, size: int) -> int:
+        """Lines of a compressed file of ``size`` bytes: counted if the sample held it all, else
+        estimated from the sample's compression ratio, never by decompressing the whole file."""
+        if self.whole:
+            return self.lines
+        ratio = self.decompressed / max(1, self.compressed)
+        return max(1, round(size * ratio / self.average_line))
 
 
-def _zstd_blocks(handle: Any) -> Iterator[bytes]:
-    """Decompressed blocks of a zstd stream of one or more frames; EOFError if the last frame is cut.
-
-    The stream readers of ``zstandard`` (and so fsspec's) end quietly at a truncated frame.
-    """
-    decompressor = zstandard.ZstdDecompressor().decompressobj()
-    while block := handle.read(1 << 22):
-        while block:
-            if decompressor.eof:  # the next frame starts here
-                decompressor = zstandard.ZstdDecompressor().decompressobj()
-            yield decompressor.decompress(block)
-            block = decompressor.unused_data if decompressor.eof else b""
-    if not decompressor.eof:
-        raise EOFError("the zstd stream ends inside a frame")
-
-
-def _check_sample(fs: Any, path: str, where: str, options: ReadOptions) -> float:
+def _check_sample(fs: Any, file: InputFile, where: str, options: ReadOptions) -> _Sample:
     """Parse the first lines of a file: malformed JSON or a missing text field fail at plan time.
 
-    Returns the average line length in bytes, used to size byte-range units. A first line
-    longer than the sample is read on to its end (up to MAX_LINE_PROBE), so a file of
-    megabyte rows is not mistaken for one with a truncated line.
+    Reads about SAMPLE_BYTES, on to the end of a longer first line but never past
+    ``--max-line-bytes`` (such a line is a bad line), and for a compressed file through the same
+    bounded, capped decompression as its worker.
     """
-    with fs.open(path, "rb", compression="infer") as handle:
-        sample = handle.read(SAMPLE_BYTES)
-        while b"\n" not in sample and len(sample) < MAX_LINE_PROBE and (block := handle.read(SAMPLE_BYTES)):
-            sample += block
-    lines = sample.split(b"\n")
-    if len(lines) > 1:
-        lines = lines[:-1]  # the last piece may be cut mid-line
-    elif len(sample) >= MAX_LINE_PROBE:
-        return float(len(sample))  # one line longer than the probe: nothing complete to check
+    limit = options.max_line_bytes
+    with fs.open(file.path, "rb") as handle:
+        stream: Iterable[bytes] = blocks_of(handle)
+        decompressed = None
+        if is_compressed(file.path):
+            decompressed = Decompressed(
+                handle, _suffix(file.path), decompression_cap(file.size, options.max_decompressed_bytes), where
+            )
+            stream = decompressed
+        head = _Head(stream, SAMPLE_BYTES, limit)
+        try:
+            lines = list(bounded_lines(head, limit))
+        except DecompressionCapPassed:  # the worker reports it as a bad line
+            lines, head.ended = [], False
+    if lines and not head.ended and not isinstance(lines[-1], Unreadable):
+        lines.pop()  # cut by the sample's end
+    counted = len(lines)
     lines = lines[:SAMPLE_LINES]
     parsed = _parse(lines, where, lambda: 1, True, options.on_bad_lines)
     records, text_column = parsed.records, options.text_column
@@ -356,8 +392,30 @@ def _check_sample(fs: Any, path: str, where: str, options: ReadOptions) -> float
             f"{where}: no {text_column!r} field in the first {len(records)} records; "
             f"fields found: {', '.join(found)}. Pass --text-column NAME"
         )
-    consumed = sum(len(line) + 1 for line in lines)
-    return consumed / max(1, len(lines))
+    consumed = sum(size_of(line) for line in lines) or head.read
+    average = consumed / max(1, len(lines))
+    if decompressed is None:
+        return _Sample(average, counted, head.ended)
+    return _Sample(average, counted, head.ended, decompressed.decompressed, decompressed.compressed)
+
+
+class _Head:
+    """The first blocks of a stream: about ``size`` bytes, more until a line ends, never past ``limit`` + 2."""
+
+    def __init__(self, blocks: Iterable[bytes], size: int, limit: int) -> None:
+        self.blocks, self.size, self.limit = blocks, size, limit
+        self.read = 0
+        self.ended = False  # the whole stream was read
+
+    def __iter__(self) -> Iterator[bytes]:
+        newline = False
+        for block in self.blocks:
+            yield block
+            self.read += len(block)
+            newline = newline or b"\n" in block
+            if (self.read >= self.size and newline) or self.read > self.limit + 1:
+                return
+        self.ended = True
 
 
 def write(table: pa.Table, metadata: Mapping[str, Any] | None = None, compression: str = "none") -> bytes:

@@ -10,7 +10,10 @@ import zstandard
 
 from batchnlp.errors import InputError
 from batchnlp.formats import ReadOptions, jsonl, plan_units, read_unit
+from batchnlp.formats.base import WHOLE_STREAM
+from batchnlp.formats.lines import Unreadable, bounded_lines
 from batchnlp.storage import Location, list_input
+from tests.formats.test_conformance import COMPRESSORS
 
 
 def plan_and_read(path, rows_per_unit, text_column="text"):
@@ -99,11 +102,13 @@ def test_a_compressed_file_is_one_unit_decompressed_once_to_read_it(tmp_path, su
     path.write_bytes(gzip.compress(data) if suffix.endswith("gz") else zstandard.ZstdCompressor().compress(data))
     location = Location(str(path), {})
     units = plan_units(location, list_input(location), "jsonl", 10, ReadOptions(), workers=4).units
-    assert [(u.format, u.start, u.stop, u.rows) for u in units] == [("jsonl-lines", 0, 95, 95)]
+    assert [(u.format, u.start, u.stop, u.rows) for u in units] == [("jsonl-lines", 0, WHOLE_STREAM, 95)]
     decompressed = []
-    iter_lines = jsonl._iter_lines
+    bounded_lines = jsonl.bounded_lines
     monkeypatch.setattr(
-        jsonl, "_iter_lines", lambda handle: (decompressed.append(line) or line for line in iter_lines(handle))
+        jsonl,
+        "bounded_lines",
+        lambda blocks, limit: (decompressed.append(line) or line for line in bounded_lines(blocks, limit)),
     )
     read = read_unit(location, units[0], ReadOptions())
     assert read.table.column("i").to_pylist() == list(range(95))
@@ -142,3 +147,39 @@ def test_empty_file_plans_no_units(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     units, _ = plan_and_read(tmp_path / "empty.jsonl", 10)
     assert units == []
+
+
+@pytest.mark.parametrize("suffix", list(COMPRESSORS))
+def test_concatenated_members_frames_and_streams_are_all_read(tmp_path, suffix):
+    """``cat a.gz b.gz`` is one valid gzip file (zstd frames, bz2 and xz streams alike): every line of both."""
+    halves = [b"".join(json.dumps({"i": i, "text": "t"}).encode() + b"\n" for i in range(k, k + 50)) for k in (0, 50)]
+    path = tmp_path / f"in.jsonl{suffix}"
+    path.write_bytes(b"".join(COMPRESSORS[suffix](half) for half in halves))
+    _, reads = plan_and_read(path, 10)
+    assert [i for read in reads for i in read.table.column("i").to_pylist()] == list(range(100))
+
+
+@pytest.mark.parametrize("suffix", list(COMPRESSORS))
+def test_a_compressed_file_past_its_cap_is_read_to_the_cap_and_the_rest_is_one_bad_line(tmp_path, suffix):
+    lines = b"".join(json.dumps({"i": i, "text": "x" * 100}).encode() + b"\n" for i in range(20_000))
+    path = tmp_path / f"in.jsonl{suffix}"
+    path.write_bytes(COMPRESSORS[suffix](lines))
+    options = ReadOptions(on_bad_lines="skip", max_decompressed_bytes=1 << 20)
+    location = Location(str(path), {})
+    (unit,) = plan_units(location, list_input(location), "jsonl", None, options, workers=1).units
+    read = read_unit(location, unit, options)
+    got = read.table.column("i").to_pylist()
+    assert got == list(range(len(got))) and 0 < len(got) * 118 <= 1 << 20
+    (bad,) = read.bad_lines
+    assert bad.line == len(got) + 1 and "decompresses to more than 1,048,576 bytes" in bad.reason
+
+
+def test_a_line_past_the_cap_is_measured_across_blocks_and_never_held():
+    """Blocks of 7 bytes: a 100-byte line past a 10-byte cap keeps 10 bytes and counts all 101."""
+    data = b"short\n" + b"L" * 100 + b"\nok\n" + b"M" * 30
+    blocks = [data[i : i + 7] for i in range(0, len(data), 7)]
+    items = list(bounded_lines(blocks, 10))
+    assert items[0] == b"short\n" and items[2] == b"ok\n"
+    assert isinstance(items[1], Unreadable) and items[1].kept == b"L" * 10 and items[1].size == 101
+    assert isinstance(items[3], Unreadable) and items[3].size == 30, "the last line, without a newline"
+    assert "the line is 100 bytes, more than --max-line-bytes (10)" in items[1].reason

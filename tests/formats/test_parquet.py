@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import itertools
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from batchnlp.errors import InputError
-from batchnlp.formats import ReadOptions, auto_rows_per_unit, plan_units, read_unit
+from batchnlp.formats import ReadOptions, auto_rows_per_unit, parquet, plan_units, read_unit
 from batchnlp.storage import Location, list_input
 
 
@@ -59,3 +61,21 @@ def test_automatic_sizing_gives_every_worker_the_same_number_of_units():
     assert auto_rows_per_unit(1200, 2) == 300, "four a worker would be 150 rows: two a worker instead"
     assert auto_rows_per_unit(120, 2) == 60, "one a worker below the minimum"
     assert auto_rows_per_unit(10_000_000, 4) == 10_000
+
+
+def test_a_row_group_past_the_unit_budget_is_split_into_row_ranges(tmp_path, monkeypatch):
+    """A writer's one huge row group was one unit, read whole; now pieces of at most UNIT_BYTES
+    (here shrunk to ~40 KB), each read in record batches, together every row exactly once."""
+    monkeypatch.setattr(parquet, "UNIT_BYTES", 40_000)
+    texts = [f"review {i} " + "w" * (100 + i % 50) for i in range(1000)]
+    table = pa.table({"i": list(range(1000)), "text": texts})
+    path = tmp_path / "a.parquet"
+    pq.write_table(table, path, row_group_size=600, use_dictionary=False, compression="none")  # groups of 600 and 400
+    location, units = plan(path, 10_000)
+    sizes = [pq.ParquetFile(path).metadata.row_group(g).total_byte_size for g in range(2)]
+    assert all(size > 40_000 for size in sizes)
+    assert {u.format for u in units} == {"parquet-rows"} and len(units) > 2
+    assert units[0].start == 0 and units[-1].stop == 1000
+    assert all(a.stop == b.start for a, b in itertools.pairwise(units))
+    got = [i for u in units for i in read_unit(location, u, ReadOptions()).table.column("i").to_pylist()]
+    assert got == list(range(1000))
