@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from batchnlp.cli import main
 from tests.conftest import S3_ENV
 
+KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
 NIGHTLY = str(Path(__file__).parent.parent / "jobs" / "nightly-labels.yaml")
 SUBMIT = ["submit", "--spec", NIGHTLY, "--queue", "q", "--job-definition", "d"]
 
@@ -88,3 +89,21 @@ def test_a_person_waits_30_s_for_a_failing_store_a_nightly_run_5_minutes(
     s3_proxy.inject("503", "*", f"/{bucket}", times=1)
     said = CliRunner().invoke(main, [arg.format(bucket=bucket) for arg in args]).output + caplog.text
     assert "retrying for up to 7 s" in said, said
+
+
+def test_a_storage_failure_no_call_site_named_is_still_no_bug():
+    """The CLI's net: a real botocore failure against a closed port that reached a command unmapped."""
+    import boto3
+    from botocore.config import Config
+
+    from batchnlp.errors import JobFailed
+    from batchnlp.storage import unnamed_storage_error
+
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    client = boto3.client("s3", endpoint_url=endpoint, config=Config(retries={"total_max_attempts": 1}), **KEYS)
+    with pytest.raises(Exception) as raised:
+        client.head_object(Bucket="acme-lake", Key="labelled/_SUCCESS")
+    failure = unnamed_storage_error(raised.value)
+    assert isinstance(failure, JobFailed) and failure.exit_code == 1
+    assert "is failing or unreachable" in str(failure) and f"{endpoint}/acme-lake/labelled/_SUCCESS" in str(failure)
+    assert unnamed_storage_error(ValueError("a bug")) is None, "anything else is still reported as a bug"
