@@ -11,7 +11,9 @@ version is gone. Each store offers four operations, none a read-then-write:
 **S3** does each in one request: ``PutObject`` with ``If-None-Match: *``, ``PutObject`` with
 ``If-Match: <ETag>``, ``DeleteObject`` with ``If-Match: <ETag>``; a stale ETag answers 412
 ``PreconditionFailed`` (a conditional write racing another answers 409
-``ConditionalRequestConflict``: the caller lost that race too). s3fs 2026.9 sends
+``ConditionalRequestConflict``: the caller lost that race too). A write retried after its answer was
+lost fails its own condition when the first attempt had written; the object then holds exactly
+the bytes sent, which no other writer's can equal, and that counts as written. s3fs 2026.9 sends
 ``If-None-Match`` for ``pipe_file(mode="create")`` and passes ``IfMatch`` through to
 ``put_object``; deletes go through its client call. The age is the GET answer's ``Date`` header
 (the store's clock now) minus the object's ``LastModified`` (the store's clock at the last
@@ -82,7 +84,7 @@ class LeaseStore:
             try:
                 return _etag(self.fs.pipe_file(self.path, data, mode="create"))
             except FileExistsError:
-                return None
+                return self._written(data)
 
     def replace(self, data: bytes, etag: str) -> str | None:
         """Write ``data`` if the object is still version ``etag``; the new version, or None when it is not."""
@@ -94,7 +96,7 @@ class LeaseStore:
                     return self._write_local(data, os.replace)
             with _lost_race_is_none():
                 return _etag(self.fs.pipe_file(self.path, data, IfMatch=etag))
-        return None
+            return self._written(data)
 
     def delete(self, etag: str) -> bool:
         """Remove the object if it is still version ``etag``; whether it was removed."""
@@ -113,6 +115,16 @@ class LeaseStore:
         return False
 
     # --- S3 -------------------------------------------------------------------------------------
+
+    def _written(self, data: bytes) -> str | None:
+        """After a refused conditional write: the object's version if it holds exactly ``data``, else None.
+
+        botocore retries a PUT whose answer was lost (a read timeout, a dropped connection); when
+        the first attempt had written, the retry fails its own condition. Every body is unique (a
+        nonce), so an object holding ``data`` is that first attempt's write: the write succeeded.
+        """
+        found = self._read_s3()
+        return found.etag if found is not None and found.data == data else None
 
     def _read_s3(self) -> Version | None:
         from fsspec.asyn import sync

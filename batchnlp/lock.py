@@ -204,11 +204,6 @@ class OutputLock:
             "parts. Wait for it to finish, or, if it is dead, rerun with --break-lock"
         )
 
-    def holder(self) -> dict[str, Any] | None:
-        """The lock's record, or None when there is none."""
-        found = self.store.read()
-        return None if found is None else lock_record(found)
-
     def check_held(self) -> None:
         """Before a commit: renew now, or raise JobFailed (exit 1) when this run may no longer hold the lock.
 

@@ -282,3 +282,17 @@ def test_a_run_whose_lock_was_taken_commits_nothing(tmp_path, source, tiny_model
     assert refused.value.exit_code == 1
     assert not (out / "_SUCCESS").exists() and not (out / "_manifest.json").exists()
     assert held_by(Location(str(out), {})) == "taker", "the taker's lock is left alone"
+
+
+def test_a_renewal_whose_answer_was_lost_still_holds_the_lock(bucket, s3_proxy):
+    """S3 wrote the renewal but its answer came after the client's read timeout; botocore sent the PUT
+    again, and S3 refused the repeat (its If-Match names the version the first attempt replaced).
+    The lock holds this run's bytes: it is still this run's, and the run commits."""
+    options = {"config_kwargs": {"read_timeout": 1, "retries": {"total_max_attempts": 3}}}
+    root = Location(f"s3://{bucket}/out/", options)
+    with OutputLock(root, "run-a", renew=3600) as lock:
+        s3_proxy.inject("delay", "PUT", "/out/_lock.json", times=1, seconds=2)
+        lock.check_held()
+        assert s3_proxy.faults("delay") == 1
+        assert held_by(root) == "run-a"
+    assert not root.fs.exists(root.child(LOCK)), "released"
