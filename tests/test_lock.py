@@ -202,12 +202,15 @@ def break_at_once(root: Location, run_ids: list[str]) -> tuple[list[OutputLock],
     return held, refused
 
 
-def test_two_drivers_breaking_one_stale_lock_never_both_hold_it(lock_root):
-    """20 times: a dead driver's lock, two drivers breaking it at the same moment; exactly one holds it."""
+def test_two_drivers_breaking_one_stale_lock_never_both_hold_it(lock_root, request):
+    """20 times: a dead driver's lock, two drivers breaking it at the same moment; exactly one holds it.
+    On S3 one driver's read of the stale lock comes back late (a slow network), as races do."""
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     for trial in range(20):
         plant_lock(lock_root, pid=dead.pid)  # stale: its process on this host is gone
+        if not lock_root.is_local:
+            request.getfixturevalue("s3_proxy").inject("delay", "GET", r"/out/_lock\.json", after=2, seconds=0.5)
         held, refused = break_at_once(lock_root, ["driver-1", "driver-2"])
         assert len(held) == 1, f"trial {trial}: {len(held)} drivers hold the lock"
         assert len(refused) == 1 and "is being written by run" in refused[0], refused
