@@ -81,13 +81,15 @@ def _refuse_shared_output(spec_ref: str, specs: Mapping[str, JobSpec]) -> None:
 
 def _check_date(day: str, spec: JobSpec) -> BackfillDate:
     from batchnlp.output import open_output
+    from batchnlp.storage import storage_errors
 
-    output = open_output(spec).prepare()
-    if spec.table_output:
-        commit = output.committed()
-        held = None if commit is None else f"{commit.kind} {commit.version} of {_shown(spec)} records run {day}"
-        return BackfillDate(day, _shown(spec), held)
-    return _check_files(day, spec, output.location)
+    with storage_errors("read", _shown(spec)):  # an unreachable store is no bug: say so, exit 1
+        output = open_output(spec).prepare()
+        if spec.table_output:
+            commit = output.committed()
+            held = None if commit is None else f"{commit.kind} {commit.version} of {_shown(spec)} records run {day}"
+            return BackfillDate(day, _shown(spec), held)
+        return _check_files(day, spec, output.location)
 
 
 def _check_files(day: str, spec: JobSpec, location: Any) -> BackfillDate:

@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import click
@@ -612,7 +612,7 @@ def plan_command(
     2 for a missing input, a bad spec or model.
     """
     configure_logging(log_level(verbose, quiet, logging.WARNING), log_format)
-    with _user_errors(verbose, log_format == "json"):
+    with _user_errors(verbose, log_format == "json", interactive=True):
         from batchnlp.estimate import plan_run, render_plan
         from batchnlp.plan import check_columns, plan
 
@@ -911,7 +911,7 @@ def submit(
     if backfill and (run_date or run_id or name):
         raise click.UsageError("--from/--to set each run's date, id and name: drop --run-date, --run-id, --name")
     only = _shard_list(only_shards) if only_shards else ()
-    with _user_errors(False):
+    with _user_errors(False, interactive=dry_run):
         from batchnlp import submit as batch
 
         base: Any = batch.Submission(
@@ -990,7 +990,7 @@ def models_digest(ref: str, storage_option: Any) -> None:
       batchnlp models digest s3://acme-models/models/distilbert-sst2/
       batchnlp models digest ./checkpoints/sst2
     """
-    with _user_errors(False):
+    with _user_errors(False, interactive=True):
         from batchnlp.models import pinned
 
         click.echo(pinned(ref, dict(storage_option)))
@@ -1025,7 +1025,7 @@ def inspect_output(output: str, rows: int, storage_option: Any) -> None:
       batchnlp inspect s3://lake/labelled/2026-11-24
       batchnlp inspect out/ --rows 5
     """
-    with _user_errors(False):
+    with _user_errors(False, interactive=True):
         from batchnlp import inspect as inspection
 
         options = dict(storage_option)
@@ -1041,13 +1041,23 @@ def inspect_output(output: str, rows: int, storage_option: Any) -> None:
 
 
 @contextmanager
-def _user_errors(verbose: bool, json_logs: bool = False) -> Iterator[None]:
-    """A BatchnlpError or an Interrupted run ends the command with its message and exit code; anything else is a bug."""
+def _user_errors(verbose: bool, json_logs: bool = False, interactive: bool = False) -> Iterator[None]:
+    """A BatchnlpError or an Interrupted run ends the command with its message and exit code, as
+    does a storage failure (:func:`batchnlp.storage.unnamed_storage_error`); anything else is a bug.
+    ``interactive``: a person waits, so S3 faults are retried for 30 s, not 5 minutes
+    (:func:`batchnlp.retry.interactive_budget`)."""
+    from batchnlp.retry import interactive_budget
+    from batchnlp.storage import unnamed_storage_error
+
     try:
-        yield
+        with interactive_budget() if interactive else nullcontext():
+            yield
     except (BatchnlpError, Interrupted) as e:
         _fail(str(e), e.exit_code, json_logs)
     except Exception as e:
+        failure = unnamed_storage_error(e)
+        if failure is not None:
+            _fail(str(failure), failure.exit_code, json_logs)
         if verbose:
             raise
         _fail(

@@ -13,7 +13,7 @@ from typing import Any
 
 from batchnlp.commit import JOB_RECORD, MANIFEST, PROGRESS, SUCCESS
 from batchnlp.errors import OutputError
-from batchnlp.lock import LOCK, stale
+from batchnlp.lock import live_holder, read_lock
 from batchnlp.record import Manifest, PartResult, Totals
 from batchnlp.storage import Location, storage_errors
 from batchnlp.tasks import TASKS
@@ -59,14 +59,14 @@ def load(output: str, storage_options: dict[str, Any] | None = None) -> RunInfo:
                 f"{display} holds no batchnlp run: neither {MANIFEST} with {SUCCESS} nor {PROGRESS}/{JOB_RECORD}"
             )
         job = json.loads(fs.cat_file(job_path))
-        lock = json.loads(fs.cat_file(location.child(LOCK))) if fs.exists(location.child(LOCK)) else None
+        lock = read_lock(location)
         records = [json.loads(fs.cat_file(p)) for p in sorted(fs.glob(location.child(f"{PROGRESS}/part-*.json")))]
     results = sorted((PartResult.from_record(r) for r in records), key=lambda r: r.unit.index)
     spec = job.get("spec", {})
     return RunInfo(
         output=display,
         # A live owner's lock (renewed, process alive) means the run is still writing.
-        status="running" if lock and lock.get("run_id") == job.get("run_id") and stale(lock) is None else "interrupted",
+        status="running" if job.get("run_id") and live_holder(lock) == job["run_id"] else "interrupted",
         run_id=job.get("run_id"),
         spec=spec,
         models={

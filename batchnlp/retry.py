@@ -46,6 +46,10 @@ The numbers:
   backoff wait about 0.5+1+2+4+8+15x10 = 166 s on average, and 300 s covers that with room. A
   fault that lasts longer is an outage, not throttling: failing the unit then (exit 1, rerun
   with ``--resume``) is better than every worker holding its part for longer.
+- ``INTERACTIVE_RETRY_SECONDS = 30``: the budget of a command a person waits on at a terminal
+  (``--dry-run``, ``plan``, ``inspect``, ``models digest``; :func:`interactive_budget`). Five
+  minutes of silence there reads as a hang; 30 s rides out a burst of throttling or a store
+  restarting and then says the store is failing. ``BATCHNLP_S3_RETRY_SECONDS`` still wins.
 - ``MAX_BACKOFF = 20`` s: the cap of botocore's own standard mode. Once reached, a stuck request
   retries about every 10 s on average: a handful of requests a minute against a throttled prefix,
   and a recovered store is noticed within 20 s.
@@ -82,7 +86,8 @@ import os
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
@@ -94,6 +99,7 @@ TOTAL_MAX_ATTEMPTS = 8
 CONNECT_TIMEOUT = 10
 READ_TIMEOUT = 30
 RETRY_SECONDS = 300.0
+INTERACTIVE_RETRY_SECONDS = 30.0
 MAX_BACKOFF = 20.0
 RETRY_SECONDS_ENV = "BATCHNLP_S3_RETRY_SECONDS"
 MAX_BACKOFF_ENV = "BATCHNLP_S3_RETRY_MAX_BACKOFF"
@@ -178,8 +184,25 @@ def budget_applies(url: str, options: Mapping[str, Any]) -> bool:
 
 
 def retry_seconds(strict: bool = False) -> float:
-    """The budget: ``BATCHNLP_S3_RETRY_SECONDS``, or :data:`RETRY_SECONDS`; 0 turns it off."""
-    return _env_seconds(RETRY_SECONDS_ENV, RETRY_SECONDS, strict)
+    """The budget: ``BATCHNLP_S3_RETRY_SECONDS``, or :data:`RETRY_SECONDS` (:data:`INTERACTIVE_RETRY_SECONDS`
+    inside :func:`interactive_budget`); 0 turns it off."""
+    return _env_seconds(RETRY_SECONDS_ENV, _default_budget, strict)
+
+
+_default_budget = RETRY_SECONDS
+
+
+@contextmanager
+def interactive_budget() -> Iterator[None]:
+    """Within the block, this process's budget defaults to :data:`INTERACTIVE_RETRY_SECONDS`: a
+    person is waiting. A process global, not a context variable: the retry handler runs on s3fs's
+    event-loop thread, which no context of the caller's reaches."""
+    global _default_budget
+    saved, _default_budget = _default_budget, INTERACTIVE_RETRY_SECONDS
+    try:
+        yield
+    finally:
+        _default_budget = saved
 
 
 def max_backoff(strict: bool = False) -> float:

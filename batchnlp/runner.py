@@ -116,12 +116,14 @@ def run(
             output.location.display(), repeated.run_id, repeated.totals, 0.0, 0, len(job_plan.units), True, repeated
         )
     owner = owner_from(os.environ, spec.lock_owner)
-    with OutputLock(output.location, output.run_id, spec.break_lock, owner=owner, fingerprint=spec.fingerprint()):
+    lock = OutputLock(output.location, output.run_id, spec.break_lock, owner=owner, fingerprint=spec.fingerprint())
+    with lock:
         manifest, units_run = output.sealed(committer), 0
         if manifest is None:
             manifest, units_run = _run_locked(
                 spec, job_plan, output, committer, job_record, started, on_part, on_start, stop, estimating
             )
+        lock.check_held()
         table = output.commit(committer, manifest)
         kept, wall = len(job_plan.units) - units_run, time.perf_counter() - started
         return RunSummary(

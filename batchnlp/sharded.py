@@ -204,7 +204,7 @@ def finalize(command: JobSpec) -> RunSummary:
     owner = owner_from(os.environ, spec.lock_owner)
     with OutputLock(
         output.location, output.run_id, command.break_lock, owner=owner, fingerprint=stored.job["spec_fingerprint"]
-    ):
+    ) as lock:
         if committer.finished():  # committed by an earlier attempt (a table's commit may still be due)
             manifest = committer.read_manifest()
             if manifest.run_id != output.run_id:
@@ -220,6 +220,7 @@ def finalize(command: JobSpec) -> RunSummary:
             wall = time.time() - planned_at
             estimate = stored.job.get("estimate")
             manifest = finish(spec, stored.plan, ordered, stored.job, wall, {}, committer, estimate, planned_at)
+        lock.check_held()
         table = output.commit(committer, manifest)
     # The run's figures span its shards, from the plan to this commit.
     units = len(stored.plan.units)

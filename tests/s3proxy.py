@@ -16,6 +16,11 @@ A test can also arm faults: "the next N requests matching (method, path regex) g
 - ``"hold"``: the request is held ``seconds``, then dropped with a reset, never reaching moto (a
   write in flight when its writer dies); the proxy prints ``held METHOD PATH`` on stdout.
 
+Conditional writes (a PUT or DELETE with ``If-Match`` or ``If-None-Match``) pass one at a time:
+S3 checks the condition and writes in one step, while moto's server (5.2.6) checks, then writes,
+in each request's own thread, so two conditional writes of one version could both pass there.
+Serialised here, moto answers them as S3 does.
+
 The proxy lives in the test process; worker processes reach it over loopback, so plain
 in-memory rules under a lock are seen by every request. It binds 127.0.0.1 only, forwards to
 127.0.0.1 only, and answers nobody else.
@@ -27,6 +32,7 @@ would never answer it.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -78,6 +84,7 @@ class S3Proxy:
         self.injected: list[tuple[str, str, str]] = []  # (fault, method, path) of every fault served
         self.rules: list[Rule] = []
         self._lock = threading.Lock()
+        self._conditional = threading.Lock()  # held across a conditional write's round trip to moto
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -102,12 +109,16 @@ class S3Proxy:
                 if rule is not None and rule.fault in ERRORS:
                     self._error(rule.fault)
                     return
-                upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=60)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_HEADERS}
-                upstream.request(self.command, self.path, body=body, headers=headers)
-                response = upstream.getresponse()
-                data = response.read()
-                upstream.close()
+                conditional = self.command in ("PUT", "DELETE") and bool(
+                    {"if-match", "if-none-match"} & {k.lower() for k in self.headers}
+                )
+                with proxy._conditional if conditional else contextlib.nullcontext():
+                    upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=60)
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_HEADERS}
+                    upstream.request(self.command, self.path, body=body, headers=headers)
+                    response = upstream.getresponse()
+                    data = response.read()
+                    upstream.close()
                 if rule is not None:  # "delay": moto has acted; its answer comes late
                     time.sleep(rule.seconds)
                 try:
