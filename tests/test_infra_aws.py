@@ -1315,8 +1315,8 @@ def test_batchnlp_submit_reaches_the_stacks_queues_and_definitions(
 
 
 def k8s(name: str) -> dict[str, Any]:
-    (document,) = list(yaml.safe_load_all((INFRA / "k8s" / name).read_text(encoding="utf-8")))
-    return document
+    """The manifest's workload (the file's first document; a NetworkPolicy may follow it)."""
+    return next(yaml.safe_load_all((INFRA / "k8s" / name).read_text(encoding="utf-8")))
 
 
 def env(container: dict[str, Any]) -> dict[str, Any]:
@@ -1342,7 +1342,7 @@ def test_cronjob_runs_batchnlp_nightly_on_one_gpu() -> None:
         {"containerName": container["name"], "operator": "In", "values": [2, 3]}
     ]
     ignore = [r for r in rules if r["action"] == "Ignore"]
-    assert [r["onPodConditions"] for r in ignore] == [[{"type": "DisruptionTarget"}]]
+    assert [r["onPodConditions"] for r in ignore] == [[{"type": "DisruptionTarget", "status": "True"}]]
     assert job["backoffLimit"] >= 1
     # The run date comes from the Job's name, which the CronJob derives from the scheduled time.
     variables = env(container)
