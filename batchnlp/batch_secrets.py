@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from batchnlp.errors import SpecError
-from batchnlp.redaction import holds_secret, is_secret_name, redact_url
+from batchnlp.redaction import holds_secret, is_secret_name, redact_text
 
 # Batch's valueFrom: the full ARN of a Secrets Manager secret (optionally :json-key:stage:version)
 # or of an SSM parameter.
@@ -53,7 +53,13 @@ def refuse_credentials(
     run_args: Sequence[str],
 ) -> None:
     """Stop a submission whose job would carry a credential, naming where (never the value)."""
-    places = list(_credential_places(spec, inline_spec, environment, params, run_args))
+    if inline_spec is not None:
+        places = [f"the spec {spec} ({where})" for where in _in_spec(inline_spec)]
+    else:
+        places = [f"--spec {redact_text(spec)}"] if holds_secret(spec) else []
+    for flag, values in (("--env", environment), ("--param", params)):
+        places += [f"{flag} {name}" for name, value in values.items() if is_secret_name(name) or holds_secret(value)]
+    places += _in_run_args(run_args)
     if places:
         raise SpecError(
             f"batchnlp submit puts no credential into an AWS Batch job, and found one in: {'; '.join(places)}. A "
@@ -64,29 +70,21 @@ def refuse_credentials(
         )
 
 
-def _credential_places(
-    spec: str,
-    inline_spec: str | None,
-    environment: Mapping[str, str],
-    params: Mapping[str, str],
-    run_args: Sequence[str],
-) -> Iterator[str]:
-    if inline_spec is not None:
-        yield from (f"the spec {spec} ({where})" for where in _in_spec(inline_spec))
-    elif holds_secret(spec):
-        yield f"--spec {redact_url(spec)}"
-    for flag, values in (("--env", environment), ("--param", params)):
-        yield from (f"{flag} {name}" for name, value in values.items() if is_secret_name(name) or holds_secret(value))
+def _in_run_args(run_args: Sequence[str]) -> list[str]:
+    """Run arguments that carry a credential: a credential-named storage or catalog option, or a
+    value redaction would mask (a URL's user info or signature, a key id, a token)."""
+    places = []
     options = iter(run_args)
     for arg in options:
-        flag, _, value = arg.partition("=") if arg.startswith(tuple(f"{f}=" for f in OPTION_FLAGS)) else (arg, "", "")
+        flag, joined, value = arg.partition("=")
         if flag in OPTION_FLAGS:
-            key = (value or next(options, "")).partition("=")[0]
-            if is_secret_name(key):
-                yield f"run argument {flag} {key} (its value)"
-                continue
-        if holds_secret(arg):
-            yield f"run argument {redact_url(arg)}"
+            value = value if joined else next(options, "")
+            key = value.partition("=")[0]
+            if is_secret_name(key) or holds_secret(value):
+                places.append(f"run argument {flag} {key} (its value)")
+        elif holds_secret(arg):
+            places.append(f"run argument {redact_text(arg)}")
+    return places
 
 
 def _in_spec(text: str) -> Iterator[str]:

@@ -14,7 +14,16 @@ import pytest
 from click.testing import CliRunner
 
 from batchnlp.cli import main
-from tests.test_safety import REPO, SECRETS, everything_written, leaks, put_jsonl, secret_sandbox, upload_dir
+from tests.test_safety import (
+    REPO,
+    SECRETS,
+    everything_written,
+    leaks,
+    presigner,
+    put_jsonl,
+    secret_sandbox,
+    upload_dir,
+)
 
 
 def batchnlp(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -31,21 +40,10 @@ def test_a_sharded_runs_plan_keeps_a_presigned_urls_signature_out_of_output(s3_p
     """Two shards and the commit of one run whose input is a presigned URL (SigV4 with a session
     token): the shards read the input through the URL their command gives, while the plan they
     store under OUTPUT, and everything else written, holds no signature, credential or token."""
-    import boto3
-    from botocore.config import Config
-
     env = secret_sandbox(tmp_path / "root")
     model = upload_dir(s3, tiny_model, bucket, "models/sst2")
     put_jsonl(s3, bucket, "in/night.jsonl", 40)
-    signer = boto3.client(
-        "s3",
-        endpoint_url=os.environ["AWS_ENDPOINT_URL"],
-        aws_access_key_id=SECRETS["env key"],
-        aws_secret_access_key=SECRETS["env secret"],
-        aws_session_token=SECRETS["env token"],
-        config=Config(signature_version="s3v4"),
-    )
-    url = signer.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "in/night.jsonl"})
+    url = presigner().generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "in/night.jsonl"})
     query = dict(item.split("=", 1) for item in url.split("?", 1)[1].split("&"))
     assert {"X-Amz-Signature", "X-Amz-Credential", "X-Amz-Security-Token"} <= set(query)
     output = f"s3://{bucket}/out/"
@@ -135,6 +133,12 @@ SMUGGLED = {  # where a credential may ride along, and where the refusal says it
     ),
     "storage option =": (["--", f"--storage-option=token={HF_TOKEN}"], SPEC, "--storage-option token (its value)", ""),
     "catalog option": (["--", "--catalog-option", "s3.secret-access-key=plain"], SPEC, "s3.secret-access-key", ""),
+    "option URL": (
+        ["--", "--storage-option", f"endpoint_url=https://me:{SECRET_KEY}@s3.example/"],
+        SPEC,
+        "--storage-option endpoint_url (its value)",
+        "",
+    ),
     "model URL": (
         ["--", "--model", f"sentiment=https://me:{SECRET_KEY}@models.example/sst2/"],
         SPEC,
