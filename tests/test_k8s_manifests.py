@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -235,3 +236,49 @@ def log_a_secret(secret: str) -> None:
     import logging
 
     logging.getLogger("distributed.worker").warning("logged key %s", secret)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare for a private mount namespace"
+)
+def test_a_run_needs_no_writable_path_but_the_manifests_volumes_and_output(tmp_path: Path, tiny_model: Path) -> None:
+    """The pods' root filesystem is read-only: a real `batchnlp run` in a mount namespace whose root
+    is read-only, with only the manifests' emptyDir mounts (temporary files, ~/.cache) and OUTPUT
+    writable, commits its output."""
+    (job,) = [d for d in documents(INFRA / "k8s" / "sharded-job.yaml") if d["kind"] == "Job"]
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    _, home = image_user()
+    writable = {"/tmp": tmp_path / "scratch", f"{home}/.cache": tmp_path / "home" / ".cache"}
+    assert sorted(m["mountPath"] for m in container["volumeMounts"]) == sorted(writable)
+    out = tmp_path / "out"
+    for place in (*writable.values(), out):
+        place.mkdir(parents=True)
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(f'{{"text": "a fine day {i}"}}\n' for i in range(30)))
+    # Each writable place stays a mount of its own; then the root (and all else under it) goes read-only.
+    binds = " && ".join(f"mount --bind {p} {p}" for p in (*writable.values(), out))
+    script = (
+        f"mount --make-rprivate / && {binds} && mount --bind / / && mount -o remount,bind,ro / && "
+        f"if touch {tmp_path}/probe 2>/dev/null; then echo root-writable; exit 9; fi && "
+        f'exec "$@"'
+    )
+    command = [sys.executable, "-m", "batchnlp", "run", str(source), str(out / "labels")]
+    command += ["--model", f"sentiment={tiny_model}", "--workers", "1", "--quiet"]
+    environment = {
+        **os.environ,
+        "PYTHONPATH": str(INFRA.parent),
+        "TMPDIR": str(writable["/tmp"]),  # the pod's /tmp: where tempfile, Dask and multiprocessing write
+        "HOME": str(tmp_path / "home"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    environment.pop("BATCHNLP_CACHE", None)
+    done = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script, "sh", *command],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd="/",
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert (out / "labels" / "_SUCCESS").exists()
