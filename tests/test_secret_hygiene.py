@@ -236,3 +236,27 @@ def test_secret_takes_a_variable_name_and_a_secret_or_parameter_arn(tmp_path, se
     result = submit("--spec", str(spec), "--job-definition", "batchnlp", "--secret", secret, "--dry-run")
     assert result.exit_code == 2 and "--secret" in result.output
     assert "hf_abcdefghijklmnopqrstuvwxyz0123456789" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("stored", "source", "whole"),
+    [
+        (  # a presigned object: the URL itself, query and all
+            "https://lake.s3.amazonaws.com/in.jsonl",
+            PRESIGNED,
+            PRESIGNED,
+        ),
+        (  # a file below a URL with user info gets the user info back
+            "https://host.example/lake/dt=1/a.jsonl",
+            "https://me:pw@host.example/lake/",
+            "https://me:pw@host.example/lake/dt=1/a.jsonl",
+        ),
+        ("s3://lake/raw/a.jsonl", "s3://lake/raw/", "s3://lake/raw/a.jsonl"),  # nothing was redacted
+        ("https://other.example/a.jsonl", "https://me:pw@host.example/lake/", "https://other.example/a.jsonl"),
+    ],
+)
+def test_a_stored_plans_paths_get_their_credentials_back_from_the_readers_input(stored, source, whole):
+    from batchnlp.redaction import redact_url, unredact_url
+
+    assert unredact_url(stored, source) == whole
+    assert redact_url(whole) == stored  # what the plan stored is what the redaction made of it
