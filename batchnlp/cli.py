@@ -870,6 +870,14 @@ def _merge(ctx: click.Context, settings: dict[str, Any], flags: dict[str, Any]) 
 @click.option("--from", "date_from", metavar="DATE", help="Backfill: one run per date from DATE (with --to).")
 @click.option("--to", "date_to", metavar="DATE", help="Backfill: ... to DATE, included; committed dates are skipped.")
 @click.option("--env", multiple=True, type=KeyValue("NAME", typed=False), metavar="NAME=VALUE", help="Extra variable.")
+@click.option(
+    "--secret",
+    multiple=True,
+    type=KeyValue("NAME", typed=False),
+    metavar="NAME=ARN",
+    help="Variable NAME from a Secrets Manager secret or SSM parameter (Batch `secrets`): the one way to pass a "
+    "credential; --env, --param, run arguments and an inline spec holding one are refused.",
+)
 @click.option("--name", help="Job name. Default: batchnlp-<spec name>-<run date>.")
 @click.option("--region", help="AWS region. Default: the AWS configuration's.")
 @RUN_DATE_OPTION
@@ -889,6 +897,7 @@ def submit(
     date_from: str | None,
     date_to: str | None,
     env: Any,
+    secret: Any,
     name: str | None,
     region: str | None,
     run_date: str | None,
@@ -915,7 +924,7 @@ def submit(
         from batchnlp import submit as batch
 
         base: Any = batch.Submission(
-            spec, queue, job_definition, dict(param), run_args, dict(env), nodes, name, run_date, run_id
+            spec, queue, job_definition, dict(param), run_args, dict(env), nodes, name, run_date, run_id, dict(secret)
         )
         if shards is not None:
             base = batch.ShardedSubmission(base, shards, finalize_queue, finalize_job_definition, only)

@@ -216,7 +216,7 @@ def _check_single_label(teacher_dir: Path) -> None:
     """Softmax teachers only: a multi-label (sigmoid) teacher's probabilities are not one distribution."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(teacher_dir)
+    config = AutoConfig.from_pretrained(teacher_dir, trust_remote_code=False)
     if config.problem_type == "multi_label_classification" or config.num_labels == 1:
         raise SpecError(
             "the teacher is a multi-label (sigmoid) classifier; batchnlp distill trains students of single-label "
@@ -236,7 +236,7 @@ def _save(student: Student, data: TeacherData, directory: Path) -> None:
 def _layers(directory: Path) -> int | None:
     from transformers import AutoConfig
 
-    return getattr(AutoConfig.from_pretrained(directory), "num_hidden_layers", None)
+    return getattr(AutoConfig.from_pretrained(directory, trust_remote_code=False), "num_hidden_layers", None)
 
 
 def _data_digest(data: TeacherData, rows: np.ndarray) -> str:

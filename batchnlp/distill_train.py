@@ -83,19 +83,21 @@ def student_from_teacher(teacher_dir: Path, labels: Sequence[str], layers: int |
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    config = AutoConfig.from_pretrained(teacher_dir)
+    config = AutoConfig.from_pretrained(teacher_dir, trust_remote_code=False)
     depth = config.num_hidden_layers
     count = layers or max(1, depth // 2)
     if count > depth:
         raise SpecError(f"--layers {count} is more than the teacher's {depth}: a student is meant to be cheaper")
     student_config = copy.deepcopy(config)
     student_config.num_hidden_layers = count
-    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir, trust_remote_code=False)
     if hidden and hidden != config.hidden_size:
         _narrow(student_config, hidden)
         model = AutoModelForSequenceClassification.from_config(student_config)
         return Student(model, tokenizer, {"from": "random", "layers": count, "hidden": hidden})
-    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True)
+    teacher = AutoModelForSequenceClassification.from_pretrained(
+        teacher_dir, use_safetensors=True, trust_remote_code=False
+    )
     teacher_labels = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
     if teacher_labels != list(labels):
         raise ModelError(
@@ -118,7 +120,7 @@ def student_from_checkpoint(directory: Path, ref: str, labels: Sequence[str]) ->
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(directory)
+        tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
         model = AutoModelForSequenceClassification.from_pretrained(
             directory,
             use_safetensors=True,

@@ -8,6 +8,7 @@ interrupted one has no manifest, only ``_progress/_job.json`` (the job record) a
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,12 @@ from batchnlp.storage import Location, storage_errors
 from batchnlp.tasks import TASKS
 
 TEXT_WIDTH = 60  # characters of text shown per row
+# Terminal escape sequences (CSI such as colours and cursor moves, OSC such as titles and links,
+# and the two-character ones), then any other control character, and the Unicode controls that
+# reorder how a line is displayed. A cell is the data's text: it may move nothing on the screen.
+_ESCAPE_SEQUENCE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_BLANK = re.compile(r"[\t\n\v\f\r]")
 
 
 @dataclass
@@ -203,8 +210,11 @@ def _part_rows(handle: Any, name: str, n: int) -> list[dict[str, Any]]:
 def rows_table(info: RunInfo, rows: list[dict[str, Any]], width: int = 100) -> Any:
     """A rich table ``width`` columns wide at most: the id column (if any), the text (cut to fit,
     at most :data:`TEXT_WIDTH` characters), one column per task (each value as its kind's summary
-    shows it: label (score), 'answer' (score)), and _error."""
+    shows it: label (score), 'answer' (score)), and _error. Every cell and heading is plain text
+    (:class:`rich.text.Text`): a value holding ``[/x]`` or ``[bold]`` is shown as written, never read
+    as rich markup."""
     from rich.table import Table
+    from rich.text import Text
 
     text_column = info.spec.get("text_column") or "text"
     id_column = info.spec.get("id_column")
@@ -220,10 +230,10 @@ def rows_table(info: RunInfo, rows: list[dict[str, Any]], width: int = 100) -> A
     table = Table()
     for name in columns:
         fixed = text_width if name == text_column else natural[name]
-        table.add_column(name, no_wrap=True, overflow="ellipsis", min_width=fixed, max_width=fixed)
+        table.add_column(Text(printable(name)), no_wrap=True, overflow="ellipsis", min_width=fixed, max_width=fixed)
     for row in cells:
         row[text_column] = _cut(row[text_column], text_width)
-        table.add_row(*(row[name] for name in columns))
+        table.add_row(*(Text(row[name]) for name in columns))
     return table
 
 
@@ -232,11 +242,17 @@ def _cut(text: str, width: int) -> str:
 
 
 def _cell(value: Any, kind: str | None) -> str:
-    """A task's value as its summary shows it (:mod:`batchnlp.tasks.summaries`); anything else as text."""
+    """A task's value as its summary shows it (:mod:`batchnlp.tasks.summaries`); anything else as text.
+    Either way :func:`printable`: the data cannot drive the terminal."""
     if value is None:
         return ""
     if isinstance(value, dict):
         if kind in TASKS:
-            return TASKS[kind].summary.cell(value)
-        return json.dumps(value, default=str)[:TEXT_WIDTH]
-    return str(value).replace("\n", " ")
+            return printable(TASKS[kind].summary.cell(value))
+        return printable(json.dumps(value, default=str))[:TEXT_WIDTH]
+    return printable(str(value))
+
+
+def printable(text: str) -> str:
+    """``text`` on one line with no terminal escape sequence and no control character left."""
+    return _CONTROL.sub("", _BLANK.sub(" ", _ESCAPE_SEQUENCE.sub("", text)))

@@ -300,16 +300,19 @@ def _auto_class(head: str) -> Any:
 def _with_attention(directory: Path, ref: str, auto_class: Any) -> Any:
     """The model with PyTorch's SDPA attention, or eager attention for the architectures transformers
     has no SDPA for (DeBERTa-v2/v3): slower, but the checkpoint runs, and the log says so once."""
-    options = {"use_safetensors": True, "trust_remote_code": False}
     try:
-        return auto_class.from_pretrained(directory, attn_implementation="sdpa", **options)
+        return auto_class.from_pretrained(
+            directory, attn_implementation="sdpa", use_safetensors=True, trust_remote_code=False
+        )
     except ValueError as e:
         if "scaled_dot_product_attention" not in str(e):
             raise
     if directory not in _EAGER_NOTED:
         _EAGER_NOTED.add(directory)
         logger.info("model %s has no SDPA attention in transformers; it runs with eager attention", ref)
-    return auto_class.from_pretrained(directory, attn_implementation="eager", **options)
+    return auto_class.from_pretrained(
+        directory, attn_implementation="eager", use_safetensors=True, trust_remote_code=False
+    )
 
 
 _EAGER_NOTED: set[Path] = set()  # checkpoints already logged as falling back to eager attention, in this process
@@ -323,7 +326,7 @@ def _shape_mismatches(directory: Path, auto_class: Any) -> list[str]:
 
     try:
         with torch.device("meta"):  # shapes only: no memory, no initialisation
-            model = auto_class.from_config(AutoConfig.from_pretrained(directory))
+            model = auto_class.from_config(AutoConfig.from_pretrained(directory, trust_remote_code=False))
     except Exception:  # the config itself is unusable: say nothing more than transformers did
         return []
     expected = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}

@@ -26,11 +26,34 @@ _QUERY_SECRET = re.compile(
 _HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{30,}")
 # scheme://user:password@host or scheme://token@host: everything between :// and @ goes.
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
+# Option keys and argument names whose value is a credential (fsspec's key/secret/token, boto's
+# aws_secret_access_key, adlfs's account_key and sas_token, a catalog's password...).
+SECRET_NAMES = (
+    "access_key_id",
+    "secret_access_key",
+    "session_token",
+    "key",
+    "secret",
+    "token",
+    "password",
+    "passwd",
+    "credentials",
+    "credential",
+    "account_key",
+    "sas_token",
+    "client_secret",
+)
+# The same in environment variable names, as words between underscores: AWS_SECRET_ACCESS_KEY,
+# HF_TOKEN, DB_PASSWORD (a bare KEY word is left out: KMS_KEY_ARN names no secret).
+_SECRET_NAME_WORDS = re.compile(
+    r"(?:^|_)(?:secret|token|password|passwd|credentials?|(?:access|secret|api|private|account)_?key)(?:_|$)"
+)
 # 'secret': 'value', "token": "value", secret='value' (reprs of dicts, kwargs, JSON).
 _NAMED_VALUE = re.compile(
     r"""(?ix)
-    (['"]?\b(?:aws_)?(?:access_key_id|secret_access_key|session_token|key|secret|token|password|passwd|
-    credentials?|account_key|sas_token|client_secret)['"]?\s*[:=]\s*)
+    (['"]?\b(?:aws_)?(?:"""
+    + "|".join(SECRET_NAMES)
+    + r""")['"]?\s*[:=]\s*)
     (['"])(?:(?!\2).)+\2
     """
 )
@@ -50,6 +73,23 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+def unredact_url(path: str, url: str) -> str:
+    """``path``, as :func:`redact_url` wrote it down under ``url``, with ``url``'s credentials back.
+
+    What a run stores (a sharded run's plan) keeps redacted paths; the run that reads it again
+    gets the credentials from its own command line: the URL itself whole (a presigned URL's
+    query), a path below it with its user info. A path elsewhere comes back as stored.
+    """
+    if path == redact_url(url):
+        return url
+    parts = urlsplit(url)
+    below = redact_url(url).rstrip("/") + "/"
+    if not path.startswith(below):
+        return path
+    base = urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")).rstrip("/")
+    return f"{base}/{path[len(below) :]}"
+
+
 def redact_text(text: str) -> str:
     """Mask credential-shaped substrings in free text (messages, log lines)."""
     text = _USERINFO.sub(r"\1***@", text)
@@ -59,6 +99,18 @@ def redact_text(text: str) -> str:
     text = _HF_TOKEN.sub("hf_****", text)
     text = _LONG_TOKEN.sub(lambda m: "****" if _looks_random(m.group(0)) else m.group(0), text)
     return _SECRET_40.sub(lambda m: "****" if _looks_random(m.group(0)) else m.group(0), text)
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether an option key or a variable named ``name`` holds a credential (see :data:`SECRET_NAMES`)."""
+    words = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+    return words.removeprefix("aws_") in SECRET_NAMES or _SECRET_NAME_WORDS.search(words) is not None
+
+
+def holds_secret(text: str) -> bool:
+    """Whether ``text`` holds something :func:`redact_text` masks: a key id, a token, a presigned
+    URL's signature or credential, a URL's user info, a credential-named value."""
+    return redact_text(text) != text
 
 
 def _looks_random(word: str) -> bool:

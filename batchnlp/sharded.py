@@ -89,7 +89,7 @@ def run_shard(
     )
     with lock, ExitStack() as cluster:
         client, threads = None, None
-        stored = read_plan(committer, spec.storage_options)
+        stored = read_plan(committer, spec.storage_options, spec.input)
         if stored is None:
             client, threads = cluster.enter_context(connect(spec.scheduler, spec.workers, spec.device))
             stored = _store_new_plan(client, spec, output, committer, shard, models)
@@ -136,7 +136,7 @@ def _store_new_plan(
     if previous is not None:
         # A shard stores its plan before its job record: a record with a plan beside it is another
         # shard's, stored while this one started its cluster (array children start together).
-        stored = read_plan(committer, spec.storage_options)
+        stored = read_plan(committer, spec.storage_options, spec.input)
         if stored is not None:
             return stored
         raise OutputError(
@@ -173,7 +173,8 @@ def _store_new_plan(
         "shards": shard.count,
         "estimate": Estimating(spec, job_plan).result(),
     }
-    return store_plan(committer, StoredPlan(replace(job_plan, schema=schema), job, shard.count), spec.storage_options)
+    stored = StoredPlan(replace(job_plan, schema=schema), job, shard.count)
+    return store_plan(committer, stored, spec.storage_options, spec.input)
 
 
 def finalize(command: JobSpec) -> RunSummary:

@@ -26,7 +26,8 @@ from batchnlp.commit import JOB_RECORD, PROGRESS, Committer, json_bytes
 from batchnlp.errors import InputError, OutputError, SpecError
 from batchnlp.formats import Partitioning, WorkUnit
 from batchnlp.plan import Plan
-from batchnlp.record import decode_schema, encode_schema
+from batchnlp.record import decode_schema, encode_schema, redacted_unit
+from batchnlp.redaction import redact_url, unredact_url
 from batchnlp.storage import InputFile, Location, create_only, input_file, storage_errors, write_atomic
 
 PLAN = f"{PROGRESS}/_plan.json"
@@ -82,7 +83,11 @@ def shard_of(position: int, count: int) -> int:
 
 @dataclass(frozen=True)
 class StoredPlan:
-    """A run's plan as its shards share it: the units, the input they came from, the parts' schema."""
+    """A run's plan as its shards share it: the units, the input they came from, the parts' schema.
+
+    It is stored under OUTPUT, so its URLs are stored redacted (no user info, no presigned query);
+    a shard that reads it back puts its own input URL's credentials back (:func:`unredact_url`).
+    """
 
     plan: Plan
     job: dict[str, Any]  # the job record: run id, fingerprints, model versions, the spec's settings
@@ -93,48 +98,58 @@ class StoredPlan:
         return {
             "job": self.job,
             "shards": self.shards,
-            "source": p.source.url,
+            "source": redact_url(p.source.url),
             "format": p.format,
-            "files": [dataclasses.asdict(f) for f in p.files],
-            "units": [dataclasses.asdict(u) for u in p.units],
+            "files": [dataclasses.asdict(dataclasses.replace(f, path=redact_url(f.path))) for f in p.files],
+            "units": [dataclasses.asdict(redacted_unit(u)) for u in p.units],
             "schema": encode_schema(p.schema),
             "rows_per_unit": p.rows_per_unit,
             "partitioning": None
             if p.partitioning is None
-            else {"root": p.partitioning.root, "schema": encode_schema(p.partitioning.schema)},
+            else {"root": redact_url(p.partitioning.root), "schema": encode_schema(p.partitioning.schema)},
             "table": p.table,
             "incremental": p.incremental,
         }
 
     @classmethod
-    def from_record(cls, record: dict[str, Any], storage_options: Mapping[str, str]) -> StoredPlan:
+    def from_record(
+        cls, record: dict[str, Any], storage_options: Mapping[str, str], source: str | None = None
+    ) -> StoredPlan:
+        """The plan stored in ``record``; ``source``, the reader's input URL, gives back its credentials."""
+        url = source if source is not None and redact_url(source) == record["source"] else record["source"]
+
+        def whole(path: str) -> str:
+            return unredact_url(path, url)
+
         partitioning = record["partitioning"]
         plan = Plan(
-            source=Location(record["source"], storage_options),
-            files=[InputFile(**f) for f in record["files"]],
+            source=Location(url, storage_options),
+            files=[InputFile(**{**f, "path": whole(f["path"])}) for f in record["files"]],
             format=record["format"],
-            units=[WorkUnit(**u) for u in record["units"]],
+            units=[WorkUnit(**{**u, "path": whole(u["path"])}) for u in record["units"]],
             schema=decode_schema(record["schema"]),
             rows_per_unit=record["rows_per_unit"],
             partitioning=None
             if partitioning is None
-            else Partitioning(partitioning["root"], decode_schema(partitioning["schema"])),
+            else Partitioning(whole(partitioning["root"]), decode_schema(partitioning["schema"])),
             table=record["table"],
             incremental=record.get("incremental"),
         )
         return cls(plan, record["job"], record["shards"])
 
 
-def read_plan(committer: Committer, storage_options: Mapping[str, str]) -> StoredPlan | None:
-    """The run's stored plan, or None when no shard has planned it yet."""
+def read_plan(committer: Committer, storage_options: Mapping[str, str], source: str | None = None) -> StoredPlan | None:
+    """The run's stored plan, or None when no shard has planned it yet; ``source``: the reader's input URL."""
     path = committer.path(PLAN)
     with storage_errors("read", committer.fs.unstrip_protocol(path)):
         if not committer.fs.exists(path):
             return None
-        return StoredPlan.from_record(json.loads(committer.fs.cat_file(path)), storage_options)
+        return StoredPlan.from_record(json.loads(committer.fs.cat_file(path)), storage_options, source)
 
 
-def store_plan(committer: Committer, stored: StoredPlan, storage_options: Mapping[str, str]) -> StoredPlan:
+def store_plan(
+    committer: Committer, stored: StoredPlan, storage_options: Mapping[str, str], source: str | None = None
+) -> StoredPlan:
     """Store ``stored`` unless another shard stored its plan first; either way, the run's plan.
 
     The job record goes to ``_progress/_job.json`` as well, where ``--resume`` and ``inspect`` look.
@@ -142,7 +157,7 @@ def store_plan(committer: Committer, stored: StoredPlan, storage_options: Mappin
     if stored.plan.schema is None:
         raise ValueError("a stored plan needs the parts' schema")
     if not create_only(committer.fs, committer.path(PLAN), json_bytes(stored.to_record())):
-        stored = read_plan(committer, storage_options)
+        stored = read_plan(committer, storage_options, source)
     write_atomic(committer.fs, committer.path(f"{PROGRESS}/{JOB_RECORD}"), json_bytes(stored.job))
     return stored
 

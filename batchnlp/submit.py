@@ -4,7 +4,8 @@ The container runs ``batchnlp run`` on the spec. A local spec file travels inlin
 ``BATCHNLP_SPEC`` environment variable (the container reads ``--spec env:BATCHNLP_SPEC``); an
 ``s3://`` spec is passed by reference. Every submission runs with ``--resume`` and a fixed
 ``run_date``, so a retried attempt keeps the parts already written and reads the same dated
-partition, and a duplicate submission finds the committed output and exits 0.
+partition, and a duplicate submission finds the committed output and exits 0. No credential
+travels in a job's command or environment: it goes as a Batch secret (:mod:`batchnlp.batch_secrets`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from batchnlp.batch_secrets import check_secret_refs, definition_with_secrets, refuse_credentials
 from batchnlp.errors import JobFailed, SpecError
 
 SPEC_VARIABLE = "BATCHNLP_SPEC"
@@ -44,6 +46,10 @@ class Submission:
     name: str | None = None
     run_date: str | None = None  # default: today (UTC) at submission
     run_id: str | None = None  # passed on as --run-id; shards and backfilled dates always have one
+    secrets: Mapping[str, str] = field(default_factory=dict)  # --secret NAME=ARN: Batch secrets of the containers
+
+    def __post_init__(self) -> None:
+        check_secret_refs(self.secrets)
 
     def request(self, today: str | None = None) -> dict[str, Any]:
         """The SubmitJob request: the command every node runs, and the spec when it travels inline."""
@@ -80,8 +86,10 @@ class Submission:
     def job(self, name: str, command: list[str], queue: str | None = None, definition: str | None = None) -> dict:
         """A single-container SubmitJob request running ``command``, the spec inline when it is a local file."""
         environment = dict(self.environment)
-        if self.spec_ref() != self.spec:
-            environment[SPEC_VARIABLE] = _inline(self.spec)
+        inline = _inline(self.spec) if self.spec_ref() != self.spec else None
+        refuse_credentials(self.spec, inline, self.environment, self.params, self.run_args)
+        if inline is not None:
+            environment[SPEC_VARIABLE] = inline
         overrides = {
             "command": command,
             "environment": [{"name": key, "value": value} for key, value in sorted(environment.items())],
@@ -202,6 +210,13 @@ def submit_sharded(
 
 def send(base: Submission | ShardedSubmission, dry_run: bool, region: str | None = None) -> list[str]:
     """What ``batchnlp submit`` prints: the request(s) with ``dry_run``, else what it submitted."""
+    secrets = (base if isinstance(base, Submission) else base.submission).secrets
+    if secrets and dry_run:
+        mapped = ", ".join(f"{name} from {arn}" for name, arn in secrets.items())
+        note = f"--secret: the job definition's containers get {mapped} (a revision with them, made when submitting)"
+        return [note, *send(_without_secrets(base), True, region)]
+    if secrets:
+        base = _on_secret_definitions(base, region)
     if isinstance(base, Submission):
         if dry_run:
             return [json.dumps(base.request(), indent=2)]
@@ -212,6 +227,26 @@ def send(base: Submission | ShardedSubmission, dry_run: bool, region: str | None
         shards, finalize = base.requests()
         return [json.dumps({"shards": shards, "finalize": finalize}, indent=2)]
     return announce(submit_sharded(base, region), base)
+
+
+def _without_secrets(base: Submission | ShardedSubmission) -> Submission | ShardedSubmission:
+    if isinstance(base, Submission):
+        return dataclasses.replace(base, secrets={})
+    return dataclasses.replace(base, submission=dataclasses.replace(base.submission, secrets={}))
+
+
+def _on_secret_definitions(base: Submission | ShardedSubmission, region: str | None) -> Any:
+    """``base`` pointed at job definition revisions whose containers get its ``--secret`` variables."""
+    s = base if isinstance(base, Submission) else base.submission
+    with _aws_errors(f"give job definition {s.job_definition!r} the --secret variables"):
+        batch = _batch(region)
+        s = dataclasses.replace(s, job_definition=definition_with_secrets(batch, s.job_definition, s.secrets))
+        if isinstance(base, Submission):
+            return s
+        finalize = base.finalize_job_definition
+        if finalize:
+            finalize = definition_with_secrets(batch, finalize, s.secrets)
+        return dataclasses.replace(base, submission=s, finalize_job_definition=finalize)
 
 
 def announce(jobs: list[dict[str, str]], sharded: ShardedSubmission | None = None) -> list[str]:

@@ -136,7 +136,10 @@ def _build(
     transformers_logging.disable_progress_bar()
     # As distilbert-base-*'s own tokenizers: no token_type_ids, which DistilBERT does not take.
     tokenizer = AutoTokenizer.from_pretrained(
-        vocabulary_dir(), do_lower_case=do_lower_case, model_input_names=["input_ids", "attention_mask"]
+        vocabulary_dir(),
+        do_lower_case=do_lower_case,
+        model_input_names=["input_ids", "attention_mask"],
+        trust_remote_code=False,
     )
     tokenizer.model_max_length = 512
     config = DistilBertConfig(

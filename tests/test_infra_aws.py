@@ -609,7 +609,8 @@ def test_compute_environments_scale_to_zero_on_gpu_families(aws: dict[str, Any])
             assert resources["instanceTypes"] == ["g5", "g6"]
             # The image is CUDA 13: only the AL2023 GPU AMI's driver (580) runs it.
             assert resources["ec2Configuration"] == [{"imageType": "ECS_AL2023_NVIDIA"}]
-            assert resources["securityGroupIds"] == [stack.physical["BatchSecurityGroup"]]
+            group = "MultiNodeSecurityGroup" if logical == "MultiNodeComputeEnvironment" else "BatchSecurityGroup"
+            assert resources["securityGroupIds"] == [stack.physical[group]]
             assert resources["instanceRole"].endswith(f"instance-profile/{stack.physical['InstanceProfile']}")
             assert resources["launchTemplate"]["launchTemplateId"] == stack.physical["InstanceLaunchTemplate"]
     spot, tickets = aws["stacks"]["nightly"], aws["stacks"]["tickets"]
@@ -700,15 +701,24 @@ def test_queues_cancel_a_job_stuck_runnable(aws: dict[str, Any], logical: str) -
 
 
 def test_nodes_reach_each_other_only_inside_the_security_group(aws: dict[str, Any]) -> None:
+    """Single-node instances accept nothing; the nodes of a multi-node job reach each other's Dask
+    scheduler (8786) and workers and nannies (8800-8899) only, from the same group only."""
+    from batchnlp.aws_batch import SCHEDULER_PORT
+
     ec2 = client("ec2")
     for stack in aws["stacks"].values():
-        group_id = stack.physical["BatchSecurityGroup"]
-        group = ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]
-        assert group["VpcId"] == aws["vpc"]
-        (rule,) = group["IpPermissions"]
-        assert (rule["IpProtocol"], rule["FromPort"], rule["ToPort"]) == ("tcp", 0, 65535)  # 8786 and workers
-        assert [pair["GroupId"] for pair in rule["UserIdGroupPairs"]] == [group_id]
-        assert rule["IpRanges"] == [] and rule["Ipv6Ranges"] == []
+        single, multi = (stack.physical[name] for name in ("BatchSecurityGroup", "MultiNodeSecurityGroup"))
+        groups = {g["GroupId"]: g for g in ec2.describe_security_groups(GroupIds=[single, multi])["SecurityGroups"]}
+        assert {g["VpcId"] for g in groups.values()} == {aws["vpc"]}
+        assert groups[single]["IpPermissions"] == []
+        rules = groups[multi]["IpPermissions"]
+        assert sorted((r["IpProtocol"], r["FromPort"], r["ToPort"]) for r in rules) == [
+            ("tcp", SCHEDULER_PORT, SCHEDULER_PORT),
+            ("tcp", 8800, 8899),
+        ]
+        for rule in rules:
+            assert [pair["GroupId"] for pair in rule["UserIdGroupPairs"]] == [multi]
+            assert rule["IpRanges"] == [] and rule["Ipv6Ranges"] == [] and rule.get("PrefixListIds", []) == []
 
 
 def test_instances_get_an_encrypted_root_volume_and_imdsv2(aws: dict[str, Any]) -> None:
@@ -820,7 +830,7 @@ def test_multi_node_definition_runs_the_same_command_on_every_node(aws: dict[str
             container = node_range["container"]
             assert container["command"] == single["containerProperties"]["command"] == COMMAND
             assert container["image"] == IMAGE
-            assert container["jobRoleArn"] == stack.get_att("JobRole", "Arn")
+            assert container["jobRoleArn"] == stack.get_att("MultiNodeJobRole", "Arn")
             assert container["logConfiguration"]["options"]["awslogs-stream-prefix"] == "multi-node"
             environment = {item["name"]: item["value"] for item in container["environment"]}
             assert environment["BATCHNLP_METRICS_JOB"] == stack.name
@@ -922,6 +932,44 @@ def test_job_role_reaches_the_named_prefixes_and_key_only(aws: dict[str, Any]) -
     for statement in statements.values():
         assert all(not action.endswith("*") for action in as_list(statement["Action"]))
         assert all(resource != "*" for resource in as_list(statement["Resource"]))
+
+
+CLUSTER_SECRET_ACTIONS = [
+    "secretsmanager:CreateSecret",
+    "secretsmanager:DeleteSecret",
+    "secretsmanager:DescribeSecret",
+    "secretsmanager:GetSecretValue",
+    "secretsmanager:PutSecretValue",
+    "secretsmanager:TagResource",
+]
+
+
+def test_multi_node_role_may_touch_its_clusters_tls_secrets_and_nothing_more(aws: dict[str, Any]) -> None:
+    """The main node stores the job's CA and certificates in batchnlp/cluster/<job id>, the other
+    nodes read them, the main node deletes them: six actions on that prefix, no other secret."""
+    for stack in aws["stacks"].values():
+        single = role_policies(stack, "JobRole")
+        multi = {s["Sid"]: s for s in role_policies(stack, "MultiNodeJobRole")}
+        # The same data access as single-node jobs, plus the one Secrets Manager statement.
+        assert [s for sid, s in multi.items() if sid != "ClusterTlsSecret"] == single
+        grant = multi["ClusterTlsSecret"]
+        assert grant["Effect"] == "Allow" and "Condition" not in grant
+        assert sorted(as_list(grant["Action"])) == CLUSTER_SECRET_ACTIONS
+        assert grant["Resource"] == f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:batchnlp/cluster/*"
+        # Secrets Manager appends six random characters to a secret's name in its ARN.
+        job_secret = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:batchnlp/cluster/4c0ffee1-b2a3-AbCdEf"
+        for action in CLUSTER_SECRET_ACTIONS:
+            assert may(list(multi.values()), action, job_secret), action
+            assert not may(single, action, job_secret), action  # single-node jobs start no cluster off-host
+        for elsewhere in (
+            f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:prod/db-password-AbCdEf",
+            f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:batchnlp/other-AbCdEf",
+            f"arn:aws:secretsmanager:eu-west-1:{ACCOUNT}:secret:batchnlp/cluster/x-AbCdEf",
+            f"arn:aws:secretsmanager:{REGION}:999999999999:secret:batchnlp/cluster/x-AbCdEf",
+        ):
+            assert not any(may(list(multi.values()), action, elsewhere) for action in CLUSTER_SECRET_ACTIONS)
+        for action in ("secretsmanager:ListSecrets", "secretsmanager:UpdateSecret", "secretsmanager:PutResourcePolicy"):
+            assert not may(list(multi.values()), action, job_secret), action
 
 
 def test_job_role_without_model_bucket_or_prefix_conditions(aws: dict[str, Any]) -> None:
@@ -1206,7 +1254,8 @@ def test_schedule_submits_the_spec_for_its_scheduled_time(
 @pytest.mark.parametrize("name", ["nightly", "tickets"])
 def test_job_role_reaches_what_the_scheduled_run_reads_and_writes(aws: dict[str, Any], name: str) -> None:
     stack = aws["stacks"][name]
-    statements = role_policies(stack, "JobRole")
+    multi_node = stack.parameters["ScheduledJobType"] == "multi-node"
+    statements = role_policies(stack, "MultiNodeJobRole" if multi_node else "JobRole")
     args = scheduled_command(stack)
     job = plan_run(args)
     spec = parse_run(args)["spec_file"]
@@ -1266,8 +1315,8 @@ def test_batchnlp_submit_reaches_the_stacks_queues_and_definitions(
 
 
 def k8s(name: str) -> dict[str, Any]:
-    (document,) = list(yaml.safe_load_all((INFRA / "k8s" / name).read_text(encoding="utf-8")))
-    return document
+    """The manifest's workload (the file's first document; a NetworkPolicy may follow it)."""
+    return next(yaml.safe_load_all((INFRA / "k8s" / name).read_text(encoding="utf-8")))
 
 
 def env(container: dict[str, Any]) -> dict[str, Any]:
@@ -1293,7 +1342,7 @@ def test_cronjob_runs_batchnlp_nightly_on_one_gpu() -> None:
         {"containerName": container["name"], "operator": "In", "values": [2, 3]}
     ]
     ignore = [r for r in rules if r["action"] == "Ignore"]
-    assert [r["onPodConditions"] for r in ignore] == [[{"type": "DisruptionTarget"}]]
+    assert [r["onPodConditions"] for r in ignore] == [[{"type": "DisruptionTarget", "status": "True"}]]
     assert job["backoffLimit"] >= 1
     # The run date comes from the Job's name, which the CronJob derives from the scheduled time.
     variables = env(container)

@@ -153,3 +153,26 @@ def test_rows_table_of_a_manifest_without_models_takes_the_tasks_from_its_spec()
     spec = {"tasks": [{"name": "mood", "kind": "sentiment", "model": "m"}]}
     table = rendered(run_info({}, spec), [ROW])
     assert "mood" in table and "pos (0.90)" in table and "payer" not in table
+
+
+def test_rows_show_markup_as_written_and_no_terminal_control(tmp_path, tiny_model):
+    """Cell text is data: ``[/x]`` once crashed inspect (rich read it as a closing tag), and an ANSI
+    escape or a bell in a review reached the terminal as is."""
+    rows = [
+        {"review_id": "r0", "text": "closing [/x] tag"},
+        {"review_id": "r1", "text": "[bold red]loud[/bold red]"},
+        {"review_id": "r2", "text": "\x1b[2J\x1b[31mred\x1b[0m\x07 and \x1b]0;pwned\x07title"},
+    ]
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main,
+        ["run", str(write_jsonl(tmp_path / "in.jsonl", rows)), str(out), "--model", f"sentiment={tiny_model}",
+         "--workers", "1", "--id-column", "review_id", "--quiet"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    result = inspect(out, "--rows", "3")
+    assert result.exit_code == 0, result.output
+    assert "closing [/x] tag" in result.output
+    assert "[bold red]loud[/bold red]" in result.output
+    assert "red and title" in result.output
+    assert not any(char in result.output for char in "\x1b\x07")

@@ -11,12 +11,18 @@ from batchnlp.cli import main
 JOB = Path(__file__).resolve().parents[1] / "infra" / "k8s" / "sharded-job.yaml"
 
 
+def job_document() -> dict:
+    """The Job (the file also holds the NetworkPolicy its pods run under)."""
+    (job,) = [d for d in yaml.safe_load_all(JOB.read_text(encoding="utf-8")) if d["kind"] == "Job"]
+    return job
+
+
 def flag(args: list[str], name: str) -> str:
     return args[args.index(name) + 1]
 
 
 def test_each_index_is_one_shard_of_one_run_retried_on_its_own():
-    job = yaml.safe_load(JOB.read_text(encoding="utf-8"))
+    job = job_document()
     assert (job["apiVersion"], job["kind"]) == ("batch/v1", "Job")
     spec = job["spec"]
     (container,) = spec["template"]["spec"]["containers"]
@@ -31,7 +37,7 @@ def test_each_index_is_one_shard_of_one_run_retried_on_its_own():
 
 
 def test_its_arguments_are_batchnlp_run_flags():
-    job = yaml.safe_load(JOB.read_text(encoding="utf-8"))
+    job = job_document()
     (container,) = job["spec"]["template"]["spec"]["containers"]
     command = main.get_command(None, container["args"][0])
     context = command.make_context("batchnlp run", list(container["args"][1:]))

@@ -19,6 +19,7 @@ import string
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -331,6 +332,21 @@ def secret_sandbox(root: Path) -> dict[str, str]:
     }
 
 
+def presigner() -> Any:
+    """A client of moto's S3 that presigns URLs (SigV4, with a session token) with :func:`secret_sandbox`'s keys."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=os.environ["AWS_ENDPOINT_URL"],
+        aws_access_key_id=SECRETS["env key"],
+        aws_secret_access_key=SECRETS["env secret"],
+        aws_session_token=SECRETS["env token"],
+        config=Config(signature_version="s3v4"),
+    )
+
+
 def fake_key_id(label: str) -> str:
     return "AKIA" + fake(label, 16, string.ascii_uppercase + string.digits)
 
@@ -462,7 +478,6 @@ def presigned(s3_proxy, tiny_model, tmp_path_factory):
     """Two jobs whose input is a presigned URL (SigV4, with a session token): one commits (verbose),
     one fails in a worker on a malformed line (not verbose). Returns what they printed and wrote."""
     import boto3
-    from botocore.config import Config
 
     s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
     bucket = "t-safety-presigned"
@@ -472,14 +487,7 @@ def presigned(s3_proxy, tiny_model, tmp_path_factory):
     model = upload_dir(s3, tiny_model, bucket, "models/sst2")
     put_jsonl(s3, bucket, "in/good.jsonl", 40)
     put_jsonl(s3, bucket, "in/bad.jsonl", 300, broken_line=True)
-    signer = boto3.client(
-        "s3",
-        endpoint_url=os.environ["AWS_ENDPOINT_URL"],
-        aws_access_key_id=SECRETS["env key"],
-        aws_secret_access_key=SECRETS["env secret"],
-        aws_session_token=SECRETS["env token"],
-        config=Config(signature_version="s3v4"),
-    )
+    signer = presigner()
     urls = {
         name: signer.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": f"in/{name}.jsonl"})
         for name in ("good", "bad")
