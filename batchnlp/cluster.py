@@ -157,7 +157,8 @@ def start_local_cluster(
 
     ``workers`` replaces the layout's own workers with these (worker name → extra options), as an
     AWS Batch main node names and sizes its own; ``host`` and ``port`` place the scheduler where
-    other machines reach it (default: loopback, any free port).
+    other machines reach it (default: loopback, any free port). The HTTP server (health and
+    metrics: distributed always serves it) listens on loopback only, wherever the scheduler listens.
     """
     import dask
     from distributed import LocalCluster
@@ -181,7 +182,7 @@ def start_local_cluster(
             n_workers=0,
             threads_per_worker=layout.threads,
             processes=True,
-            dashboard_address=f"{host}:0" if host else ":0",  # distributed always serves HTTP (health, metrics)
+            dashboard_address="127.0.0.1:0",
             silence_logs=logging.WARNING,
         )
         for name, options in workers.items():

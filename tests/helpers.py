@@ -51,7 +51,7 @@ def one_worker_cluster() -> Iterator[Any]:
     """A real LocalCluster with one single-threaded worker process, as a shared test cluster."""
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0") as cluster:
         yield cluster
 
 
