@@ -26,14 +26,12 @@ _QUERY_SECRET = re.compile(
 _HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{30,}")
 # scheme://user:password@host or scheme://token@host: everything between :// and @ goes.
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
+# Names whose values are credentials: fsspec options (s3fs key/secret/token, adlfs account_key...),
+# botocore's own, and what dict reprs, kwargs and JSON call them.
+_SECRET_NAME = r"""(?:aws_)?(?:access_key_id|secret_access_key|session_token|key|secret|token|password|passwd|
+    credentials?|account_key|sas_token|client_secret)"""
 # 'secret': 'value', "token": "value", secret='value' (reprs of dicts, kwargs, JSON).
-_NAMED_VALUE = re.compile(
-    r"""(?ix)
-    (['"]?\b(?:aws_)?(?:access_key_id|secret_access_key|session_token|key|secret|token|password|passwd|
-    credentials?|account_key|sas_token|client_secret)['"]?\s*[:=]\s*)
-    (['"])(?:(?!\2).)+\2
-    """
-)
+_NAMED_VALUE = re.compile(rf"""(?ix)(['"]?\b{_SECRET_NAME}['"]?\s*[:=]\s*)(['"])(?:(?!\2).)+\2""")
 NOISY_LOGGERS = ("botocore", "aiobotocore", "s3fs", "boto3", "urllib3", "fsspec")
 CHATTY_LOGGERS = ("distributed", "transformers", "huggingface_hub")
 PRELOAD = "distributed.worker.preload"
@@ -48,6 +46,11 @@ def redact_url(url: str) -> str:
     if parts.port:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether an option or field called ``name`` holds a credential (the names :func:`redact_text` masks)."""
+    return re.fullmatch(_SECRET_NAME, name, re.IGNORECASE | re.VERBOSE) is not None
 
 
 def redact_text(text: str) -> str:

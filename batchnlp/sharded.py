@@ -48,8 +48,10 @@ from batchnlp.shutdown import GracefulStop
 from batchnlp.spec import JobSpec
 from batchnlp.storage import check_output
 from batchnlp.version import __version__
+from batchnlp.worker_credentials import hands_credentials_to_local_workers
 
 
+@hands_credentials_to_local_workers
 def run_shard(
     spec: JobSpec,
     shard: Shard,

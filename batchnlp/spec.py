@@ -22,6 +22,7 @@ from batchnlp.formats import COMPRESSIONS, DEFAULT_COMPRESSION
 from batchnlp.formats.base import BadLinePolicy, ReadOptions
 from batchnlp.formats.writers import OutputFormat
 from batchnlp.redaction import redact_url
+from batchnlp.worker_credentials import public_options
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
@@ -243,6 +244,13 @@ class JobSpec:
             if relevant[later] == unset:
                 relevant.pop(later)
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled (inside a Dask task), a spec leaves its credential storage options behind: the
+        embedded cluster's workers get them from their environment (batchnlp.worker_credentials)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values["storage_options"] = public_options(self.storage_options)
+        return (type(self), tuple(values.values()))
 
     def redacted(self) -> dict[str, Any]:
         """The spec as JSON-ready data with storage option values hidden (for the manifest)."""

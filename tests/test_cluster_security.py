@@ -1,7 +1,11 @@
-"""Who can reach a job's cluster: the embedded cluster listens on loopback only. Real clusters, real jobs."""
+"""Who can reach a job's cluster, and what it holds: the embedded cluster listens on loopback only,
+credentials never travel in Dask's pickles or stay behind in a plugin. Real clusters, real jobs,
+moto's S3 over HTTP."""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import psutil
@@ -9,7 +13,14 @@ import psutil
 from batchnlp.cluster import Layout, start_local_cluster
 from batchnlp.runner import run
 from batchnlp.spec import JobSpec
-from tests.helpers import write_jsonl
+from tests.helpers import invoke, one_worker_cluster, write_jsonl
+
+# Recognisable credentials: moto takes any; none may reach the scheduler.
+SECRETS = {
+    "key": "AKIAEMBEDDEDCLUSTER01",
+    "secret": "sEcReT/embedded+cluster/never-in-a-pickle01",
+    "token": "tOkEn-embedded-cluster-never-in-a-plugin",
+}
 
 
 def listening(processes: list[psutil.Process]) -> set[tuple[str, int]]:
@@ -77,3 +88,96 @@ def test_gpu_layout_workers_listen_on_loopback_only():
         cluster.close()
     assert_loopback_only(during)
     assert len(during) >= 6, sorted(during)
+
+
+def scheduler_holdings(dask_scheduler) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """What the scheduler holds for the job, pickled: every task's spec, every worker plugin."""
+    from distributed.protocol.pickle import dumps
+
+    tasks = {str(key): dumps(task.run_spec) for key, task in dask_scheduler.tasks.items()}
+    plugins = {name: dumps(plugin) for name, plugin in dask_scheduler.worker_plugins.items()}
+    return tasks, plugins
+
+
+def test_credential_storage_options_never_reach_the_scheduler(s3, bucket, tiny_model, monkeypatch):
+    """A run on moto's S3 with key, secret and token as storage options: the tasks and the models'
+    plugin the scheduler holds mid-run carry none of them; the workers got them from their
+    environment (the run reads and writes S3 with them)."""
+    lines = "".join(json.dumps({"id": i, "text": f"review {i} was fine"}) + "\n" for i in range(40))
+    s3.put_object(Bucket=bucket, Key="in/data.jsonl", Body=lines.encode())
+    settings = {
+        "input": f"s3://{bucket}/in/",
+        "output": f"s3://{bucket}/out/",
+        "models": {"sentiment": str(tiny_model)},
+        "device": "cpu",
+        "workers": 1,
+        "rows_per_partition": 10,
+        "storage_options": {**SECRETS, "config_kwargs": {"connect_timeout": 20}},
+    }
+    seen: dict = {}
+
+    def on_start(run_id, units, kept, client=None, rows_per_unit=None) -> None:
+        seen["client"] = client
+
+    def on_part(result) -> None:
+        if "held" not in seen:
+            seen["held"] = seen["client"].run_on_scheduler(scheduler_holdings)
+
+    summary = run(JobSpec.from_settings(settings), on_part=on_part, on_start=on_start)
+    assert summary.totals.rows_out == 40
+    tasks, plugins = seen["held"]
+    assert any(key.startswith("batchnlp-") for key in tasks), "the units' tasks were there"
+    assert any(name.startswith("batchnlp-models-") for name in plugins), "and the models' plugin"
+    for name, held in [*tasks.items(), *plugins.items()]:
+        for secret in SECRETS.values():
+            assert secret.encode() not in held, f"{secret!r} travels in {name}"
+    assert b"connect_timeout" in b"".join(tasks.values()), "options that are no credential still travel"
+    assert "BATCHNLP_STORAGE_SECRETS" not in os.environ, "handed to the workers for the run only"
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key="out/_manifest.json")["Body"].read())
+    assert manifest["spec"]["storage_options"] == {
+        "key": "***",
+        "secret": "***",
+        "token": "***",
+        "config_kwargs": "***",
+    }
+
+
+def test_credentials_are_told_apart_by_name_at_any_depth(monkeypatch):
+    from batchnlp.worker_credentials import SECRETS_VARIABLE, public_options, secret_options, with_local_secrets
+
+    options = {"key": "k", "anon": False, "client_kwargs": {"aws_secret_access_key": "s"}, "profile": "etl"}
+    assert secret_options(options) == {"key": "k", "client_kwargs": {"aws_secret_access_key": "s"}}
+    assert public_options(options) == {"anon": False, "profile": "etl"}
+    assert with_local_secrets({"anon": False}) == {"anon": False}
+    monkeypatch.setenv(SECRETS_VARIABLE, json.dumps({"key": "k", "anon": True}))
+    assert with_local_secrets({"anon": False}) == {"key": "k", "anon": False}, "the location's own options win"
+
+
+def test_the_models_plugin_is_unregistered_when_the_job_ends(tmp_path, tiny_model):
+    """On a shared cluster (--scheduler), nothing of the job stays registered after it."""
+    from distributed import Client
+
+    with one_worker_cluster() as cluster, Client(cluster) as client:
+        settings = {**job_settings(tmp_path, tiny_model), "scheduler": cluster.scheduler_address, "workers": 1}
+        assert run(JobSpec.from_settings(settings)).totals.rows_out == 40
+        on_scheduler = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.worker_plugins))
+        on_workers = client.run(lambda dask_worker: sorted(dask_worker.plugins))
+    assert not [name for name in on_scheduler if name.startswith("batchnlp")], on_scheduler
+    for names in on_workers.values():
+        assert not [name for name in names if name.startswith("batchnlp-models")], names
+
+
+def test_a_credential_storage_option_with_a_remote_scheduler_is_refused(tmp_path, tiny_model):
+    """Its workers would get it inside every task: refused before anything is read or written."""
+    source = write_jsonl(tmp_path / "in.jsonl", [{"text": "fine"}])
+    out = tmp_path / "out"
+    flags = ["--model", f"sentiment={tiny_model}", "--scheduler", "tcp://127.0.0.1:9"]
+    result = invoke(
+        source, out, *flags, "--storage-option", f"secret={SECRETS['secret']}", "--storage-option", "anon=0"
+    )
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())
+    assert "storage option secret is a credential" in message
+    assert "environment variables" in message and "shared credentials file" in message and "role" in message
+    assert SECRETS["secret"] not in result.output
+    assert not out.exists()
