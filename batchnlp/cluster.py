@@ -26,7 +26,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from batchnlp.spec import JobSpec
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -126,14 +129,22 @@ def local_layout(
 
 
 @contextmanager
-def connect(scheduler: str | None, workers: int | None, device: str) -> Iterator[tuple[Any, int | None]]:
-    """Yield ``(client, torch threads per worker)``; threads is None on an external cluster."""
+def connect(spec: JobSpec) -> Iterator[tuple[Any, int | None]]:
+    """Yield ``(client, torch threads per worker)`` for ``spec``'s job; threads is None on an external cluster.
+
+    A ``tls://`` scheduler is reached with the spec's TLS files, else Dask's TLS config
+    (:func:`batchnlp.tls.client_security`).
+    """
     from distributed import Client
 
+    from batchnlp.tls import client_security
+
+    scheduler, workers, device = spec.scheduler, spec.workers, spec.device
     if scheduler:
         if workers:
             logger.info("--workers with --scheduler only sizes the units; the cluster's own workers run them")
-        client = Client(scheduler, timeout="30s")
+        security = client_security(scheduler, spec.tls_ca_file, spec.tls_cert, spec.tls_key)
+        client = Client(scheduler, timeout="30s", security=security)
         try:
             yield client, None
         finally:
@@ -151,14 +162,20 @@ def connect(scheduler: str | None, workers: int | None, device: str) -> Iterator
 
 
 def start_local_cluster(
-    layout: Layout, workers: dict[int, dict[str, Any]] | None = None, host: str | None = None, port: int = 0
+    layout: Layout,
+    workers: dict[int, dict[str, Any]] | None = None,
+    host: str | None = None,
+    port: int = 0,
+    security: Any = None,
 ) -> Any:
     """The one place a LocalCluster is made: worker processes as ``layout`` says, each pinned to its GPU if any.
 
     ``workers`` replaces the layout's own workers with these (worker name → extra options), as an
     AWS Batch main node names and sizes its own; ``host`` and ``port`` place the scheduler where
-    other machines reach it (default: loopback, any free port). The HTTP server (health and
-    metrics: distributed always serves it) listens on loopback only, wherever the scheduler listens.
+    other machines reach it (default: loopback, any free port), and its workers and nannies with
+    it; ``security`` (a :class:`distributed.Security`) makes every connection of the cluster
+    ``tls://``. The HTTP server (health and metrics: distributed always serves it) listens on
+    loopback only, wherever the scheduler listens.
     """
     import dask
     from distributed import LocalCluster
@@ -179,6 +196,7 @@ def start_local_cluster(
         cluster = LocalCluster(
             host=host,
             scheduler_port=port,
+            security=security,
             n_workers=0,
             threads_per_worker=layout.threads,
             processes=True,

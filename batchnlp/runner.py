@@ -213,7 +213,7 @@ def _run_locked(
     todo = [unit for unit in job_plan.units if unit.id not in kept]
     log_planned(output.run_id, job_plan, todo, kept)
     if todo:
-        with connect(spec.scheduler, spec.workers, spec.device) as (client, threads):
+        with connect(spec) as (client, threads):
             done = run_units(client, threads, spec, job_plan, output, committer, todo, kept, on_part, on_start, stop)
     else:
         done = run_units(None, None, spec, job_plan, output, committer, todo, kept, on_part, on_start, stop)

@@ -36,6 +36,7 @@ WriteMode = Literal["new", "overwrite", "resume"]
 RUN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 ICEBERG_TABLE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.[A-Za-z0-9_-]+")  # namespace.table
 DEFAULT_CATALOG = "default"
+TLS_SETTINGS = ("tls_ca_file", "tls_cert", "tls_key")  # --scheduler tls://...: files of the user's cluster
 DEFAULT_MAX_ANSWER_LENGTH = 15  # tokens, as transformers' question-answering pipeline
 QA_KEYS = ("question", "question_column", "doc_stride", "max_answer_length", "allow_no_answer")
 TASK_KEYS = ("name", "task", "model", "top_k", "keep_probs", *QA_KEYS)
@@ -88,6 +89,11 @@ class JobSpec:
     partition_by: tuple[str, ...] = ()  # Hive-partitioned output: OUTPUT/COL=value/.../part-NNNNN.<suffix>
     rows_per_partition: int | None = None  # None: sized from the input and the worker count
     scheduler: str | None = None
+    # --scheduler tls://...: the cluster's CA, this client's certificate and key (PEM files); unset:
+    # Dask's own distributed.comm.tls config (batchnlp.tls)
+    tls_ca_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
     workers: int | None = None
     device: Device = "auto"
     precision: Precision = "auto"
@@ -144,12 +150,15 @@ class JobSpec:
         for name in ("rows_per_partition", "workers", "max_length", "tokens_per_batch"):
             if name in s:
                 values[name] = _integer(name, s[name], problems, MINIMUMS[name])
-        for name in ("text_column", "id_column", "scheduler"):
+        for name in ("text_column", "id_column", "scheduler", *TLS_SETTINGS):
             if name in s:
                 if isinstance(s[name], str) and s[name]:
                     values[name] = s[name]
                 else:
                     problems.append(f"{name} must be a non-empty string, got {s[name]!r}")
+        tls = [name for name in TLS_SETTINGS if name in values]
+        if tls and not values.get("scheduler", "").startswith("tls://"):
+            problems.append(f"{', '.join(tls)} secure a connection to a scheduler at a tls:// address; give one")
         if "run_id" in s:
             if isinstance(s["run_id"], str) and RUN_ID.fullmatch(s["run_id"]):
                 values["run_id"] = s["run_id"]
@@ -228,7 +237,7 @@ class JobSpec:
         volatile = ("scheduler", "workers", "storage_options", "mode", "break_lock", "run_id", "catalog_options")
         # How a run is supervised changes no output byte: a retry may change these and still resume.
         supervision = ("max_bad_lines", "grace_seconds", "unit_timeout", "lock_owner")
-        for name in (*volatile, *supervision):
+        for name in (*volatile, *TLS_SETTINGS, *supervision):
             relevant.pop(name)
         for task in relevant["tasks"]:  # keep_probs came later: runs without it keep their fingerprints
             if not task["keep_probs"]:

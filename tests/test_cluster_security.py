@@ -1,6 +1,6 @@
 """Who can reach a job's cluster, and what it holds: the embedded cluster listens on loopback only,
-credentials never travel in Dask's pickles or stay behind in a plugin. Real clusters, real jobs,
-moto's S3 over HTTP."""
+credentials never travel in Dask's pickles or stay behind in a plugin, and ``--scheduler`` speaks
+TLS with the user's certificates. Real clusters, real jobs, moto's S3 over HTTP."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import os
 from pathlib import Path
 
 import psutil
+import pytest
 
 from batchnlp.cluster import Layout, start_local_cluster
 from batchnlp.runner import run
 from batchnlp.spec import JobSpec
-from tests.helpers import invoke, one_worker_cluster, write_jsonl
+from tests.helpers import cpu_job, invoke, one_worker_cluster, write_jsonl
 
 # Recognisable credentials: moto takes any; none may reach the scheduler.
 SECRETS = {
@@ -48,14 +49,7 @@ def assert_loopback_only(sockets: set[tuple[str, int]]) -> None:
 
 def job_settings(tmp_path: Path, model: Path, rows: int = 40) -> dict:
     source = write_jsonl(tmp_path / "in.jsonl", [{"id": i, "text": f"review {i} was fine"} for i in range(rows)])
-    return {
-        "input": str(source),
-        "output": str(tmp_path / "out"),
-        "models": {"sentiment": str(model)},
-        "device": "cpu",
-        "workers": 2,
-        "rows_per_partition": 10,
-    }
+    return cpu_job(source, tmp_path / "out", model, workers=2)
 
 
 def test_a_run_on_the_embedded_cluster_listens_on_loopback_only(tmp_path, tiny_model):
@@ -105,15 +99,8 @@ def test_credential_storage_options_never_reach_the_scheduler(s3, bucket, tiny_m
     environment (the run reads and writes S3 with them)."""
     lines = "".join(json.dumps({"id": i, "text": f"review {i} was fine"}) + "\n" for i in range(40))
     s3.put_object(Bucket=bucket, Key="in/data.jsonl", Body=lines.encode())
-    settings = {
-        "input": f"s3://{bucket}/in/",
-        "output": f"s3://{bucket}/out/",
-        "models": {"sentiment": str(tiny_model)},
-        "device": "cpu",
-        "workers": 1,
-        "rows_per_partition": 10,
-        "storage_options": {**SECRETS, "config_kwargs": {"connect_timeout": 20}},
-    }
+    options = {**SECRETS, "config_kwargs": {"connect_timeout": 20}}
+    settings = cpu_job(f"s3://{bucket}/in/", f"s3://{bucket}/out/", tiny_model, storage_options=options)
     seen: dict = {}
 
     def on_start(run_id, units, kept, client=None, rows_per_unit=None) -> None:
@@ -181,3 +168,58 @@ def test_a_credential_storage_option_with_a_remote_scheduler_is_refused(tmp_path
     assert "environment variables" in message and "shared credentials file" in message and "role" in message
     assert SECRETS["secret"] not in result.output
     assert not out.exists()
+
+
+# --- --scheduler tls://... -------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_cluster(tmp_path):
+    """A user's TLS cluster on loopback (Dask's own temporary certificates), and its CA, client
+    certificate and key as the PEM files a user would hold."""
+    from distributed import LocalCluster, Security
+
+    security = Security.temporary()
+    files = {}
+    for name in ("ca_file", "client_cert", "client_key"):
+        files[name] = tmp_path / f"{name}.pem"
+        files[name].write_text(getattr(security, f"tls_{name}"))
+        files[name].chmod(0o600)
+    cluster = LocalCluster(
+        n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0", security=security
+    )
+    try:
+        yield cluster.scheduler_address, files
+    finally:
+        cluster.close()
+
+
+def test_scheduler_over_tls_with_certificate_flags_or_dasks_own_config(tmp_path, tiny_model, tls_cluster):
+    """Flags (or spec keys) name the files; users of a secured cluster who keep them in Dask's config
+    already need only the tls:// address; with neither, the error says both ways."""
+    import dask
+
+    address, files = tls_cluster
+    assert address.startswith("tls://127.0.0.1:")
+    source = write_jsonl(tmp_path / "in.jsonl", [{"text": f"row {i}"} for i in range(20)])
+    tls = ["--tls-ca-file", files["ca_file"], "--tls-cert", files["client_cert"], "--tls-key", files["client_key"]]
+    result = invoke(source, tmp_path / "out", "--model", f"sentiment={tiny_model}", "--scheduler", address, *tls)
+    assert result.exit_code == 0, result.output
+    assert "wrote 20 rows" in result.output
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    assert manifest["spec"]["tls_key"] == str(files["client_key"]), "the file's name, never its contents"
+
+    bare = invoke(source, tmp_path / "out2", "--model", f"sentiment={tiny_model}", "--scheduler", address)
+    assert bare.exit_code == 2, bare.output
+    assert "--tls-ca-file" in bare.output and "distributed.comm.tls" in bare.output
+    missing = [*tls[:-1], str(tmp_path / "no-such.key")]
+    absent = invoke(source, tmp_path / "out5", "--model", f"sentiment={tiny_model}", "--scheduler", address, *missing)
+    assert absent.exit_code == 2 and "--tls-key" in absent.output and "no such file" in absent.output, absent.output
+    plain = invoke(source, tmp_path / "out3", "--model", f"sentiment={tiny_model}", "--scheduler", "tcp://h:1", *tls)
+    assert plain.exit_code == 2 and "tls:// address" in plain.output, plain.output
+    tls = "distributed.comm.tls"
+    config = {f"{tls}.ca-file": str(files["ca_file"]), f"{tls}.client.cert": str(files["client_cert"])}
+    with dask.config.set({**config, f"{tls}.client.key": str(files["client_key"])}):
+        result = invoke(source, tmp_path / "out4", "--model", f"sentiment={tiny_model}", "--scheduler", address)
+    assert result.exit_code == 0, result.output
+    assert "wrote 20 rows" in result.output
