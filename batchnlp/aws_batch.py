@@ -70,6 +70,7 @@ SCHEDULER_PORT = 8786  # Dask's default, and the port the job's security group o
 # processes a node), which the job's security group opens between its nodes as well.
 WORKER_PORTS = "8800:8849"
 NANNY_PORTS = "8850:8899"
+MAX_WORKERS_PER_NODE = 50
 JOIN_TIMEOUT_VARIABLE = "BATCHNLP_NODE_JOIN_TIMEOUT"
 MAIN_NODE_RESERVE_VARIABLE = "BATCHNLP_MAIN_NODE_RESERVE_MIB"
 # How long the main node waits for every child node's workers, and a child for the scheduler.
@@ -226,7 +227,7 @@ def serve_child(
     if role.kind != "child":
         raise ValueError(f"serve_child on a {role.kind} node")
     timeout = join_timeout() if timeout is None else timeout
-    layout = local_layout(workers, device)
+    layout = node_layout(workers, device)
     address = role.scheduler_address(port)
     logger.info("%s: %d Dask workers will join the scheduler at %s", role.describe(), layout.workers, address)
     asyncio.run(_serve_child(role, layout, address, host, timeout))
@@ -358,7 +359,7 @@ def main_node(
         raise ValueError(f"main_node on a {role.kind} node")
     timeout = join_timeout() if timeout is None else timeout
     reserve = main_node_reserve()
-    layout = local_layout(workers, device)
+    layout = node_layout(workers, device)
     certificates = issue(cluster_secret.job_id(os.environ))
     with cluster_secret.published(certificates, os.environ):  # deleted as the block ends, failed or not
         options = worker_options(role, layout, reserve=reserve)
@@ -412,6 +413,23 @@ def _wait_for_nodes(client: Any, role: NodeRole, local_workers: int, deadline: f
 
 
 # --- both -----------------------------------------------------------------------------------
+
+
+def node_layout(workers: int | None, device: str, **machine: Any) -> Layout:
+    """This node's workers, as the embedded cluster lays them out, but at most one per port of
+    :data:`WORKER_PORTS`: a larger node (96 cores) runs :data:`MAX_WORKERS_PER_NODE` single-threaded
+    workers with more torch threads each; ``--workers`` above that is an error (exit 2).
+    ``machine``: :func:`local_layout`'s ``cores`` and ``memory``, where not this machine's."""
+    layout = local_layout(workers, device, **machine)
+    if layout.workers <= MAX_WORKERS_PER_NODE:
+        return layout
+    if workers:
+        raise BatchEnvironmentError(
+            f"--workers {workers}: a node of a multi-node job runs at most {MAX_WORKERS_PER_NODE} worker processes "
+            f"(one per port of {WORKER_PORTS}, which the job's security group opens); give {MAX_WORKERS_PER_NODE} "
+            "or fewer"
+        )
+    return local_layout(MAX_WORKERS_PER_NODE, device, **machine)
 
 
 def worker_options(role: NodeRole, layout: Layout, *, reserve: int = 0) -> dict[str, dict[str, Any]]:

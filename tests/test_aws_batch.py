@@ -164,6 +164,21 @@ def test_every_worker_is_named_after_its_node_pinned_and_redacting():
     assert all("CUDA_VISIBLE_DEVICES" not in o["env"] for o in cpu.values())
 
 
+def test_a_node_runs_no_more_workers_than_its_port_range_holds():
+    """The security group opens 50 worker ports a node: a 96-core node runs 50 workers, not 96 (the
+    last 46 would fail to start); asking for more is a clear error."""
+    from batchnlp.aws_batch import node_layout
+
+    machine = {"cores": 96, "memory": 384 * 2**30}
+    assert local_layout(None, "cpu", **machine).workers == 96, "what the embedded cluster would start"
+    assert node_layout(None, "cpu", **machine) == Layout(50, 1, 1)
+    assert node_layout(None, "cpu", cores=8, memory=384 * 2**30) == Layout(8, 1, 1)
+    assert node_layout(None, "cuda", gpus=("0",) * 8, cores=96).workers == 24, "3 per GPU fit"
+    with pytest.raises(BatchEnvironmentError, match=r"--workers 64: .* at most 50 worker processes") as caught:
+        node_layout(64, "cpu", **machine)
+    assert caught.value.exit_code == 2
+
+
 def test_the_main_node_keeps_its_reserve_out_of_its_workers_memory():
     from distributed.system import MEMORY_LIMIT
 
