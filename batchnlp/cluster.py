@@ -6,6 +6,11 @@ processes pinned to GPUs, each started with ``CUDA_VISIBLE_DEVICES`` naming only
 and no process creates a context on another. Only a cluster this module started is shut down; a
 shared cluster is left as it was found.
 
+The embedded cluster is the run's alone: its scheduler, nannies, workers and HTTP server listen
+on 127.0.0.1 only, and every connection is mutual TLS with certificates made for the run
+(:mod:`batchnlp.tls`), since another user of the machine can reach loopback too and a Dask
+scheduler runs whatever function a client sends.
+
 CPU workers are forked from one process that has imported Dask, torch and the model code
 (a multiprocessing forkserver, started by :func:`start_worker_imports` as the command begins):
 each spawned worker used to import them itself, seconds of CPU per worker, all before the first
@@ -137,7 +142,7 @@ def connect(spec: JobSpec) -> Iterator[tuple[Any, int | None]]:
     """
     from distributed import Client
 
-    from batchnlp.tls import client_security
+    from batchnlp.tls import client_security, issue
 
     scheduler, workers, device = spec.scheduler, spec.workers, spec.device
     if scheduler:
@@ -151,7 +156,9 @@ def connect(spec: JobSpec) -> Iterator[tuple[Any, int | None]]:
             client.close()
         return
     layout = local_layout(workers, device)
-    cluster = start_local_cluster(layout)
+    # TLS on loopback too, with certificates only this process and its workers hold: another
+    # user of this machine can reach 127.0.0.1, and the scheduler runs what any client sends.
+    cluster = start_local_cluster(layout, security=issue("embedded").security())
     client = Client(cluster)
     try:
         client.wait_for_workers(layout.workers)

@@ -1,9 +1,10 @@
-"""Mutual TLS for Dask: the certificates of a cluster batchnlp starts off-host, and the client side
-of a cluster a user brings (``--scheduler tls://...``).
+"""Mutual TLS for Dask: the certificates of every cluster batchnlp starts, and the client side of
+a cluster a user brings (``--scheduler tls://...``).
 
-Dask runs whatever pickled function a client sends, so a scheduler other machines can reach must
-refuse anyone the job did not issue a certificate to. A multi-node job makes its own certificate
-authority as it starts (:func:`issue`): one CA, one certificate for every node's scheduler,
+Dask runs whatever pickled function a client sends, so a scheduler others can reach (other
+machines, or other users of this one on loopback) must refuse anyone the job did not issue a
+certificate to. A job makes its own certificate authority as its cluster starts (:func:`issue`;
+the embedded cluster's, or a multi-node job's): one CA, one certificate for every scheduler,
 workers, nannies and driver, all signed by it; the CA's private key is dropped once it has
 signed, so no further certificate can ever be made for the job. ``require_encryption`` stops any
 part of the job from falling back to plain ``tcp://``; a client with another CA's certificate, or

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import psutil
@@ -52,20 +54,44 @@ def job_settings(tmp_path: Path, model: Path, rows: int = 40) -> dict:
     return cpu_job(source, tmp_path / "out", model, workers=2)
 
 
-def test_a_run_on_the_embedded_cluster_listens_on_loopback_only(tmp_path, tiny_model):
+# A second process on the same machine tries the scheduler: plain, then with a certificate of its own.
+STRANGER = """
+import sys
+from distributed import Client, Security
+for security in (None, Security.temporary()):
+    try:
+        Client(sys.argv[1].replace("tls://", "tcp://") if security is None else sys.argv[1], security=security,
+               timeout=5).close()
+        print("connected")
+    except OSError:  # distributed's CommClosedError: the TLS handshake failed
+        print("refused")
+"""
+
+
+def test_a_run_on_the_embedded_cluster_listens_on_loopback_only_and_speaks_tls(tmp_path, tiny_model):
     """Scheduler, nannies, forked workers and the HTTP server (health, metrics) of a real run: none on
-    0.0.0.0 or ::, where anyone on the network could send the scheduler a function to run."""
+    0.0.0.0 or ::, where anyone on the network could send the scheduler a function to run; and on
+    loopback, another process of this machine (another user's) is refused: the cluster's
+    certificates are the run's own."""
     before = listening(process_tree())
     during: set[tuple[str, int]] = set()
+    seen: dict = {}
+
+    def on_start(run_id, units, kept, client=None, rows_per_unit=None) -> None:
+        seen["address"] = client.scheduler.address
 
     def on_part(result) -> None:
         if not during:
             during.update(listening(process_tree()) - before)
+            command = [sys.executable, "-c", STRANGER, seen["address"]]
+            seen["stranger"] = subprocess.run(command, capture_output=True, text=True, timeout=120)
 
-    summary = run(JobSpec.from_settings(job_settings(tmp_path, tiny_model)), on_part=on_part)
+    summary = run(JobSpec.from_settings(job_settings(tmp_path, tiny_model)), on_part=on_part, on_start=on_start)
     assert summary.totals.rows_out == 40
     assert_loopback_only(during)
     assert len(during) >= 6, f"scheduler, HTTP server, two nannies, two workers: {sorted(during)}"
+    assert seen["address"].startswith("tls://127.0.0.1:")
+    assert seen["stranger"].stdout.split() == ["refused", "refused"], seen["stranger"]
 
 
 def test_gpu_layout_workers_listen_on_loopback_only():
