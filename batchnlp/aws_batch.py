@@ -13,10 +13,15 @@ user guide, "Environment variables" of multi-node parallel jobs):
 Single-node jobs and array job children set none of these (array children have
 ``AWS_BATCH_JOB_ARRAY_INDEX`` instead): they run as before, on an embedded local cluster.
 
-The main node starts a Dask scheduler on port 8786 of every interface and its own workers,
-waits until workers of every child node have joined, then runs the job as with
-``--scheduler``; closing the scheduler at the end makes every child's workers exit. A child
-node runs only workers (laid out as the embedded cluster's: one process per core on CPU,
+The main node makes the job's TLS certificates (:mod:`batchnlp.tls`) and shares them with the
+child nodes through a Secrets Manager secret (:mod:`batchnlp.cluster_secret`), then starts a
+Dask scheduler at ``tls://`` port 8786 of every interface and its own workers, waits until
+workers of every child node have joined, then runs the job as with ``--scheduler``; closing the
+scheduler at the end makes every child's workers exit. Every connection of the job is mutual
+TLS: a process without the job's certificate cannot reach its scheduler, workers or nannies.
+Workers listen on ports :data:`WORKER_PORTS`, nannies on :data:`NANNY_PORTS`, so the job's
+security group opens those and 8786 between its nodes, nothing else. A child node runs only
+workers (laid out as the embedded cluster's: one process per core on CPU,
 ``WORKERS_PER_GPU`` per GPU, each pinned to its GPU) that join the main node's scheduler, and
 exits 0 when that scheduler goes away, quietly: the end of a job is no error in its log. AWS
 Batch judges the job by the main node's exit code.
@@ -45,9 +50,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from batchnlp import child_worker, redaction
+from batchnlp import child_worker, cluster_secret, redaction
 from batchnlp.cluster import Layout, local_layout, start_local_cluster
 from batchnlp.errors import JobFailed, SpecError
+from batchnlp.tls import JobCertificates, issue
+from batchnlp.worker_credentials import refuse_remote
 
 if TYPE_CHECKING:
     from batchnlp.spec import JobSpec
@@ -59,6 +66,11 @@ NUM_NODES = "AWS_BATCH_JOB_NUM_NODES"
 MAIN_NODE_INDEX = "AWS_BATCH_JOB_MAIN_NODE_INDEX"
 MAIN_NODE_ADDRESS = "AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS"
 SCHEDULER_PORT = 8786  # Dask's default, and the port the job's security group opens between nodes
+# Each node's workers and nannies take the first free ports of these ranges (at most 50 worker
+# processes a node), which the job's security group opens between its nodes as well.
+WORKER_PORTS = "8800:8849"
+NANNY_PORTS = "8850:8899"
+MAX_WORKERS_PER_NODE = 50
 JOIN_TIMEOUT_VARIABLE = "BATCHNLP_NODE_JOIN_TIMEOUT"
 MAIN_NODE_RESERVE_VARIABLE = "BATCHNLP_MAIN_NODE_RESERVE_MIB"
 # How long the main node waits for every child node's workers, and a child for the scheduler.
@@ -103,7 +115,7 @@ class NodeRole:
         """The main node's scheduler, as a child node reaches it."""
         if self.main_ip is None:
             raise ValueError(f"a {self.kind} node has no main node address")
-        return f"tcp://{self.main_ip}:{port}"
+        return f"tls://{self.main_ip}:{port}"
 
     def worker_name(self, number: int) -> str:
         """Dask worker names say which node each worker runs on (and are unique in the job)."""
@@ -207,15 +219,15 @@ def serve_child(
 ) -> None:
     """Run this node's Dask workers for the main node's scheduler until that scheduler closes.
 
-    Waits up to ``timeout`` seconds (default: :func:`join_timeout`) for the scheduler to answer,
-    then raises :class:`JobFailed` naming the address. Workers listen on ``host``; by default on
-    the interface that routes to the scheduler. When the scheduler closes (the job is over),
-    the workers and their nannies close without an error in the log.
+    Waits up to ``timeout`` seconds (default: :func:`join_timeout`) for the job's certificates
+    and for the scheduler to answer, then raises :class:`JobFailed` naming what did not come.
+    Workers listen on ``host``; by default on the interface that routes to the scheduler. When the
+    scheduler closes (the job is over), the workers and their nannies close without an error in the log.
     """
     if role.kind != "child":
         raise ValueError(f"serve_child on a {role.kind} node")
     timeout = join_timeout() if timeout is None else timeout
-    layout = local_layout(workers, device)
+    layout = node_layout(workers, device)
     address = role.scheduler_address(port)
     logger.info("%s: %d Dask workers will join the scheduler at %s", role.describe(), layout.workers, address)
     asyncio.run(_serve_child(role, layout, address, host, timeout))
@@ -224,13 +236,16 @@ def serve_child(
 
 async def _serve_child(role: NodeRole, layout: Layout, address: str, host: str | None, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    await _wait_for_scheduler(address, deadline)
+    certificates = await asyncio.to_thread(cluster_secret.fetch, os.environ, deadline)
+    security = certificates.security()
+    await _wait_for_scheduler(address, deadline, security)
     nanny_class = _child_nanny_class()
     nannies = [
         nanny_class(
             address,
             host=host,
             death_timeout=max(1.0, deadline - time.monotonic()),
+            security=security,
             **{**options, "preload": [*options["preload"], child_worker.__name__]},
         )
         for options in worker_options(role, layout).values()
@@ -282,14 +297,15 @@ def _child_nanny_class() -> type:
     return ChildNanny
 
 
-async def _wait_for_scheduler(address: str, deadline: float) -> None:
+async def _wait_for_scheduler(address: str, deadline: float, security: Any) -> None:
     """Until the scheduler completes a Dask handshake; a refused connection is retried every 2 s."""
     from distributed.comm import connect
 
     started, reported = time.monotonic(), time.monotonic()
+    tls = security.get_connection_args("worker")
     while True:
         try:
-            comm = await connect(address, timeout=max(0.5, min(5.0, deadline - time.monotonic())))
+            comm = await connect(address, timeout=max(0.5, min(5.0, deadline - time.monotonic())), **tls)
         except (OSError, TimeoutError) as e:
             now = time.monotonic()
             if now >= deadline:
@@ -312,10 +328,11 @@ async def _wait_for_scheduler(address: str, deadline: float) -> None:
 
 @dataclass(frozen=True)
 class MainNode:
-    """The cluster the main node started: the driver connects to ``address``."""
+    """The cluster the main node started: the driver connects to ``address`` with ``certificates``."""
 
     address: str
     workers: int  # worker processes expected over all nodes (for unit sizing)
+    certificates: JobCertificates
 
 
 @contextmanager
@@ -330,10 +347,11 @@ def main_node(
 ) -> Iterator[MainNode]:
     """Start the job's scheduler and this node's workers; yield once every child node has joined.
 
-    The scheduler listens on ``host:port`` (every interface by default, so child nodes reach
-    it at this node's private address) and allows ``ALLOWED_FAILURES`` worker deaths per unit,
-    as the embedded cluster does. Waits up to ``timeout`` seconds (default: :func:`join_timeout`)
-    for the child nodes. Leaving the block closes it, and so every node's workers.
+    The scheduler listens on ``tls://host:port`` (every interface by default, so child nodes
+    reach it at this node's private address) and allows ``ALLOWED_FAILURES`` worker deaths per
+    unit, as the embedded cluster does. Waits up to ``timeout`` seconds (default:
+    :func:`join_timeout`) for the child nodes. Leaving the block closes it, and so every node's
+    workers, and deletes the job's secret.
     """
     from distributed import Client
 
@@ -341,22 +359,25 @@ def main_node(
         raise ValueError(f"main_node on a {role.kind} node")
     timeout = join_timeout() if timeout is None else timeout
     reserve = main_node_reserve()
-    layout = local_layout(workers, device)
-    cluster = start_local_cluster(layout, worker_options(role, layout, reserve=reserve), host, port)
-    try:
-        address = cluster.scheduler_address
-        logger.info(
-            "%s: Dask scheduler at %s with %d local workers; waiting for nodes %s",
-            role.describe(),
-            address,
-            layout.workers,
-            ", ".join(map(str, role.child_nodes)) or "(none)",
-        )
-        with Client(cluster) as client:
-            _wait_for_nodes(client, role, layout.workers, time.monotonic() + timeout)
-        yield MainNode(address, layout.workers * role.num_nodes)
-    finally:
-        cluster.close()
+    layout = node_layout(workers, device)
+    certificates = issue(cluster_secret.job_id(os.environ))
+    with cluster_secret.published(certificates, os.environ):  # deleted as the block ends, failed or not
+        options = worker_options(role, layout, reserve=reserve)
+        cluster = start_local_cluster(layout, options, host, port, certificates.security())
+        try:
+            address = cluster.scheduler_address
+            logger.info(
+                "%s: Dask scheduler at %s with %d local workers; waiting for nodes %s",
+                role.describe(),
+                address,
+                layout.workers,
+                ", ".join(map(str, role.child_nodes)) or "(none)",
+            )
+            with Client(cluster) as client:
+                _wait_for_nodes(client, role, layout.workers, time.monotonic() + timeout)
+            yield MainNode(address, layout.workers * role.num_nodes, certificates)
+        finally:
+            cluster.close()
 
 
 def _wait_for_nodes(client: Any, role: NodeRole, local_workers: int, deadline: float) -> None:
@@ -394,8 +415,25 @@ def _wait_for_nodes(client: Any, role: NodeRole, local_workers: int, deadline: f
 # --- both -----------------------------------------------------------------------------------
 
 
+def node_layout(workers: int | None, device: str, **machine: Any) -> Layout:
+    """This node's workers, as the embedded cluster lays them out, but at most one per port of
+    :data:`WORKER_PORTS`: a larger node (96 cores) runs :data:`MAX_WORKERS_PER_NODE` single-threaded
+    workers with more torch threads each; ``--workers`` above that is an error (exit 2).
+    ``machine``: :func:`local_layout`'s ``cores`` and ``memory``, where not this machine's."""
+    layout = local_layout(workers, device, **machine)
+    if layout.workers <= MAX_WORKERS_PER_NODE:
+        return layout
+    if workers:
+        raise BatchEnvironmentError(
+            f"--workers {workers}: a node of a multi-node job runs at most {MAX_WORKERS_PER_NODE} worker processes "
+            f"(one per port of {WORKER_PORTS}, which the job's security group opens); give {MAX_WORKERS_PER_NODE} "
+            "or fewer"
+        )
+    return local_layout(MAX_WORKERS_PER_NODE, device, **machine)
+
+
 def worker_options(role: NodeRole, layout: Layout, *, reserve: int = 0) -> dict[str, dict[str, Any]]:
-    """Nanny options of this node's workers, by name: pinned GPU, torch threads, log redaction.
+    """Nanny options of this node's workers, by name: pinned GPU, torch threads, log redaction, ports.
 
     ``OMP_NUM_THREADS`` gives each process its share of the cores, which the driver cannot
     set on a cluster it did not start; the preload makes worker processes redact their logs.
@@ -418,6 +456,9 @@ def worker_options(role: NodeRole, layout: Layout, *, reserve: int = 0) -> dict[
             "env": env,
             "preload": preload,
             "memory_limit": share,
+            "port": NANNY_PORTS,
+            "worker_port": WORKER_PORTS,
+            "dashboard_address": "127.0.0.1:0",  # its HTTP server (health, metrics): never for other nodes
         }
     return options
 
@@ -434,7 +475,8 @@ def dask_preload() -> list[str]:
 @contextmanager
 def multinode_job(spec: JobSpec, role: NodeRole, **main_options: Any) -> Iterator[JobSpec]:
     """The CLI's hook around a run: ``spec`` unchanged on a single node; on an MNP main node,
-    ``spec`` pointed at the job's own scheduler (with every node's workers joined) while it runs."""
+    ``spec`` pointed at the job's own scheduler (with every node's workers joined) while it runs.
+    Credential storage options are refused: the child nodes' workers use their own role."""
     if role.kind == "single":
         yield spec
         return
@@ -445,5 +487,17 @@ def multinode_job(spec: JobSpec, role: NodeRole, **main_options: Any) -> Iterato
             f"--scheduler {spec.scheduler} cannot be used in a multi-node AWS Batch job: the main node "
             "starts the job's scheduler itself; drop the option (or run a single-node job)"
         )
-    with main_node(role, spec.device, spec.workers, **main_options) as cluster:
+    refuse_remote(spec.storage_options, "the nodes of a multi-node AWS Batch job")
+    # The driver's client presents the job's certificate through Dask's own TLS settings, as for any
+    # tls:// address without --tls-* files: never in the spec, which the manifest records.
+    with main_node(role, spec.device, spec.workers, **main_options) as cluster, tls_settings(cluster):
         yield dataclasses.replace(spec, scheduler=cluster.address, workers=cluster.workers)
+
+
+@contextmanager
+def tls_settings(cluster: MainNode) -> Iterator[None]:
+    """Dask's TLS settings in this process set to the job's certificates while the block runs."""
+    import dask
+
+    with dask.config.set(cluster.certificates.dask_config()):
+        yield

@@ -66,6 +66,8 @@ RUN_DATE_OPTION = click.option(
     "timestamp or 'today' (the default, UTC; submit fixes it at submission). Example: --run-date 2026-11-24",
 )
 
+# --scheduler tls://... (batchnlp.tls): what each file is; Dask's distributed.comm.tls config stands in for all.
+TLS_FILES = {"--tls-ca-file": "the cluster's CA", "--tls-cert": "this client's certificate", "--tls-key": "its key"}
 # CLI option name → settings key of the job spec, where they differ.
 _SETTING_NAMES = {
     "task": "tasks",
@@ -269,6 +271,10 @@ JOB_OPTIONS = [
         "--scheduler",
         metavar="ADDRESS",
         help="Use this Dask scheduler instead of an embedded local cluster. Example: --scheduler tcp://10.0.0.5:8786",
+    ),
+    *(
+        click.option(flag, metavar="FILE", help=f"With --scheduler tls://...: {what} (PEM). Default: Dask's config.")
+        for flag, what in TLS_FILES.items()
     ),
     click.option(
         "--workers",

@@ -6,6 +6,11 @@ processes pinned to GPUs, each started with ``CUDA_VISIBLE_DEVICES`` naming only
 and no process creates a context on another. Only a cluster this module started is shut down; a
 shared cluster is left as it was found.
 
+The embedded cluster is the run's alone: its scheduler, nannies, workers and HTTP server listen
+on 127.0.0.1 only, and every connection is mutual TLS with certificates made for the run
+(:mod:`batchnlp.tls`), since another user of the machine can reach loopback too and a Dask
+scheduler runs whatever function a client sends.
+
 CPU workers are forked from one process that has imported Dask, torch and the model code
 (a multiprocessing forkserver, started by :func:`start_worker_imports` as the command begins):
 each spawned worker used to import them itself, seconds of CPU per worker, all before the first
@@ -26,7 +31,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from batchnlp.spec import JobSpec
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -126,21 +134,31 @@ def local_layout(
 
 
 @contextmanager
-def connect(scheduler: str | None, workers: int | None, device: str) -> Iterator[tuple[Any, int | None]]:
-    """Yield ``(client, torch threads per worker)``; threads is None on an external cluster."""
+def connect(spec: JobSpec) -> Iterator[tuple[Any, int | None]]:
+    """Yield ``(client, torch threads per worker)`` for ``spec``'s job; threads is None on an external cluster.
+
+    A ``tls://`` scheduler is reached with the spec's TLS files, else Dask's TLS config
+    (:func:`batchnlp.tls.client_security`).
+    """
     from distributed import Client
 
+    from batchnlp.tls import client_security, issue
+
+    scheduler, workers, device = spec.scheduler, spec.workers, spec.device
     if scheduler:
         if workers:
             logger.info("--workers with --scheduler only sizes the units; the cluster's own workers run them")
-        client = Client(scheduler, timeout="30s")
+        security = client_security(scheduler, spec.tls_ca_file, spec.tls_cert, spec.tls_key)
+        client = Client(scheduler, timeout="30s", security=security)
         try:
             yield client, None
         finally:
             client.close()
         return
     layout = local_layout(workers, device)
-    cluster = start_local_cluster(layout)
+    # TLS on loopback too, with certificates only this process and its workers hold: another
+    # user of this machine can reach 127.0.0.1, and the scheduler runs what any client sends.
+    cluster = start_local_cluster(layout, security=issue("embedded").security())
     client = Client(cluster)
     try:
         client.wait_for_workers(layout.workers)
@@ -151,13 +169,20 @@ def connect(scheduler: str | None, workers: int | None, device: str) -> Iterator
 
 
 def start_local_cluster(
-    layout: Layout, workers: dict[int, dict[str, Any]] | None = None, host: str | None = None, port: int = 0
+    layout: Layout,
+    workers: dict[int, dict[str, Any]] | None = None,
+    host: str | None = None,
+    port: int = 0,
+    security: Any = None,
 ) -> Any:
     """The one place a LocalCluster is made: worker processes as ``layout`` says, each pinned to its GPU if any.
 
     ``workers`` replaces the layout's own workers with these (worker name → extra options), as an
     AWS Batch main node names and sizes its own; ``host`` and ``port`` place the scheduler where
-    other machines reach it (default: loopback, any free port).
+    other machines reach it (default: loopback, any free port), and its workers and nannies with
+    it; ``security`` (a :class:`distributed.Security`) makes every connection of the cluster
+    ``tls://``. The HTTP server (health and metrics: distributed always serves it) listens on
+    loopback only, wherever the scheduler listens.
     """
     import dask
     from distributed import LocalCluster
@@ -178,10 +203,11 @@ def start_local_cluster(
         cluster = LocalCluster(
             host=host,
             scheduler_port=port,
+            security=security,
             n_workers=0,
             threads_per_worker=layout.threads,
             processes=True,
-            dashboard_address=f"{host}:0" if host else ":0",  # distributed always serves HTTP (health, metrics)
+            dashboard_address="127.0.0.1:0",
             silence_logs=logging.WARNING,
         )
         for name, options in workers.items():

@@ -13,8 +13,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -43,6 +44,7 @@ from batchnlp.tables.base import Commit
 from batchnlp.tasks import output_schema
 from batchnlp.version import __version__
 from batchnlp.worker import ModelPlugin, ModelSettings, UnitJob, guarded, run_unit
+from batchnlp.worker_credentials import hands_credentials_to_local_workers, public_options
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ class RunSummary:
         return self.totals.rows_out / self.wall_seconds if self.wall_seconds else 0.0
 
 
+@hands_credentials_to_local_workers
 def run(
     spec: JobSpec,
     on_part: Callable[[PartResult], None] | None = None,
@@ -212,7 +215,7 @@ def _run_locked(
     todo = [unit for unit in job_plan.units if unit.id not in kept]
     log_planned(output.run_id, job_plan, todo, kept)
     if todo:
-        with connect(spec.scheduler, spec.workers, spec.device) as (client, threads):
+        with connect(spec) as (client, threads):
             done = run_units(client, threads, spec, job_plan, output, committer, todo, kept, on_part, on_start, stop)
     else:
         done = run_units(None, None, spec, job_plan, output, committer, todo, kept, on_part, on_start, stop)
@@ -273,22 +276,22 @@ def run_units(
         )
     if not todo:
         return done
-    job = _submitted_job(client, spec, job_plan, output, committer, threads, bool(kept))
-    futures = {
-        client.submit(guarded, run_unit, unit, job, key=f"batchnlp-{run_id}-{unit.id}", pure=False): unit
-        for unit in todo
-    }
-    watch = StallWatch(client, spec.unit_timeout)
-    bad_lines = sum(r.bad_lines for r in kept.values())
-    with stop.draining() if stop is not None else nullcontext():
-        for _, result in results(client, futures, stop, watch):
-            committer.record(result)
-            done[result.unit.id] = result
-            if on_part:
-                on_part(result)
-            bad_lines += result.bad_lines
-            if isinstance(spec.max_bad_lines, int) and bad_lines > spec.max_bad_lines:
-                check_bad_lines(spec, list(done.values()), final=False)
+    with _submitted_job(client, spec, job_plan, output, committer, threads, bool(kept)) as job:
+        futures = {
+            client.submit(guarded, run_unit, unit, job, key=f"batchnlp-{run_id}-{unit.id}", pure=False): unit
+            for unit in todo
+        }
+        watch = StallWatch(client, spec.unit_timeout)
+        bad_lines = sum(r.bad_lines for r in kept.values())
+        with stop.draining() if stop is not None else nullcontext():
+            for _, result in results(client, futures, stop, watch):
+                committer.record(result)
+                done[result.unit.id] = result
+                if on_part:
+                    on_part(result)
+                bad_lines += result.bad_lines
+                if isinstance(spec.max_bad_lines, int) and bad_lines > spec.max_bad_lines:
+                    check_bad_lines(spec, list(done.values()), final=False)
     return done
 
 
@@ -315,6 +318,7 @@ def finish(
     return manifest
 
 
+@contextmanager
 def _submitted_job(
     client: Any,
     spec: JobSpec,
@@ -323,8 +327,13 @@ def _submitted_job(
     committer: Committer,
     threads: int | None,
     resumed: bool,
-) -> UnitJob:
-    """Load the models on every worker and fix the parts' schema: what each unit needs besides its range."""
+) -> Iterator[UnitJob]:
+    """Load the models on every worker and fix the parts' schema: what each unit needs besides its range.
+
+    The models' plugin is this block's alone (its name ends in a token of its own) and is
+    unregistered as the block ends, so nothing of the job stays on a shared cluster. It carries
+    no credential: workers take those from their environment (:mod:`batchnlp.worker_credentials`).
+    """
     settings = ModelSettings(
         tasks=spec.tasks,
         device=spec.device,
@@ -332,25 +341,32 @@ def _submitted_job(
         tokens_per_batch=spec.tokens_per_batch,
         max_length=spec.max_length,
         threads=threads,
-        storage_options=dict(spec.storage_options),
+        storage_options=public_options(spec.storage_options),
         rescore_margin=spec.rescore_margin,
     )
+    name = f"{settings.plugin_name}-{uuid.uuid4().hex[:8]}"
     inferring = None
     if job_plan.schema is None:
         inferring = infer_schema(client, job_plan.source, job_plan.units, spec.read_options)
     # Returns once every worker has its models; JSONL schemas are inferred meanwhile.
-    client.register_plugin(ModelPlugin(settings), name=settings.plugin_name)
-    schema = job_plan.schema
-    if inferring is not None:  # JSONL: its columns are known only now, still before any unit runs
-        schema = unified_schema(client, inferring, job_plan.units, job_plan.partitioning)
+    client.register_plugin(ModelPlugin(settings), name=name)
+    try:
+        schema = job_plan.schema
+        if inferring is not None:  # JSONL: its columns are known only now, still before any unit runs
+            schema = unified_schema(client, inferring, job_plan.units, job_plan.partitioning)
+            try:
+                check_schema(spec, schema, output)
+            except BatchnlpError:
+                if not resumed:  # nothing ran: leave no run behind for --resume to find
+                    committer.clear()
+                raise
+        read = replace(spec.read_options, partitioning=job_plan.partitioning)
+        yield UnitJob(job_plan.source, read, spec.id_column, schema, name, output)
+    finally:
         try:
-            check_schema(spec, schema, output)
-        except BatchnlpError:
-            if not resumed:  # nothing ran: leave no run behind for --resume to find
-                committer.clear()
-            raise
-    read = replace(spec.read_options, partitioning=job_plan.partitioning)
-    return UnitJob(job_plan.source, read, spec.id_column, schema, settings.plugin_name, output)
+            client.unregister_worker_plugin(name)
+        except Exception as e:  # a cluster going down with the job: its outcome matters more
+            logger.warning("could not unregister the models' worker plugin %s: %s", name, e)
 
 
 def check_schema(spec: JobSpec, schema: pa.Schema, output: Output) -> None:

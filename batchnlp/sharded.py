@@ -48,8 +48,10 @@ from batchnlp.shutdown import GracefulStop
 from batchnlp.spec import JobSpec
 from batchnlp.storage import check_output
 from batchnlp.version import __version__
+from batchnlp.worker_credentials import hands_credentials_to_local_workers
 
 
+@hands_credentials_to_local_workers
 def run_shard(
     spec: JobSpec,
     shard: Shard,
@@ -91,7 +93,7 @@ def run_shard(
         client, threads = None, None
         stored = read_plan(committer, spec.storage_options, spec.input)
         if stored is None:
-            client, threads = cluster.enter_context(connect(spec.scheduler, spec.workers, spec.device))
+            client, threads = cluster.enter_context(connect(spec))
             stored = _store_new_plan(client, spec, output, committer, shard, models)
         check_same_job(stored, {"spec_fingerprint": spec.fingerprint(), "model_versions": models}, shard.count, display)
         units = shard.take(stored.plan.units)
@@ -105,7 +107,7 @@ def run_shard(
             )
         log_planned(output.run_id, stored.plan, todo, kept, shard)
         if todo and client is None:
-            client, threads = cluster.enter_context(connect(spec.scheduler, spec.workers, spec.device))
+            client, threads = cluster.enter_context(connect(spec))
         done = run_units(
             client, threads, spec, stored.plan, output, committer, todo, kept, on_part, on_start, stop, units
         )

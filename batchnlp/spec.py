@@ -23,6 +23,7 @@ from batchnlp.formats.base import DEFAULT_MAX_LINE_BYTES, BadLinePolicy, ReadOpt
 from batchnlp.formats.decompress import DEFAULT_MAX_DECOMPRESSED_BYTES
 from batchnlp.formats.writers import OutputFormat
 from batchnlp.redaction import redact_url
+from batchnlp.worker_credentials import public_options
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
@@ -38,6 +39,7 @@ BYTE_SIZE = re.compile(r"([1-9][0-9]*) ?([KMGT]iB|B|)", re.IGNORECASE)
 RUN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 ICEBERG_TABLE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.[A-Za-z0-9_-]+")  # namespace.table
 DEFAULT_CATALOG = "default"
+TLS_SETTINGS = ("tls_ca_file", "tls_cert", "tls_key")  # --scheduler tls://...: files of the user's cluster
 DEFAULT_MAX_ANSWER_LENGTH = 15  # tokens, as transformers' question-answering pipeline
 QA_KEYS = ("question", "question_column", "doc_stride", "max_answer_length", "allow_no_answer")
 TASK_KEYS = ("name", "task", "model", "top_k", "keep_probs", *QA_KEYS)
@@ -90,6 +92,11 @@ class JobSpec:
     partition_by: tuple[str, ...] = ()  # Hive-partitioned output: OUTPUT/COL=value/.../part-NNNNN.<suffix>
     rows_per_partition: int | None = None  # None: sized from the input and the worker count
     scheduler: str | None = None
+    # --scheduler tls://...: the cluster's CA, this client's certificate and key (PEM files); unset:
+    # Dask's own distributed.comm.tls config (batchnlp.tls)
+    tls_ca_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
     workers: int | None = None
     device: Device = "auto"
     precision: Precision = "auto"
@@ -150,12 +157,15 @@ class JobSpec:
         for name in ("rows_per_partition", "workers", "max_length", "tokens_per_batch"):
             if name in s:
                 values[name] = _integer(name, s[name], problems, MINIMUMS[name])
-        for name in ("text_column", "id_column", "scheduler"):
+        for name in ("text_column", "id_column", "scheduler", *TLS_SETTINGS):
             if name in s:
                 if isinstance(s[name], str) and s[name]:
                     values[name] = s[name]
                 else:
                     problems.append(f"{name} must be a non-empty string, got {s[name]!r}")
+        tls = [name for name in TLS_SETTINGS if name in values]
+        if tls and not values.get("scheduler", "").startswith("tls://"):
+            problems.append(f"{', '.join(tls)} secure a connection to a scheduler at a tls:// address; give one")
         if "run_id" in s:
             if isinstance(s["run_id"], str) and RUN_ID.fullmatch(s["run_id"]):
                 values["run_id"] = s["run_id"]
@@ -242,7 +252,7 @@ class JobSpec:
         volatile = ("scheduler", "workers", "storage_options", "mode", "break_lock", "run_id", "catalog_options")
         # How a run is supervised changes no output byte: a retry may change these and still resume.
         supervision = ("max_bad_lines", "grace_seconds", "unit_timeout", "lock_owner")
-        for name in (*volatile, *supervision):
+        for name in (*volatile, *TLS_SETTINGS, *supervision):
             relevant.pop(name)
         for task in relevant["tasks"]:  # keep_probs came later: runs without it keep their fingerprints
             if not task["keep_probs"]:
@@ -260,6 +270,13 @@ class JobSpec:
             if relevant[later] == unset:
                 relevant.pop(later)
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled (inside a Dask task), a spec leaves its credential storage options behind: the
+        embedded cluster's workers get them from their environment (batchnlp.worker_credentials)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values["storage_options"] = public_options(self.storage_options)
+        return (type(self), tuple(values.values()))
 
     def redacted(self) -> dict[str, Any]:
         """The spec as JSON-ready data with storage option values hidden (for the manifest)."""

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from batchnlp.errors import BatchnlpError, InputError, JobFailed, OutputError
 from batchnlp.redaction import redact_url
 from batchnlp.retry import filesystem_options
+from batchnlp.worker_credentials import public_options, with_local_secrets
 
 GLOB_CHARS = re.compile(r"[*?\[]")
 
@@ -36,6 +37,11 @@ class Location:
         # Dask prints a failed task's arguments in worker logs: option values may be credentials.
         return f"Location({redact_url(self.url)!r}, storage_options={dict.fromkeys(self.storage_options, '***')})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled (a Dask task's argument), a location leaves its credentials behind: the embedded
+        # cluster's workers get them from their environment (batchnlp.worker_credentials).
+        return (Location, (self.url, public_options(self.storage_options)))
+
     @property
     def fs(self) -> Any:
         return self.split()[0]
@@ -47,7 +53,7 @@ class Location:
     def split(self) -> tuple[Any, str]:
         from fsspec.core import url_to_fs
 
-        return url_to_fs(self.url, **filesystem_options(self.url, self.storage_options))
+        return url_to_fs(self.url, **filesystem_options(self.url, with_local_secrets(self.storage_options)))
 
     def child(self, name: str) -> str:
         """The fsspec path of ``name`` under this location (a directory or prefix)."""

@@ -19,6 +19,12 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
+def cpu_job(source: Path | str, out: Path | str, model: Path | str, **settings: Any) -> dict[str, Any]:
+    """Job spec settings of a small sentiment job on CPU workers; ``settings`` add to them or replace them."""
+    job = {"input": str(source), "output": str(out), "models": {"sentiment": str(model)}, "device": "cpu"}
+    return {**job, "workers": 1, "rows_per_partition": 10, **settings}
+
+
 def upload_dir(s3: Any, local: Path, bucket: str, prefix: str) -> str:
     for path in sorted(local.iterdir()):
         s3.upload_file(str(path), bucket, f"{prefix}/{path.name}")
@@ -51,7 +57,7 @@ def one_worker_cluster() -> Iterator[Any]:
     """A real LocalCluster with one single-threaded worker process, as a shared test cluster."""
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0") as cluster:
         yield cluster
 
 

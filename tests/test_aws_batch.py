@@ -1,5 +1,6 @@
 """Multi-node AWS Batch jobs: the role each environment gives a node, and a real two-"node"
-Dask cluster on loopback (the main node in this process, a child node in a subprocess).
+Dask cluster on loopback (the main node in this process, a child node in a subprocess), which
+shares its TLS certificates through moto's Secrets Manager, reached over HTTP.
 
 The environments are the variables AWS Batch documents for each kind of job ("AWS Batch job
 environment variables" and "Environment variables" of multi-node parallel jobs). Nothing here
@@ -15,10 +16,12 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
+from batchnlp import cluster_secret
 from batchnlp.aws_batch import (
     JOIN_TIMEOUT,
     BatchEnvironmentError,
@@ -34,7 +37,8 @@ from batchnlp.aws_batch import (
 from batchnlp.cluster import ALLOWED_FAILURES, Layout, local_layout
 from batchnlp.errors import JobFailed, SpecError
 from batchnlp.spec import JobSpec
-from tests.helpers import write_jsonl
+from batchnlp.tls import issue
+from tests.helpers import cpu_job, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 # Every AWS Batch container job gets these; they say nothing about nodes.
@@ -58,6 +62,29 @@ def mnp(index: int, nodes: int = 3, main: int = 0, ip: str | None = "10.0.3.17")
     if index != main and ip is not None:  # only child nodes are told the main node's address
         env["AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS"] = ip
     return env
+
+
+@pytest.fixture
+def batch_job(s3_proxy, monkeypatch) -> str:
+    """A multi-node job of its own (a new job id; this process is its main node 0) whose nodes reach
+    moto's Secrets Manager: the s3_proxy fixture points AWS_ENDPOINT_URL at moto's server."""
+    job = str(uuid.uuid4())
+    monkeypatch.setitem(COMMON, "AWS_BATCH_JOB_ID", job)
+    monkeypatch.setenv("AWS_BATCH_JOB_ID", f"{job}#0")
+    monkeypatch.setenv("AWS_BATCH_JOB_ATTEMPT", "1")
+    return job
+
+
+def stored_secret(job: str) -> dict | None:
+    """The job's Secrets Manager secret as moto holds it, or None when there is none."""
+    import boto3
+
+    try:
+        value = boto3.client("secretsmanager").get_secret_value(SecretId=f"batchnlp/cluster/{job}")
+    except Exception as e:
+        assert "ResourceNotFoundException" in str(e), e
+        return None
+    return json.loads(value["SecretString"])
 
 
 def free_port() -> int:
@@ -94,10 +121,10 @@ def test_main_node_knows_its_child_nodes():
 def test_child_node_finds_the_main_nodes_scheduler():
     role = node_role(mnp(2, nodes=3, ip="10.0.3.17"))
     assert role == NodeRole("child", 2, 3, 0, "10.0.3.17")
-    assert role.scheduler_address() == "tcp://10.0.3.17:8786"
-    assert role.scheduler_address(9000) == "tcp://10.0.3.17:9000"
+    assert role.scheduler_address() == "tls://10.0.3.17:8786"
+    assert role.scheduler_address(9000) == "tls://10.0.3.17:9000"
     assert role.worker_name(0) == "batchnlp-node2-0"
-    assert node_role(mnp(0, nodes=2, main=1, ip=" 172.31.0.9 ")).scheduler_address() == "tcp://172.31.0.9:8786"
+    assert node_role(mnp(0, nodes=2, main=1, ip=" 172.31.0.9 ")).scheduler_address() == "tls://172.31.0.9:8786"
     assert "node 2 (child) of a 3-node job" in role.describe()
 
 
@@ -130,8 +157,26 @@ def test_every_worker_is_named_after_its_node_pinned_and_redacting():
     assert {o["env"]["OMP_NUM_THREADS"] for o in options.values()} == {"3"}
     assert {o["nthreads"] for o in options.values()} == {2}
     assert all("batchnlp.redaction" in o["preload"] for o in options.values())
+    # The ports the job's security group opens between its nodes, and only those.
+    assert {(o["worker_port"], o["port"]) for o in options.values()} == {("8800:8849", "8850:8899")}
+    assert {o["dashboard_address"] for o in options.values()} == {"127.0.0.1:0"}, "HTTP for this node alone"
     cpu = worker_options(NodeRole("main", 0, 2, 0), Layout(2, 1, 1))
     assert all("CUDA_VISIBLE_DEVICES" not in o["env"] for o in cpu.values())
+
+
+def test_a_node_runs_no_more_workers_than_its_port_range_holds():
+    """The security group opens 50 worker ports a node: a 96-core node runs 50 workers, not 96 (the
+    last 46 would fail to start); asking for more is a clear error."""
+    from batchnlp.aws_batch import node_layout
+
+    machine = {"cores": 96, "memory": 384 * 2**30}
+    assert local_layout(None, "cpu", **machine).workers == 96, "what the embedded cluster would start"
+    assert node_layout(None, "cpu", **machine) == Layout(50, 1, 1)
+    assert node_layout(None, "cpu", cores=8, memory=384 * 2**30) == Layout(8, 1, 1)
+    assert node_layout(None, "cuda", gpus=("0",) * 8, cores=96).workers == 24, "3 per GPU fit"
+    with pytest.raises(BatchEnvironmentError, match=r"--workers 64: .* at most 50 worker processes") as caught:
+        node_layout(64, "cpu", **machine)
+    assert caught.value.exit_code == 2
 
 
 def test_the_main_node_keeps_its_reserve_out_of_its_workers_memory():
@@ -186,7 +231,7 @@ def test_serve_child_waits_as_long_as_the_environment_says(monkeypatch):
         serve_child(role, "cpu", 1)
 
 
-def test_main_node_waits_as_long_as_the_environment_says_and_keeps_its_reserve(monkeypatch):
+def test_main_node_waits_as_long_as_the_environment_says_and_keeps_its_reserve(monkeypatch, batch_job):
     """The variables the job definition sets reach the main node's cluster."""
     from distributed.system import MEMORY_LIMIT
 
@@ -262,7 +307,7 @@ def assert_quiet(output: str) -> None:
     assert "ERROR" not in output and "Traceback" not in output, output[-3000:]
 
 
-def test_child_node_ends_quietly_when_the_scheduler_closes():
+def test_child_node_ends_quietly_when_the_scheduler_closes(batch_job):
     """The end of the job closes the main node's scheduler; the child's workers and nannies shut
     down without "distributed.nanny - ERROR - Worker process died unexpectedly" and a traceback,
     which distributed logs when a worker process exits on its own (in most runs before the nanny
@@ -274,15 +319,26 @@ def test_child_node_ends_quietly_when_the_scheduler_closes():
     try:
         role = node_role(mnp(0, nodes=2))
         cluster = main_node(role, "cpu", 1, host="127.0.0.1", port=port, timeout=60)
-        with cluster as main, Client(main.address) as client:
+        with cluster as main, Client(main.address, security=main.certificates.security()) as client:
             assert client.gather(client.map(lambda x: x * 2, range(40))) == [x * 2 for x in range(40)]
-            names = {w["name"] for w in client.scheduler_info(n_workers=-1)["workers"].values()}
+            workers = client.scheduler_info(n_workers=-1)["workers"]
+            names = {w["name"] for w in workers.values()}
             assert names == {"batchnlp-node0-0", "batchnlp-node1-0", "batchnlp-node1-1"}
+            stored = stored_secret(batch_job)
     finally:
         code, output = finish(child)
     assert code == 0, output[-3000:]
     assert "2 of 2 workers stopped by their nanny" in output, output[-3000:]
     assert_quiet(output)
+    # The child joined with the certificates the main node stored for this attempt, over TLS, on the
+    # ports the job's security group opens; the secret went with the job.
+    assert stored["attempt"] == "1" and stored["ca"] == main.certificates.ca
+    assert main.address.startswith("tls://")
+    for address, worker in workers.items():
+        assert address.startswith("tls://") and worker["nanny"].startswith("tls://")
+        assert 8800 <= int(address.rsplit(":", 1)[1]) <= 8849 and 8850 <= int(worker["nanny"].rsplit(":", 1)[1]) <= 8899
+    assert stored_secret(batch_job) is None
+    assert "BEGIN" not in output, "no certificate or key in the child's log"
 
 
 def test_child_node_waits_for_a_scheduler_that_starts_late():
@@ -293,31 +349,85 @@ def test_child_node_waits_for_a_scheduler_that_starts_late():
 
     from batchnlp.aws_batch import _wait_for_scheduler
 
-    port = free_port()
+    port, security = free_port(), issue("late").security()
 
     async def scenario() -> float:
         started = time.monotonic()
-        waiting = asyncio.create_task(_wait_for_scheduler(f"tcp://127.0.0.1:{port}", started + 30))
+        waiting = asyncio.create_task(_wait_for_scheduler(f"tls://127.0.0.1:{port}", started + 30, security))
         await asyncio.sleep(1.0)
         assert not waiting.done()
-        async with Scheduler(host="127.0.0.1", port=port, dashboard_address="127.0.0.1:0"):
+        async with Scheduler(host="127.0.0.1", port=port, dashboard_address="127.0.0.1:0", security=security):
             await asyncio.wait_for(waiting, 10)
         return time.monotonic() - started
 
     assert 1.0 <= asyncio.run(scenario()) < 10
 
 
-def test_child_node_gives_up_on_a_scheduler_that_never_answers():
+def test_child_node_gives_up_on_a_scheduler_that_never_answers(batch_job, monkeypatch):
     role = node_role(mnp(1, nodes=2, ip="127.0.0.1"))
     port = free_port()
+    main = dict(os.environ)
+    monkeypatch.setenv("AWS_BATCH_JOB_ID", f"{batch_job}#1")  # this process plays the child node
     started = time.monotonic()
-    with pytest.raises(JobFailed, match=f"scheduler at tcp://127.0.0.1:{port} did not answer within") as caught:
+    refused = pytest.raises(JobFailed, match=f"scheduler at tls://127.0.0.1:{port} did not answer within")
+    with cluster_secret.published(issue(batch_job), main), refused as caught:
         serve_child(role, "cpu", 1, port=port, host="127.0.0.1", timeout=2.5)
     assert 2.0 <= time.monotonic() - started < 15
     assert "security group" in str(caught.value) and caught.value.exit_code == 1, "worth retrying"
 
 
-def test_main_node_gives_up_naming_the_child_nodes_that_never_joined():
+def test_the_jobs_scheduler_and_workers_refuse_a_plain_client_and_one_with_another_ca(batch_job):
+    """A second process on the network, as an attacker would be: plain tcp:// and TLS with a
+    certificate of its own CA are both refused, by the scheduler and by a worker; the job's own
+    certificate gets in."""
+    import asyncio
+
+    from distributed import Client
+    from distributed.comm import connect
+
+    port = free_port()
+    with main_node(node_role(mnp(0, nodes=1)), "cpu", 1, host="127.0.0.1", port=port, timeout=30) as main:
+        assert main.address == f"tls://127.0.0.1:{port}"
+        with Client(main.address, security=main.certificates.security(), timeout=10) as client:
+            assert client.submit(sum, [1, 2]).result() == 3
+            (worker,) = client.scheduler_info(n_workers=-1)["workers"]
+        stranger = issue("another job").security()
+        for address in (main.address, worker):
+            plain = address.replace("tls://", "tcp://")
+            with pytest.raises(OSError):
+                asyncio.run(connect(plain, timeout=5))
+            with pytest.raises(OSError, match="TLS certificate does not match"):
+                asyncio.run(connect(address, timeout=5, **stranger.get_connection_args("client")))
+        with pytest.raises(OSError):
+            Client(main.address, security=stranger, timeout=5)
+
+
+def test_a_child_node_joins_only_with_its_own_attempts_certificates(batch_job):
+    """A retried job keeps its id; a secret an earlier attempt left (killed outright) is not used."""
+    main = {"AWS_BATCH_JOB_ID": f"{batch_job}#0", "AWS_BATCH_JOB_ATTEMPT": "1"}
+    child = {"AWS_BATCH_JOB_ID": f"{batch_job}#1", "AWS_BATCH_JOB_ATTEMPT": "2"}
+    with cluster_secret.published(issue(batch_job), main):
+        with pytest.raises(JobFailed, match=r"it holds attempt '1'.s certificates, this is attempt '2'") as caught:
+            cluster_secret.fetch(child, time.monotonic() + 1)
+        assert f"batchnlp/cluster/{batch_job}" in str(caught.value) and caught.value.exit_code == 1
+        again = issue(batch_job)
+        with cluster_secret.published(again, {**main, "AWS_BATCH_JOB_ATTEMPT": "2"}):  # the next attempt overwrites
+            assert cluster_secret.fetch(child, time.monotonic() + 5).ca == again.ca
+    with pytest.raises(JobFailed, match=r"did not appear .* \(no such secret yet\)"):
+        cluster_secret.fetch(child, time.monotonic() + 1)
+
+
+def test_a_multi_node_job_refuses_credential_storage_options(tmp_path, batch_job):
+    """Child nodes' workers would get them inside every task: refused before any cluster starts."""
+    settings = {"input": str(tmp_path / "in.jsonl"), "output": str(tmp_path / "out")}
+    spec = JobSpec.from_settings({**settings, "storage_options": {"key": "AKIAEXAMPLE", "anon": False}})
+    refused = pytest.raises(SpecError, match=r"storage option key is a credential.*instance or task role")
+    with refused, multinode_job(spec, node_role(mnp(0, nodes=2))):
+        pytest.fail("no cluster may start")
+    assert stored_secret(batch_job) is None, "nor any certificate be made"
+
+
+def test_main_node_gives_up_naming_the_child_nodes_that_never_joined(batch_job):
     port = free_port()
     role = node_role(mnp(0, nodes=3))
     child = start_child(2, nodes=3, port=port)  # node 1 never comes
@@ -329,31 +439,24 @@ def test_main_node_gives_up_naming_the_child_nodes_that_never_joined():
     message = str(caught.value)
     assert "workers of 1 of 2 child nodes had joined" in message
     assert "joined: 2; missing: 1" in message
+    assert stored_secret(batch_job) is None, "a failed job deletes its secret too"
     assert code == 0, f"the scheduler closed, so the child that did join ends too:\n{output[-3000:]}"
 
 
-def test_a_job_runs_over_both_nodes_and_the_child_exits_when_it_ends(tmp_path, tiny_model):
+def test_a_job_runs_over_both_nodes_and_the_child_exits_when_it_ends(tmp_path, tiny_model, batch_job):
     """The whole path the CLI takes: the child serves workers (a subprocess with node 1's
     environment); on the main node the hook points the job at its own scheduler, once the
     child's worker has joined, and closing that scheduler ends the child with exit code 0."""
     from batchnlp.runner import run as run_job
 
     source = write_jsonl(tmp_path / "in.jsonl", [{"id": i, "text": f"review number {i} was fine"} for i in range(120)])
-    settings = {
-        "input": str(source),
-        "output": str(tmp_path / "out"),
-        "models": {"sentiment": str(tiny_model)},
-        "device": "cpu",
-        "workers": 1,
-        "rows_per_partition": 20,
-    }
-    spec = JobSpec.from_settings(settings)
+    spec = JobSpec.from_settings(cpu_job(source, tmp_path / "out", tiny_model, rows_per_partition=20))
     port = free_port()
     child = start_child(1, nodes=2, port=port)
     pids: dict[str, int] = {}
     try:
         with multinode_job(spec, node_role(mnp(0, nodes=2)), host="127.0.0.1", port=port, timeout=60) as job:
-            assert job.scheduler == f"tcp://127.0.0.1:{port}" and job.workers == 2
+            assert job.scheduler == f"tls://127.0.0.1:{port}" and job.workers == 2
             assert job.fingerprint() == spec.fingerprint(), "a resumed multi-node job is the same job"
             from distributed import Client
 
@@ -412,7 +515,7 @@ def test_cli_on_a_malformed_node_environment_exits_2(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "incomplete AWS Batch multi-node environment" in result.output
 
 
-def test_cli_on_a_main_node_runs_the_job_on_its_own_scheduler(tmp_path, tiny_model, monkeypatch):
+def test_cli_on_a_main_node_runs_the_job_on_its_own_scheduler(tmp_path, tiny_model, monkeypatch, batch_job):
     from click.testing import CliRunner
 
     import batchnlp.aws_batch
@@ -430,7 +533,8 @@ def test_cli_on_a_main_node_runs_the_job_on_its_own_scheduler(tmp_path, tiny_mod
     assert result.exit_code == 0, result.output
     assert "wrote 30 rows" in result.output
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
-    assert manifest["spec"]["scheduler"] == f"tcp://127.0.0.1:{port}"
+    assert manifest["spec"]["scheduler"] == f"tls://127.0.0.1:{port}"
+    assert "BEGIN" not in json.dumps(manifest), "no certificate or key in the manifest"
 
 
 def test_a_heartbeat_cut_by_the_closing_scheduler_is_a_one_line_warning(caplog):
