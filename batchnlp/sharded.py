@@ -13,6 +13,7 @@ from contextlib import ExitStack
 from dataclasses import replace
 from typing import Any
 
+from batchnlp import ownership
 from batchnlp.cluster import connect
 from batchnlp.commit import Committer
 from batchnlp.errors import InputError, JobFailed, OutputError, SpecError
@@ -88,6 +89,7 @@ def run_shard(
         name=shard_lock(shard),
     )
     with lock, ExitStack() as cluster:
+        ownership.refuse_foreign(output.location, ownership.take_stock(output.location))  # shards never clear
         client, threads = None, None
         stored = read_plan(committer, spec.storage_options)
         if stored is None:

@@ -22,14 +22,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from batchnlp.commit import JOB_RECORD, PROGRESS, Committer, json_bytes
+from batchnlp.commit import JOB_RECORD, PLAN, PROGRESS, Committer, json_bytes
 from batchnlp.errors import InputError, OutputError, SpecError
 from batchnlp.formats import Partitioning, WorkUnit
 from batchnlp.plan import Plan
 from batchnlp.record import decode_schema, encode_schema
 from batchnlp.storage import InputFile, Location, create_only, input_file, storage_errors, write_atomic
 
-PLAN = f"{PROGRESS}/_plan.json"
 # Where a shard learns its index when the command line gives only the count (--shards N).
 INDEX_VARIABLES = ("AWS_BATCH_JOB_ARRAY_INDEX", "JOB_COMPLETION_INDEX")
 
