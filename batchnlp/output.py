@@ -132,7 +132,7 @@ class FilesOutput(Output):
         run_id = self.spec.run_id or new_run_id()
         location = Location(self.spec.output, self.spec.storage_options)
         if self.spec.incremental:  # each run a part set of its own: OUTPUT/run_id=ID/ (Hive-style)
-            location = Location(location.url.rstrip("/") + f"/{INCREMENTAL_RUN}={run_id}", location.storage_options)
+            location = location.under(f"{INCREMENTAL_RUN}={run_id}")
         return dataclasses.replace(self, run_id=run_id, location=location)
 
     def covered_runs(self) -> list[Manifest]:

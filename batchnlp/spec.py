@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from batchnlp import formats
+from batchnlp import formats, paths
 from batchnlp.errors import SpecError
 from batchnlp.formats import COMPRESSIONS, DEFAULT_COMPRESSION
 from batchnlp.formats.base import BadLinePolicy, ReadOptions
@@ -33,6 +33,7 @@ COMPRESSION_NAMES = tuple(dict.fromkeys(name for names in COMPRESSIONS.values() 
 WriteMode = Literal["new", "overwrite", "resume"]
 
 RUN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+RUN_ID_RULE = "1-128 of letters, digits and . _ : -, not . or .. (it names a folder)"
 ICEBERG_TABLE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.[A-Za-z0-9_-]+")  # namespace.table
 DEFAULT_CATALOG = "default"
 DEFAULT_MAX_ANSWER_LENGTH = 15  # tokens, as transformers' question-answering pipeline
@@ -150,10 +151,10 @@ class JobSpec:
                 else:
                     problems.append(f"{name} must be a non-empty string, got {s[name]!r}")
         if "run_id" in s:
-            if isinstance(s["run_id"], str) and RUN_ID.fullmatch(s["run_id"]):
+            if valid_run_id(s["run_id"]):
                 values["run_id"] = s["run_id"]
             else:
-                problems.append(f"run_id must be 1-128 of letters, digits and . _ : -, got {s['run_id']!r}")
+                problems.append(f"run_id must be {RUN_ID_RULE}, got {s['run_id']!r}")
         if "partition_by" in s:
             values["partition_by"] = _partition_by(s["partition_by"], tasks, problems)
         if "max_bad_lines" in s:
@@ -196,6 +197,12 @@ class JobSpec:
         reserved = {t.name for t in tasks} & inputs
         for name in sorted(reserved):
             problems.append(f"task name {name!r} clashes with an input or reserved column; rename the task")
+        if not problems:  # where the job reads and writes: only once both are known good
+            tables = tuple(
+                s.get(f"{key}_format") if s.get(f"{key}_format") in TABLE_FORMATS else None
+                for key in ("input", "output")
+            )
+            problems += paths.problems(s["input"], s["output"], tables, mode)
         if problems:
             raise SpecError("invalid job spec:\n  - " + "\n  - ".join(problems))
         return cls(
@@ -275,6 +282,11 @@ class JobSpec:
             for task in data["tasks"]
         ]
         return data
+
+
+def valid_run_id(value: Any) -> bool:
+    """A run id names a folder (a table's staging directory, an incremental run's): see :data:`RUN_ID_RULE`."""
+    return isinstance(value, str) and bool(RUN_ID.fullmatch(value)) and value not in (".", "..")
 
 
 def load_spec_file(ref: str | Path) -> dict[str, Any]:
