@@ -85,11 +85,11 @@ def problems(input_url: str, output_url: str, tables: tuple[str | None, str | No
             "in OUTPUT, so OUTPUT must lie outside INPUT; choose another OUTPUT"
         )
     if tables[1] != "iceberg":
-        found += _refused_destination(output_url, mode)
+        found += refused_destination(output_url, mode)
     return found
 
 
-def _refused_destination(output_url: str, mode: str) -> list[str]:
+def refused_destination(output_url: str, mode: str) -> list[str]:
     """A filesystem root, $HOME or a folder above it; with --overwrite, a bucket's root too."""
     store, path = place(output_url)
     if store == LOCAL:
