@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import posixpath
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -60,8 +61,8 @@ def take_stock(location: Location) -> Stock:
     for name in present:
         base = TEMPORARY.fullmatch(name)
         whose = name if base is None else base["name"]
-        if whose == LOCK or SHARD_LOCKS.fullmatch(whose):
-            (locks if base is None else own).append(name)
+        if whose == LOCK or SHARD_LOCKS.fullmatch(whose):  # a renewal's temporary file too: the lock's
+            locks.append(name)
         elif named(whose):
             own.append(name)
         else:
@@ -89,12 +90,16 @@ def clear(location: Location) -> None:
     own = take_stock(location).own
     fs, root = location.split()
     root = root.rstrip("/")
-    order = {SUCCESS: 0, **dict.fromkeys(ANCHORS, 2)}
     with storage_errors("delete", location.display()):
-        for name in sorted(own, key=lambda name: order.get(name, 1)):
+        for name in sorted(own, key=_deletion_order):
             fs.rm_file(f"{root}/{name}")
         if location.is_local:
             _remove_emptied(fs, root, own)
+
+
+def _deletion_order(name: str) -> int:
+    """``_SUCCESS``, then the files records name, then the progress records, then the records naming the rest."""
+    return 0 if name == SUCCESS else 3 if name in ANCHORS else 2 if PROGRESS_RECORD.fullmatch(name) else 1
 
 
 def _remove_emptied(fs: Any, root: str, deleted: list[str]) -> None:
@@ -110,7 +115,7 @@ def _remove_emptied(fs: Any, root: str, deleted: list[str]) -> None:
             fs.rmdir(path)
 
 
-def _named(fs: Any, root: str, present: set[str]) -> Any:
+def _named(fs: Any, root: str, present: set[str]) -> Callable[[str], bool]:
     """``named(name)``: whether one of batchnlp's records under ``root`` names the file ``name``."""
     jobs = [_read(fs, root, f"{PROGRESS}/{JOB_RECORD}", present)]
     plan = _read(fs, root, PLAN, present)
