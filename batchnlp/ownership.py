@@ -83,6 +83,24 @@ def refuse_foreign(location: Location, stock: Stock) -> None:
     )
 
 
+def refuse_foreign_beside_runs(root: Location, prefix: str) -> None:
+    """An ``--incremental`` OUTPUT holds one folder per run, ``PREFIX<run id>/``, and nothing else: a file or folder
+    beside them is another tool's, which readers of OUTPUT would mix in. (Each run's folder is judged by
+    :func:`take_stock` when a run uses it; only the top is listed here, not every earlier run.)"""
+    from batchnlp.spec import valid_run_id
+
+    fs, path = root.split()
+    with storage_errors("list", root.display()):
+        entries = fs.ls(path, detail=True) if fs.exists(path) else []
+    names = [(entry["name"].rstrip("/").rsplit("/", 1)[-1], entry.get("type")) for entry in entries]
+    foreign = [
+        name
+        for name, kind in names
+        if kind != "directory" or not valid_run_id(name.removeprefix(prefix)) or not name.startswith(prefix)
+    ]
+    refuse_foreign(root, Stock([], [], sorted(foreign)))
+
+
 def clear(location: Location) -> None:
     """Delete batchnlp's own files under ``location`` and nothing else: ``_SUCCESS`` first, so no reader
     trusts what follows, and the records last, so a clear that dies half-way leaves every file it did

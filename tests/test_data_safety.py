@@ -147,6 +147,15 @@ def test_another_tools_files_are_never_deleted(job, tmp_path, overwrite):
     assert files(spark) == before, "nothing deleted, nothing written"
 
 
+def test_an_incremental_run_refuses_another_tools_files_beside_its_runs(job, tmp_path):
+    """Each --incremental run writes OUTPUT/run_id=ID/ of its own; readers of OUTPUT would mix in what lies beside."""
+    source, spark = write_jsonl(tmp_path / "in.jsonl", ROWS), tmp_path / "spark_out"
+    before = parquet_folder(spark, SPARK)
+    result = job(source, spark, "--incremental", "--run-id", "r1")
+    assert result.exit_code == 2 and "2 files that batchnlp did not write" in result.output, result.output
+    assert files(spark) == before
+
+
 def test_another_tools_files_on_s3_are_never_deleted(job, tmp_path, s3, bucket):
     spark = tmp_path / "spark"
     parquet_folder(spark, SPARK)
