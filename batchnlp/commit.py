@@ -43,7 +43,13 @@ class Committer:
         return self.output.child(name)
 
     def finished(self) -> bool:
-        return self.fs.exists(self.path(SUCCESS))
+        """A batchnlp run is sealed here: ``_SUCCESS`` holds its marker (Spark's and Hadoop's are empty: not ours)."""
+        path = self.path(SUCCESS)
+        with storage_errors("read", self.output.display(path)):
+            try:
+                return self.fs.info(path)["size"] > 0
+            except FileNotFoundError:
+                return False
 
     def prepare(self, mode: str, job_record: dict[str, Any]) -> dict[str, PartResult]:
         """Apply the write mode; return the parts a resumed run may keep (unit id → result).

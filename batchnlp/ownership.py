@@ -63,7 +63,7 @@ def take_stock(location: Location) -> Stock:
         whose = name if base is None else base["name"]
         if whose == LOCK or SHARD_LOCKS.fullmatch(whose):  # a renewal's temporary file too: the lock's
             locks.append(name)
-        elif named(whose):
+        elif named(whose) or (base is not None and whose in ANCHORS):  # a record being written (a shard's plan)
             own.append(name)
         else:
             foreign.append(name)

@@ -136,14 +136,18 @@ def test_overlap_is_judged_by_place(tmp_path, source, target, overlaps):
 # --- another tool's files in OUTPUT -------------------------------------------------------------
 
 
+@pytest.mark.parametrize("marker", [False, True], ids=["parts", "parts-and-spark-success"])
 @pytest.mark.parametrize("overwrite", [False, True], ids=["new", "overwrite"])
-def test_another_tools_files_are_never_deleted(job, tmp_path, overwrite):
+def test_another_tools_files_are_never_deleted(job, tmp_path, overwrite, marker):
     source, spark = write_jsonl(tmp_path / "in.jsonl", ROWS), tmp_path / "spark_out"
-    before = parquet_folder(spark, SPARK)
+    parquet_folder(spark, SPARK)
+    if marker:
+        (spark / "_SUCCESS").write_bytes(b"")  # Spark's and Hadoop's marker: empty
+    before = files(spark)
     result = job(source, spark, *(["--overwrite"] if overwrite else []))
     assert result.exit_code == 2, result.output
-    assert "2 files that batchnlp did not write" in result.output
-    assert all(name in result.output for name in SPARK)
+    assert f"{len(before)} files that batchnlp did not write" in result.output
+    assert all(name in result.output for name in before)
     assert files(spark) == before, "nothing deleted, nothing written"
 
 
