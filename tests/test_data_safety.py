@@ -151,11 +151,17 @@ def test_another_tools_files_are_never_deleted(job, tmp_path, overwrite, marker)
     assert files(spark) == before, "nothing deleted, nothing written"
 
 
-def test_an_incremental_run_refuses_another_tools_files_beside_its_runs(job, tmp_path):
-    """Each --incremental run writes OUTPUT/run_id=ID/ of its own; readers of OUTPUT would mix in what lies beside."""
+@pytest.mark.parametrize(
+    "flags",
+    [["--incremental", "--run-id", "r1"], ["--shard", "0/1", "--run-id", "r1"]],
+    ids=["incremental", "shard"],
+)
+def test_shards_and_incremental_runs_refuse_another_tools_files(job, tmp_path, flags):
+    """A shard never clears, and each --incremental run writes OUTPUT/run_id=ID/ of its own: either would
+    still mix its files with another tool's, for readers of OUTPUT."""
     source, spark = write_jsonl(tmp_path / "in.jsonl", ROWS), tmp_path / "spark_out"
     before = parquet_folder(spark, SPARK)
-    result = job(source, spark, "--incremental", "--run-id", "r1")
+    result = job(source, spark, *flags)
     assert result.exit_code == 2 and "2 files that batchnlp did not write" in result.output, result.output
     assert files(spark) == before
 
@@ -181,6 +187,19 @@ def test_a_refusal_names_five_files_and_counts_them_all(tmp_path):
         Committer(Location(str(out), {})).prepare("overwrite", {"run_id": "r1", "units": 7, "spec": {}})
     assert "7 files that batchnlp did not write" in str(refused.value) and "and 2 more" in str(refused.value)
     assert str(refused.value).count("-x.parquet") == NAMED
+
+
+def test_a_checksum_file_is_foreign_and_an_empty_folder_is_left_alone(tmp_path):
+    """batchnlp writes no .crc (Hadoop does): refused, as anything else it did not write. An empty folder
+    holds no data: neither refused nor deleted."""
+    out = tmp_path / "out"
+    (out / "empty").mkdir(parents=True)
+    committer = Committer(Location(str(out), {}))
+    committer.prepare("new", {"run_id": "r1", "units": 1, "spec": {}})
+    assert (out / "empty").is_dir()
+    (out / ".part-00000.parquet.crc").write_bytes(b"crc")
+    with pytest.raises(OutputError, match=r"1 file that batchnlp did not write: \.part-00000\.parquet\.crc"):
+        committer.prepare("overwrite", {"run_id": "r2", "units": 1, "spec": {}})
 
 
 def test_overwrite_replaces_its_own_run_but_not_a_file_added_beside_it(job, tmp_path):
