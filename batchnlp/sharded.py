@@ -216,6 +216,7 @@ def finalize(command: JobSpec) -> RunSummary:
                     display, output.run_id, manifest.totals, 0.0, 0, len(stored.plan.units), True, manifest
                 )
         else:
+            ownership.refuse_foreign(output.location, ownership.take_stock(output.location))  # before it seals them
             ordered = _every_part(committer, stored, display)
             check_bad_lines(spec, ordered, final=True)
             planned_at = stored.job["planned_at"]

@@ -100,6 +100,15 @@ def test_commit_refuses_a_stored_plan_whose_input_is_its_output(job, tmp_path):
     assert not (out / "_SUCCESS").exists()
 
 
+def test_commit_refuses_to_seal_another_tools_file_beside_the_shards_parts(job, tmp_path):
+    source, out = write_jsonl(tmp_path / "in.jsonl", ROWS), tmp_path / "out"
+    assert job(source, out, "--shard", "0/1", "--run-id", "r1").exit_code == 0
+    parquet_folder(out, SPARK[:1])
+    result = command("commit", out, "--run-id", "r1")
+    assert result.exit_code == 2 and f"1 file that batchnlp did not write: {SPARK[0]}" in result.output, result.output
+    assert not (out / "_SUCCESS").exists()
+
+
 def test_a_backfill_refuses_a_spec_whose_input_is_its_output(tmp_path):
     spec = tmp_path / "nightly.yaml"
     spec.write_text(f"input: {tmp_path}/lake/dt=${{run_date}}/\noutput: {tmp_path}/lake/\ntasks: [sentiment]\n")
