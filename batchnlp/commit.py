@@ -58,7 +58,8 @@ class Committer:
         """
         from batchnlp import ownership
 
-        ownership.refuse_foreign(self.output, ownership.take_stock(self.output))
+        stock = ownership.take_stock(self.output)
+        ownership.refuse_foreign(self.output, stock)
         if mode == "new" and self.finished():
             raise OutputError(
                 f"output {self.output.display()} already holds a finished run (_SUCCESS); "
@@ -72,7 +73,7 @@ class Committer:
                     self.fs.rm(self.path(MANIFEST))
                 return kept
         # A new run owns the output: leftovers of an interrupted attempt must not be resumed later.
-        self.clear()
+        ownership.clear(self.output, stock)
         write_atomic(self.fs, self.path(f"{PROGRESS}/{JOB_RECORD}"), json_bytes(job_record))
         return {}
 
@@ -80,7 +81,7 @@ class Committer:
         """Remove a previous run's files: those batchnlp's records name, no other (:func:`batchnlp.ownership.clear`)."""
         from batchnlp import ownership
 
-        ownership.clear(self.output)
+        ownership.clear(self.output, ownership.take_stock(self.output))
 
     def record(self, result: PartResult) -> None:
         """Note a finished part so a crashed driver can be resumed without redoing it."""

@@ -101,11 +101,11 @@ def refuse_foreign_beside_runs(root: Location, prefix: str) -> None:
     refuse_foreign(root, Stock([], [], sorted(foreign)))
 
 
-def clear(location: Location) -> None:
-    """Delete batchnlp's own files under ``location`` and nothing else: ``_SUCCESS`` first, so no reader
-    trusts what follows, and the records last, so a clear that dies half-way leaves every file it did
-    not reach still named by a record. Local directories it empties go too."""
-    own = take_stock(location).own
+def clear(location: Location, stock: Stock) -> None:
+    """Delete batchnlp's own files of ``stock`` (taken of ``location``) and nothing else: ``_SUCCESS`` first,
+    so no reader trusts what follows, and the records last, so a clear that dies half-way leaves every file
+    it did not reach still named by a record. Local directories it empties go too."""
+    own = stock.own
     fs, root = location.split()
     root = root.rstrip("/")
     with storage_errors("delete", location.display()):
