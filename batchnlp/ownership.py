@@ -104,13 +104,17 @@ def refuse_foreign_beside_runs(root: Location, prefix: str) -> None:
 def clear(location: Location, stock: Stock) -> None:
     """Delete batchnlp's own files of ``stock`` (taken of ``location``) and nothing else: ``_SUCCESS`` first,
     so no reader trusts what follows, and the records last, so a clear that dies half-way leaves every file
-    it did not reach still named by a record. Local directories it empties go too."""
+    it did not reach still named by a record. Each step is one call (S3: DeleteObjects, 1,000 keys a request).
+    Local directories it empties go too."""
     own = stock.own
     fs, root = location.split()
     root = root.rstrip("/")
+    steps: dict[int, list[str]] = {}
+    for name in own:
+        steps.setdefault(_deletion_order(name), []).append(f"{root}/{name}")
     with storage_errors("delete", location.display()):
-        for name in sorted(own, key=_deletion_order):
-            fs.rm_file(f"{root}/{name}")
+        for _, paths in sorted(steps.items()):
+            fs.rm(paths)
         if location.is_local:
             _remove_emptied(fs, root, own)
 
