@@ -482,7 +482,13 @@ def _shard(shard: str | None, shards: int | None) -> Any:
 
 @main.command("commit")
 @click.argument("output", required=False)
-@click.option("--run-id", required=True, metavar="ID", help="The sharded run to commit. Example: --run-id 2026-11-24")
+@click.option(
+    "--run-id",
+    required=True,
+    metavar="ID",
+    callback=lambda ctx, param, value: _run_id(value),
+    help="The sharded run to commit. Example: --run-id 2026-11-24",
+)
 @click.option("--spec", "spec_file", help="The shards' job spec (its output, format and catalog); instead of OUTPUT.")
 @PARAM_OPTION
 @RUN_DATE_OPTION
@@ -870,7 +876,12 @@ def _merge(ctx: click.Context, settings: dict[str, Any], flags: dict[str, Any]) 
     help="With --shards and --run-id: rerun only these shards (from 0) of that run, and a new commit job. "
     "Example: --only-shards 3,5",
 )
-@click.option("--run-id", metavar="ID", help="The run's id (run's and commit's --run-id). With --shards: the date.")
+@click.option(
+    "--run-id",
+    metavar="ID",
+    callback=lambda ctx, param, value: _run_id(value),
+    help="The run's id (run's and commit's --run-id). With --shards: the date.",
+)
 @click.option("--finalize-queue", metavar="QUEUE", help="Queue of the commit job (it needs no GPU). Default: --queue.")
 @click.option("--finalize-job-definition", metavar="DEF", help="Job definition of the commit job. Default: the shards.")
 @click.option("--from", "date_from", metavar="DATE", help="Backfill: one run per date from DATE (with --to).")
@@ -942,6 +953,15 @@ def submit(
             lines = batch.send(base, dry_run, region)
     for line in lines:
         click.echo(line)
+
+
+def _run_id(value: str | None) -> str | None:
+    """``--run-id`` of commands that use it before any job spec checks it (it names a folder)."""
+    from batchnlp.spec import RUN_ID_RULE, valid_run_id
+
+    if value is not None and not valid_run_id(value):
+        raise click.BadParameter(f"must be {RUN_ID_RULE}, got {value!r}", param_hint="--run-id")
+    return value
 
 
 def _shard_list(text: str) -> tuple[int, ...]:

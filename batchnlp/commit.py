@@ -24,6 +24,7 @@ REPORT_HTML = "_report.html"
 PROGRESS = "_progress"
 REJECTED = "_rejected"  # --on-bad-lines quarantine: raw bad lines, one file per unit
 JOB_RECORD = "_job.json"
+PLAN = f"{PROGRESS}/_plan.json"  # a sharded run's stored plan (batchnlp.shards), its job record inside
 
 
 def sha256(data: bytes) -> str:
@@ -42,10 +43,23 @@ class Committer:
         return self.output.child(name)
 
     def finished(self) -> bool:
-        return self.fs.exists(self.path(SUCCESS))
+        """A batchnlp run is sealed here: ``_SUCCESS`` holds its marker (Spark's and Hadoop's are empty: not ours)."""
+        path = self.path(SUCCESS)
+        with storage_errors("read", self.output.display(path)):
+            try:
+                return self.fs.info(path)["size"] > 0
+            except FileNotFoundError:
+                return False
 
     def prepare(self, mode: str, job_record: dict[str, Any]) -> dict[str, PartResult]:
-        """Apply the write mode; return the parts a resumed run may keep (unit id → result)."""
+        """Apply the write mode; return the parts a resumed run may keep (unit id → result).
+
+        Whatever the mode, OUTPUT must hold nothing that batchnlp did not write (:mod:`batchnlp.ownership`).
+        """
+        from batchnlp import ownership
+
+        stock = ownership.take_stock(self.output)
+        ownership.refuse_foreign(self.output, stock)
         if mode == "new" and self.finished():
             raise OutputError(
                 f"output {self.output.display()} already holds a finished run (_SUCCESS); "
@@ -59,35 +73,15 @@ class Committer:
                     self.fs.rm(self.path(MANIFEST))
                 return kept
         # A new run owns the output: leftovers of an interrupted attempt must not be resumed later.
-        self.clear()
+        ownership.clear(self.output, stock)
         write_atomic(self.fs, self.path(f"{PROGRESS}/{JOB_RECORD}"), json_bytes(job_record))
         return {}
 
     def clear(self) -> None:
-        """Remove a previous run's files: ``_SUCCESS`` first, so no reader trusts what follows."""
-        with storage_errors("delete", self.output.display()):
-            for name in (SUCCESS, MANIFEST, REPORT_JSON, REPORT_HTML):
-                if self.fs.exists(self.path(name)):
-                    self.fs.rm(self.path(name))
-            for path in self.fs.glob(self.path("part-*")) + self.fs.glob(self.path(f"{PROGRESS}/*")):
-                self.fs.rm(path)
-            self._clear_partitions()
-            if self.fs.exists(self.path(REJECTED)):
-                self.fs.rm(self.path(REJECTED), recursive=True)
+        """Remove a previous run's files: those batchnlp's records name, no other (:func:`batchnlp.ownership.clear`)."""
+        from batchnlp import ownership
 
-    def _clear_partitions(self) -> None:
-        """Part files under ``COL=value/`` directories (--partition-by), then the directories they leave empty.
-
-        Only ``part-*`` files are removed; anything else the directories hold stays, and so do they.
-        """
-        for top in self.fs.glob(self.path("*=*")):
-            if not self.fs.isdir(top):
-                continue
-            for path in self.fs.find(top):
-                if path.rsplit("/", 1)[-1].startswith("part-"):
-                    self.fs.rm(path)
-            if not self.fs.find(top) and self.fs.exists(top):  # object stores have no empty directories
-                self.fs.rm(top, recursive=True)
+        ownership.clear(self.output, ownership.take_stock(self.output))
 
     def record(self, result: PartResult) -> None:
         """Note a finished part so a crashed driver can be resumed without redoing it."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from batchnlp.errors import ModelError, OutputError
@@ -31,6 +32,8 @@ def pull(ref: str, dest: str, storage_options: Mapping[str, Any], overwrite: boo
     if parsed.kind == "remote":
         raise ModelError(f"{ref!r} is already in object storage; pull copies from the Hub or a local directory")
     directory = stage(ref, storage_options)  # safetensors only, checked (a pin too); a Hub snapshot is named by commit
+    if parsed.kind == "local":
+        _refuse_links_out(ref, directory)
     revision = directory.name if parsed.kind == "hub" else None
     checksums = content_checksums(directory)
     location = Location(dest, storage_options)
@@ -39,6 +42,8 @@ def pull(ref: str, dest: str, storage_options: Mapping[str, Any], overwrite: boo
         existing = fs.exists(root) and fs.ls(root, detail=True, refresh=True)
     if existing and not overwrite:
         raise OutputError(f"{location.display()} already holds files; pass --overwrite to replace the model there")
+    if overwrite:
+        _check_replaceable(location, existing or [])
     provenance = {
         "source": ref,
         "revision": revision,
@@ -64,6 +69,33 @@ def pull(ref: str, dest: str, storage_options: Mapping[str, Any], overwrite: boo
         fs.pipe_file(location.child(PROVENANCE), json.dumps(provenance, indent=2).encode())
     check_ref(dest, storage_options)  # what a job will see: config, tokenizer and weights in place
     return provenance
+
+
+def _check_replaceable(location: Location, existing: list[dict[str, Any]]) -> None:
+    """``--overwrite`` deletes a model's files, so DEST must be a model's prefix (or empty), and never a
+    bucket's root, a filesystem root or $HOME (:mod:`batchnlp.paths`)."""
+    from batchnlp.paths import refused_destination
+
+    refused = refused_destination(location.url, "overwrite")
+    if refused:
+        raise OutputError(refused[0])
+    names = {entry["name"].rsplit("/", 1)[-1] for entry in existing if entry.get("type") == "file"}
+    if existing and "config.json" not in names:
+        raise OutputError(
+            f"{location.display()} holds files but no model (no config.json): --overwrite replaces only a model "
+            "that pull put there; choose another DEST"
+        )
+
+
+def _refuse_links_out(ref: str, directory: Path) -> None:
+    """A local checkpoint's files are its own: a symlink to a file elsewhere (a key, another model) is not copied."""
+    root = directory.resolve()
+    out = [p.name for p in sorted(directory.iterdir()) if p.is_symlink() and not p.resolve().is_relative_to(root)]
+    if out:
+        raise ModelError(
+            f"model directory {ref!r} holds symlinks that point outside it: {', '.join(out[:5])}; pull copies only "
+            "the checkpoint's own files: copy the real files in (cp -L), then pull again"
+        )
 
 
 def list_models(url: str, storage_options: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from batchnlp import ownership
 from batchnlp.commit import REJECTED, SUCCESS, Committer, sha256
 from batchnlp.errors import OutputError
 from batchnlp.formats import BadLine, WorkUnit
@@ -132,7 +133,8 @@ class FilesOutput(Output):
         run_id = self.spec.run_id or new_run_id()
         location = Location(self.spec.output, self.spec.storage_options)
         if self.spec.incremental:  # each run a part set of its own: OUTPUT/run_id=ID/ (Hive-style)
-            location = Location(location.url.rstrip("/") + f"/{INCREMENTAL_RUN}={run_id}", location.storage_options)
+            ownership.refuse_foreign_beside_runs(location, f"{INCREMENTAL_RUN}=")
+            location = location.under(f"{INCREMENTAL_RUN}={run_id}")
         return dataclasses.replace(self, run_id=run_id, location=location)
 
     def covered_runs(self) -> list[Manifest]:

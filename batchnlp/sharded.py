@@ -13,6 +13,7 @@ from contextlib import ExitStack
 from dataclasses import replace
 from typing import Any
 
+from batchnlp import ownership
 from batchnlp.cluster import connect
 from batchnlp.commit import Committer
 from batchnlp.errors import InputError, JobFailed, OutputError, SpecError
@@ -90,6 +91,7 @@ def run_shard(
         name=shard_lock(shard),
     )
     with lock, ExitStack() as cluster:
+        ownership.refuse_foreign(output.location, ownership.take_stock(output.location))  # shards never clear
         client, threads = None, None
         stored = read_plan(committer, spec.storage_options, spec.input)
         if stored is None:
@@ -217,6 +219,7 @@ def finalize(command: JobSpec) -> RunSummary:
                     display, output.run_id, manifest.totals, 0.0, 0, len(stored.plan.units), True, manifest
                 )
         else:
+            ownership.refuse_foreign(output.location, ownership.take_stock(output.location))  # before it seals them
             ordered = _every_part(committer, stored, display)
             check_bad_lines(spec, ordered, final=True)
             planned_at = stored.job["planned_at"]

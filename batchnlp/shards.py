@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from batchnlp.commit import JOB_RECORD, PROGRESS, Committer, json_bytes
+from batchnlp.commit import JOB_RECORD, PLAN, PROGRESS, Committer, json_bytes
 from batchnlp.errors import InputError, OutputError, SpecError
 from batchnlp.formats import Partitioning, WorkUnit
 from batchnlp.plan import Plan
@@ -30,7 +30,6 @@ from batchnlp.record import decode_schema, encode_schema, redacted_unit
 from batchnlp.redaction import redact_url, unredact_url
 from batchnlp.storage import InputFile, Location, create_only, input_file, storage_errors, write_atomic
 
-PLAN = f"{PROGRESS}/_plan.json"
 # Where a shard learns its index when the command line gives only the count (--shards N).
 INDEX_VARIABLES = ("AWS_BATCH_JOB_ARRAY_INDEX", "JOB_COMPLETION_INDEX")
 

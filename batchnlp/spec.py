@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from batchnlp import formats
+from batchnlp import formats, paths
 from batchnlp.errors import SpecError
 from batchnlp.formats import COMPRESSIONS, DEFAULT_COMPRESSION
 from batchnlp.formats.base import DEFAULT_MAX_LINE_BYTES, BadLinePolicy, ReadOptions
@@ -37,6 +37,7 @@ WriteMode = Literal["new", "overwrite", "resume"]
 BYTE_UNITS = {"": 0, "b": 0, "kib": 10, "mib": 20, "gib": 30, "tib": 40}
 BYTE_SIZE = re.compile(r"([1-9][0-9]*) ?([KMGT]iB|B|)", re.IGNORECASE)
 RUN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+RUN_ID_RULE = "1-128 of letters, digits and . _ : -, not . or .. (it names a folder)"
 ICEBERG_TABLE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.[A-Za-z0-9_-]+")  # namespace.table
 DEFAULT_CATALOG = "default"
 TLS_SETTINGS = ("tls_ca_file", "tls_cert", "tls_key")  # --scheduler tls://...: files of the user's cluster
@@ -167,10 +168,10 @@ class JobSpec:
         if tls and not values.get("scheduler", "").startswith("tls://"):
             problems.append(f"{', '.join(tls)} secure a connection to a scheduler at a tls:// address; give one")
         if "run_id" in s:
-            if isinstance(s["run_id"], str) and RUN_ID.fullmatch(s["run_id"]):
+            if valid_run_id(s["run_id"]):
                 values["run_id"] = s["run_id"]
             else:
-                problems.append(f"run_id must be 1-128 of letters, digits and . _ : -, got {s['run_id']!r}")
+                problems.append(f"run_id must be {RUN_ID_RULE}, got {s['run_id']!r}")
         if "partition_by" in s:
             values["partition_by"] = _partition_by(s["partition_by"], tasks, problems)
         if "max_bad_lines" in s:
@@ -216,6 +217,12 @@ class JobSpec:
         reserved = {t.name for t in tasks} & inputs
         for name in sorted(reserved):
             problems.append(f"task name {name!r} clashes with an input or reserved column; rename the task")
+        if not problems:  # where the job reads and writes: only once both are known good
+            tables = tuple(
+                s.get(f"{key}_format") if s.get(f"{key}_format") in TABLE_FORMATS else None
+                for key in ("input", "output")
+            )
+            problems += paths.problems(s["input"], s["output"], tables, mode)
         if problems:
             raise SpecError("invalid job spec:\n  - " + "\n  - ".join(problems))
         return cls(
@@ -309,6 +316,11 @@ class JobSpec:
             for task in data["tasks"]
         ]
         return data
+
+
+def valid_run_id(value: Any) -> bool:
+    """A run id names a folder (a table's staging directory, an incremental run's): see :data:`RUN_ID_RULE`."""
+    return isinstance(value, str) and bool(RUN_ID.fullmatch(value)) and value not in (".", "..")
 
 
 def load_spec_file(ref: str | Path) -> dict[str, Any]:

@@ -10,6 +10,7 @@ error naming the operation and the object.
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 import uuid
 from collections.abc import Iterator, Mapping
@@ -56,8 +57,20 @@ class Location:
         return url_to_fs(self.url, **filesystem_options(self.url, with_local_secrets(self.storage_options)))
 
     def child(self, name: str) -> str:
-        """The fsspec path of ``name`` under this location (a directory or prefix)."""
-        return self.path.rstrip("/") + "/" + name
+        """The fsspec path of ``name`` under this location (a directory or prefix); see :meth:`inside`."""
+        return self.path.rstrip("/") + "/" + self.inside(name)
+
+    def under(self, name: str) -> Location:
+        """The location ``name`` inside this one (a run's own directory); see :meth:`inside`."""
+        return Location(self.url.rstrip("/") + "/" + self.inside(name), self.storage_options)
+
+    def inside(self, name: str) -> str:
+        """``name``, a relative path that stays inside this location once normalised; else OutputError.
+        Names are built from user values (run ids, partition values): none may lead out."""
+        normal = posixpath.normpath(name)
+        if name.startswith("/") or normal != name.rstrip("/") or normal == ".." or normal.startswith("../"):
+            raise OutputError(f"{name!r} would lead out of {self.display()} or is no plain relative path: refused")
+        return name
 
     def display(self, path: str | None = None) -> str:
         """A URL for messages: protocol kept, credentials and query strings removed."""

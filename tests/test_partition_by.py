@@ -142,11 +142,19 @@ def test_clear_removes_partitioned_part_files_only(tmp_path, where, request):
         url = str(tmp_path / "out")
     committer = Committer(Location(url, {}))
     fs = committer.fs
-    for name in ("date=1/lang=en/part-00000.parquet", "date=2/lang=de/part-00001.parquet", "part-00002.parquet"):
+    # What batchnlp deletes is what its job record names: three units partitioned by date and lang.
+    spec = {"output_format": "parquet", "compression": "zstd", "partition_by": ["date", "lang"]}
+    write_atomic(
+        fs, committer.path("_progress/_job.json"), json.dumps({"run_id": "r", "units": 3, "spec": spec}).encode()
+    )
+    for name in (
+        "date=1/lang=en/part-00000.parquet",
+        "date=2/lang=de/part-00001.parquet",
+        "date=3/lang=fr/part-00002.parquet",
+    ):
         write_atomic(fs, committer.path(name), b"x")
     write_atomic(fs, committer.path("keep=1/notes.txt"), b"mine")
     committer.clear()
     fs.invalidate_cache()
-    assert not fs.exists(committer.path("date=1")) and not fs.exists(committer.path("date=2"))
-    assert not fs.exists(committer.path("part-00002.parquet"))
+    assert not any(fs.exists(committer.path(f"date={day}")) for day in (1, 2, 3))
     assert fs.cat_file(committer.path("keep=1/notes.txt")) == b"mine", "only part files are removed"

@@ -98,8 +98,8 @@ def test_a_job_rides_out_transient_faults_on_reads_writes_and_listings(s3, bucke
         faults.inject("reset", "PUT", r"/out/part-00003\.parquet"),
         faults.inject("500", "GET", r"\?list-type=2&prefix=in%2F&delimiter=%2F"),  # listing the input
         faults.inject("503", "GET", r"\?list-type=2&prefix=in%2F&delimiter=&"),
-        faults.inject("reset", "GET", r"\?list-type=2&prefix=out%2Fpart-"),  # clearing the output
-        faults.inject("delay", "GET", r"\?list-type=2&prefix=out%2F_progress", seconds=prompt),
+        faults.inject("reset", "GET", r"\?list-type=2&prefix=out%2F&delimiter=&"),  # taking stock of the output
+        faults.inject("delay", "GET", r"\?list-type=2&prefix=out%2F&delimiter=%2F", seconds=prompt),  # is it there
         # Create-only commit: its answer is lost, the retried PUT meets the object it created (412).
         faults.inject("delay", "PUT", r"/out/_manifest\.json$", seconds=late),
     ]

@@ -83,7 +83,7 @@ class TableSink(ABC):
     def staging(self, run_id: str) -> Location:
         """The run's own directory in the table: its data files and its control files."""
         root = self.root()
-        return Location(root.url.rstrip("/") + f"/{RUNS}/{run_id}", root.storage_options)
+        return root.under(f"{RUNS}/{run_id}")
 
     def pending_runs(self) -> list[str]:
         """Run ids that staged files (a job record exists) but have no commit in the table."""
