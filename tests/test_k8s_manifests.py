@@ -9,11 +9,13 @@ DaskJob runs for real against a scheduler on loopback, with its redaction preloa
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -189,22 +191,30 @@ def test_the_manifests_worker_command_joins_a_scheduler_and_redacts_its_logs(tmp
 
     job, _ = daskjob()
     (worker,) = job["spec"]["cluster"]["spec"]["worker"]["spec"]["containers"]
-    environment = {**os.environ, "PYTHONPATH": str(INFRA.parent), "DASK_WORKER_NAME": "w-0"}
+    # A pod's environment: none of the logging settings a CLI test earlier in the session may have
+    # left in this process's (batchnlp.logs sets DASK_LOGGING__DISTRIBUTED).
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("DASK_LOGGING")}
+    environment |= {"PYTHONPATH": str(INFRA.parent), "DASK_WORKER_NAME": "w-0"}
     bin_dir = Path(sys.executable).parent
+    # The address comes from a scheduler file, not from parsing its log.
+    scheduler_file = tmp_path / "scheduler.json"
     scheduler = subprocess.Popen(
-        [str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard"],
-        stderr=subprocess.PIPE,
-        text=True,
+        [
+            str(bin_dir / "dask"),
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--scheduler-file",
+            str(scheduler_file),
+        ],
         env=environment,
     )
     processes = [scheduler]
     try:
-        address = ""
-        for line in scheduler.stderr:  # "Scheduler at:   tcp://127.0.0.1:PORT"
-            found = re.search(r"Scheduler at:\s+(tcp://\S+)", line)
-            if found:
-                address = found.group(1)
-                break
+        address = scheduler_address(scheduler_file, scheduler)
         assert address, "the scheduler did not start"
         args = [a.replace("$(DASK_WORKER_NAME)", "w-0") for a in worker["args"]]
         log = (tmp_path / "worker.log").open("w")
@@ -230,6 +240,17 @@ def test_the_manifests_worker_command_joins_a_scheduler_and_redacts_its_logs(tmp
         for process in processes:
             process.terminate()
             process.wait(timeout=30)
+
+
+def scheduler_address(scheduler_file: Path, scheduler: subprocess.Popen, seconds: float = 60) -> str:
+    """The address a ``dask scheduler --scheduler-file`` wrote once it listens; "" if it never did."""
+    deadline = time.monotonic() + seconds
+    while scheduler.poll() is None and time.monotonic() < deadline:
+        try:
+            return json.loads(scheduler_file.read_text())["address"]
+        except (FileNotFoundError, ValueError, KeyError):  # not there yet, or half-written
+            time.sleep(0.1)
+    return ""
 
 
 def log_a_secret(secret: str) -> None:

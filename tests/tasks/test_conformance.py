@@ -151,7 +151,7 @@ def test_a_task_accounts_for_every_row_of_any_unit(tmp_path, plugins, settings_k
         assert all(isinstance(info.summary.cell(value), str) for value in values if value is not None)
         run = RunInfo("out/", "committed", "conformance", {"id_column": "id"}, record(task), Totals(), [])
         shown = rows_table(run, part.slice(0, 5).to_pylist())
-        assert [column.header for column in shown.columns] == ["id", "text", task.name, "_error"]
+        assert [str(column.header) for column in shown.columns] == ["id", "text", task.name, "_error"]
     else:
         assert result.part == "" and result.bytes == 0, "a unit without rows writes no part"
 
