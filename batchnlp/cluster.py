@@ -54,9 +54,10 @@ UNITS_PER_GPU_WORKER = 2
 WORKERS_PER_GPU = 3
 # What a forked CPU worker has imported before it starts: Dask, batchnlp's worker side, the
 # model code its tasks load (torch, batchnlp's DistilBERT, transformers' tokenizers and configs),
-# and pandas, which pyarrow imports at a process's first ``pa.array`` (a worker's first unit read:
-# ~1 s). Not transformers' modeling code (~3 s): only a checkpoint of another family needs it,
-# and its worker imports it then.
+# and pandas where it is installed (a dev install; the image has none), which pyarrow imports at a
+# process's first ``pa.array`` (a worker's first unit read: ~1 s); the fork server skips a module
+# it cannot import. Not transformers' modeling code (~3 s): only a checkpoint of another family
+# needs it, and its worker imports it then.
 WORKER_IMPORTS = (
     "distributed",
     "pandas",

@@ -14,17 +14,9 @@ from typing import Any
 
 from batchnlp.errors import OutputError
 from batchnlp.formats import WorkUnit
+from batchnlp.layout import JOB_RECORD, MANIFEST, PROGRESS, REPORT_HTML, REPORT_JSON, SUCCESS
 from batchnlp.record import Manifest, PartResult
 from batchnlp.storage import Location, storage_errors, write_atomic, write_create_only
-
-SUCCESS = "_SUCCESS"
-MANIFEST = "_manifest.json"
-REPORT_JSON = "_report.json"  # the run report (batchnlp.report), written just before the manifest
-REPORT_HTML = "_report.html"
-PROGRESS = "_progress"
-REJECTED = "_rejected"  # --on-bad-lines quarantine: raw bad lines, one file per unit
-JOB_RECORD = "_job.json"
-PLAN = f"{PROGRESS}/_plan.json"  # a sharded run's stored plan (batchnlp.shards), its job record inside
 
 
 def sha256(data: bytes) -> str:

@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from batchnlp.commit import JOB_RECORD, MANIFEST, PROGRESS, SUCCESS
 from batchnlp.errors import OutputError
+from batchnlp.layout import JOB_RECORD, MANIFEST, PROGRESS, SUCCESS
 from batchnlp.lock import live_holder, read_lock
 from batchnlp.record import Manifest, PartResult, Totals
 from batchnlp.storage import Location, storage_errors

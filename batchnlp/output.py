@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from batchnlp import ownership
-from batchnlp.commit import REJECTED, SUCCESS, Committer, sha256
+from batchnlp.commit import Committer, sha256
 from batchnlp.errors import OutputError
 from batchnlp.formats import BadLine, WorkUnit
 from batchnlp.formats.hive import directory
+from batchnlp.layout import REJECTED, SUCCESS
 from batchnlp.record import Manifest, decode_schema
 from batchnlp.redaction import redact_url
 from batchnlp.storage import Location, storage_errors, write_atomic

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from batchnlp.commit import JOB_RECORD, MANIFEST, PLAN, PROGRESS, REJECTED, REPORT_HTML, REPORT_JSON, SUCCESS
 from batchnlp.errors import OutputError
+from batchnlp.layout import JOB_RECORD, MANIFEST, PLAN, PROGRESS, REJECTED, REPORT_HTML, REPORT_JSON, SUCCESS
 from batchnlp.lock import LOCK
 from batchnlp.storage import Location, storage_errors
 

@@ -22,9 +22,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from batchnlp.commit import JOB_RECORD, PLAN, PROGRESS, Committer, json_bytes
+from batchnlp.commit import Committer, json_bytes
 from batchnlp.errors import InputError, OutputError, SpecError
 from batchnlp.formats import Partitioning, WorkUnit
+from batchnlp.layout import JOB_RECORD, PLAN, PROGRESS
 from batchnlp.plan import Plan
 from batchnlp.record import decode_schema, encode_schema, redacted_unit
 from batchnlp.redaction import redact_url, unredact_url

@@ -9,9 +9,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from batchnlp.commit import JOB_RECORD, PROGRESS
 from batchnlp.errors import OutputError
 from batchnlp.formats.hive import Partitioning
+from batchnlp.layout import JOB_RECORD, PROGRESS
 from batchnlp.storage import InputFile, Location
 
 RUN_ID_PROPERTY = "batchnlp.run_id"  # commit metadata (Delta) / snapshot summary key (Iceberg)
