@@ -951,6 +951,9 @@ def submit(
             lines = submit_dates(base, date_from, date_to, dry_run, region)
         else:
             lines = batch.send(base, dry_run, region)
+    note = batch.secret_note(base) if dry_run else None
+    if note:  # on stderr: stdout is the request(s), JSON a script parses
+        click.echo(note, err=True)
     for line in lines:
         click.echo(line)
 

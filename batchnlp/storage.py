@@ -252,7 +252,12 @@ def storage_error(
     remote = len(parts.scheme) > 1 and parts.scheme != "file"
     if parts.scheme == "file":
         url = parts.path  # local files by their path
-    store = "S3" if parts.scheme in ("s3", "s3a") else f"{parts.scheme}://" if remote else ""
+    if parts.scheme in ("s3", "s3a"):
+        store = "S3"
+    elif parts.scheme in ("http", "https"):  # an endpoint, what botocore names when no call site did
+        store = "the store"
+    else:
+        store = f"{parts.scheme}://" if remote else ""
     status, code, message, attempts = _service_error(e)
     answer = " ".join(dict.fromkeys(str(value) for value in (status, code) if value))  # "403 AccessDenied"
     if message and message != code:

@@ -211,10 +211,8 @@ def submit_sharded(
 def send(base: Submission | ShardedSubmission, dry_run: bool, region: str | None = None) -> list[str]:
     """What ``batchnlp submit`` prints: the request(s) with ``dry_run``, else what it submitted."""
     secrets = (base if isinstance(base, Submission) else base.submission).secrets
-    if secrets and dry_run:
-        mapped = ", ".join(f"{name} from {arn}" for name, arn in secrets.items())
-        note = f"--secret: the job definition's containers get {mapped} (a revision with them, made when submitting)"
-        return [note, *send(_without_secrets(base), True, region)]
+    if secrets and dry_run:  # SubmitJob has no secrets: they come with a job definition revision (secret_note)
+        return send(_without_secrets(base), True, region)
     if secrets:
         base = _on_secret_definitions(base, region)
     if isinstance(base, Submission):
@@ -227,6 +225,16 @@ def send(base: Submission | ShardedSubmission, dry_run: bool, region: str | None
         shards, finalize = base.requests()
         return [json.dumps({"shards": shards, "finalize": finalize}, indent=2)]
     return announce(submit_sharded(base, region), base)
+
+
+def secret_note(base: Submission | ShardedSubmission) -> str | None:
+    """What a dry run's request cannot show: the ``--secret`` variables, which submitting maps in a
+    job definition revision (SubmitJob has no ``secrets``). None without any."""
+    secrets = (base if isinstance(base, Submission) else base.submission).secrets
+    if not secrets:
+        return None
+    mapped = ", ".join(f"{name} from {arn}" for name, arn in secrets.items())
+    return f"--secret: the job definition's containers get {mapped} (a revision with them, made when submitting)"
 
 
 def _without_secrets(base: Submission | ShardedSubmission) -> Submission | ShardedSubmission:

@@ -3,6 +3,7 @@ AWS Batch jobs `batchnlp submit` makes (which take credentials as Batch `secrets
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -183,7 +184,8 @@ def test_secret_maps_a_secrets_manager_arn_to_a_variable_of_every_container(batc
     spec.write_text(SPEC)
     dry = submit("--spec", str(spec), "--job-definition", "batchnlp", "--secret", f"HF_TOKEN={SECRET_ARN}", "--dry-run")
     assert dry.exit_code == 0, dry.output
-    assert f"HF_TOKEN from {SECRET_ARN}" in dry.output
+    assert f"HF_TOKEN from {SECRET_ARN}" in dry.stderr
+    assert json.loads(dry.stdout)["jobDefinition"] == "batchnlp", "stdout stays the request alone, for scripts"
     assert len(batch.describe_job_definitions(jobDefinitionName="batchnlp")["jobDefinitions"]) == 1  # dry: nothing made
     jobs = []
     for _ in range(2):

@@ -106,4 +106,5 @@ def test_a_storage_failure_no_call_site_named_is_still_no_bug():
     failure = unnamed_storage_error(raised.value)
     assert isinstance(failure, JobFailed) and failure.exit_code == 1
     assert "is failing or unreachable" in str(failure) and f"{endpoint}/acme-lake/labelled/_SUCCESS" in str(failure)
+    assert str(failure).startswith(f"the store kept failing to reach {endpoint}/"), str(failure)
     assert unnamed_storage_error(ValueError("a bug")) is None, "anything else is still reported as a bug"
