@@ -18,7 +18,7 @@ from typing import Any
 
 from batchnlp.errors import ModelError, OutputError
 from batchnlp.models import PROVENANCE, check_ref, content_checksums, content_digest, is_content, parse_ref, stage
-from batchnlp.storage import Location, storage_errors
+from batchnlp.storage import Location, check_output, storage_errors
 
 
 def pull(ref: str, dest: str, storage_options: Mapping[str, Any], overwrite: bool = False) -> dict[str, Any]:
@@ -51,6 +51,7 @@ def pull(ref: str, dest: str, storage_options: Mapping[str, Any], overwrite: boo
         "digest": content_digest(checksums),
         "pulled_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    check_output(location)  # a new local folder is made; a missing bucket is named, never created
     for name in checksums:
         target = location.child(name)
         with storage_errors("write", fs.unstrip_protocol(target), OutputError):

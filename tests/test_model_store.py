@@ -55,6 +55,13 @@ def test_a_local_checkpoint_is_pulled_listed_and_refused_twice(s3, bucket, tiny_
     assert f"s3://{bucket}/models/sst2" in listing.output and str(checkpoint) in listing.output
 
 
+def test_a_local_pull_makes_its_destination_folder(tiny_model, tmp_path):
+    dest = tmp_path / "models" / "sst2"
+    result = invoke("models", "pull", str(tiny_model), str(dest))
+    assert result.exit_code == 0, result.output
+    assert check_ref(str(dest), {}) and (dest / "batchnlp-model.json").exists()
+
+
 def test_a_hub_checkpoint_is_pulled_with_its_revision(s3, bucket, tiny_model, tmp_path):
     """The Hub is unreachable here: a Hub cache laid out as huggingface_hub writes it stands in."""
     commit = "0123456789abcdef0123456789abcdef01234567"
