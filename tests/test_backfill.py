@@ -48,7 +48,7 @@ def test_backfill_skips_dates_committed_at_their_output_and_submits_the_others(b
     dry = backfill(spec, queue, "--dry-run")
     assert dry.exit_code == 0, dry.output
     assert submitted_jobs(client, queue) == []
-    lines = dry.output.splitlines()
+    lines = dry.stdout.splitlines()  # the report alone: log lines go to stderr
     assert lines[0] == f"backfill 2026-11-20 to 2026-11-23 of {spec}: would submit 2, skipping 2"
     assert lines[1] == f"2026-11-20 skipped: {tmp_path}/out/dt=2026-11-20/ holds its commit (_SUCCESS, run 2026-11-20)"
     assert lines[2] == f"2026-11-21 would submit batchnlp-nightly-2026-11-21 -> {tmp_path}/out/dt=2026-11-21/"
