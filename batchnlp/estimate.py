@@ -52,6 +52,7 @@ from batchnlp.tasks.base import value_problem
 SAMPLE_ROWS = 400  # rows tokenised per plan: about a second of tokenising, a 95% interval of a few percent
 MAX_UNITS_READ = 4  # Parquet / compressed JSONL: whole units read (as a worker reads them) to draw rows from
 COMPRESSED_HEAD_LINES = 2000  # of a compressed file's unit, read in place of all of it
+COMPRESSED_HEAD_BYTES = 64 << 20  # ...and no more than this decompressed (a line of gigabytes is no sample)
 PADDING_TRIALS = 3  # simulated units per task whose padding is averaged
 LINE_WINDOW = 1 << 16  # bytes read on each side of a sampled offset; a longer line is read on to its ends
 Z95 = 1.96
@@ -255,9 +256,13 @@ def _sample_rows(spec: JobSpec, source: Location, units: list[WorkUnit], size: i
     items: list[dict[str, Any] | None] = []
     options = replace(spec.read_options, partitioning=None)
     for unit in chosen:
+        head = options
         if unit.stop == WHOLE_STREAM:  # a compressed file: its first lines, never all of it
             unit = replace(unit, stop=COMPRESSED_HEAD_LINES, rows=min(unit.rows or 0, COMPRESSED_HEAD_LINES))
-        result = read_unit(source, unit, options)
+            # What lies past the head's bytes is the workers' to read and judge, not the sample's.
+            cap = min(options.max_decompressed_bytes, COMPRESSED_HEAD_BYTES)
+            head = replace(options, max_decompressed_bytes=cap, on_bad_lines="skip")
+        result = read_unit(source, unit, head)
         rows = _rows(result.table, result.errors, spec)
         items.extend(rows + [None] * max(0, (unit.rows or 0) - len(rows)))
     picked = rng.sample(items, min(size, len(items)))

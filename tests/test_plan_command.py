@@ -127,6 +127,23 @@ def test_compressed_jsonl(tmp_path: Path, tiny_model: Path) -> None:
     assert within(figures["tokens"], exact), (figures["tokens"], exact)
 
 
+def test_a_compressed_files_sample_stops_at_its_byte_budget(tmp_path: Path, tiny_model: Path, monkeypatch) -> None:
+    """The estimate samples a compressed file's head by lines *and* bytes: behind a line of gigabytes
+    (a bomb) it would otherwise decompress the whole line once more, beside the workers."""
+    from batchnlp import estimate
+
+    monkeypatch.setattr(estimate, "COMPRESSED_HEAD_BYTES", 1 << 20)
+    records = [{"id": 0, "text": "first"}, {"id": 1, "text": "x" * (2 << 20)}]
+    records += [{"id": i, "text": f"row {i}"} for i in range(2, 50)]
+    (tmp_path / "in").mkdir()
+    lines = "".join(json.dumps(r) + "\n" for r in records)
+    (tmp_path / "in" / "a.jsonl.gz").write_bytes(gzip.compress(lines.encode()))
+    spec = JobSpec.from_settings({"input": str(tmp_path / "in"), "output": str(tmp_path / "out")})
+    sample = estimate.sample_input(spec, plan(spec))
+    drawn = [row for stratum in sample.strata for row in stratum.rows if row is not None]
+    assert [row["text"] for row in drawn] == ["first"], "nothing past the first MiB is read"
+
+
 def test_parquet_rows_are_exact(tmp_path: Path, tiny_model: Path) -> None:
     records = mixed_records(2000)
     table = pa.table({"id": [r["id"] for r in records], "text": [r["text"] for r in records]})
