@@ -18,8 +18,8 @@ How each figure is found:
   loaded: the task is stopped at the engine's door, where it hands over the token ids.
 - **Padding** runs the sampled lengths, resampled to the size of a unit, through the engine's
   batching (:func:`batchnlp.batching.token_budget_batches`, pad multiple 8 on CUDA, 1 on CPU).
-- **Time** divides tokens by a throughput measured in the README (:data:`THROUGHPUT`), and adds
-  each shard's start-up (the README's first-row latency).
+- **Time** divides tokens by a measured throughput (:mod:`batchnlp.performance`), and adds
+  each shard's start-up (the measured first-row latency).
 """
 
 from __future__ import annotations
@@ -58,16 +58,6 @@ LINE_WINDOW = 1 << 16  # bytes read on each side of a sampled offset; a longer l
 Z95 = 1.96
 SEED = 0  # same input and settings, same estimate
 
-# Steady tokens/s of one shard (one machine), for DistilBERT-base, from the README's Performance
-# section: (device, precision) → (tokens/s, per: "gpu" or "worker", first-row seconds, source).
-# CPU figures are per worker process (one per core); GPU figures per GPU with its three workers.
-THROUGHPUT: dict[tuple[str, str], tuple[float, str, float, str]] = {
-    ("cuda", "bf16"): (1_781_000, "gpu", 22.6, "README GPU table: H200, 3 worker processes, bf16, steady"),
-    ("cuda", "fp16"): (1_781_000, "gpu", 22.6, "README GPU table's bf16 figure (fp16 not measured; same tensor cores)"),
-    ("cpu", "fp32"): (600, "worker", 11.8, "README CPU notes: ~600 tokens/s per worker, 2 workers on 2 AVX2 cores"),
-    ("cpu", "int8"): (830, "worker", 15.1, "README CPU notes: ~830 tokens/s per worker, 2 workers on 2 AVX2 cores"),
-    ("cpu", "bf16"): (101, "worker", 11.8, "README CPU table: 203 tokens/s on 2 cores without bf16 units (emulated)"),
-}
 # DistilBERT-base's non-embedding parameters (6 layers × (4·768² + 2·768·3072)): the figures' model.
 BASE_PARAMETERS = 6 * (4 * 768**2 + 2 * 768 * 3072)
 
@@ -441,23 +431,27 @@ def planned_device(spec: JobSpec) -> tuple[str, str]:
 
 
 def default_throughput(device: str, precision: str, workers: int, parameters: int) -> tuple[float, float, str]:
-    """(tokens/s of one shard, its start-up seconds, where the figure comes from), from :data:`THROUGHPUT`.
+    """(tokens/s of one shard, its start-up seconds, where the figure comes from), from the measured
+    figures (:mod:`batchnlp.performance`).
 
     CPU figures are per worker process, times the run's workers. A model with more non-embedding
     parameters than DistilBERT-base is assumed slower in proportion; a smaller one no faster
     (tokenising and kernel launches bound small models: the README's GPU notes).
     """
-    if (device, precision) not in THROUGHPUT:
+    from batchnlp.performance import measured
+
+    figure = measured(device, precision)
+    if figure is None:
         raise SpecError(
             f"no measured throughput for {device} {precision}; pass --tokens-per-second N (tokens/s of one shard)"
         )
-    rate, per, startup, source = THROUGHPUT[(device, precision)]
+    rate, source = figure.rate, f"{figure.source} ({figure.machine})"
     scale = min(1.0, BASE_PARAMETERS / parameters) if parameters else 1.0
-    if per == "worker":
-        rate, source = rate * workers, f"{source}; × {workers} workers"
+    if figure.per == "worker":
+        rate, source = rate * workers, f"{source}; {figure.rate:,.0f} a worker × {workers} workers"
     if scale < 1:
         source += f"; × {scale:.3f} for a model of {parameters / 1e6:.0f} M non-embedding parameters (DistilBERT 42 M)"
-    return rate * scale, startup, source
+    return rate * scale, figure.first_row_s, source
 
 
 def shard_counts(shards: int) -> list[int]:
