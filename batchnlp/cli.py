@@ -100,7 +100,8 @@ class Commands(click.Group):
 @click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="batchnlp")
 def main() -> None:
-    """Batch DistilBERT annotation of JSONL and Parquet data on a Dask cluster."""
+    """Label JSONL, Parquet, Delta and Iceberg data with DistilBERT-class models on a Dask cluster;
+    write Parquet, Arrow IPC, JSONL or a Delta/Iceberg table, committed exactly once."""
 
 
 # How a command logs: run, commit and distill alike.
