@@ -498,7 +498,7 @@ def _table_settings(s: Mapping[str, Any], values: dict[str, Any], mode: str, pro
     """Delta/Iceberg settings: table names, the catalog, --table-version, and what tables exclude."""
     tables = {key: TABLES[fmt] for key in ("input", "output") if (fmt := s.get(f"{key}_format")) in TABLES}
     for key, table in tables.items():
-        if _named_table(table.name) and isinstance(s.get(key), str) and not TABLE_NAME.fullmatch(s[key]):
+        if table.addressed_by == "name" and isinstance(s.get(key), str) and not TABLE_NAME.fullmatch(s[key]):
             problems.append(f"{key} of format {table.name} must be a table name namespace.table, got {s[key]!r}")
     if tables.get("output") and mode == "overwrite":
         problems.append("--overwrite does not apply to a table: each run appends once (one commit per run id)")
