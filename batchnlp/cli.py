@@ -20,7 +20,7 @@ from batchnlp.errors import BatchnlpError, Interrupted
 from batchnlp.logs import configure_logging
 from batchnlp.params import KeyValue
 from batchnlp.redaction import redact_text, redact_url
-from batchnlp.spec import COMPRESSION_NAMES, INPUT_FORMATS, MINIMUMS, OUTPUT_FORMATS
+from batchnlp.spec import COMPRESSION_NAMES, INPUT_FORMATS, MINIMUMS, OUTPUT_FORMATS, TABLE_FORMATS
 from batchnlp.version import __version__
 
 RUN_EXAMPLES = """
@@ -549,11 +549,11 @@ def _commit_spec(
         return job_spec(ctx, spec_file, param, run_date, flags)
     if not flags["output"]:
         raise click.UsageError("name the run's OUTPUT, or pass the shards' --spec")
-    from batchnlp.shards import staged_as_delta
+    from batchnlp.shards import staged_table
     from batchnlp.spec import JobSpec
 
     options = dict(flags["storage_option"])
-    fmt = flags["output_format"] or ("delta" if staged_as_delta(flags["output"], flags["run_id"], options) else None)
+    fmt = flags["output_format"] or staged_table(flags["output"], flags["run_id"], options)
     settings = {
         "input": "-",  # the run's stored plan holds its input
         "output": flags["output"],
@@ -641,7 +641,7 @@ def plan_command(
 @click.argument("teacher_output")
 @click.argument("student_dir")
 @click.option("--task", metavar="NAME", help="The task column to learn. Default: the output's one classifier.")
-@click.option("--output-format", type=click.Choice(["delta", "iceberg"]), help="TEACHER_OUTPUT is a table.")
+@click.option("--output-format", type=click.Choice(TABLE_FORMATS), help="TEACHER_OUTPUT is a table.")
 @click.option("--catalog", default="default", metavar="NAME", help="Iceberg: the catalog holding TEACHER_OUTPUT.")
 @click.option(
     "--catalog-option", multiple=True, type=KeyValue(typed=False), metavar="KEY=VALUE", help="Iceberg catalog property."

@@ -32,7 +32,7 @@ from batchnlp.storage import InputFile, Location
 
 if TYPE_CHECKING:
     from batchnlp.spec import JobSpec
-    from batchnlp.tables.delta import Rewrite
+    from batchnlp.tables.base import Rewrite
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +109,12 @@ def select(
 
 def table_rewrites(spec: JobSpec, read: dict[str, Any], runs: Iterable[Manifest]) -> list[Rewrite]:
     """A Delta input's rewrite commits since the latest version a run here read of it (``read``: the
-    version read now, as :class:`batchnlp.tables.base.TableFiles` describes it). None for other inputs."""
-    if read.get("format") != "delta":
+    version read now, as :class:`batchnlp.tables.base.TableFiles` describes it). None for other inputs:
+    those whose format's registry entry names no ``rewrites``."""
+    from batchnlp.tables import TABLES, load
+
+    table = TABLES.get(read.get("format", ""))
+    if table is None or table.rewrites is None:
         return []
     versions = [
         run.input["table"]["version"]
@@ -119,9 +123,7 @@ def table_rewrites(spec: JobSpec, read: dict[str, Any], runs: Iterable[Manifest]
     ]
     if not versions or max(versions) >= read["version"]:
         return []
-    from batchnlp.tables.delta import rewrites
-
-    found = rewrites(Location(spec.input, spec.storage_options), max(versions), read["version"])
+    found = load(table.rewrites)(Location(spec.input, spec.storage_options), max(versions), read["version"])
     if found is None:
         logger.warning(
             "the log of %s no longer holds every commit since version %d (log cleanup): files compacted since "

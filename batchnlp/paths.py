@@ -68,23 +68,24 @@ def overlap(input_url: str, output_url: str) -> bool:
     return True
 
 
-def problems(input_url: str, output_url: str, tables: tuple[str | None, str | None], mode: str) -> list[str]:
+def problems(input_url: str, output_url: str, named: tuple[str | None, str | None], mode: str) -> list[str]:
     """What is wrong with reading ``input_url`` and writing ``output_url`` (in write ``mode``), in words.
 
-    ``tables``: the input and output table formats (None: files). An Iceberg table is a catalog
-    name, not a place: two are the same table when their names are.
+    ``named``: the input's and the output's table format where that table is a name in a catalog
+    (an Iceberg table), not a place (None: files, or a table at a path): two are the same table
+    when their formats and names are.
     """
     found = []
     shown = f"input {redact_url(input_url)} and output {redact_url(output_url)}"
-    if "iceberg" in tables:
-        if tables == ("iceberg", "iceberg") and input_url == output_url:
+    if any(named):
+        if named[0] == named[1] and input_url == output_url:
             found.append(f"{shown} are the same table: label it into another table")
     elif input_url != PLACEHOLDER and overlap(input_url, output_url):
         found.append(
             f"{shown} overlap (the same place, or one inside the other): a run writes and clears its files "
             "in OUTPUT, so OUTPUT must lie outside INPUT; choose another OUTPUT"
         )
-    if tables[1] != "iceberg":
+    if named[1] is None:
         found += refused_destination(output_url, mode)
     return found
 

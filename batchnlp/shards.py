@@ -204,14 +204,17 @@ def changed_inputs(stored: StoredPlan, units: list[WorkUnit]) -> list[str]:
     return changed
 
 
-def staged_as_delta(output: str, run_id: str, storage_options: Mapping[str, str]) -> bool:
-    """OUTPUT is a Delta table holding the staged shards of ``run_id`` (so ``commit`` needs no --output-format)."""
+def staged_table(output: str, run_id: str, storage_options: Mapping[str, str]) -> str | None:
+    """The table format of OUTPUT when it holds the staged shards of ``run_id`` (so ``commit`` needs no
+    --output-format): the first in the registry whose tables lie at a path (Delta), else None."""
+    from batchnlp.tables import TABLES
     from batchnlp.tables.base import RUNS
 
     location = Location(output, storage_options)
     fs, _ = location.split()
     with storage_errors("read", location.display()):
-        return fs.exists(location.child(f"{RUNS}/{run_id}/{PLAN}"))
+        staged = fs.exists(location.child(f"{RUNS}/{run_id}/{PLAN}"))
+    return next((t.name for t in TABLES.values() if t.addressed_by == "path"), None) if staged else None
 
 
 def shard_lock(shard: Shard) -> str:

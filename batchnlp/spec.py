@@ -23,11 +23,12 @@ from batchnlp.formats.base import DEFAULT_MAX_LINE_BYTES, BadLinePolicy, ReadOpt
 from batchnlp.formats.decompress import DEFAULT_MAX_DECOMPRESSED_BYTES
 from batchnlp.formats.writers import OutputFormat
 from batchnlp.redaction import redact_url
+from batchnlp.tables import TABLES
 from batchnlp.worker_credentials import public_options
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
-TABLE_FORMATS = ("delta", "iceberg")  # batchnlp.tables: a run's Parquet files, then one table commit
+TABLE_FORMATS = tuple(TABLES)  # batchnlp.tables: a run's Parquet files, then one table commit
 # What --input-format/--output-format/--compression take: the file format registry's, and the tables.
 INPUT_FORMATS = (*formats.INPUT_FORMATS, *TABLE_FORMATS)
 OUTPUT_FORMATS = (*formats.OUTPUT_FORMATS, *TABLE_FORMATS)
@@ -38,7 +39,7 @@ BYTE_UNITS = {"": 0, "b": 0, "kib": 10, "mib": 20, "gib": 30, "tib": 40}
 BYTE_SIZE = re.compile(r"([1-9][0-9]*) ?([KMGT]iB|B|)", re.IGNORECASE)
 RUN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 RUN_ID_RULE = "1-128 of letters, digits and . _ : -, not . or .. (it names a folder)"
-ICEBERG_TABLE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.[A-Za-z0-9_-]+")  # namespace.table
+TABLE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.[A-Za-z0-9_-]+")  # namespace.table, in a catalog
 DEFAULT_CATALOG = "default"
 TLS_SETTINGS = ("tls_ca_file", "tls_cert", "tls_key")  # --scheduler tls://...: files of the user's cluster
 DEFAULT_MAX_ANSWER_LENGTH = 15  # tokens, as transformers' question-answering pipeline
@@ -218,11 +219,8 @@ class JobSpec:
         for name in sorted(reserved):
             problems.append(f"task name {name!r} clashes with an input or reserved column; rename the task")
         if not problems:  # where the job reads and writes: only once both are known good
-            tables = tuple(
-                s.get(f"{key}_format") if s.get(f"{key}_format") in TABLE_FORMATS else None
-                for key in ("input", "output")
-            )
-            problems += paths.problems(s["input"], s["output"], tables, mode)
+            named = tuple(_named_table(s.get(f"{key}_format")) for key in ("input", "output"))
+            problems += paths.problems(s["input"], s["output"], named, mode)
         if problems:
             raise SpecError("invalid job spec:\n  - " + "\n  - ".join(problems))
         return cls(
@@ -498,17 +496,22 @@ def _write_mode(s: Mapping[str, Any], problems: list[str]) -> WriteMode:
 
 def _table_settings(s: Mapping[str, Any], values: dict[str, Any], mode: str, problems: list[str]) -> None:
     """Delta/Iceberg settings: table names, the catalog, --table-version, and what tables exclude."""
-    tables = {key: s.get(f"{key}_format") for key in ("input", "output") if s.get(f"{key}_format") in TABLE_FORMATS}
-    for key, fmt in tables.items():
-        if fmt == "iceberg" and isinstance(s.get(key), str) and not ICEBERG_TABLE.fullmatch(s[key]):
-            problems.append(f"{key} of format iceberg must be a table name namespace.table, got {s[key]!r}")
+    tables = {key: TABLES[fmt] for key in ("input", "output") if (fmt := s.get(f"{key}_format")) in TABLES}
+    for key, table in tables.items():
+        if table.addressed_by == "name" and isinstance(s.get(key), str) and not TABLE_NAME.fullmatch(s[key]):
+            problems.append(f"{key} of format {table.name} must be a table name namespace.table, got {s[key]!r}")
     if tables.get("output") and mode == "overwrite":
         problems.append("--overwrite does not apply to a table: each run appends once (one commit per run id)")
-    if tables.get("output") == "iceberg" and s.get("partition_by"):
-        problems.append("--partition-by does not apply to Iceberg output: partition the table itself, or use delta")
+    output = tables.get("output")
+    if output and not output.partition_by and s.get("partition_by"):
+        partitioned = " or ".join(t.name for t in TABLES.values() if t.partition_by)
+        problems.append(
+            f"--partition-by does not apply to {output.title} output: partition the table itself, or use {partitioned}"
+        )
     if "table_version" in s:
         if not tables.get("input"):
-            problems.append("--table-version (a Delta version or Iceberg snapshot) needs --input-format delta|iceberg")
+            versions = " or ".join(f"{t.title} {t.version_word}" for t in TABLES.values())
+            problems.append(f"--table-version (a {versions}) needs --input-format {'|'.join(TABLES)}")
         values["table_version"] = _integer("table_version", s["table_version"], problems, MINIMUMS["table_version"])
     if "catalog" in s:
         if isinstance(s["catalog"], str) and s["catalog"]:
@@ -520,6 +523,11 @@ def _table_settings(s: Mapping[str, Any], values: dict[str, Any], mode: str, pro
         values["catalog_options"] = {k: str(v) for k, v in options.items()}
     else:
         problems.append("catalog_options must map catalog property names to values (--catalog-option KEY=VALUE)")
+
+
+def _named_table(fmt: Any) -> str | None:
+    """``fmt`` where it is a table format whose INPUT/OUTPUT is a name in a catalog, not a place."""
+    return fmt if fmt in TABLES and TABLES[fmt].addressed_by == "name" else None
 
 
 def _compression(fmt: str, value: Any, problems: list[str]) -> str | None:

@@ -19,11 +19,13 @@ a later compaction replaced would otherwise never be cleaned up.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 from batchnlp.errors import SpecError
 from batchnlp.formats.hive import relative_segments
-from batchnlp.storage import Location
 from batchnlp.tables.base import DataFile, TableFiles, TableSink
 
 if TYPE_CHECKING:
@@ -31,38 +33,73 @@ if TYPE_CHECKING:
     from batchnlp.spec import JobSpec
 
 
+@dataclass(frozen=True)
+class TableFormat:
+    """One lake table format, as the spec, the CLI and the run know it before its library is imported.
+
+    Its module holds the rest: a :class:`~batchnlp.tables.base.TableSink` that commits runs to the
+    table and reads a snapshot of it as input, importing ``package`` only inside its methods.
+    """
+
+    name: str  # the --input-format/--output-format value, and the extra that installs it: batchnlp[name]
+    title: str  # as messages name the format: "Iceberg output", "a Delta version"
+    sink: str  # dotted path of its TableSink subclass
+    package: str  # the optional library its module imports
+    addressed_by: Literal["path", "name"]  # INPUT/OUTPUT: a directory or s3:// prefix, or namespace.table in --catalog
+    version_word: str  # what it calls a commit (--table-version reads one): the sink's version_kind
+    partition_by: bool = True  # --partition-by applies (else the table partitions itself)
+    rewrites: str | None = None  # dotted path: its commits that only moved rows, for --incremental
+
+    @property
+    def install(self) -> str:
+        return f"pip install 'batchnlp[{self.name}]'"
+
+
+# The one list of table formats: the spec's and the CLI's choices and every rule that differs by
+# format come from it, so adding a table format is one module and one line here. Dotted paths, as
+# fsspec's known_implementations, so naming a format imports neither its module nor its library.
+TABLES: dict[str, TableFormat] = {
+    t.name: t
+    for t in (
+        TableFormat(
+            "delta", "Delta", "batchnlp.tables.delta.DeltaSink", "deltalake", "path", "version",
+            rewrites="batchnlp.tables.delta.rewrites",
+        ),
+        TableFormat(
+            "iceberg", "Iceberg", "batchnlp.tables.iceberg.IcebergSink", "pyiceberg", "name", "snapshot",
+            partition_by=False,
+        ),
+    )
+}  # fmt: skip
+
+
+def load(path: str) -> Any:
+    """The class or function a registry entry's dotted path names (its module imported now)."""
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def sink_class(fmt: str) -> type[TableSink]:
+    """The TableSink of table format ``fmt``, once its library is known to be installed."""
+    require(fmt)
+    return load(TABLES[fmt].sink)
+
+
 def open_sink(spec: JobSpec) -> TableSink:
-    """The sink for ``--output-format delta|iceberg``; their libraries are imported only here."""
-    require(spec.output_format)
-    if spec.output_format == "delta":
-        from batchnlp.tables.delta import DeltaSink
-
-        return DeltaSink(Location(spec.output, spec.storage_options))
-    from batchnlp.tables.iceberg import IcebergSink
-
-    return IcebergSink(spec.output, (spec.catalog, dict(spec.catalog_options)), dict(spec.storage_options))
+    """The sink for ``--output-format`` of a table; its library is imported only here."""
+    return sink_class(spec.output_format or "").for_output(spec)
 
 
 def read_table(spec: JobSpec) -> TableFiles:
-    """The data files of ``--input-format delta|iceberg`` at ``--table-version`` (or the latest)."""
-    require(spec.input_format or "")
-    if spec.input_format == "delta":
-        from batchnlp.tables import delta
-
-        return delta.read_snapshot(Location(spec.input, spec.storage_options), spec.table_version)
-    from batchnlp.tables import iceberg
-
-    catalog = (spec.catalog, dict(spec.catalog_options))
-    return iceberg.read_snapshot(spec.input, catalog, spec.table_version, dict(spec.storage_options))
+    """The data files of an ``--input-format`` table at ``--table-version`` (or the latest)."""
+    return sink_class(spec.input_format or "").read_input(spec)
 
 
 def require(fmt: str) -> None:
     """The table format's library is installed (an optional extra), or a SpecError says how to get it."""
-    import importlib.util
-
-    module = {"delta": "deltalake", "iceberg": "pyiceberg"}[fmt]
-    if importlib.util.find_spec(module) is None:
-        raise SpecError(f"format {fmt} needs the {module} package: pip install 'batchnlp[{fmt}]'")
+    table = TABLES[fmt]
+    if importlib.util.find_spec(table.package) is None:
+        raise SpecError(f"format {fmt} needs the {table.package} package: {table.install}")
 
 
 def data_files(manifest: Manifest) -> list[DataFile]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -13,6 +13,9 @@ from batchnlp.errors import OutputError
 from batchnlp.formats.hive import Partitioning
 from batchnlp.layout import JOB_RECORD, PROGRESS
 from batchnlp.storage import InputFile, Location
+
+if TYPE_CHECKING:
+    from batchnlp.spec import JobSpec
 
 RUN_ID_PROPERTY = "batchnlp.run_id"  # commit metadata (Delta) / snapshot summary key (Iceberg)
 RUNS = "batchnlp-runs"  # staging directories, one per run id, inside the table's location
@@ -41,6 +44,16 @@ class TableFiles:
 
 
 @dataclass(frozen=True)
+class Rewrite:
+    """A commit that moved rows between data files without changing them (Delta's ``dataChange: false``:
+    OPTIMIZE, Z-order): the rows of the files it added are those of the files it removed."""
+
+    version: int
+    removed: frozenset[str]  # fsspec paths, as the format's snapshot read names files
+    added: dict[str, int]  # fsspec path → size in bytes
+
+
+@dataclass(frozen=True)
 class Commit:
     """What the table holds for a run: the version (Delta) or snapshot id (Iceberg) that added its files."""
 
@@ -57,6 +70,16 @@ class TableSink(ABC):
     """An output table: where a run stages its files, and how they are committed once."""
 
     version_kind = "version"  # what the table calls a commit: a Delta version, an Iceberg snapshot
+
+    @classmethod
+    @abstractmethod
+    def for_output(cls, spec: JobSpec) -> TableSink:
+        """The sink for the spec's OUTPUT (a table of this format)."""
+
+    @classmethod
+    @abstractmethod
+    def read_input(cls, spec: JobSpec) -> TableFiles:
+        """The data files of the spec's INPUT table at its ``table_version`` (None: the latest)."""
 
     @abstractmethod
     def display(self) -> str:

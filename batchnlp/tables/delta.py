@@ -19,15 +19,25 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from batchnlp.errors import InputError, JobFailed, OutputError
 from batchnlp.formats.hive import Partitioning
 from batchnlp.storage import InputFile, Location
-from batchnlp.tables.base import RUN_ID_PROPERTY, RUNS, DataFile, TableFiles, TableSink, compare_schemas
+from batchnlp.tables.base import (
+    RUN_ID_PROPERTY,
+    RUNS,
+    DataFile,
+    Rewrite,
+    TableFiles,
+    TableSink,
+    compare_schemas,
+)
+
+if TYPE_CHECKING:
+    from batchnlp.spec import JobSpec
 
 APP_ID = "batchnlp:{run_id}"
 # Reader features whose tables cannot be read file by file: deleted rows live in separate
@@ -41,6 +51,14 @@ class DeltaSink(TableSink):
     def __init__(self, location: Location) -> None:
         self.location = location
         self.options = storage_options(location)
+
+    @classmethod
+    def for_output(cls, spec: JobSpec) -> DeltaSink:
+        return cls(Location(spec.output, spec.storage_options))
+
+    @classmethod
+    def read_input(cls, spec: JobSpec) -> TableFiles:
+        return read_snapshot(Location(spec.input, spec.storage_options), spec.table_version)
 
     def display(self) -> str:
         return f"Delta table {self.location.display()}"
@@ -159,16 +177,6 @@ def read_snapshot(location: Location, version: int | None) -> TableFiles:
         partitioning = Partitioning("", schema)
     described = {"format": "delta", "table": location.display(), "version": table.version()}
     return TableFiles(location, files, partitioning, values if partitioning else {}, described)
-
-
-@dataclass(frozen=True)
-class Rewrite:
-    """A commit that moved rows between data files without changing them (``dataChange: false``:
-    OPTIMIZE, Z-order): the rows of the files it added are those of the files it removed."""
-
-    version: int
-    removed: frozenset[str]  # fsspec paths, as :func:`read_snapshot` names files
-    added: dict[str, int]  # fsspec path → size in bytes
 
 
 def rewrites(location: Location, after: int, upto: int) -> list[Rewrite] | None:

@@ -17,13 +17,16 @@ retried job could come back).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from batchnlp.errors import InputError, JobFailed, OutputError
 from batchnlp.storage import InputFile, Location
 from batchnlp.tables.base import RUN_ID_PROPERTY, DataFile, TableFiles, TableSink, compare_schemas
+
+if TYPE_CHECKING:
+    from batchnlp.spec import JobSpec
 
 DEFAULT_CATALOG = "default"
 FSSPEC_IO = "pyiceberg.io.fsspec.FsspecFileIO"
@@ -74,6 +77,15 @@ class IcebergSink(TableSink):
         self.catalog_name, self.catalog_options = catalog
         self.storage_options = storage_options
         self._catalog: Any = None
+
+    @classmethod
+    def for_output(cls, spec: JobSpec) -> IcebergSink:
+        return cls(spec.output, (spec.catalog, dict(spec.catalog_options)), dict(spec.storage_options))
+
+    @classmethod
+    def read_input(cls, spec: JobSpec) -> TableFiles:
+        catalog = (spec.catalog, dict(spec.catalog_options))
+        return read_snapshot(spec.input, catalog, spec.table_version, dict(spec.storage_options))
 
     @property
     def catalog(self) -> Any:
