@@ -25,13 +25,14 @@ import functools
 import logging
 import os
 import re
-import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from batchnlp.compat import start_spec_workers, stop_fork_server
 
 if TYPE_CHECKING:
     from batchnlp.spec import JobSpec
@@ -219,7 +220,7 @@ def start_local_cluster(
                 **cluster.new_spec,
                 "options": {**cluster.new_spec["options"], **options, "env": env},
             }
-        cluster.sync(cluster._correct_state)
+        start_spec_workers(cluster)
     return cluster
 
 
@@ -244,7 +245,12 @@ def start_worker_imports() -> None:
 
     multiprocessing.get_context("forkserver").set_forkserver_preload(list(WORKER_IMPORTS))
     forkserver.ensure_running()
-    atexit.register(_stop_worker_imports)
+    # Stopped as this process exits, even in the middle of its imports. A fork server exits by
+    # itself when its parent is gone, but only once its imports are done: a command that ends
+    # before starting a cluster (a refused or finished run) would leave it importing for seconds,
+    # holding the command's stdout and stderr, so a caller reading them through a pipe waits for
+    # it. By exit, the command has closed its cluster: no worker is left for the server to watch.
+    atexit.register(stop_fork_server)
 
 
 def worker_imports_started() -> bool:
@@ -287,20 +293,3 @@ def _call_and_send(send: Any, environ: dict[str, str], function: Callable[..., A
     except Exception as e:  # raised again in the caller
         outcome = (False, e)
     send.send(outcome)
-
-
-def _stop_worker_imports() -> None:
-    """Stop the fork server as this process exits, even in the middle of its imports.
-
-    A fork server exits by itself when its parent is gone, but only once its imports are done:
-    a command that ends before starting a cluster (a refused or finished run) would leave it
-    importing for seconds, holding the command's stdout and stderr, so a caller reading them
-    through a pipe waits for it. By exit, the command has closed its cluster: no worker is left
-    for the server to watch.
-    """
-    from multiprocessing import forkserver
-
-    server = forkserver._forkserver  # the module's private singleton: the only handle on its process
-    if server._forkserver_pid is not None:
-        os.kill(server._forkserver_pid, signal.SIGTERM)  # our unreaped child: alive, or a zombie
-        server._stop()  # reaps it and removes its socket

@@ -12,6 +12,7 @@ import hashlib
 import json
 from typing import Any
 
+from batchnlp.compat import strip_protocol
 from batchnlp.errors import OutputError
 from batchnlp.formats import WorkUnit
 from batchnlp.layout import JOB_RECORD, MANIFEST, PROGRESS, REPORT_HTML, REPORT_JSON, SUCCESS
@@ -144,7 +145,7 @@ class Committer:
 
     def _part_intact(self, result: PartResult) -> bool:
         """The part (or each partitioned file) and its quarantined lines (if any) hold exactly the recorded bytes."""
-        files = [(self.fs._strip_protocol(result.part), result.sha256)] if result.part else []
+        files = [(strip_protocol(self.fs, result.part), result.sha256)] if result.part else []
         files += [(self.path(f["path"]), f["sha256"]) for f in result.files]
         if result.quarantine:
             files.append((self.path(result.quarantine["path"]), result.quarantine["sha256"]))

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from batchnlp.batching import padded_length, token_budget_batches
+from batchnlp.compat import mkldnn_bf16_supported
 from batchnlp.errors import SpecError
 from batchnlp.heartbeat import beat
 
@@ -100,14 +101,6 @@ def resolve(device: str, precision: str) -> tuple[str, str]:
     return choose(device, precision, cuda=cuda, cuda_bf16=cuda and torch.cuda.is_bf16_supported())
 
 
-def cpu_has_bf16() -> bool:
-    """Whether oneDNN finds native bf16 units (AVX-512 BF16 or AMX) on this CPU."""
-    import torch
-
-    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return bool(check()) if check is not None else True
-
-
 def token_mask(lengths: Sequence[int], width: int) -> np.ndarray:
     """``[len(lengths), width]`` booleans, True where a row has a token (its first ``length`` places)."""
     return np.arange(width) < np.asarray(lengths, dtype=np.int64)[:, None]
@@ -135,7 +128,7 @@ class Engine:
         # padding, so there every padded token would be wasted work.
         self.pad_multiple = 8 if self.device == "cuda" else 1
         self._loaded: dict[tuple[Path, Callable[..., Any]], tuple[Any, Any]] = {}
-        if self.device == "cpu" and self.precision == "bf16" and not cpu_has_bf16():
+        if self.device == "cpu" and self.precision == "bf16" and not mkldnn_bf16_supported():
             logger.warning(
                 "--precision bf16 on a CPU without native bf16 units (AVX-512 BF16 or AMX) runs emulated, "
                 "several times slower than fp32; use --precision int8 for speed on this machine"

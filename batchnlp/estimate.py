@@ -38,6 +38,7 @@ from typing import Any
 import pyarrow as pa
 
 from batchnlp.batching import PAD_MULTIPLE, token_budget_batches
+from batchnlp.compat import strip_protocol
 from batchnlp.engine import choose, default_tokens_per_batch
 from batchnlp.errors import ModelError, SpecError
 from batchnlp.formats import WorkUnit, jsonl, read_unit
@@ -176,7 +177,7 @@ def _sample_lines(spec: JobSpec, source: Location, units: list[WorkUnit], size: 
     stratum = Stratum(float(total), False, [], [])
     fs = source.fs
     for url, positions in by_file.items():
-        path = fs._strip_protocol(url)
+        path = strip_protocol(fs, url)
         parsed: dict[int, dict[str, Any] | None] = {}  # a long line holds many offsets: parse (and count) it once
         for start, raw in _lines_around(fs, path, ends[url], positions, spec.max_line_bytes):
             if start not in parsed:

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from batchnlp.compat import int8_matmul
+
 # int8 covers -127..127 symmetrically (-128 is left out so that negating never overflows).
 LEVELS = 127.0
 
@@ -35,7 +37,7 @@ class Int8Linear(torch.nn.Module):
         rows = x.reshape(-1, self.in_features).float()
         scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / LEVELS
         quantised = torch.round(rows / scale).to(torch.int8)
-        out = torch._int_mm(quantised, self.weight_t).float().mul_(scale).mul_(self.weight_scale)
+        out = int8_matmul(quantised, self.weight_t).float().mul_(scale).mul_(self.weight_scale)
         if self.bias is not None:
             out.add_(self.bias)
         return out.reshape(*x.shape[:-1], self.out_features)

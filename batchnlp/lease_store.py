@@ -130,18 +130,14 @@ class LeaseStore:
         from fsspec.asyn import sync
 
         bucket, key, _ = self.fs.split_path(self.path)
-
-        async def get() -> tuple[bytes, dict[str, Any]]:
-            response = await self.fs._call_s3("get_object", Bucket=bucket, Key=key)
-            try:
-                return await response["Body"].read(), response
-            finally:
-                response["Body"].close()
-
         try:
-            data, response = sync(self.fs.loop, get)
+            response = self.fs.call_s3("get_object", Bucket=bucket, Key=key)
         except FileNotFoundError:
             return None
+        try:  # the body streams on s3fs's event loop
+            data = sync(self.fs.loop, response["Body"].read)
+        finally:
+            response["Body"].close()
         said = (response.get("ResponseMetadata") or {}).get("HTTPHeaders", {}).get("date")
         store_now = email.utils.parsedate_to_datetime(said).timestamp() if said else time.time()
         return Version(data, _etag(response), store_now - response["LastModified"].timestamp())

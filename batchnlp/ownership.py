@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from batchnlp.compat import strip_protocol
 from batchnlp.errors import OutputError
 from batchnlp.layout import JOB_RECORD, MANIFEST, PLAN, PROGRESS, REJECTED, REPORT_HTML, REPORT_JSON, SUCCESS
 from batchnlp.lock import LOCK
@@ -217,7 +218,7 @@ def _progress_names(fs: Any, root: str, name: str, record: Any) -> set[str]:
         return set()
     if name != f"{PROGRESS}/{result.unit.id}.json":
         return set()
-    part = fs._strip_protocol(result.part) if result.part else ""
+    part = strip_protocol(fs, result.part) if result.part else ""
     entry = {"path": part[len(root) + 1 :] if part.startswith(root + "/") else None, "files": result.files}
     return {name} | _part_names({**entry, "quarantine": result.quarantine})
 

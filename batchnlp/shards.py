@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchnlp.commit import Committer, json_bytes
+from batchnlp.compat import strip_protocol
 from batchnlp.errors import InputError, OutputError, SpecError
 from batchnlp.formats import Partitioning, WorkUnit
 from batchnlp.layout import JOB_RECORD, PLAN, PROGRESS
@@ -190,7 +191,7 @@ def changed_inputs(stored: StoredPlan, units: list[WorkUnit]) -> list[str]:
     planned = {f.path: f for f in stored.plan.files}
     changed = []
     with storage_errors("read", stored.plan.source.display(), InputError, what="input"):
-        for path in sorted({fs._strip_protocol(unit.path) for unit in units} & set(planned)):
+        for path in sorted({strip_protocol(fs, unit.path) for unit in units} & set(planned)):
             try:
                 now = input_file(path, fs.info(path))
             except FileNotFoundError:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 
 import pyarrow as pa
 
+from batchnlp.compat import strip_protocol
 from batchnlp.errors import InputError
 from batchnlp.formats import arrow, hive, jsonl, parquet
 from batchnlp.formats.base import BadLine, Format, ReadOptions, ReadResult, WorkUnit, conform, unify
@@ -159,7 +160,7 @@ def read_unit(location: Location, unit: WorkUnit, options: ReadOptions, schema: 
     """
     fs = location.fs
     fmt = FORMATS[unit.format.split("-")[0]]  # "jsonl-lines", "parquet-rows": a variant of the format's units
-    path = fs._strip_protocol(unit.path)
+    path = strip_protocol(fs, unit.path)
     with storage_errors("read", unit.path, InputError, what="input"):
         result = fmt.read(fs, replace(unit, path=path), options)
     if options.partitioning is not None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from batchnlp.compat import strip_protocol
 from batchnlp.errors import InputError, JobFailed, OutputError
 from batchnlp.formats.hive import Partitioning
 from batchnlp.storage import InputFile, Location
@@ -207,7 +208,7 @@ def _rewrite(action: dict[str, Any] | None) -> bool:
 def _log_path(fs: Any, root: str, path: str) -> str:
     """A log entry's file path (relative to the table, or absolute) as an fsspec path: one rule for
     :func:`read_snapshot` and :func:`rewrites`, so that their paths compare."""
-    return fs._strip_protocol(path) if "://" in path else f"{root}/{path}"
+    return strip_protocol(fs, path) if "://" in path else f"{root}/{path}"
 
 
 def storage_options(location: Location) -> dict[str, str]:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from batchnlp.compat import iceberg_schema, strip_protocol, table_location_resolver
 from batchnlp.errors import InputError, JobFailed, OutputError
 from batchnlp.storage import InputFile, Location
 from batchnlp.tables.base import RUN_ID_PROPERTY, DataFile, TableFiles, TableSink, compare_schemas
@@ -109,7 +110,7 @@ class IcebergSink(TableSink):
         table = self.table()
         if table is not None:
             return Location(table.location(), self.storage_options)
-        resolve = getattr(self.catalog, "_resolve_table_location", None)
+        resolve = table_location_resolver(self.catalog)
         if resolve is None:
             raise OutputError(
                 f"{self.display()} does not exist, and its catalog chooses new tables' locations itself; "
@@ -129,10 +130,8 @@ class IcebergSink(TableSink):
         return found[0] if found else None
 
     def check(self, schema: pa.Schema, partition_by: tuple[str, ...]) -> None:
-        from pyiceberg.catalog import Catalog
-
         try:
-            ours = Catalog._convert_schema_if_needed(schema).as_arrow()
+            ours = iceberg_schema(schema).as_arrow()
         except Exception as e:
             raise OutputError(f"{self.display()} cannot hold this job's columns: {e}") from e
         table = self.table()
@@ -193,7 +192,7 @@ def read_snapshot(
     location = Location(table.location(), storage_options)
     fs = location.fs
     files = sorted(
-        (InputFile(fs._strip_protocol(t.file.file_path), int(t.file.file_size_in_bytes), None) for t in tasks),
+        (InputFile(strip_protocol(fs, t.file.file_path), int(t.file.file_size_in_bytes), None) for t in tasks),
         key=lambda f: f.path,
     )
     if not files:
