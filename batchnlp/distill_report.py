@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from batchnlp.report import CSS, _e, _num, _table
+from batchnlp.report import CSS, esc, html_table, num
 
 REPORT_JSON = "_distill_report.json"
 REPORT_HTML = "_distill_report.html"
@@ -140,10 +140,10 @@ def _headline(report: dict[str, Any]) -> list[tuple[str, str]]:
 def render_html(report: dict[str, Any]) -> str:
     """One self-contained page in the run report's style: headline figures, then the tables behind them."""
     tiles = "".join(
-        f'<div class="kpi"><b>{_e(value)}</b><span>{_e(label)}</span></div>' for value, label in _headline(report)
+        f'<div class="kpi"><b>{esc(value)}</b><span>{esc(label)}</span></div>' for value, label in _headline(report)
     )
     held, fast, data, training = report["eval"], report["speed"], report["data"], report["training"]
-    models = _table(
+    models = html_table(
         [
             (role, m["model"], m.get("layers"), m["size"]["parameters"], m["size"]["bytes"], tps)
             for role, m, tps in (
@@ -154,7 +154,7 @@ def render_html(report: dict[str, Any]) -> str:
         ("", "model", "layers", "parameters", "bytes", "tokens / s"),
         {2, 3, 4, 5},
     )
-    labels = _table(
+    labels = html_table(
         [
             (label, f["support"], f["predicted"], f["precision"], f["recall"], f["f1"])
             for label, f in held["per_label"].items()
@@ -162,7 +162,7 @@ def render_html(report: dict[str, Any]) -> str:
         ("label", "teacher rows", "student rows", "precision", "recall", "F1"),
         {1, 2, 3, 4, 5},
     )
-    setup = _table(
+    setup = html_table(
         [
             ("teacher output", f"{data['source']} (runs {', '.join(data['runs'])})"),
             ("task", f"{data['task']}: {', '.join(data['labels'])}"),
@@ -185,10 +185,10 @@ def render_html(report: dict[str, Any]) -> str:
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"<title>batchnlp distill {_e(report['student']['model'])}</title><style>{CSS}</style></head>"
-        f"<body><header><h1>batchnlp distill → {_e(report['student']['model'])}</h1>"
-        f'<div class="sub">{_e(report["created_at"])} · batchnlp {_e(report["batchnlp_version"])} · '
-        f"teacher {_e(report['teacher']['model'])}</div>"
+        f"<title>batchnlp distill {esc(report['student']['model'])}</title><style>{CSS}</style></head>"
+        f"<body><header><h1>batchnlp distill → {esc(report['student']['model'])}</h1>"
+        f'<div class="sub">{esc(report["created_at"])} · batchnlp {esc(report["batchnlp_version"])} · '
+        f"teacher {esc(report['teacher']['model'])}</div>"
         f'<div class="kpis">{tiles}</div></header><main>{body}</main></body></html>\n'
     )
 
@@ -220,7 +220,7 @@ own probabilities (knowledge distillation: temperature {report["training"]["temp
 |---|---|
 {figures}
 
-Speed: {_num(fast["teacher_tokens_per_second"])} → {_num(fast["student_tokens_per_second"])} tokens/s on
+Speed: {num(fast["teacher_tokens_per_second"])} → {num(fast["student_tokens_per_second"])} tokens/s on
 {fast["device"]} ({fast["precision"]}), same rows and batching. Agreement is with the teacher, so it bounds
 what the student can be trusted for: it is as good as the teacher at best. Details: `{REPORT_JSON}`.
 

@@ -229,10 +229,10 @@ def _parsed_row(spec: JobSpec, fs: Any, path: str, start: int, raw: Line) -> dic
     where = fs.unstrip_protocol(path)
 
     def first_line() -> int:  # counting lines reads the file up to ``start``: only to name a line that stops the plan
-        return jsonl._line_number(fs, path, start) if spec.on_bad_lines == "stop" else 0
+        return jsonl.line_number(fs, path, start) if spec.on_bad_lines == "stop" else 0
 
-    parsed = jsonl._parse([raw], where, first_line, start == 0, spec.on_bad_lines)
-    result = jsonl._to_table(parsed, spec.text_column, where, first_line)
+    parsed = jsonl.parse_lines([raw], where, first_line, start == 0, spec.on_bad_lines)
+    result = jsonl.lines_table(parsed, spec.text_column, where, first_line)
     rows = _rows(result.table, result.errors, spec)
     return rows[0] if rows else None
 
@@ -383,13 +383,13 @@ TOKENIZER_PATTERNS = ("*.json", "*.txt", "*.model")  # models.STAGED_PATTERNS wi
 
 
 def _remote_tokenizer(parsed: Any, storage_options: Any, scratch: Path) -> Path:
-    from batchnlp.models import _remote_listing
+    from batchnlp.models import remote_listing
     from batchnlp.storage import storage_errors
 
     fs, path = Location(parsed.location, storage_options).split()
     target = scratch / str(abs(hash(parsed.location)))
     target.mkdir(parents=True, exist_ok=True)
-    for name, _ in _remote_listing(parsed, storage_options):
+    for name, _ in remote_listing(parsed, storage_options):
         if any(fnmatchcase(name, pattern) for pattern in TOKENIZER_PATTERNS):
             source = f"{path.rstrip('/')}/{name}"
             with storage_errors("read", fs.unstrip_protocol(source), ModelError, what="model"):
@@ -400,12 +400,12 @@ def _remote_tokenizer(parsed: Any, storage_options: Any, scratch: Path) -> Path:
 def _hub_tokenizer(parsed: Any) -> Path:
     from huggingface_hub import snapshot_download
 
-    from batchnlp.models import _hub_error
+    from batchnlp.models import hub_error
 
     try:
         return Path(snapshot_download(parsed.location, revision=parsed.revision, allow_patterns=TOKENIZER_PATTERNS))
     except Exception as e:  # network, auth, missing repo: as the run reports them
-        raise _hub_error(parsed, e) from e
+        raise hub_error(parsed, e) from e
 
 
 def model_parameters(config: Any) -> int:

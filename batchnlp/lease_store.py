@@ -50,7 +50,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from batchnlp.storage import _service_error, storage_errors
+from batchnlp.storage import service_error, storage_errors
 
 LOST_RACE_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 
@@ -197,7 +197,7 @@ def _lost_race_is_none() -> Iterator[None]:
     except FileNotFoundError:
         return
     except OSError as e:
-        status, code, _, _ = _service_error(e)
+        status, code, _, _ = service_error(e)
         if code in LOST_RACE_CODES or status in (409, 412):
             return
         raise

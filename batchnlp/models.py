@@ -103,7 +103,7 @@ def check_ref(ref: str, storage_options: Mapping[str, Any]) -> str:
     if parsed.kind == "local":
         return content_digest(content_checksums(_local_dir(parsed)))
     if parsed.kind == "remote":
-        listing = _remote_listing(parsed, storage_options)
+        listing = remote_listing(parsed, storage_options)
         _check_files(ref, [name for name, _ in listing])
         return "etags:" + _digest(listing)
     names, commit = _hub_files(parsed)
@@ -373,7 +373,7 @@ def _check_files(ref: str, names: list[str]) -> None:
     raise ModelError(f"model {ref!r} has no *.safetensors weights")
 
 
-def _remote_listing(parsed: ModelRef, storage_options: Mapping[str, Any]) -> list[tuple[str, str]]:
+def remote_listing(parsed: ModelRef, storage_options: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(file name, version tag) of every file directly under a remote prefix."""
     from batchnlp.storage import Location, storage_errors
 
@@ -404,7 +404,7 @@ def _stage_remote(parsed: ModelRef, storage_options: Mapping[str, Any], cache: P
     from batchnlp.storage import Location, storage_errors
 
     fs, path = Location(parsed.location, storage_options).split()
-    listing = _remote_listing(parsed, storage_options)
+    listing = remote_listing(parsed, storage_options)
     for _ in range(STAGE_ATTEMPTS):
         _check_files(parsed.raw, [name for name, _ in listing])
         key = _digest((parsed.location, listing))
@@ -419,7 +419,7 @@ def _stage_remote(parsed: ModelRef, storage_options: Mapping[str, Any], cache: P
                     source = f"{path.rstrip('/')}/{name}"
                     with storage_errors("read", fs.unstrip_protocol(source), ModelError, what="model"):
                         fs.get_file(source, str(partial / name))
-            copied, listing = listing, _remote_listing(parsed, storage_options)
+            copied, listing = listing, remote_listing(parsed, storage_options)
             if listing != copied:
                 continue
             try:
@@ -446,7 +446,7 @@ def _hub_files(parsed: ModelRef) -> tuple[list[str], str]:
             return os.listdir(path), Path(path).name  # the snapshot directory is named by its commit
         infos = snapshot_download(parsed.location, revision=parsed.revision, dry_run=True)
     except Exception as e:  # network, auth, missing repo: all end the same way for the user
-        raise _hub_error(parsed, e) from e
+        raise hub_error(parsed, e) from e
     return [info.filename for info in infos], infos[0].commit_hash if infos else "unknown"
 
 
@@ -456,12 +456,12 @@ def _stage_hub(parsed: ModelRef) -> Path:
     try:
         path = snapshot_download(parsed.location, revision=parsed.revision, allow_patterns=list(STAGED_PATTERNS))
     except Exception as e:
-        raise _hub_error(parsed, e) from e
+        raise hub_error(parsed, e) from e
     _check_files(parsed.raw, os.listdir(path))
     return Path(path)
 
 
-def _hub_error(parsed: ModelRef, error: Exception) -> ModelError:
+def hub_error(parsed: ModelRef, error: Exception) -> ModelError:
     return ModelError(
         f"cannot fetch model {parsed.raw!r} from the Hugging Face Hub ({type(error).__name__}: "
         f"{str(error).splitlines()[0] if str(error) else 'no detail'}); no local directory has that "

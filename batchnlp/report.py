@@ -195,21 +195,21 @@ def render_html(report: dict[str, Any]) -> str:
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"<title>batchnlp run {_e(report['run_id'])}</title><style>{CSS}</style></head>"
+        f"<title>batchnlp run {esc(report['run_id'])}</title><style>{CSS}</style></head>"
         f"<body>{_header(report)}<main>{body}</main></body></html>\n"
     )
 
 
-def _e(value: Any) -> str:
+def esc(value: Any) -> str:
     return escape(str(value), quote=True)
 
 
-def _num(value: Any, digits: int = 0) -> str:
+def num(value: Any, digits: int = 0) -> str:
     if value is None:
         return "–"
     if isinstance(value, float) and digits:
         return f"{value:,.{digits}f}"
-    return f"{value:,.0f}" if isinstance(value, int | float) else _e(value)
+    return f"{value:,.0f}" if isinstance(value, int | float) else esc(value)
 
 
 def _header(report: dict[str, Any]) -> str:
@@ -217,29 +217,31 @@ def _header(report: dict[str, Any]) -> str:
     rejected = totals["rejected"]
     kpis = [
         ('<b class="ok">committed</b>', "status"),
-        (f"<b>{_num(totals['rows_out'])}</b>", "rows out"),
-        (f"<b>{_num(report['rows_per_second'], 1)}</b>", "rows / s (wall clock)"),
-        (f"<b>{_num(report['wall_seconds'], 1)} s</b>", "wall time"),
-        (f'<b class="{"warn" if rejected else "ok"}">{_num(rejected)}</b>', "rejected rows"),
-        (f"<b>{_num(totals['parts'])}</b>", "parts"),
-        (f"<b>{_e(', '.join(report['device']))} · {_e(', '.join(report['precision']))}</b>", "device · precision"),
+        (f"<b>{num(totals['rows_out'])}</b>", "rows out"),
+        (f"<b>{num(report['rows_per_second'], 1)}</b>", "rows / s (wall clock)"),
+        (f"<b>{num(report['wall_seconds'], 1)} s</b>", "wall time"),
+        (f'<b class="{"warn" if rejected else "ok"}">{num(rejected)}</b>', "rejected rows"),
+        (f"<b>{num(totals['parts'])}</b>", "parts"),
+        (f"<b>{esc(', '.join(report['device']))} · {esc(', '.join(report['precision']))}</b>", "device · precision"),
     ]
     tiles = "".join(f'<div class="kpi">{value}<span>{label}</span></div>' for value, label in kpis)
     return (
-        f"<header><h1>batchnlp run {_e(report['run_id'])}</h1>"
-        f'<div class="sub">committed {_e(report["committed_at"])} · batchnlp {_e(report["batchnlp_version"])} · '
-        f"{_e(report['spec'].get('input', ''))} → {_e(report['spec'].get('output', ''))}</div>"
+        f"<header><h1>batchnlp run {esc(report['run_id'])}</h1>"
+        f'<div class="sub">committed {esc(report["committed_at"])} · batchnlp {esc(report["batchnlp_version"])} · '
+        f"{esc(report['spec'].get('input', ''))} → {esc(report['spec'].get('output', ''))}</div>"
         f'<div class="kpis">{tiles}</div></header>'
     )
 
 
-def _table(rows: list[tuple[Any, ...]], head: tuple[str, ...] | None = None, numeric: set[int] | None = None) -> str:
+def html_table(
+    rows: list[tuple[Any, ...]], head: tuple[str, ...] | None = None, numeric: set[int] | None = None
+) -> str:
     numeric = numeric or set()
-    header = "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>" if head else ""
+    header = "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>" if head else ""
     body = "".join(
         "<tr>"
         + "".join(
-            f'<td class="n">{_num(c, 3 if isinstance(c, float) else 0)}</td>' if i in numeric else f"<td>{_e(c)}</td>"
+            f'<td class="n">{num(c, 3 if isinstance(c, float) else 0)}</td>' if i in numeric else f"<td>{esc(c)}</td>"
             for i, c in enumerate(row)
         )
         + "</tr>"
@@ -264,31 +266,31 @@ def _summary(report: dict[str, Any]) -> str:
         ),
         ("out-of-memory splits", f"{t.get('oom_splits', 0):,}"),
         ("int8 rows rescored in fp32 (near ties)", f"{t.get('rescored', 0):,}"),
-        ("wall time", f"{_num(report['wall_seconds'], 1)} s; {_num(report['rows_per_second'], 1)} rows/s"),
-        ("models loaded after", f"{_num(startup.get('models_loaded_s'), 1)} s"),
-        ("first row annotated after", f"{_num(startup.get('first_row_s'), 1)} s"),
+        ("wall time", f"{num(report['wall_seconds'], 1)} s; {num(report['rows_per_second'], 1)} rows/s"),
+        ("models loaded after", f"{num(startup.get('models_loaded_s'), 1)} s"),
+        ("first row annotated after", f"{num(startup.get('first_row_s'), 1)} s"),
         ("device / precision", f"{', '.join(report['device'])} / {', '.join(report['precision'])}"),
     ]
     spec = json.dumps(report["spec"], indent=2, sort_keys=True, ensure_ascii=False)
-    return _table(rows) + f"<h3>Job spec</h3><pre>{_e(spec)}</pre>"
+    return html_table(rows) + f"<h3>Job spec</h3><pre>{esc(spec)}</pre>"
 
 
 def _estimate(report: dict[str, Any]) -> str:
     def show(row: dict[str, Any], value: Any) -> str:
         share = row["figure"] == "padding share" and isinstance(value, float)
-        return f"{value:.1%}" if share else _num(value, 1 if isinstance(value, float) else 0)
+        return f"{value:.1%}" if share else num(value, 1 if isinstance(value, float) else 0)
 
     rows = [
         (
             row["figure"],
             show(row, row.get("estimate")),
-            f"{_num(row['low'])} – {_num(row['high'])}" if "low" in row else "–",
+            f"{num(row['low'])} – {num(row['high'])}" if "low" in row else "–",
             show(row, row["actual"]),
         )
         for row in report["estimate"]
     ]
     note = '<p class="note">Estimated by the plan before the run (batchnlp plan), from a sample of rows.</p>'
-    return note + _table(rows, ("figure", "estimate", "95% interval", "actual"))
+    return note + html_table(rows, ("figure", "estimate", "95% interval", "actual"))
 
 
 def _models(report: dict[str, Any]) -> str:
@@ -297,7 +299,7 @@ def _models(report: dict[str, Any]) -> str:
         weights = model.get("weights") or {}
         files = "; ".join(f"{file} sha256:{digest[:12]}…" for file, digest in sorted(weights.items())) or "–"
         rows.append((name, model["task"], model["ref"], model.get("version") or "–", files))
-    return _table(rows, ("task name", "kind", "model", "version / revision", "weights"))
+    return html_table(rows, ("task name", "kind", "model", "version / revision", "weights"))
 
 
 def _throughput(report: dict[str, Any]) -> str:
@@ -341,7 +343,7 @@ def _units(report: dict[str, Any]) -> str:
         f'<span style="color:{HIGHLIGHT}">red</span>: over 1.5× the median among the {SLOWEST} slowest.</p>'
         + chart
         + "<h3>Slowest units</h3>"
-        + _table(rows, ("unit", "seconds", "rows", "rejected", "worker"), {1, 2, 3})
+        + html_table(rows, ("unit", "seconds", "rows", "rejected", "worker"), {1, 2, 3})
     )
 
 
@@ -355,7 +357,7 @@ def _labels(report: dict[str, Any]) -> str:
             other = sum(count for _, count in labels[MAX_LABELS - 1 :])
             labels = [*labels[: MAX_LABELS - 1], ("(other)", other)]
         parts.append(
-            f'<div><h3>{_e(name)} <span class="note">({task["annotated"]:,} rows annotated)</span></h3>'
+            f'<div><h3>{esc(name)} <span class="note">({task["annotated"]:,} rows annotated)</span></h3>'
             + (_hbar_chart(labels, task["annotated"]) if labels else '<p class="note">no rows annotated</p>')
             + "</div>"
         )
@@ -369,7 +371,9 @@ def _scores(report: dict[str, Any]) -> str:
     for name, task in report["tasks"].items():
         edges, counts = task["scores"]["edges"], task["scores"]["counts"]
         ticks = [f"{edges[i]:.1f}" for i in range(len(counts))]
-        parts.append(f"<div><h3>{_e(name)}</h3>{_column_chart(ticks, counts, set(), 'rows', width=360, every=1)}</div>")
+        parts.append(
+            f"<div><h3>{esc(name)}</h3>{_column_chart(ticks, counts, set(), 'rows', width=360, every=1)}</div>"
+        )
     return (
         '<p class="note">Score of each annotated row, in ten bins over [0, 1], each labelled by its lower edge.</p>'
         + '<div class="grid">'
@@ -386,7 +390,9 @@ def _task_section(report: dict[str, Any], kind: str, section: ReportSection) -> 
         if task["task"] == kind
     ]
     numeric = {i + 1 for i, (key, _) in enumerate(section.columns) if not key.endswith("_rate")}
-    return f"<p>{_e(section.note)}</p>" + _table(rows, ("task", *(heading for _, heading in section.columns)), numeric)
+    return f"<p>{esc(section.note)}</p>" + html_table(
+        rows, ("task", *(heading for _, heading in section.columns)), numeric
+    )
 
 
 def _rate(value: float | None) -> str:
@@ -398,17 +404,17 @@ def _rejected(report: dict[str, Any]) -> str:
     if not rejected["rows"] and not rejected["bad_lines"]:
         return "<p>No rows were rejected.</p>"
     out = f"<p>{rejected['rows']:,} rows kept with null task columns and a reason in <code>_error</code>.</p>"
-    out += _table(sorted(rejected["by_reason"].items(), key=lambda item: -item[1]), ("reason", "rows"), {1})
+    out += html_table(sorted(rejected["by_reason"].items(), key=lambda item: -item[1]), ("reason", "rows"), {1})
     if rejected["examples"]:
         examples = [
             (e.get("part"), e.get("row"), "" if e.get("id") is None else e["id"], e.get("reason"))
             for e in rejected["examples"]
         ]
-        out += "<h3>Examples</h3>" + _table(examples, ("part", "row in part", "id", "reason"))
+        out += "<h3>Examples</h3>" + html_table(examples, ("part", "row in part", "id", "reason"))
     if rejected["bad_lines"]:
         out += f"<h3>Bad source lines: {rejected['bad_lines']:,}</h3>"
         lines = [(e.get("source"), e.get("line"), e.get("reason")) for e in rejected["bad_line_examples"]]
-        out += _table(lines, ("source", "line", "reason"))
+        out += html_table(lines, ("source", "line", "reason"))
     return out
 
 
@@ -422,11 +428,11 @@ def _time(report: dict[str, Any]) -> str:
     for i, (key, value) in enumerate(split.items()):
         w = value / total * width
         bar.append(
-            f'<rect x="{x:.1f}" y="0" width="{w:.1f}" height="26" fill="{COLORS[i]}"><title>{_e(key)}</title></rect>'
+            f'<rect x="{x:.1f}" y="0" width="{w:.1f}" height="26" fill="{COLORS[i]}"><title>{esc(key)}</title></rect>'
         )
         x += w
     legend = [
-        (f'<span style="color:{COLORS[i]}">■</span> {_e(key)}', value, f"{value / total:.1%}")
+        (f'<span style="color:{COLORS[i]}">■</span> {esc(key)}', value, f"{value / total:.1%}")
         for i, (key, value) in enumerate(split.items())
     ]
     table = "<table><tr><th>activity</th><th>seconds</th><th>share</th></tr>" + "".join(
@@ -435,7 +441,7 @@ def _time(report: dict[str, Any]) -> str:
     )
     table += f'<tr><th>total</th><td class="n">{total:,.2f}</td><td></td></tr></table>'
     svg = f'<svg width="{width}" height="26" role="img" aria-label="time split">{"".join(bar)}</svg>'
-    return svg + table + f'<p class="note">{_e(report["time_split"]["note"])}</p>'
+    return svg + table + f'<p class="note">{esc(report["time_split"]["note"])}</p>'
 
 
 # ---------------------------------------------------------------- charts (inline SVG)
@@ -457,7 +463,7 @@ def _axes(x0: int, y0: int, w: int, h: int, top: float, ylabel: str) -> str:
         y = y0 + h - h * i / 4
         lines.append(f'<line x1="{x0}" x2="{x0 + w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eaeef2"/>')
         lines.append(f'<text x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end">{_short(top * i / 4)}</text>')
-    lines.append(f'<text x="{x0}" y="{y0 - 8}" text-anchor="start">{_e(ylabel)}</text>')
+    lines.append(f'<text x="{x0}" y="{y0 - 8}" text-anchor="start">{esc(ylabel)}</text>')
     lines.append(f'<line x1="{x0}" x2="{x0 + w}" y1="{y0 + h}" y2="{y0 + h}" stroke="#8c959f"/>')
     return "".join(lines)
 
@@ -484,9 +490,9 @@ def _line_chart(xs: list[float], ys: list[float], xlabel: str, ylabel: str) -> s
         f'<text x="{x0 + w * i / 4:.1f}" y="{y0 + h + 16}" text-anchor="middle">{_short(xmax * i / 4)}</text>'
         for i in range(5)
     )
-    label = f'<text x="{x0 + w / 2}" y="{y0 + h + 34}" text-anchor="middle">{_e(xlabel)}</text>'
+    label = f'<text x="{x0 + w / 2}" y="{y0 + h + 34}" text-anchor="middle">{esc(xlabel)}</text>'
     return (
-        f'<svg width="{x0 + w + 20}" height="{y0 + h + 44}" role="img" aria-label="{_e(ylabel)} over time">'
+        f'<svg width="{x0 + w + 20}" height="{y0 + h + 44}" role="img" aria-label="{esc(ylabel)} over time">'
         f"{_axes(x0, y0, w, h, ymax, ylabel)}"
         f'<polyline points="{path}" fill="none" stroke="{BAR}" stroke-width="2"/>{dots}{ticks}{label}</svg>'
     )
@@ -508,14 +514,14 @@ def _column_chart(
         color = HIGHLIGHT if i in highlight else BAR
         bars.append(
             f'<rect x="{x0 + i * slot + gap / 2:.1f}" y="{y0 + h - bh:.1f}" width="{max(slot - gap, 0.5):.1f}" '
-            f'height="{bh:.1f}" fill="{color}"><title>{_e(label)}: {value:,}</title></rect>'
+            f'height="{bh:.1f}" fill="{color}"><title>{esc(label)}: {value:,}</title></rect>'
         )
         if i % every == 0:
             ticks.append(
-                f'<text x="{x0 + (i + 0.5) * slot:.1f}" y="{y0 + h + 14}" text-anchor="middle">{_e(label)}</text>'
+                f'<text x="{x0 + (i + 0.5) * slot:.1f}" y="{y0 + h + 14}" text-anchor="middle">{esc(label)}</text>'
             )
     return (
-        f'<svg width="{x0 + w + 10}" height="{y0 + h + 24}" role="img" aria-label="{_e(ylabel)}">'
+        f'<svg width="{x0 + w + 10}" height="{y0 + h + 24}" role="img" aria-label="{esc(ylabel)}">'
         f"{_axes(x0, y0, w, h, top, ylabel)}{''.join(bars)}{''.join(ticks)}</svg>"
     )
 
@@ -530,7 +536,7 @@ def _hbar_chart(items: list[tuple[str, int]], total: int) -> str:
         shown = label if len(label) <= 22 else label[:21] + "…"
         share = f"{count / total:.1%}" if total else ""
         rows.append(
-            f'<text x="{label_w - 6}" y="{y + 14}" text-anchor="end">{_e(shown)}<title>{_e(label)}</title></text>'
+            f'<text x="{label_w - 6}" y="{y + 14}" text-anchor="end">{esc(shown)}<title>{esc(label)}</title></text>'
             f'<rect x="{label_w}" y="{y + 3}" width="{bar_w * count / top:.1f}" height="{row - 6}" '
             f'fill="{COLORS[i % len(COLORS)]}"/>'
             f'<text x="{label_w + bar_w * count / top + 6:.1f}" y="{y + 14}">{count:,} ({share})</text>'

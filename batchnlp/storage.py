@@ -258,7 +258,7 @@ def storage_error(
         store = "the store"
     else:
         store = f"{parts.scheme}://" if remote else ""
-    status, code, message, attempts = _service_error(e)
+    status, code, message, attempts = service_error(e)
     answer = " ".join(dict.fromkeys(str(value) for value in (status, code) if value))  # "403 AccessDenied"
     if message and message != code:
         answer += f" {message}" if code == str(status) else f": {message}"  # "403 Forbidden" for a HEAD
@@ -300,12 +300,12 @@ def unnamed_storage_error(e: BaseException) -> BatchnlpError | None:
     """The CLI's net for a storage failure that reached a command through no :func:`storage_errors`:
     the same answer (a refusal exits 2, an outage 1), naming the endpoint it could not use, where
     botocore says which. None when ``e`` is no storage failure (a bug, reported as one)."""
-    if not (_is_transport_error(e) or _is_credentials_error(e) or _service_error(e)[0] is not None):
+    if not (_is_transport_error(e) or _is_credentials_error(e) or service_error(e)[0] is not None):
         return None
     return storage_error(e, "reach", getattr(e, "kwargs", {}).get("endpoint_url") or "s3://")
 
 
-def _service_error(e: BaseException) -> tuple[int | None, str | None, str | None, int | None]:
+def service_error(e: BaseException) -> tuple[int | None, str | None, str | None, int | None]:
     """(HTTP status, error code, message, attempts) of the botocore answer behind ``e``, where there is one."""
     seen: set[int] = set()
     current: BaseException | None = e

@@ -99,3 +99,31 @@ def test_the_checks_see_the_steps():
     assert {"batchnlp.runner", "batchnlp.output", "batchnlp.plan"} <= set(GRAPH)
     assert {"batchnlp.plan", "batchnlp.worker", "batchnlp.output"} <= GRAPH["batchnlp.runner"]
     assert [step(f"batchnlp.{name}") for name in ("cli", "tasks.qa", "commit", "record")] == [0, 4, 6, None]
+
+
+def test_no_module_reaches_into_another_modules_private_names():
+    """What a module shares is public: ``from batchnlp.x import _name`` or ``x._name`` on a batchnlp
+    module makes a private helper part of two modules' contracts without saying so."""
+    found = []
+    for name, path in MODULES.items():
+        tree = ast.parse(path.read_text())
+        aliases = {  # names bound to batchnlp modules here: `from batchnlp.formats import jsonl`
+            alias.asname or alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("batchnlp")
+            for alias in node.names
+            if f"{node.module}.{alias.name}" in MODULES
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("batchnlp"):
+                private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                found += [f"{name}: from {node.module} import {a}" for a in private]
+            elif (
+                isinstance(node, ast.Attribute)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+                and isinstance(node.value, ast.Name)
+                and node.value.id in aliases
+            ):
+                found.append(f"{name}: {node.value.id}.{node.attr}")
+    assert not found, found

@@ -143,7 +143,7 @@ def read(fs: Any, unit: WorkUnit, options: ReadOptions) -> ReadResult:
         with fs.open(unit.path, "rb") as handle:
             lines = _decompressed_lines(handle, unit.path, where, size, options)
             stop = None if unit.stop == WHOLE_STREAM else unit.stop
-            parsed = _parse(
+            parsed = parse_lines(
                 itertools.islice(lines, unit.start, stop), where, first_line, unit.start == 0, options.on_bad_lines
             )
     else:
@@ -152,10 +152,10 @@ def read(fs: Any, unit: WorkUnit, options: ReadOptions) -> ReadResult:
 
             @functools.cache
             def first_line() -> int:  # counting newlines costs a read: only for errors, once per unit
-                return _line_number(fs, unit.path, first_offset())
+                return line_number(fs, unit.path, first_offset())
 
-            parsed = _parse(lines, where, first_line, unit.start == 0, options.on_bad_lines)
-    result = _to_table(parsed, options.text_column, where, first_line)
+            parsed = parse_lines(lines, where, first_line, unit.start == 0, options.on_bad_lines)
+    result = lines_table(parsed, options.text_column, where, first_line)
     result.bad_lines = parsed.bad_lines
     return result
 
@@ -184,7 +184,7 @@ class _Parsed:
     bad_lines: list[BadLine]
 
 
-def _parse(
+def parse_lines(
     lines: Iterable[Line], where: str, first_line: Callable[[], int], at_file_start: bool, policy: BadLinePolicy
 ) -> _Parsed:
     """Decode and parse each line as it comes; blank lines are not rows and yield nothing.
@@ -259,7 +259,7 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def _to_table(parsed: _Parsed, text_column: str, where: str, first_line: Callable[[], int]) -> ReadResult:
+def lines_table(parsed: _Parsed, text_column: str, where: str, first_line: Callable[[], int]) -> ReadResult:
     """Columns in order of first appearance; the text column normalised to strings."""
     records = parsed.records
     names: dict[str, None] = {}
@@ -326,7 +326,7 @@ def _byte_range(handle: Any, start: int, stop: int, limit: int) -> tuple[Iterato
     return lines(), lambda: first[0]
 
 
-def _line_number(fs: Any, path: str, offset: int) -> int:
+def line_number(fs: Any, path: str, offset: int) -> int:
     """The 1-based line number at byte ``offset``: counts newlines before it, in blocks."""
     count = 0
     with fs.open(path, "rb") as handle:
@@ -384,7 +384,7 @@ def _check_sample(fs: Any, file: InputFile, where: str, options: ReadOptions) ->
         lines.pop()  # cut by the sample's end
     counted = len(lines)
     lines = lines[:SAMPLE_LINES]
-    parsed = _parse(lines, where, lambda: 1, True, options.on_bad_lines)
+    parsed = parse_lines(lines, where, lambda: 1, True, options.on_bad_lines)
     records, text_column = parsed.records, options.text_column
     if records and not any(text_column in record for record in records):
         found = sorted({key for record in records for key in record})
