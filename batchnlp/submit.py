@@ -210,7 +210,7 @@ def submit_sharded(
 
 def send(base: Submission | ShardedSubmission, dry_run: bool, region: str | None = None) -> list[str]:
     """What ``batchnlp submit`` prints: the request(s) with ``dry_run``, else what it submitted."""
-    secrets = (base if isinstance(base, Submission) else base.submission).secrets
+    secrets = _single(base).secrets
     if secrets and dry_run:  # SubmitJob has no secrets: they come with a job definition revision (secret_note)
         return send(_without_secrets(base), True, region)
     if secrets:
@@ -230,22 +230,26 @@ def send(base: Submission | ShardedSubmission, dry_run: bool, region: str | None
 def secret_note(base: Submission | ShardedSubmission) -> str | None:
     """What a dry run's request cannot show: the ``--secret`` variables, which submitting maps in a
     job definition revision (SubmitJob has no ``secrets``). None without any."""
-    secrets = (base if isinstance(base, Submission) else base.submission).secrets
+    secrets = _single(base).secrets
     if not secrets:
         return None
     mapped = ", ".join(f"{name} from {arn}" for name, arn in secrets.items())
     return f"--secret: the job definition's containers get {mapped} (a revision with them, made when submitting)"
 
 
+def _single(base: Submission | ShardedSubmission) -> Submission:
+    """The one job's submission: ``base`` itself, or what each of its shards runs."""
+    return base if isinstance(base, Submission) else base.submission
+
+
 def _without_secrets(base: Submission | ShardedSubmission) -> Submission | ShardedSubmission:
-    if isinstance(base, Submission):
-        return dataclasses.replace(base, secrets={})
-    return dataclasses.replace(base, submission=dataclasses.replace(base.submission, secrets={}))
+    single = dataclasses.replace(_single(base), secrets={})
+    return single if isinstance(base, Submission) else dataclasses.replace(base, submission=single)
 
 
 def _on_secret_definitions(base: Submission | ShardedSubmission, region: str | None) -> Any:
     """``base`` pointed at job definition revisions whose containers get its ``--secret`` variables."""
-    s = base if isinstance(base, Submission) else base.submission
+    s = _single(base)
     with _aws_errors(f"give job definition {s.job_definition!r} the --secret variables"):
         batch = _batch(region)
         s = dataclasses.replace(s, job_definition=definition_with_secrets(batch, s.job_definition, s.secrets))
