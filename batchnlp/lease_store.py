@@ -45,12 +45,11 @@ import fcntl
 import hashlib
 import os
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from batchnlp.storage import service_error, storage_errors
+from batchnlp.storage import is_local, publish_local, service_error, storage_errors
 
 LOST_RACE_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 
@@ -70,7 +69,7 @@ class LeaseStore:
     def __init__(self, fs: Any, path: str) -> None:
         self.fs, self.path = fs, path
         self.url = fs.unstrip_protocol(path)
-        self.local = "file" in ((fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol))
+        self.local = is_local(fs)
 
     def read(self) -> Version | None:
         with storage_errors("read", self.url):
@@ -164,18 +163,8 @@ class LeaseStore:
             return None
 
     def _write_local(self, data: bytes, publish: Any) -> str:
-        """Write ``data`` to a temporary file beside the lock, then ``publish(tmp, path)`` (link or replace)."""
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        tmp = f"{self.path}.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            publish(tmp, self.path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)  # after a link; os.replace moved it already
+        """Write ``data`` beside the lock, then ``publish`` it (link or replace); its version."""
+        publish_local(self.path, data, publish)
         return _md5(data)
 
     @contextlib.contextmanager

@@ -14,7 +14,7 @@ import posixpath
 import re
 import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -79,7 +79,7 @@ class Location:
 
     @property
     def is_local(self) -> bool:
-        return "file" in _protocols(self.fs)
+        return is_local(self.fs)
 
 
 @dataclass(frozen=True)
@@ -153,16 +153,27 @@ def write_atomic(fs: Any, path: str, data: bytes) -> None:
     go to a unique temporary name in the same directory and are renamed over the target.
     """
     with storage_errors("write", fs.unstrip_protocol(path)):
-        if "file" not in _protocols(fs):
+        if not is_local(fs):
             fs.pipe_file(path, data)
             return
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        publish_local(path, data, os.replace)
+
+
+def publish_local(path: str, data: bytes, publish: Any) -> None:
+    """Write ``data`` whole to a unique temporary file beside local ``path`` (``NAME.tmp-<hex>``,
+    the name :mod:`batchnlp.ownership` knows), then ``publish(tmp, path)``: ``os.replace`` to
+    replace atomically, ``os.link`` to create only (FileExistsError when ``path`` exists)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    try:
+        publish(tmp, path)
+    finally:
+        with suppress(FileNotFoundError):
+            os.remove(tmp)  # after a link, or a failed publish; os.replace moved it already
 
 
 def create_only(fs: Any, path: str, data: bytes) -> bool:
@@ -180,8 +191,8 @@ def create_only(fs: Any, path: str, data: bytes) -> bool:
     url = fs.unstrip_protocol(path)
     try:
         with storage_errors("write", url):
-            if "file" in _protocols(fs):
-                _link_whole(path, data)
+            if is_local(fs):  # not O_EXCL, which makes the name before the bytes arrive: a link of a whole file
+                publish_local(path, data, os.link)
             else:
                 with fs.open(path, "xb") as handle:
                     handle.write(data)
@@ -192,19 +203,6 @@ def create_only(fs: Any, path: str, data: bytes) -> bool:
             except FileNotFoundError:
                 return False  # removed since: the caller decides whether to try again
     return True
-
-
-def _link_whole(path: str, data: bytes) -> None:
-    """Local create-only that readers never see half-written (``O_EXCL`` creates the name before the
-    bytes arrive): write a temporary file, then hard-link it to ``path``, which fails if it exists."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-    try:
-        os.link(tmp, path)
-    finally:
-        os.remove(tmp)
 
 
 def write_create_only(fs: Any, path: str, data: bytes) -> None:
@@ -355,6 +353,11 @@ def _check_bucket(fs: Any, path: str, error: type[BatchnlpError], what: str) -> 
         bucket = path.split("/", 1)[0]
         with storage_errors("list", fs.unstrip_protocol(bucket), error, what):
             fs.info(bucket)
+
+
+def is_local(fs: Any) -> bool:
+    """Whether ``fs`` is the local filesystem (atomic renames, no ETags)."""
+    return "file" in _protocols(fs)
 
 
 def _is_s3(fs: Any) -> bool:
