@@ -12,13 +12,13 @@ from batchnlp.version import __version__
 __all__ = ["JobSpec", "__version__", "run"]
 
 if TYPE_CHECKING:
-    from batchnlp.runner import RunSummary
+    from batchnlp.execution.runner import RunSummary
     from batchnlp.spec import JobSpec
 
 
 def run(spec: JobSpec | dict[str, Any]) -> RunSummary:
     """Run a job from a :class:`JobSpec` or a settings mapping (the YAML spec's keys)."""
-    from batchnlp.runner import run as run_job
+    from batchnlp.execution.runner import run as run_job
     from batchnlp.spec import JobSpec
 
     return run_job(spec if isinstance(spec, JobSpec) else JobSpec.from_settings(spec))

@@ -4,7 +4,7 @@
     python benchmarks/clear_output.py --parts 5000 --where local
 
 An earlier run's OUTPUT is laid out as a crashed attempt leaves it: its job record, N parts, half
-of them with their progress record. Then a new run's :meth:`batchnlp.commit.Committer.prepare`
+of them with their progress record. Then a new run's :meth:`batchnlp.ledger.commit.Committer.prepare`
 takes stock (one listing, the records read), refuses nothing, and deletes the N parts, the
 records and the job record. Prints its seconds, and checks that only the new job record is left.
 S3 is moto's server on 127.0.0.1 reached over HTTP, as in the tests.
@@ -18,10 +18,10 @@ import os
 import tempfile
 import time
 
-from batchnlp.commit import Committer
-from batchnlp.formats import WorkUnit
-from batchnlp.record import PartResult
-from batchnlp.storage import Location, write_atomic
+from batchnlp.io.formats import WorkUnit
+from batchnlp.io.storage import Location, write_atomic
+from batchnlp.ledger.commit import Committer
+from batchnlp.ledger.record import PartResult
 
 
 def lay_out(committer: Committer, parts: int) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 def ours(work: Path) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from batchnlp.engine import Engine
+    from batchnlp.inference.engine import Engine
     from batchnlp.spec import TaskSpec
     from batchnlp.tasks.qa import QuestionAnswering
     from batchnlp.testing import build_question_answerer

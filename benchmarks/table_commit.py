@@ -4,7 +4,7 @@
     python benchmarks/table_commit.py --files 5000
 
 For each count, writes that many small Parquet files into a run's staging directory, then times
-:meth:`batchnlp.tables.TableSink.publish` (the idempotency check, the schema check and the one
+:meth:`batchnlp.io.tables.TableSink.publish` (the idempotency check, the schema check and the one
 commit that adds every file in place) on a fresh table and on the same table again with a second
 run id, and the idempotency check alone (what a retried job pays before it exits 0). Iceberg uses
 the embedded SQLite catalog. Prints seconds; timing lives here, never in a test's assertions.
@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from batchnlp.formats.writers import PARQUET_ZSTD
-from batchnlp.storage import Location
-from batchnlp.tables.base import DataFile, TableSink
-from batchnlp.tables.delta import DeltaSink
-from batchnlp.tables.iceberg import IcebergSink
+from batchnlp.io.formats.writers import PARQUET_ZSTD
+from batchnlp.io.storage import Location
+from batchnlp.io.tables.base import DataFile, TableSink
+from batchnlp.io.tables.delta import DeltaSink
+from batchnlp.io.tables.iceberg import IcebergSink
 
 SCHEMA = pa.schema([("id", pa.int64()), ("text", pa.string()), ("_error", pa.string())])
 

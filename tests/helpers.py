@@ -9,8 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from batchnlp.formats import WorkUnit
-from batchnlp.record import Manifest, PartResult, Totals
+from batchnlp.io.formats import WorkUnit
+from batchnlp.ledger.record import Manifest, PartResult, Totals
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:

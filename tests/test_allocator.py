@@ -1,4 +1,4 @@
-"""A model worker keeps its freed tensor memory (batchnlp.allocator): under Dask's nanny setting
+"""A model worker keeps its freed tensor memory (batchnlp.inference.allocator): under Dask's nanny setting
 (``MALLOC_TRIM_THRESHOLD_=65536``) every activation was a fresh mmap the kernel had to fault in,
 which halved int8's speed. Page faults are counted, not seconds: a count does not depend on how
 busy the machine is."""
@@ -35,7 +35,10 @@ def run(script: str) -> list[int]:
 
 
 def test_freed_blocks_are_reused_instead_of_faulted_in_again() -> None:
-    script = "from batchnlp.allocator import keep_freed_memory\nprint(faults()); keep_freed_memory(); print(faults())"
+    script = (
+        "from batchnlp.inference.allocator import keep_freed_memory\n"
+        "print(faults()); keep_freed_memory(); print(faults())"
+    )
     trimmed, kept = run(script)
     assert trimmed > 50 * 4000, trimmed  # each block's 4,096 pages faulted in anew
     assert kept < trimmed / 20, (trimmed, kept)
@@ -43,7 +46,7 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again() -> None:
 
 def test_a_worker_keeps_freed_memory_once_its_models_are_loaded(tiny_model: Path) -> None:
     script = (
-        "from batchnlp.spec import TaskSpec\nfrom batchnlp.worker import ModelPlugin, ModelSettings\n"
+        "from batchnlp.spec import TaskSpec\nfrom batchnlp.execution.worker import ModelPlugin, ModelSettings\n"
         f"spec = TaskSpec(name='sentiment', kind='sentiment', model={str(tiny_model)!r})\n"
         "plugin = ModelPlugin(ModelSettings((spec,), 'cpu', 'fp32', 4096, None, None, {}))\n"
         "print(faults()); plugin.load(); print(faults())"

@@ -1,11 +1,11 @@
-"""The shape of the package, checked: imports form no cycle, and a job's steps import only the
-steps below them, so a change to a lower step never needs a higher one.
+"""The shape of the package, checked: every module sits in a folder (or is one of the few
+top-level modules), imports form no cycle, and imports point one way, down the layers below, so a
+change to a lower layer never needs a higher one. docs/architecture.md draws these layers.
 
-A job goes cli → spec → plan → runner → worker → task/engine → output → commit. The runner
-conducts it: it calls plan, submits to the workers and commits through the output, so it imports
-them; plan and worker are one layer (neither knows the other). A sharded run's steps (sharded)
-are the runner's, shared out: they sit above it. Imports under ``TYPE_CHECKING`` are
-not imports at run time and are not counted; imports inside functions are."""
+Imports under ``TYPE_CHECKING`` are not imports at run time and are not counted; imports inside
+functions are. Task registry entries name their code as strings (``"batchnlp.tasks.qa:..."``)
+and are loaded on demand, as plugins are: those are not imports either.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +13,25 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "batchnlp"
-# Each layer may import the layers to its right; the spec is the data every step reads.
-STEPS = ["cli", "sharded", "runner", "plan|worker", "tasks|engine", "output", "commit"]
-SHARED = {"spec"}
+
+# Top to bottom: a unit imports only units of the layers below its own (and itself). Units of one
+# layer are siblings that never import each other. A new module must sit in one of these units.
+LAYERS: list[list[str]] = [
+    ["__main__"],
+    ["cli"],
+    ["batchnlp", "api"],  # the public Python API: the package root and batchnlp.api
+    ["deploy", "distillation"],
+    ["observe"],
+    ["execution"],
+    ["cluster", "ledger"],
+    ["spec"],
+    ["tasks"],
+    ["inference"],
+    ["io"],
+    ["util"],
+    ["errors", "version", "testing"],
+]
+UNITS = {unit: depth for depth, layer in enumerate(LAYERS) for unit in layer}
 
 
 def module_name(path: Path) -> str:
@@ -24,6 +40,12 @@ def module_name(path: Path) -> str:
 
 
 MODULES = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+
+def unit(module: str) -> str:
+    """The folder (or top-level module) ``module`` belongs to: batchnlp.io.formats.jsonl → io."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
 
 
 def imports(name: str) -> set[str]:
@@ -52,13 +74,20 @@ def imports(name: str) -> set[str]:
 GRAPH = {name: imports(name) for name in MODULES}
 
 
-def step(module: str) -> int | None:
-    """The position of ``module`` in STEPS, or None when it is no step (a helper any step may use)."""
-    short = module.removeprefix("batchnlp.")
-    for position, names in enumerate(STEPS):
-        if any(short == name or short.startswith(name + ".") for name in names.split("|")):
-            return position
-    return None
+def test_every_module_sits_in_a_layer():
+    unplaced = sorted(name for name in MODULES if unit(name) not in UNITS)
+    assert not unplaced, f"modules in no layer of LAYERS (put them in a folder, or add the folder): {unplaced}"
+
+
+def test_every_folder_says_its_job_and_what_it_may_import():
+    folders = sorted(path.parent for path in PACKAGE.glob("*/__init__.py"))
+    assert {folder.name for folder in folders} <= set(UNITS)
+    silent = [
+        f.name
+        for f in folders
+        if "May import" not in (ast.get_docstring(ast.parse((f / "__init__.py").read_text())) or "")
+    ]
+    assert not silent, f"folders whose __init__ docstring does not say what they may import: {silent}"
 
 
 def test_no_module_imports_itself_through_others():
@@ -81,24 +110,29 @@ def test_no_module_imports_itself_through_others():
     assert not cycles, "circular imports:\n" + "\n".join(sorted(set(cycles)))
 
 
-def test_each_step_imports_only_later_steps_and_the_spec():
-    backwards = []
+def test_imports_point_down_the_layers():
+    upward = []
     for module, imported in GRAPH.items():
-        here = step(module)
-        if here is None:
-            continue
+        here = unit(module)
         for other in imported:
-            there = step(other)
-            if there is not None and there < here and other.removeprefix("batchnlp.") not in SHARED:
-                backwards.append(f"{module} imports {other}")
-    assert not backwards, "a step imports an earlier step:\n" + "\n".join(sorted(backwards))
+            there = unit(other)
+            if there != here and UNITS.get(there, -1) <= UNITS.get(here, -1):
+                upward.append(f"{module} ({here}) imports {other} ({there})")
+    assert not upward, "imports that do not point down the layers:\n" + "\n".join(sorted(upward))
 
 
-def test_the_checks_see_the_steps():
+def test_the_checks_see_the_package():
     """Guard against the checks above passing because they read nothing."""
-    assert {"batchnlp.runner", "batchnlp.output", "batchnlp.plan"} <= set(GRAPH)
-    assert {"batchnlp.plan", "batchnlp.worker", "batchnlp.output"} <= GRAPH["batchnlp.runner"]
-    assert [step(f"batchnlp.{name}") for name in ("cli", "tasks.qa", "commit", "record")] == [0, 4, 6, None]
+    assert len(MODULES) > 80
+    assert {"batchnlp.execution.plan", "batchnlp.execution.worker", "batchnlp.ledger.output"} <= GRAPH[
+        "batchnlp.execution.runner"
+    ]
+    assert [unit(name) for name in ("batchnlp.cli", "batchnlp.tasks.qa", "batchnlp.io.formats.jsonl")] == [
+        "cli",
+        "tasks",
+        "io",
+    ]
+    assert "batchnlp.tasks" in GRAPH["batchnlp.spec"]  # the spec validates task names against the registry
 
 
 def test_no_module_reaches_into_another_modules_private_names():
@@ -107,7 +141,7 @@ def test_no_module_reaches_into_another_modules_private_names():
     found = []
     for name, path in MODULES.items():
         tree = ast.parse(path.read_text())
-        aliases = {  # names bound to batchnlp modules here: `from batchnlp.formats import jsonl`
+        aliases = {  # names bound to batchnlp modules here: `from batchnlp.io.formats import jsonl`
             alias.asname or alias.name
             for node in ast.walk(tree)
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("batchnlp")

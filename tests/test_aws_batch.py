@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from batchnlp import cluster_secret
-from batchnlp.aws_batch import (
+from batchnlp.cluster import secret as cluster_secret
+from batchnlp.cluster.local import ALLOWED_FAILURES, Layout, local_layout
+from batchnlp.cluster.multinode import (
     JOIN_TIMEOUT,
     BatchEnvironmentError,
     NodeRole,
@@ -34,10 +35,9 @@ from batchnlp.aws_batch import (
     serve_child,
     worker_options,
 )
-from batchnlp.cluster import ALLOWED_FAILURES, Layout, local_layout
+from batchnlp.cluster.tls import issue
 from batchnlp.errors import JobFailed, SpecError
 from batchnlp.spec import JobSpec
-from batchnlp.tls import issue
 from tests.helpers import cpu_job, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,7 +156,7 @@ def test_every_worker_is_named_after_its_node_pinned_and_redacting():
     assert [o["env"]["CUDA_VISIBLE_DEVICES"] for o in options.values()] == ["0", "1", "0", "1"]
     assert {o["env"]["OMP_NUM_THREADS"] for o in options.values()} == {"3"}
     assert {o["nthreads"] for o in options.values()} == {2}
-    assert all("batchnlp.redaction" in o["preload"] for o in options.values())
+    assert all("batchnlp.util.redaction" in o["preload"] for o in options.values())
     # The ports the job's security group opens between its nodes, and only those.
     assert {(o["worker_port"], o["port"]) for o in options.values()} == {("8800:8849", "8850:8899")}
     assert {o["dashboard_address"] for o in options.values()} == {"127.0.0.1:0"}, "HTTP for this node alone"
@@ -167,7 +167,7 @@ def test_every_worker_is_named_after_its_node_pinned_and_redacting():
 def test_a_node_runs_no_more_workers_than_its_port_range_holds():
     """The security group opens 50 worker ports a node: a 96-core node runs 50 workers, not 96 (the
     last 46 would fail to start); asking for more is a clear error."""
-    from batchnlp.aws_batch import node_layout
+    from batchnlp.cluster.multinode import node_layout
 
     machine = {"cores": 96, "memory": 384 * 2**30}
     assert local_layout(None, "cpu", **machine).workers == 96, "what the embedded cluster would start"
@@ -211,14 +211,14 @@ def test_join_timeout_and_reserve_come_from_the_environment():
 
 
 def test_serve_child_waits_as_long_as_the_environment_says(monkeypatch):
-    import batchnlp.aws_batch
+    import batchnlp.cluster.multinode
 
     waited = []
 
     async def serve(role, layout, address, host, timeout):
         waited.append(timeout)
 
-    monkeypatch.setattr(batchnlp.aws_batch, "_serve_child", serve)
+    monkeypatch.setattr(batchnlp.cluster.multinode, "_serve_child", serve)
     role = node_role(mnp(1, nodes=2, ip="127.0.0.1"))
     monkeypatch.setenv("BATCHNLP_NODE_JOIN_TIMEOUT", "2700")
     serve_child(role, "cpu", 1)
@@ -235,7 +235,7 @@ def test_main_node_waits_as_long_as_the_environment_says_and_keeps_its_reserve(m
     """The variables the job definition sets reach the main node's cluster."""
     from distributed.system import MEMORY_LIMIT
 
-    import batchnlp.aws_batch
+    import batchnlp.cluster.multinode
 
     seen = {}
 
@@ -244,7 +244,7 @@ def test_main_node_waits_as_long_as_the_environment_says_and_keeps_its_reserve(m
         workers = client.scheduler_info(n_workers=-1)["workers"].values()
         seen["limits"] = {w["memory_limit"] for w in workers}
 
-    monkeypatch.setattr(batchnlp.aws_batch, "_wait_for_nodes", wait_for_nodes)
+    monkeypatch.setattr(batchnlp.cluster.multinode, "_wait_for_nodes", wait_for_nodes)
     monkeypatch.setenv("BATCHNLP_NODE_JOIN_TIMEOUT", "2700")
     monkeypatch.setenv("BATCHNLP_MAIN_NODE_RESERVE_MIB", "256")
     with main_node(node_role(mnp(0, nodes=2)), "cpu", 1, host="127.0.0.1", port=free_port()):
@@ -270,8 +270,8 @@ def test_the_cli_hook_leaves_single_node_jobs_alone_and_refuses_scheduler(tmp_pa
 
 CHILD = """
 import logging, os, sys
-from batchnlp.aws_batch import _child_nanny_class, node_role, serve_child
-from batchnlp.logs import configure_logging
+from batchnlp.cluster.multinode import _child_nanny_class, node_role, serve_child
+from batchnlp.observe.logs import configure_logging
 configure_logging(logging.INFO)
 # Count the workers whose nanny stopped them itself (see _child_nanny_class).
 nanny, asked, stopped = _child_nanny_class(), nanny_close_gracefully, []
@@ -347,7 +347,7 @@ def test_child_node_waits_for_a_scheduler_that_starts_late():
 
     from distributed import Scheduler
 
-    from batchnlp.aws_batch import _wait_for_scheduler
+    from batchnlp.cluster.multinode import _wait_for_scheduler
 
     port, security = free_port(), issue("late").security()
 
@@ -447,7 +447,7 @@ def test_a_job_runs_over_both_nodes_and_the_child_exits_when_it_ends(tmp_path, t
     """The whole path the CLI takes: the child serves workers (a subprocess with node 1's
     environment); on the main node the hook points the job at its own scheduler, once the
     child's worker has joined, and closing that scheduler ends the child with exit code 0."""
-    from batchnlp.runner import run as run_job
+    from batchnlp.execution.runner import run as run_job
 
     source = write_jsonl(tmp_path / "in.jsonl", [{"id": i, "text": f"review number {i} was fine"} for i in range(120)])
     spec = JobSpec.from_settings(cpu_job(source, tmp_path / "out", tiny_model, rows_per_partition=20))
@@ -491,11 +491,11 @@ def test_a_job_runs_over_both_nodes_and_the_child_exits_when_it_ends(tmp_path, t
 def test_cli_on_a_child_node_serves_workers_and_runs_no_job(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    import batchnlp.aws_batch
+    import batchnlp.cluster.multinode
     from batchnlp.cli import main
 
     served = []
-    monkeypatch.setattr(batchnlp.aws_batch, "serve_child", lambda *args: served.append(args))
+    monkeypatch.setattr(batchnlp.cluster.multinode, "serve_child", lambda *args: served.append(args))
     for key, value in mnp(2, nodes=3, ip="10.0.3.17").items():
         monkeypatch.setenv(key, value)
     output = tmp_path / "out"
@@ -518,12 +518,12 @@ def test_cli_on_a_malformed_node_environment_exits_2(tmp_path, monkeypatch):
 def test_cli_on_a_main_node_runs_the_job_on_its_own_scheduler(tmp_path, tiny_model, monkeypatch, batch_job):
     from click.testing import CliRunner
 
-    import batchnlp.aws_batch
+    import batchnlp.cluster.multinode
     from batchnlp.cli import main
 
-    port, real = free_port(), batchnlp.aws_batch.main_node
+    port, real = free_port(), batchnlp.cluster.multinode.main_node
     monkeypatch.setattr(
-        batchnlp.aws_batch, "main_node", lambda *a, **k: real(*a, **{**k, "host": "127.0.0.1", "port": port})
+        batchnlp.cluster.multinode, "main_node", lambda *a, **k: real(*a, **{**k, "host": "127.0.0.1", "port": port})
     )
     for key, value in mnp(0, nodes=1).items():  # a one-node MNP job: the main node alone
         monkeypatch.setenv(key, value)
@@ -540,12 +540,12 @@ def test_cli_on_a_main_node_runs_the_job_on_its_own_scheduler(tmp_path, tiny_mod
 def test_a_heartbeat_cut_by_the_closing_scheduler_is_a_one_line_warning(caplog):
     """The race the test above loses about once in ten runs: a heartbeat on the wire when the main
     node's scheduler closes. distributed logs it with logger.exception; child workers preload
-    batchnlp.child_worker, which leaves a warning without a traceback."""
+    batchnlp.cluster.child_worker, which leaves a warning without a traceback."""
     import logging
 
     from distributed.comm.core import CommClosedError
 
-    from batchnlp import child_worker
+    from batchnlp.cluster import child_worker
 
     worker_log = logging.getLogger("distributed.worker")
     child_worker.dask_setup()

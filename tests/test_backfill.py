@@ -7,8 +7,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from batchnlp.commit import Committer
-from batchnlp.storage import Location
+from batchnlp.io.storage import Location
+from batchnlp.ledger.commit import Committer
 from tests.helpers import manifest
 from tests.test_submit import batch, invoke, job_ids, parsed  # noqa: F401 - batch is the fixture
 
@@ -98,8 +98,8 @@ def test_dates_that_would_overwrite_each_others_output_are_refused(batch, tmp_pa
 def test_a_delta_table_date_is_skipped_when_the_table_records_its_run_id(batch, tmp_path):  # noqa: F811
     from deltalake import CommitProperties, Transaction, write_deltalake
 
-    from batchnlp.tables.base import RUN_ID_PROPERTY
-    from batchnlp.tables.delta import APP_ID
+    from batchnlp.io.tables.base import RUN_ID_PROPERTY
+    from batchnlp.io.tables.delta import APP_ID
 
     _, queue = batch
     table = tmp_path / "labels"

@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from batchnlp.batching import MIN_ROWS_PER_WIDTH, padded_length, token_budget_batches
+from batchnlp.inference.batching import MIN_ROWS_PER_WIDTH, padded_length, token_budget_batches
 
 
 @pytest.mark.parametrize("seed", range(5))

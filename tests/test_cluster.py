@@ -4,7 +4,7 @@ import sys
 
 import psutil
 
-from batchnlp.cluster import Layout, local_layout, start_local_cluster, visible_gpus
+from batchnlp.cluster.local import Layout, local_layout, start_local_cluster, visible_gpus
 
 GIB = 2**30
 
@@ -60,7 +60,7 @@ def test_each_gpu_worker_process_sees_only_its_own_gpu():
 def imported_model_code() -> bool:
     import sys
 
-    return "batchnlp.distilbert" in sys.modules and "torch" in sys.modules
+    return "batchnlp.inference.distilbert" in sys.modules and "torch" in sys.modules
 
 
 def test_cpu_workers_are_forked_with_their_libraries_imported_and_the_drivers_environment(monkeypatch):
@@ -69,7 +69,7 @@ def test_cpu_workers_are_forked_with_their_libraries_imported_and_the_drivers_en
     as it is when the cluster starts, not as it was when the fork server did."""
     from distributed import Client
 
-    from batchnlp.cluster import start_worker_imports
+    from batchnlp.cluster.local import start_worker_imports
 
     start_worker_imports()
     monkeypatch.setenv("BATCHNLP_TEST_SET_LATE", "seen")
@@ -105,7 +105,7 @@ def test_a_command_that_exits_before_its_cluster_starts_stops_the_fork_server_wi
     would outlive it by seconds holding its stdout and stderr, and a caller reading them waits."""
     script = (
         "from multiprocessing import forkserver\n"
-        "from batchnlp.cluster import start_worker_imports\n"
+        "from batchnlp.cluster.local import start_worker_imports\n"
         "start_worker_imports()\n"
         "print(forkserver._forkserver._forkserver_pid, flush=True)\n"
     )
@@ -130,7 +130,7 @@ def test_run_forked_calls_in_a_child_with_the_worker_imports_and_the_callers_env
     """What the driver's estimate runs on: forked, it does not import torch and transformers again."""
     import pytest
 
-    from batchnlp.cluster import run_forked, start_worker_imports, worker_imports_started
+    from batchnlp.cluster.local import run_forked, start_worker_imports, worker_imports_started
     from batchnlp.errors import ModelError
 
     start_worker_imports()

@@ -13,8 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from batchnlp.cluster import Layout, start_local_cluster
-from batchnlp.runner import run
+from batchnlp.cluster.local import Layout, start_local_cluster
+from batchnlp.execution.runner import run
 from batchnlp.spec import JobSpec
 from tests.helpers import cpu_job, invoke, one_worker_cluster, write_jsonl
 
@@ -156,7 +156,7 @@ def test_credential_storage_options_never_reach_the_scheduler(s3, bucket, tiny_m
 
 
 def test_credentials_are_told_apart_by_name_at_any_depth(monkeypatch):
-    from batchnlp.worker_credentials import SECRETS_VARIABLE, public_options, secret_options, with_local_secrets
+    from batchnlp.io.worker_credentials import SECRETS_VARIABLE, public_options, secret_options, with_local_secrets
 
     options = {"key": "k", "anon": False, "client_kwargs": {"aws_secret_access_key": "s"}, "profile": "etl"}
     assert secret_options(options) == {"key": "k", "client_kwargs": {"aws_secret_access_key": "s"}}

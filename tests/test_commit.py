@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from batchnlp.commit import Committer, sha256
 from batchnlp.errors import OutputError
-from batchnlp.formats import WorkUnit
-from batchnlp.record import PartResult, Totals
-from batchnlp.storage import Location
+from batchnlp.io.formats import WorkUnit
+from batchnlp.io.storage import Location
+from batchnlp.ledger.commit import Committer, sha256
+from batchnlp.ledger.record import PartResult, Totals
 from tests.helpers import manifest, part_result
 
 JOB = {

@@ -1,4 +1,4 @@
-"""The private internals of dependencies that batchnlp uses (batchnlp/compat.py) are still there
+"""The private internals of dependencies that batchnlp uses (batchnlp/util/compat.py) are still there
 with the shape it relies on, so an upgrade that renames or reshapes one fails here, by name; and
 no other module of the package reaches into a dependency's private attributes."""
 
@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from batchnlp import compat
+from batchnlp.util import compat
 
 PACKAGE = Path(__file__).resolve().parents[1] / "batchnlp"
 # Private internals batchnlp has used: touching one outside compat.py fails, whatever defines the name.
@@ -79,7 +79,7 @@ def test_the_fork_server_is_stopped_and_reaped():
     script = (
         "import os\n"
         "from multiprocessing import forkserver\n"
-        "from batchnlp.compat import stop_fork_server\n"
+        "from batchnlp.util.compat import stop_fork_server\n"
         "forkserver.ensure_running()\n"
         "pid = forkserver._forkserver._forkserver_pid\n"
         "stop_fork_server()\n"
@@ -111,7 +111,7 @@ def test_pyiceberg_tells_where_a_new_table_would_go(tmp_path):
     pytest.importorskip("pyiceberg")
     from pyiceberg.catalog import MetastoreCatalog
 
-    from batchnlp.tables.iceberg import load
+    from batchnlp.io.tables.iceberg import load
 
     assert parameters(MetastoreCatalog._resolve_table_location) == ["self", "location", "database_name", "table_name"]
     warehouse = (tmp_path / "warehouse").as_uri()
@@ -185,7 +185,7 @@ def foreign_private_uses(package: Path) -> list[str]:
 def test_only_compat_touches_a_dependencys_private_internals():
     uses = foreign_private_uses(PACKAGE)
     assert not uses, (
-        "private internals of a dependency used outside batchnlp/compat.py; give each a named function "
+        "private internals of a dependency used outside batchnlp/util/compat.py; give each a named function "
         "there (what it uses, why no public API does it, the versions checked) and a check in this file:\n"
         + "\n".join(uses)
     )

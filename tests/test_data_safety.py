@@ -19,11 +19,11 @@ import pytest
 from click.testing import CliRunner
 
 from batchnlp.cli import main
-from batchnlp.commit import Committer
 from batchnlp.errors import OutputError, SpecError
-from batchnlp.shards import Shard, shard_lock
+from batchnlp.execution.shards.plan import Shard, shard_lock
+from batchnlp.io.storage import Location, write_atomic
+from batchnlp.ledger.commit import Committer
 from batchnlp.spec import JobSpec
-from batchnlp.storage import Location, write_atomic
 from tests.helpers import upload_dir, write_jsonl
 
 ROWS = [{"text": "a fine day"}, {"text": "a bad day"}]
@@ -188,7 +188,7 @@ def test_another_tools_files_on_s3_are_never_deleted(job, tmp_path, s3, bucket):
 
 
 def test_a_refusal_names_five_files_and_counts_them_all(tmp_path):
-    from batchnlp.ownership import NAMED
+    from batchnlp.ledger.ownership import NAMED
 
     out = tmp_path / "out"
     parquet_folder(out, [f"part-{i:05d}-x.parquet" for i in range(7)])
@@ -228,7 +228,7 @@ def test_overwrite_replaces_its_own_run_but_not_a_file_added_beside_it(job, tmp_
 def test_a_crashed_attempts_unrecorded_parts_are_cleared_by_the_next_run(tmp_path, where, request):
     """The job record, written before any unit runs, names what its units write: parts that no progress
     record names yet (the driver died first) are still batchnlp's, and only they go."""
-    from batchnlp.ownership import take_stock
+    from batchnlp.ledger.ownership import take_stock
 
     url = str(tmp_path / "out")
     if where == "s3":
@@ -246,7 +246,7 @@ def test_a_crashed_attempts_unrecorded_parts_are_cleared_by_the_next_run(tmp_pat
 
 
 def test_locks_are_batchnlps_but_left_to_the_lock():
-    from batchnlp.ownership import SHARD_LOCKS
+    from batchnlp.ledger.ownership import SHARD_LOCKS
 
     assert SHARD_LOCKS.fullmatch(shard_lock(Shard(3, 8)))
 

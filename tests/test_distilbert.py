@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from batchnlp import distilbert
-from batchnlp.models import AUTO_CLASSES, load_sequence_classifier
+from batchnlp.inference import distilbert
+from batchnlp.inference.models import AUTO_CLASSES, load_sequence_classifier
 from batchnlp.testing import build_classifier, build_question_answerer
 from tests import corpus
 
@@ -99,7 +99,7 @@ def test_distilbert_tasks_never_import_transformers_modeling_code(tiny_model, qa
     script = f"""
 import sys
 from pathlib import Path
-from batchnlp.engine import Engine
+from batchnlp.inference.engine import Engine
 from batchnlp.spec import TaskSpec
 from batchnlp.tasks.classify import Classify
 from batchnlp.tasks.qa import QuestionAnswering

@@ -125,7 +125,7 @@ def test_the_student_agrees_with_its_teacher_well_beyond_the_majority_label(stud
 def test_student_layers_start_as_every_other_teacher_layer(teacher: Path):
     from safetensors.torch import load_file
 
-    from batchnlp.distill_train import layer_map, student_from_teacher
+    from batchnlp.distillation.train import layer_map, student_from_teacher
 
     assert layer_map(6, 3) == [0, 2, 4]
     assert layer_map(12, 6) == [0, 2, 4, 6, 8, 10]
@@ -149,7 +149,7 @@ def test_student_layers_start_as_every_other_teacher_layer(teacher: Path):
 
 
 def test_a_narrower_student_starts_from_random_weights(teacher: Path):
-    from batchnlp.distill_train import student_from_teacher
+    from batchnlp.distillation.train import student_from_teacher
 
     made = student_from_teacher(teacher, LABELS, layers=2, hidden=16)
     assert made.model.config.dim == 16 and made.model.config.hidden_dim == 64
@@ -169,10 +169,10 @@ def test_batchnlp_run_labels_with_the_student_at_once(student: Path, corpus: Pat
 def test_an_interrupted_student_resumes_to_the_weights_of_an_uninterrupted_one(
     labelled: Path, student: Path, tmp_path: Path
 ):
-    from batchnlp.distill import DistillSpec
-    from batchnlp.distill import distill as distil
-    from batchnlp.distill_data import TeacherSource
-    from batchnlp.distill_train import TrainSettings
+    from batchnlp.distillation.data import TeacherSource
+    from batchnlp.distillation.job import DistillSpec
+    from batchnlp.distillation.job import distill as distil
+    from batchnlp.distillation.train import TrainSettings
 
     class Stop(Exception):
         pass
@@ -266,7 +266,7 @@ def test_every_encoder_family_starts_its_student_from_every_other_teacher_layer(
 
     from transformers import AutoModelForSequenceClassification
 
-    from batchnlp.distill_train import student_from_teacher
+    from batchnlp.distillation.train import student_from_teacher
     from tests.test_encoder_families import build
 
     teacher_dir = build(tmp_path / family, family, "classify", layers=4)

@@ -27,7 +27,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from batchnlp.aws_batch import SCHEDULER_PORT
+from batchnlp.cluster.multinode import SCHEDULER_PORT
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "infra" / "docker" / "Dockerfile"
@@ -283,7 +283,7 @@ def test_builder_wheel_from_the_build_context_installs_and_runs_apart_from_the_r
     done = subprocess.run(install, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     env = {**os.environ, "PYTHONPATH": str(target)}
-    probe = "import batchnlp, batchnlp.aws_batch, batchnlp.cli; print(batchnlp.__file__)"
+    probe = "import batchnlp, batchnlp.cluster.multinode, batchnlp.cli; print(batchnlp.__file__)"
     where = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert where.stdout.strip().startswith(str(target)), where.stdout + where.stderr
     script = target / "bin" / "batchnlp"

@@ -28,13 +28,13 @@ import transformers
 from tokenizers import ByteLevelBPETokenizer, SentencePieceUnigramTokenizer
 from tokenizers.processors import TemplateProcessing
 
-from batchnlp.engine import Engine
+from batchnlp.execution.worker import ModelPlugin, ModelSettings
+from batchnlp.inference.engine import Engine
 from batchnlp.spec import TaskSpec
 from batchnlp.tasks.classify import Classify
 from batchnlp.tasks.columns import ANSWER
 from batchnlp.tasks.qa import QuestionAnswering
 from batchnlp.testing import vocabulary_dir
-from batchnlp.worker import ModelPlugin, ModelSettings
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 HEADS = {"classify": "ForSequenceClassification", "qa": "ForQuestionAnswering"}
@@ -158,7 +158,7 @@ def build(dest: Path, family: str, head: str, layers: int | None = None) -> Path
 def test_every_family_loads_and_annotates_through_the_task_code(tmp_path, family, head, caplog):
     directory = build(tmp_path / family, family, head)
     engine = Engine("cpu", "fp32", 4096)
-    caplog.set_level(logging.INFO, logger="batchnlp.models")
+    caplog.set_level(logging.INFO, logger="batchnlp.inference.models")
     if head == "classify":
         task = Classify(TaskSpec(name="label", kind="classify", model=family, top_k=2), directory, engine, 128)
         column, _ = task.annotate(TEXTS)
@@ -181,7 +181,7 @@ def test_every_family_loads_and_annotates_through_the_task_code(tmp_path, family
 
 def test_the_eager_attention_fallback_is_said_once_per_checkpoint(tmp_path, caplog):
     directory = build(tmp_path / "deberta", "deberta-v2", "classify")
-    caplog.set_level(logging.INFO, logger="batchnlp.models")
+    caplog.set_level(logging.INFO, logger="batchnlp.inference.models")
     for engine in (Engine("cpu", "fp32"), Engine("cpu", "fp32")):  # two worker plugins in one process
         Classify(TaskSpec(name="label", kind="classify", model="deberta"), directory, engine, 128)
     assert len([r for r in caplog.records if "eager attention" in r.getMessage()]) == 1

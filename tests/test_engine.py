@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from batchnlp.engine import Engine, _prefetch, choose, pad_batch, token_mask
 from batchnlp.errors import SpecError
+from batchnlp.inference.engine import Engine, _prefetch, choose, pad_batch, token_mask
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from batchnlp.engine import Engine
+from batchnlp.inference.engine import Engine
 from batchnlp.spec import TaskSpec
 from batchnlp.tasks.classify import Classify
 from batchnlp.testing import build_classifier

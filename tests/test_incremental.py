@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from deltalake import DeltaTable, write_deltalake
 
 from batchnlp.cli import main
-from batchnlp.storage import InputFile
+from batchnlp.io.storage import InputFile
 from tests.helpers import cli_job, manifest, write_jsonl
 
 
@@ -105,7 +105,7 @@ def test_a_delta_input_labels_only_data_files_added_since_the_last_run(tiny_mode
 
 
 def test_selection_compares_size_and_etag_with_the_latest_run_that_read_a_path():
-    from batchnlp.incremental import select
+    from batchnlp.execution.incremental import select
 
     older, newer = manifest("r1"), manifest("r2")
     older.committed_at, newer.committed_at = "2026-11-01T00:00:00+00:00", "2026-11-02T00:00:00+00:00"
@@ -156,8 +156,8 @@ def test_a_delta_compaction_of_labelled_files_is_not_labelled_again(tiny_model, 
 
 
 def test_a_rewrite_hands_coverage_on_only_when_every_file_it_replaced_was_labelled():
-    from batchnlp.incremental import select
-    from batchnlp.tables.delta import Rewrite
+    from batchnlp.execution.incremental import select
+    from batchnlp.io.tables.delta import Rewrite
 
     run = manifest("r1")
     run.input = {"files": [{"path": "a", "size": 1, "etag": None}, {"path": "b", "size": 2, "etag": None}]}
@@ -171,7 +171,7 @@ def test_a_rewrite_hands_coverage_on_only_when_every_file_it_replaced_was_labell
 
 
 def test_an_iceberg_input_labels_only_data_files_appended_since_the_last_run(tiny_model, scheduler, tmp_path):
-    from batchnlp.tables.iceberg import load
+    from batchnlp.io.tables.iceberg import load
 
     options = {"type": "sql", "uri": f"sqlite:///{tmp_path / 'catalog.db'}", "warehouse": (tmp_path / "wh").as_uri()}
     catalog = load("lake", options)

@@ -322,7 +322,7 @@ def plan_run(args: list[str], env: dict[str, str] | None = None) -> Any:
     try:
         with (
             in_image_workdir(),
-            mock.patch("batchnlp.runner.run", planned),
+            mock.patch("batchnlp.execution.runner.run", planned),
             mock.patch("batchnlp.spec._spec_text", spec_text),
             mock.patch("batchnlp.cli.configure_logging"),
             mock.patch.dict(os.environ, env or {}),
@@ -703,7 +703,7 @@ def test_queues_cancel_a_job_stuck_runnable(aws: dict[str, Any], logical: str) -
 def test_nodes_reach_each_other_only_inside_the_security_group(aws: dict[str, Any]) -> None:
     """Single-node instances accept nothing; the nodes of a multi-node job reach each other's Dask
     scheduler (8786) and workers and nannies (8800-8899) only, from the same group only."""
-    from batchnlp.aws_batch import SCHEDULER_PORT
+    from batchnlp.cluster.multinode import SCHEDULER_PORT
 
     ec2 = client("ec2")
     for stack in aws["stacks"].values():
@@ -1125,8 +1125,8 @@ def test_a_schedule_dead_letter_raises_an_alarm(aws: dict[str, Any]) -> None:
 
 
 def test_a_night_not_committed_raises_an_alarm(aws: dict[str, Any]) -> None:
-    """The alarm reads the metric batchnlp's EMF line defines (batchnlp/metrics.py)."""
-    from batchnlp.metrics import JOB_VARIABLE, METRICS, NAMESPACE
+    """The alarm reads the metric batchnlp's EMF line defines (batchnlp/observe/metrics.py)."""
+    from batchnlp.observe.metrics import JOB_VARIABLE, METRICS, NAMESPACE
 
     for stack, hours in ((aws["stacks"]["nightly"], 30), (aws["stacks"]["tickets"], 50)):
         found = alarm(stack, "NightNotCommittedAlarm")
@@ -1288,7 +1288,7 @@ def test_job_role_reads_the_default_specs_models(aws: dict[str, Any]) -> None:
 def test_batchnlp_submit_reaches_the_stacks_queues_and_definitions(
     aws: dict[str, Any], queue: str, definition: str, nodes: int | None
 ) -> None:
-    from batchnlp.submit import Submission
+    from batchnlp.deploy.aws_batch import Submission
 
     stack = aws["stacks"]["nightly"]
     # batchnlp submit --spec jobs/nightly-labels.yaml --queue nightly-gpu --job-definition nightly-gpu ...

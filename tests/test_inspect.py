@@ -15,8 +15,8 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from batchnlp.cli import main
-from batchnlp.inspect import RunInfo, rows_table
-from batchnlp.record import Totals
+from batchnlp.ledger.record import Totals
+from batchnlp.observe.inspection import RunInfo, rows_table
 from tests.helpers import write_jsonl
 
 

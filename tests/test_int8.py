@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from batchnlp.engine import Engine
 from batchnlp.errors import SpecError
-from batchnlp.int8 import Int8Linear, quantise
+from batchnlp.inference.engine import Engine
+from batchnlp.inference.int8 import Int8Linear, quantise
 from batchnlp.spec import JobSpec, TaskSpec
 from batchnlp.tasks.classify import Classify
 from tests import corpus

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from batchnlp import redaction
+from batchnlp.util import redaction
 
 INFRA = Path(__file__).resolve().parents[1] / "infra"
 MANIFESTS = sorted((INFRA / "k8s").glob("*.yaml"))
@@ -119,7 +119,7 @@ def test_every_pod_runs_unprivileged_on_a_read_only_root(manifest: str, where: s
 
 
 def test_the_model_cache_of_the_image_user_lies_in_the_writable_cache(monkeypatch) -> None:
-    from batchnlp.models import default_cache_dir
+    from batchnlp.inference.models import default_cache_dir
 
     _, home = image_user()
     monkeypatch.setenv("HOME", home)
@@ -192,7 +192,7 @@ def test_the_manifests_worker_command_joins_a_scheduler_and_redacts_its_logs(tmp
     job, _ = daskjob()
     (worker,) = job["spec"]["cluster"]["spec"]["worker"]["spec"]["containers"]
     # A pod's environment: none of the logging settings a CLI test earlier in the session may have
-    # left in this process's (batchnlp.logs sets DASK_LOGGING__DISTRIBUTED).
+    # left in this process's (batchnlp.observe.logs sets DASK_LOGGING__DISTRIBUTED).
     environment = {key: value for key, value in os.environ.items() if not key.startswith("DASK_LOGGING")}
     environment |= {"PYTHONPATH": str(INFRA.parent), "DASK_WORKER_NAME": "w-0"}
     bin_dir = Path(sys.executable).parent

@@ -13,9 +13,9 @@ import time
 import pytest
 
 from batchnlp.errors import JobFailed, OutputError
-from batchnlp.lease_store import Version
-from batchnlp.lock import LOCK, OutputLock, stale
-from batchnlp.storage import Location
+from batchnlp.io.storage import Location
+from batchnlp.ledger.lease_store import Version
+from batchnlp.ledger.lock import LOCK, OutputLock, stale
 from tests.helpers import invoke, write_jsonl
 
 
@@ -234,10 +234,10 @@ class SkewedClock:
 @pytest.mark.parametrize("skew", [600, -600], ids=["fast", "slow"])
 def test_a_holders_clock_neither_keeps_nor_loses_its_lock(lock_root, skew, monkeypatch):
     """The store's clock decides: fresh while renewed, stale once not, whatever the holder's clock says."""
-    import batchnlp.lock
+    import batchnlp.ledger.lock
 
     with monkeypatch.context() as holders_host:
-        holders_host.setattr(batchnlp.lock, "time", SkewedClock(skew))
+        holders_host.setattr(batchnlp.ledger.lock, "time", SkewedClock(skew))
         holder = OutputLock(lock_root, "holder", renew=3600, stale_after=2)
         holder.acquire()  # and then it stops renewing: it died
     with pytest.raises(OutputError, match="is being written by run holder"):
@@ -270,7 +270,7 @@ def test_a_holder_unrenewed_past_the_stale_time_refuses_to_commit(lock_root, req
 
 def test_a_run_whose_lock_was_taken_commits_nothing(tmp_path, source, tiny_model):
     """Another driver takes the lock mid-run (it judged it stale): the run ends with exit 1 and no commit."""
-    from batchnlp.runner import run
+    from batchnlp.execution.runner import run
     from batchnlp.spec import JobSpec
 
     out = tmp_path / "out"

@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from batchnlp.cli import main
-from batchnlp.logs import bind, configure_logging
-from batchnlp.progress import ProgressReporter
-from batchnlp.runner import RunSummary
+from batchnlp.execution.runner import RunSummary
+from batchnlp.observe.logs import bind, configure_logging
+from batchnlp.observe.progress import ProgressReporter
 from tests.helpers import unit, write_jsonl
 from tests.test_progress import result
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import batchnlp.runner
+import batchnlp.execution.runner
 from batchnlp.cli import main
 from batchnlp.errors import ModelError
-from batchnlp.models import (
+from batchnlp.inference.models import (
     check_ref,
     content_checksums,
     content_digest,
@@ -193,7 +193,7 @@ def test_a_pinned_model_runs_and_a_replaced_one_stops_the_run(tiny_model, tmp_pa
         swaps.append(ref)
         return version
 
-    monkeypatch.setattr(batchnlp.runner, "check_ref", check_then_swap)
+    monkeypatch.setattr(batchnlp.execution.runner, "check_ref", check_then_swap)
     swapped = cli_job(f"{url}@{new}", scheduler)(source, tmp_path / "night3")
     assert swaps == [f"{url}@{new}"], "the driver's check passed, then the model was swapped"
     assert swapped.exit_code == 2, swapped.output

@@ -35,5 +35,10 @@ def test_every_from_pretrained_call_passes_trust_remote_code_false():
     calls = from_pretrained_calls()
     # The walk sees the loaders of run, estimate and distill (and the test checkpoints' tokenizer).
     files = {where.split(":")[0] for where, _ in calls}
-    assert {"batchnlp/models.py", "batchnlp/distill.py", "batchnlp/distill_train.py", "batchnlp/estimate.py"} <= files
+    assert {
+        "batchnlp/inference/models/__init__.py",
+        "batchnlp/distillation/job.py",
+        "batchnlp/distillation/train.py",
+        "batchnlp/execution/estimate.py",
+    } <= files
     assert [where for where, call in calls if not refuses_remote_code(call)] == []

@@ -1,4 +1,4 @@
-"""Every output the spec accepts, held to the same contract through :class:`batchnlp.output.Output`
+"""Every output the spec accepts, held to the same contract through :class:`batchnlp.ledger.output.Output`
 (as fsspec's conformance suites hold its backends): bound on the driver, pickled to a worker,
 units written (an empty one among them) and rewritten byte for byte, one commit, a rerun that
 finds the run committed and changes nothing, and a resume that keeps the intact parts.
@@ -18,10 +18,10 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from batchnlp.commit import Committer
-from batchnlp.formats import COMPRESSIONS, WorkUnit
-from batchnlp.output import Output, open_output
-from batchnlp.record import PartResult, encode_schema
+from batchnlp.io.formats import COMPRESSIONS, WorkUnit
+from batchnlp.ledger.commit import Committer
+from batchnlp.ledger.output import Output, open_output
+from batchnlp.ledger.record import PartResult, encode_schema
 from batchnlp.spec import OUTPUT_FORMATS, TABLE_FORMATS, JobSpec
 from tests.helpers import manifest, part_result
 
@@ -95,7 +95,7 @@ def committed_rows(output: Output, tmp_path: Path) -> list[int]:
         table = QueryBuilder().register("t", DeltaTable(output.spec.output)).execute("SELECT id FROM t").read_all()
         return sorted(pa.table(table).column("id").to_pylist())
     if fmt == "iceberg":
-        from batchnlp.tables.iceberg import load
+        from batchnlp.io.tables.iceberg import load
 
         catalog = load("lake", dict(output.spec.catalog_options))
         return sorted(catalog.load_table("lake.labels").scan().to_arrow().column("id").to_pylist())

@@ -21,11 +21,11 @@ from click.testing import CliRunner
 
 from batchnlp.cli import main
 from batchnlp.errors import InputError, SpecError
-from batchnlp.formats import ReadOptions, plan_units, read_unit
-from batchnlp.formats.jsonl import write as write_jsonl
-from batchnlp.formats.writers import OutputFormat
+from batchnlp.io.formats import ReadOptions, plan_units, read_unit
+from batchnlp.io.formats.jsonl import write as write_jsonl
+from batchnlp.io.formats.writers import OutputFormat
+from batchnlp.io.storage import Location, list_input
 from batchnlp.spec import JobSpec
-from batchnlp.storage import Location, list_input
 from tests.lake import LAYOUT, TEXTS, hive_parquet
 
 # (date, lang) directory → the ids of its rows; id 2 has no text, so it is kept with an _error.

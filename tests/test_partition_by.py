@@ -132,8 +132,8 @@ def test_partition_by_is_part_of_the_fingerprint_only_when_given():
 
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_clear_removes_partitioned_part_files_only(tmp_path, where, request):
-    from batchnlp.commit import Committer
-    from batchnlp.storage import Location, write_atomic
+    from batchnlp.io.storage import Location, write_atomic
+    from batchnlp.ledger.commit import Committer
 
     if where == "s3":
         bucket = request.getfixturevalue("bucket")

@@ -1,4 +1,4 @@
-"""One source for performance figures: ``batchnlp/performance.json`` is what the estimate plans
+"""One source for performance figures: ``batchnlp/execution/performance.json`` is what the estimate plans
 with, and the README's tables say the same (a figure measured again and changed in one place
 only fails here)."""
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from batchnlp.estimate import default_throughput
-from batchnlp.performance import Figure, figures, measured
+from batchnlp.execution.estimate import default_throughput
+from batchnlp.execution.performance import Figure, figures, measured
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
 

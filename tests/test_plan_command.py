@@ -16,14 +16,14 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from batchnlp.batching import token_budget_batches
 from batchnlp.cli import main
-from batchnlp.estimate import shard_counts
-from batchnlp.formats import read_unit
-from batchnlp.performance import measured
-from batchnlp.plan import plan
-from batchnlp.record import Manifest
-from batchnlp.report import build_report, render_html
+from batchnlp.execution.estimate import shard_counts
+from batchnlp.execution.performance import measured
+from batchnlp.execution.plan import plan
+from batchnlp.inference.batching import token_budget_batches
+from batchnlp.io.formats import read_unit
+from batchnlp.ledger.record import Manifest
+from batchnlp.ledger.report import build_report, render_html
 from batchnlp.spec import JobSpec
 from tests.corpus import texts
 from tests.helpers import manifest, part_result, upload_dir, write_jsonl
@@ -131,7 +131,7 @@ def test_compressed_jsonl(tmp_path: Path, tiny_model: Path) -> None:
 def test_a_compressed_files_sample_stops_at_its_byte_budget(tmp_path: Path, tiny_model: Path, monkeypatch) -> None:
     """The estimate samples a compressed file's head by lines *and* bytes: behind a line of gigabytes
     (a bomb) it would otherwise decompress the whole line once more, beside the workers."""
-    from batchnlp import estimate
+    from batchnlp.execution import estimate
 
     monkeypatch.setattr(estimate, "COMPRESSED_HEAD_BYTES", 1 << 20)
     records = [{"id": 0, "text": "first"}, {"id": 1, "text": "x" * (2 << 20)}]
@@ -201,7 +201,9 @@ def test_default_throughput_follows_the_device(tmp_path: Path, tiny_model: Path)
     cpu = plan_json(source, tmp_path / "out", tiny_model)
     cuda = plan_json(source, tmp_path / "out", tiny_model, "--device", "cuda")  # planned here without a GPU
     assert (cpu["device"], cpu["precision"], cpu["pad_multiple"]) == ("cpu", "fp32", 1)
-    figure = measured("cpu", "fp32")  # this CPU's: batchnlp/performance.json (tests/test_performance_figures.py)
+    figure = measured(
+        "cpu", "fp32"
+    )  # this CPU's: batchnlp/execution/performance.json (tests/test_performance_figures.py)
     assert cpu["tokens_per_second"] % figure.rate == 0 and cpu["startup_seconds"] == figure.first_row_s
     assert (cuda["device"], cuda["precision"], cuda["pad_multiple"]) == ("cuda", "bf16", 8)
     assert cuda["tokens_per_second"] == 1_781_000 and cuda["startup_seconds"] == 22.6
@@ -326,7 +328,7 @@ def test_the_estimate_imports_no_model_code(tmp_path: Path, tiny_model: Path, qa
         "import sys\nfrom batchnlp.cli import main\n"
         f"try:\n    main({[*args, '--json']!r})\nexcept SystemExit as e:\n"
         "    assert not e.code, e.code\n"
-        "print([m for m in ('transformers.modeling_utils', 'batchnlp.distilbert') if m in sys.modules])"
+        "print([m for m in ('transformers.modeling_utils', 'batchnlp.inference.distilbert') if m in sys.modules])"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

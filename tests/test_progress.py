@@ -9,8 +9,8 @@ from typing import ClassVar
 import pytest
 from rich.console import Console
 
-from batchnlp.progress import ProgressReporter, _duration, _retries_on_scheduler, choose_mode
-from batchnlp.record import PartResult
+from batchnlp.ledger.record import PartResult
+from batchnlp.observe.progress import ProgressReporter, _duration, _retries_on_scheduler, choose_mode
 from tests.helpers import part_result, unit
 
 DASHBOARD = "http://127.0.0.1:8787/status"
@@ -103,7 +103,7 @@ def test_the_ticker_thread_prints_lines_on_its_own():
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append  # type: ignore[method-assign]
-    log = logging.getLogger("batchnlp.progress")
+    log = logging.getLogger("batchnlp.observe.progress")
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     try:

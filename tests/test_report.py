@@ -13,10 +13,10 @@ import pytest
 from click.testing import CliRunner
 
 from batchnlp.cli import main
-from batchnlp.formats.base import WorkUnit
-from batchnlp.record import Manifest, PartResult, Totals
-from batchnlp.report import build_report, render_html
-from batchnlp.stats import column_stats, merge
+from batchnlp.io.formats.base import WorkUnit
+from batchnlp.ledger.record import Manifest, PartResult, Totals
+from batchnlp.ledger.report import build_report, render_html
+from batchnlp.ledger.stats import column_stats, merge
 from batchnlp.tasks.columns import ANSWER, LABEL_SCORE
 from tests import corpus
 from tests.helpers import write_jsonl
@@ -215,7 +215,7 @@ def test_cli_run_writes_a_report_that_agrees_with_the_output(tmp_path, tiny_mode
     ],
 )
 def test_the_unit_chart_marks_red_only_units_over_one_and_a_half_times_the_median(seconds, red):
-    from batchnlp.report import HIGHLIGHT, _units
+    from batchnlp.ledger.report import HIGHLIGHT, _units
 
     units = [
         {"unit": f"part-{i:05d}", "seconds": s, "rows": 1, "rejected": 0, "worker": "h:1"}

@@ -19,11 +19,11 @@ import pytest
 import s3fs
 from click.testing import CliRunner
 
-from batchnlp import retry
 from batchnlp.cli import main
 from batchnlp.errors import JobFailed, SpecError
-from batchnlp.retry import TOTAL_MAX_ATTEMPTS
-from batchnlp.storage import Location, check_output, write_atomic
+from batchnlp.io.storage import Location, check_output, write_atomic
+from batchnlp.util import retry
+from batchnlp.util.retry import TOTAL_MAX_ATTEMPTS
 from tests import corpus
 
 READ_TIMEOUT = 2  # the job's own read timeout (a user override): late answers need not wait 30 s

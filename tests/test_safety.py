@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 
 from batchnlp.errors import ModelError
-from batchnlp.logs import configure_logging
-from batchnlp.models import check_ref, load_sequence_classifier, stage, weight_checksums
-from batchnlp.redaction import PRELOAD, redact_text
+from batchnlp.inference.models import check_ref, load_sequence_classifier, stage, weight_checksums
+from batchnlp.observe.logs import configure_logging
+from batchnlp.util.redaction import PRELOAD, redact_text
 from tests.helpers import upload_dir, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -609,4 +609,4 @@ def test_logging_redacts_records_of_every_logger_and_tracebacks(logging_state, c
     printed = own.getvalue() + capsys.readouterr().err
     assert "fetching https://***@host/x?X-Amz-Signature=****" in printed and "OSError: cannot read" in printed
     assert "Pa55w0rdSecret" not in printed and "d00dfeed" not in printed
-    assert "batchnlp.redaction" in dask.config.get(PRELOAD), "worker processes redact their own logs"
+    assert "batchnlp.util.redaction" in dask.config.get(PRELOAD), "worker processes redact their own logs"

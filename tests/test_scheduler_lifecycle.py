@@ -16,7 +16,7 @@ import psutil
 import pyarrow.dataset as ds
 import pytest
 
-from batchnlp.lock import LOCK, Owner, owner_from
+from batchnlp.ledger.lock import LOCK, Owner, owner_from
 from tests.helpers import invoke, upload_dir, write_jsonl
 
 ROWS = 2400
@@ -265,7 +265,7 @@ def test_a_hung_unit_is_detected_and_rerun_on_a_restarted_worker(
     """A read that never answers (the proxy holds it; a user's long read timeout keeps botocore waiting)."""
     import pyarrow as pa
 
-    from batchnlp import runner
+    from batchnlp.execution import runner
 
     # The report's estimate reads sample units on the driver at the same time as the workers: it
     # would take the one delayed answer meant for a worker's read (and wait 30 s for it at the end).

@@ -208,7 +208,7 @@ def test_secret_maps_a_secrets_manager_arn_to_a_variable_of_every_container(batc
 def test_secret_reaches_every_node_of_a_multi_node_definition():
     """moto describes no nodeProperties of a multi-node definition: the registration request built
     from one as AWS describes it (the stack's two node groups) maps the variable in both."""
-    from batchnlp.batch_secrets import with_secrets
+    from batchnlp.deploy.secrets import with_secrets
 
     kept = {"name": "DB_PASSWORD", "valueFrom": "arn:aws:ssm:us-east-1:123456789012:parameter/db"}
     nodes = [
@@ -258,7 +258,7 @@ def test_secret_takes_a_variable_name_and_a_secret_or_parameter_arn(tmp_path, se
     ],
 )
 def test_a_stored_plans_paths_get_their_credentials_back_from_the_readers_input(stored, source, whole):
-    from batchnlp.redaction import redact_url, unredact_url
+    from batchnlp.util.redaction import redact_url, unredact_url
 
     assert unredact_url(stored, source) == whole
     assert redact_url(whole) == stored  # what the plan stored is what the redaction made of it

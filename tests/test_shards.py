@@ -1,4 +1,4 @@
-"""Sharded runs: N shards of one run, each on its own, then one commit (batchnlp.shards).
+"""Sharded runs: N shards of one run, each on its own, then one commit (batchnlp.execution.shards.plan).
 
 Shards run as real processes where it matters (an array job's children, one killed and rerun),
 and in this process on a shared cluster elsewhere.
@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from batchnlp.cli import main
-from batchnlp.shards import PLAN, Shard, shard_of
+from batchnlp.execution.shards.plan import PLAN, Shard, shard_of
 from tests.helpers import cli_job, write_jsonl
 from tests.test_scheduler_lifecycle import ids, start
 
@@ -115,16 +115,16 @@ def test_array_children_one_killed_and_rerun_then_one_commit(tiny_model, source,
 def test_a_shard_that_finds_the_plan_stored_while_its_cluster_started_runs_on_it(shard_job, tmp_path, monkeypatch):
     """Array children start together: each finds no plan, starts its cluster, and by then another may
     have stored the plan and its job record. That record is the same run's, not an unfinished other run."""
-    import batchnlp.sharded
+    import batchnlp.execution.shards.run
 
     assert shard_job(0, 2).exit_code == 0
-    looks, real = [], batchnlp.sharded.read_plan
+    looks, real = [], batchnlp.execution.shards.run.read_plan
 
     def read_plan(*args):  # shard 1's first look came before shard 0 had stored anything
         looks.append(args)
         return real(*args) if len(looks) > 1 else None
 
-    monkeypatch.setattr(batchnlp.sharded, "read_plan", read_plan)
+    monkeypatch.setattr(batchnlp.execution.shards.run, "read_plan", read_plan)
     result = shard_job(1, 2)
     assert result.exit_code == 0, result.output
     assert commit(tmp_path / "out", "--run-id", "night-1").exit_code == 0
@@ -257,7 +257,7 @@ def table_ids(fmt: str, target: str | Path, tmp_path: Path) -> list[int]:
         from deltalake import DeltaTable
 
         return sorted(DeltaTable(str(target)).to_pyarrow_table().column("id").to_pylist())
-    from batchnlp.tables.iceberg import load
+    from batchnlp.io.tables.iceberg import load
 
     options = {
         "type": "sql",

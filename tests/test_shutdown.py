@@ -10,7 +10,7 @@ import signal
 import pytest
 
 from batchnlp.errors import Interrupted
-from batchnlp.shutdown import GracefulStop
+from batchnlp.execution.shutdown import GracefulStop
 
 
 class SignallingFormatter(logging.Formatter):

@@ -4,7 +4,7 @@ import pytest
 
 from batchnlp.errors import SpecError
 from batchnlp.spec import JobSpec, load_spec_file
-from batchnlp.templating import render
+from batchnlp.util.templating import render
 
 ROOT = Path(__file__).resolve().parents[1]
 

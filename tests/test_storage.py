@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from batchnlp import retry
 from batchnlp.errors import InputError, JobFailed, OutputError
-from batchnlp.redaction import redact_text, redact_url
-from batchnlp.storage import Location, check_output, create_only, list_input, write_atomic, write_create_only
+from batchnlp.io.storage import Location, check_output, create_only, list_input, write_atomic, write_create_only
+from batchnlp.util import retry
+from batchnlp.util.redaction import redact_text, redact_url
 
 
 def test_listing_a_directory_a_glob_and_a_file(tmp_path):

@@ -79,7 +79,7 @@ def test_a_person_waits_30_s_for_a_failing_store_a_nightly_run_5_minutes(
     the store answers; commands that configure logging print them, the others log them): no test waits
     30 s. BATCHNLP_S3_RETRY_SECONDS, when set, wins everywhere."""
     monkeypatch.delenv("BATCHNLP_S3_RETRY_SECONDS", raising=False)
-    caplog.set_level(logging.INFO, logger="batchnlp.retry")
+    caplog.set_level(logging.INFO, logger="batchnlp.util.retry")
     s3_proxy.inject("503", "*", f"/{bucket}", times=1)
     said = CliRunner().invoke(main, [arg.format(bucket=bucket) for arg in args]).output + caplog.text
     assert f"retrying for up to {budget} s" in said, said
@@ -97,7 +97,7 @@ def test_a_storage_failure_no_call_site_named_is_still_no_bug():
     from botocore.config import Config
 
     from batchnlp.errors import JobFailed
-    from batchnlp.storage import unnamed_storage_error
+    from batchnlp.io.storage import unnamed_storage_error
 
     endpoint = f"http://127.0.0.1:{closed_port()}"
     client = boto3.client("s3", endpoint_url=endpoint, config=Config(retries={"total_max_attempts": 1}), **KEYS)

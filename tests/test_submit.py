@@ -11,7 +11,7 @@ import yaml
 from click.testing import CliRunner
 
 from batchnlp.cli import main
-from batchnlp.submit import Submission
+from batchnlp.deploy.aws_batch import Submission
 
 SPEC = "input: s3://lake/reviews/dt=${yesterday}/\noutput: s3://lake/labels/dt=${run_date}/\ntasks: [sentiment]\n"
 

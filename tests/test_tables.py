@@ -92,7 +92,7 @@ def catalog_flags(where: str, tmp_path: Path) -> list[str]:
 
 
 def load_catalog(where: str, tmp_path: Path):
-    from batchnlp.tables.iceberg import load
+    from batchnlp.io.tables.iceberg import load
 
     flags = catalog_flags(where, tmp_path)
     return load("lake", dict(flag.split("=", 1) for flag in flags[3::2]))
@@ -174,7 +174,7 @@ def test_iceberg_in_a_glue_catalog(lake_job, lake_s3, tmp_path):
     assert "already holds run 2026-11-24" in result.output
     table = boto3.client("glue").get_table(DatabaseName="lake", Name="glue_labels")["Table"]
     assert table["Parameters"]["table_type"].upper() == "ICEBERG"
-    from batchnlp.tables.iceberg import load
+    from batchnlp.io.tables.iceberg import load
 
     iceberg = load("glue", {"type": "glue", "warehouse": "s3://glue-lake/warehouse"}).load_table("lake.glue_labels")
     assert [s.summary.get("batchnlp.run_id") for s in iceberg.snapshots()] == ["2026-11-24"]

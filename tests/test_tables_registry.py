@@ -15,8 +15,8 @@ import click
 import pytest
 import tomllib
 
-from batchnlp.tables import TABLES, load
-from batchnlp.tables.base import TableSink
+from batchnlp.io.tables import TABLES, load
+from batchnlp.io.tables.base import TableSink
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "batchnlp"
@@ -37,8 +37,8 @@ def test_each_entry_names_a_sink_its_extra_installs(name):
 
 
 def test_the_spec_and_every_command_take_the_registry_s_names():
-    from batchnlp import formats
     from batchnlp.cli import main
+    from batchnlp.io import formats
     from batchnlp.spec import INPUT_FORMATS, OUTPUT_FORMATS, TABLE_FORMATS
 
     assert set(TABLE_FORMATS) == set(TABLES)
@@ -81,7 +81,7 @@ def test_no_module_but_a_format_s_own_spells_its_name():
     modules = [path for path in sorted(PACKAGE.rglob("*.py")) if path not in own]
     assert PACKAGE / "spec.py" in modules and PACKAGE / "tables" / "__init__.py" in modules
     found = [where for path in modules for where in spelled_names(path)]
-    assert not found, "decide by the registry's fields (batchnlp.tables.TABLES) instead:\n" + "\n".join(found)
+    assert not found, "decide by the registry's fields (batchnlp.io.tables.TABLES) instead:\n" + "\n".join(found)
 
 
 def test_naming_a_table_format_imports_no_table_library():
@@ -90,9 +90,9 @@ def test_naming_a_table_format_imports_no_table_library():
 import sys
 from click.testing import CliRunner
 from batchnlp.cli import main
-from batchnlp.output import open_output
+from batchnlp.ledger.output import open_output
 from batchnlp.spec import JobSpec
-from batchnlp.tables import TABLES
+from batchnlp.io.tables import TABLES
 
 assert CliRunner().invoke(main, ["--help"]).exit_code == 0
 assert CliRunner().invoke(main, ["run", "--help"]).exit_code == 0

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from batchnlp.cli import main
 from batchnlp.errors import SpecError
-from batchnlp.templating import render
+from batchnlp.util.templating import render
 
 SPEC = {"input": "s3://lake/reviews/dt=${yesterday}/", "output": "s3://lake/labels/dt=${run_date}/", "workers": 2}
 

@@ -2,6 +2,9 @@
 
 A new task is one module in this package with a ``Task`` subclass, plus one entry here: its
 code, default model, output type and how people see its column (:mod:`batchnlp.tasks.summaries`).
+
+May import: :mod:`batchnlp.inference`, :mod:`batchnlp.io`, :mod:`batchnlp.util`, :mod:`batchnlp.errors`.
+A task reads its :class:`~batchnlp.spec.TaskSpec` as a type only: the spec sits above the registry.
 """
 
 from __future__ import annotations

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from batchnlp.engine import BatchStats, Engine
-from batchnlp.spec import TaskSpec
+from batchnlp.inference.engine import BatchStats, Engine
+
+if TYPE_CHECKING:
+    from batchnlp.spec import TaskSpec  # the spec reads the task registry: tasks sit below it
 
 
 class Task(ABC):

@@ -9,15 +9,18 @@ otherwise; the label is the best-scoring one.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
-from batchnlp.engine import BatchStats, Engine
-from batchnlp.models import load_sequence_classifier
-from batchnlp.spec import TaskSpec
+from batchnlp.inference.engine import BatchStats, Engine
+from batchnlp.inference.models import load_sequence_classifier
 from batchnlp.tasks.base import Task
 from batchnlp.tasks.columns import LABEL_SCORE, with_label_order
+
+if TYPE_CHECKING:
+    from batchnlp.spec import TaskSpec  # the spec reads the task registry: tasks sit below it
 
 
 class Classify(Task):

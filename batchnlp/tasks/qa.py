@@ -9,23 +9,26 @@ several, add their scores: an answer's score is the sum over its token spans, it
 first one's. (4.53 and earlier kept one span per window and did not sum within a window.)
 
 Unlike the pipeline, which runs one window at a time, the windows of every row of a unit are
-batched together by length through the shared :class:`~batchnlp.engine.Engine`, and the span
+batched together by length through the shared :class:`~batchnlp.inference.engine.Engine`, and the span
 search runs over whole chunks of windows at once.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
-from batchnlp.engine import BatchStats, Engine
-from batchnlp.models import load_question_answerer
-from batchnlp.spec import TaskSpec
+from batchnlp.inference.engine import BatchStats, Engine
+from batchnlp.inference.models import load_question_answerer
 from batchnlp.tasks.base import Task, value_problem
 from batchnlp.tasks.columns import ANSWER
 from batchnlp.tasks.spans import best_spans, word_bounds
+
+if TYPE_CHECKING:
+    from batchnlp.spec import TaskSpec  # the spec reads the task registry: tasks sit below it
 
 DEFAULT_MAX_LENGTH = 384  # the pipeline's max_seq_len
 DEFAULT_DOC_STRIDE = 128

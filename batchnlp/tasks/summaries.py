@@ -23,7 +23,7 @@ class ReportSection:
 class Summary:
     """What the report and ``inspect`` say of one task kind's column.
 
-    ``figures`` turns the task's statistics, summed over units (:func:`batchnlp.stats.merge`), into
+    ``figures`` turns the task's statistics, summed over units (:func:`batchnlp.ledger.stats.merge`), into
     its own figures in ``_report.json``, beside the ``annotated`` and ``scores`` every task has;
     ``cell`` writes one output value for ``inspect --rows``; ``section`` is the kind's own report
     section, if it has one.

@@ -7,9 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchnlp.errors import InputError
-from batchnlp.formats import ReadOptions, plan_units, read_unit
-from batchnlp.formats.base import conform, unify
-from batchnlp.storage import Location, list_input
+from batchnlp.io.formats import ReadOptions, plan_units, read_unit
+from batchnlp.io.formats.base import conform, unify
+from batchnlp.io.storage import Location, list_input
 
 
 def test_types_widen_and_fields_merge():

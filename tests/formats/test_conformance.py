@@ -2,7 +2,7 @@
 input format plans and reads back every row of a file, in order, under each compression it
 declares; an output format writes the same bytes twice and reads its parts back, under each of its
 compressions, for empty, one-row, null, unicode and nested tables. A format inherits the suite by
-being registered in ``batchnlp.formats.FORMATS``."""
+being registered in ``batchnlp.io.formats.FORMATS``."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pyarrow as pa
 import pytest
 import zstandard
 
-from batchnlp.formats import FORMATS, INPUT_FORMATS, OUTPUT_FORMATS, ReadOptions, plan_units, read_unit
-from batchnlp.storage import Location, list_input
+from batchnlp.io.formats import FORMATS, INPUT_FORMATS, OUTPUT_FORMATS, ReadOptions, plan_units, read_unit
+from batchnlp.io.storage import Location, list_input
 
 COMPRESSORS = {
     ".gz": lambda data: gzip.compress(data, mtime=0),

@@ -9,10 +9,10 @@ import pytest
 import zstandard
 
 from batchnlp.errors import InputError
-from batchnlp.formats import ReadOptions, jsonl, plan_units, read_unit
-from batchnlp.formats.base import WHOLE_STREAM
-from batchnlp.formats.lines import Unreadable, bounded_lines
-from batchnlp.storage import Location, list_input
+from batchnlp.io.formats import ReadOptions, jsonl, plan_units, read_unit
+from batchnlp.io.formats.base import WHOLE_STREAM
+from batchnlp.io.formats.lines import Unreadable, bounded_lines
+from batchnlp.io.storage import Location, list_input
 from tests.formats.test_conformance import COMPRESSORS
 
 

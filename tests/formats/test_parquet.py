@@ -7,8 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchnlp.errors import InputError
-from batchnlp.formats import ReadOptions, auto_rows_per_unit, parquet, plan_units, read_unit
-from batchnlp.storage import Location, list_input
+from batchnlp.io.formats import ReadOptions, auto_rows_per_unit, parquet, plan_units, read_unit
+from batchnlp.io.storage import Location, list_input
 
 
 def write(path, table, row_group_size):

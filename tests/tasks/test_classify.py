@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from batchnlp.engine import Engine
+from batchnlp.inference.engine import Engine
 from batchnlp.spec import TaskSpec
 from batchnlp.tasks.classify import Classify
 from tests import corpus

@@ -1,5 +1,5 @@
 """Every registered task, held to one contract through the worker's own unit function
-(``batchnlp.worker.annotate_unit``): units of 0 rows, 1 row, all-null texts, all-blank texts,
+(``batchnlp.execution.worker.annotate_unit``): units of 0 rows, 1 row, all-null texts, all-blank texts,
 mixed lengths (one row far over the window) and 10,000 rows, read from JSONL and from Parquet.
 
 Every input row is in the part, in order; a row a task cannot annotate has a null in its column
@@ -20,15 +20,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchnlp.formats import ReadOptions, WorkUnit, plan_units
-from batchnlp.inspect import RunInfo, rows_table
-from batchnlp.output import open_output
-from batchnlp.record import PartResult, Totals
-from batchnlp.report import build_report, render_html
+from batchnlp.execution.worker import ModelPlugin, ModelSettings, UnitJob, annotate_unit
+from batchnlp.io.formats import ReadOptions, WorkUnit, plan_units
+from batchnlp.io.storage import InputFile, Location
+from batchnlp.ledger.output import open_output
+from batchnlp.ledger.record import PartResult, Totals
+from batchnlp.ledger.report import build_report, render_html
+from batchnlp.observe.inspection import RunInfo, rows_table
 from batchnlp.spec import JobSpec, TaskSpec
-from batchnlp.storage import InputFile, Location
 from batchnlp.tasks import TASKS, TaskInfo
-from batchnlp.worker import ModelPlugin, ModelSettings, UnitJob, annotate_unit
 from tests.helpers import manifest, write_jsonl
 
 # The tiny random model (a fixture of tests/conftest.py) each task class is run with here.

@@ -15,8 +15,8 @@ import pyarrow as pa
 import pytest
 import torch
 
-from batchnlp.engine import Engine
 from batchnlp.errors import SpecError
+from batchnlp.inference.engine import Engine
 from batchnlp.spec import JobSpec, TaskSpec
 from batchnlp.tasks.qa import QuestionAnswering
 from batchnlp.tasks.spans import best_spans

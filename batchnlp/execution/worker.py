@@ -1,0 +1,241 @@
+"""What runs on a Dask worker: the plugin that owns the loaded models, and the unit function.
+
+Models are loaded in ``WorkerPlugin.setup``, which Dask runs on every worker present at
+registration and on every worker that joins or restarts later. They are never pickled
+through the scheduler: only the plugin's small description travels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any
+
+import pyarrow as pa
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from batchnlp.errors import BatchnlpError, JobFailed
+from batchnlp.inference.engine import BatchStats
+from batchnlp.inference.heartbeat import beat, tracking
+from batchnlp.io.formats import ReadOptions, WorkUnit, read_unit
+from batchnlp.io.storage import Location
+from batchnlp.ledger.output import Output, bad_line_record
+from batchnlp.ledger.record import PartResult, encode_schema
+from batchnlp.ledger.stats import column_stats
+from batchnlp.spec import TaskSpec
+from batchnlp.tasks.base import value_problem
+from batchnlp.tasks.columns import ERROR_COLUMN
+from batchnlp.version import __version__
+
+EXAMPLES_PER_PART = 5
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """How each worker loads and runs its models."""
+
+    tasks: tuple[TaskSpec, ...]
+    device: str
+    precision: str
+    tokens_per_batch: int | None
+    max_length: int | None
+    threads: int | None
+    storage_options: dict[str, Any]
+    rescore_margin: float | None = None
+
+    @property
+    def plugin_name(self) -> str:
+        """Distinct per model set, so jobs sharing a cluster do not replace each other's models."""
+        key = json.dumps(
+            [list(dataclasses.astuple(t)) for t in self.tasks] + [self.device, self.precision, self.rescore_margin]
+        )
+        return "batchnlp-models-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+class ModelPlugin(WorkerPlugin):
+    """Loads every task's model once per worker process."""
+
+    idempotent = True
+
+    def __init__(self, settings: ModelSettings) -> None:
+        self.settings = settings
+        self.tasks: dict[str, Any] = {}
+        self.checksums: dict[str, dict[str, str]] = {}
+        self.precision = settings.precision
+        self.device = settings.device
+        self.loaded_at = 0.0
+        self.refused: Refused | None = None
+
+    async def setup(self, worker: Any = None) -> None:
+        # Loading takes seconds: off the event loop, so the worker keeps answering heartbeats.
+        try:
+            await asyncio.to_thread(self.load)
+        except BatchnlpError as e:  # the user's to fix (say a pinned model replaced in S3): each unit refuses with it
+            self.refused = Refused(type(e), str(e))
+
+    def load(self) -> None:
+        from transformers.utils import logging as transformers_logging
+
+        from batchnlp.inference.allocator import keep_freed_memory
+        from batchnlp.inference.engine import Engine
+        from batchnlp.inference.models import stage_and_hash, weights_of
+        from batchnlp.tasks import TASKS
+
+        transformers_logging.disable_progress_bar()
+        keep_freed_memory()
+        s = self.settings
+        if s.threads:
+            import torch
+
+            torch.set_num_threads(s.threads)
+        engine = Engine(s.device, s.precision, s.tokens_per_batch, s.rescore_margin)
+        self.device, self.precision = engine.device, engine.precision
+        for spec in s.tasks:
+            # A pinned ref is checked here too: a model replaced after the driver's check is caught.
+            directory, checksums = stage_and_hash(spec.model, s.storage_options)
+            self.tasks[spec.name] = TASKS[spec.kind].load()(spec, directory, engine, s.max_length)
+            self.checksums[spec.name] = weights_of(checksums)
+        self.loaded_at = time.time()
+
+
+@dataclass(frozen=True)
+class UnitJob:
+    """Everything a unit needs besides the models; small and picklable."""
+
+    input: Location
+    read: ReadOptions
+    id_column: str | None
+    schema: pa.Schema  # every part gets exactly these input columns and types
+    plugin_name: str
+    output: Output  # bound to the run: where and how the unit's rows are written
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A task's user-facing failure, returned rather than raised.
+
+    Dask logs every raised task exception with its traceback on the worker's stderr ("Compute
+    Failed"); a refusal the user must act on (a 403, a malformed line) is only a message.
+    """
+
+    error: type[BatchnlpError]
+    message: str
+
+
+def guarded(function: Any, *args: Any) -> Any:
+    """Run a Dask task's ``function``, beating for it; a BatchnlpError comes back as a :class:`Refused` value."""
+    from distributed import get_worker
+
+    try:
+        with tracking(str(get_worker().get_current_task())):
+            return function(*args)
+    except BatchnlpError as e:
+        return Refused(type(e), str(e))
+
+
+def run_unit(unit: WorkUnit, job: UnitJob) -> PartResult:
+    """The Dask task: annotate one unit with the worker's loaded models."""
+    from distributed import get_worker
+
+    plugin = get_worker().plugins.get(job.plugin_name)
+    if isinstance(plugin, ModelPlugin) and plugin.refused is not None:
+        raise plugin.refused.error(plugin.refused.message)
+    if not isinstance(plugin, ModelPlugin) or len(plugin.tasks) != len(plugin.settings.tasks):
+        raise JobFailed(f"models are not loaded on worker {get_worker().address}; see its log for the load error")
+    return annotate_unit(unit, job, plugin)
+
+
+def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResult:
+    """Read, annotate and write one unit; every input row is in the part, valid or not."""
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+    read = read_unit(job.input, unit, job.read, job.schema)
+    table = read.table
+    texts = table.column(job.read.text_column).to_pylist()
+    text_errors = [error or value_problem(text, "text") for error, text in zip(read.errors, texts, strict=True)]
+    errors = list(text_errors)
+    seconds["read"] = time.perf_counter() - clock
+    beat()
+
+    totals = BatchStats()
+    task_stats: dict[str, dict[str, Any]] = {}
+    for name, task in plugin.tasks.items():
+        clock = time.perf_counter()
+        problems = [error or problem for error, problem in zip(text_errors, task.row_problems(table), strict=True)]
+        valid = [i for i, problem in enumerate(problems) if problem is None]
+        taken = pa.array(valid, pa.int64())  # typed: an empty list alone would be a null array
+        rows = table.select(list(task.input_columns)).take(taken) if task.input_columns else None
+        column, stats = task.annotate([texts[i] for i in valid], rows)
+        positions = pa.array(_positions(problems), pa.int64())
+        table = table.append_column(pa.field(name, task.output_type), column.take(positions))
+        # _error keeps the first reason a row was not annotated: its text's, else a task's.
+        errors = [error or problem for error, problem in zip(errors, problems, strict=True)]
+        totals.add(stats)
+        task_stats[name] = column_stats(column)
+        seconds[f"model:{name}"] = time.perf_counter() - clock
+        # The engine's share of model:<name>; the rest is tokenising and decoding the outputs.
+        seconds[f"engine:{name}"] = stats.engine_s
+    seconds["input_wait"] = totals.input_wait_s
+
+    clock = time.perf_counter()
+    table = table.append_column(ERROR_COLUMN, pa.array(errors, pa.string()))
+    metadata = {"version": __version__, "models": plugin.checksums, "precision": plugin.precision}
+    written = job.output.write(unit, table, metadata, read.bad_lines)
+    seconds["write"] = time.perf_counter() - clock
+
+    reasons: dict[str, int] = {}
+    for error in errors:
+        if error is not None:
+            reasons[error] = reasons.get(error, 0) + 1
+    ids = table.column(job.id_column) if job.id_column in table.column_names else None
+    rejected_rows = (i for i, error in enumerate(errors) if error is not None)
+    examples = [
+        {"row": i, "id": ids[i].as_py() if ids is not None else None, "reason": errors[i]}
+        for i in islice(rejected_rows, EXAMPLES_PER_PART)
+    ]
+    return PartResult(
+        unit=unit,
+        part=written.part,
+        rows_in=len(errors),
+        rows_out=table.num_rows,
+        rejected=len(errors) - errors.count(None),
+        reasons=reasons,
+        rejected_examples=examples,
+        tokens=totals.tokens,
+        padded_tokens=totals.padded_tokens,
+        oom_splits=totals.oom_splits,
+        rescored=totals.rescored,
+        first_output_at=totals.first_output_at,
+        bad_lines=len(read.bad_lines),
+        bad_line_examples=[bad_line_record(unit, bad) for bad in read.bad_lines[:EXAMPLES_PER_PART]],
+        quarantine=written.quarantine,
+        bytes=written.bytes,
+        sha256=written.sha256,
+        files=written.files,
+        seconds=seconds,
+        device=plugin.device,
+        precision=plugin.precision,
+        worker=f"{socket.gethostname()}:{os.getpid()}",
+        models_loaded_at=plugin.loaded_at,
+        models=plugin.checksums,
+        task_stats=task_stats,
+        finished_at=time.time(),
+        schema=encode_schema(table.schema),
+    )
+
+
+def _positions(errors: list[str | None]) -> list[int | None]:
+    """For each row, its index among the valid rows, or None: ``take`` then places nulls."""
+    positions: list[int | None] = []
+    count = 0
+    for error in errors:
+        positions.append(None if error else count)
+        count += error is None
+    return positions

@@ -1,0 +1,65 @@
+"""Per-task output statistics, gathered by the worker from the Arrow column it just built.
+
+Cheap (a few Arrow kernels over one column per task) and small (a label → count map, ten
+histogram bins), so they travel back in every :class:`~batchnlp.ledger.commit.PartResult` and its
+progress record; the run report sums them instead of reading the output again.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+SCORE_BINS = 10  # equal bins over [0, 1]; a score outside falls in the end bin
+
+
+def column_stats(column: pa.Array | pa.ChunkedArray) -> dict[str, Any]:
+    """Statistics of one task's output over a unit's annotated rows (nulls are not counted).
+
+    ``annotated``: rows with a value; ``scores``: the score histogram's counts; ``labels``
+    (classification: a ``label`` field): count per label; ``answered`` (qa: an ``answer``
+    field): rows whose answer is not empty.
+    """
+    names = {field.name for field in column.type}
+    valid = column.drop_null() if column.null_count else column
+    stats: dict[str, Any] = {"annotated": len(valid)}
+    scores = pc.struct_field(valid, "score").to_numpy(zero_copy_only=False).astype(np.float64)
+    counts, _ = np.histogram(np.clip(scores, 0.0, 1.0), bins=SCORE_BINS, range=(0.0, 1.0))
+    stats["scores"] = counts.tolist()
+    if "label" in names:
+        labels = pc.value_counts(pc.struct_field(valid, "label"))
+        stats["labels"] = {item["values"]: item["counts"] for item in labels.to_pylist() if item["values"] is not None}
+    if "answer" in names:
+        lengths = pc.utf8_length(pc.struct_field(valid, "answer"))
+        stats["answered"] = int(pc.sum(pc.greater(lengths, 0)).as_py() or 0)
+    return stats
+
+
+def merge(stats: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Sum per-unit statistics of one task (:func:`column_stats` results) over units.
+
+    Every statistic is a count, so merging sums whatever the units have, key by key: a number, a
+    histogram (bin by bin) or a ``{value: count}`` map (most common first). A task that counts
+    something new needs no change here; a unit without statistics (an older record) adds nothing.
+    """
+    merged: dict[str, Any] = {"annotated": 0, "scores": [0] * SCORE_BINS}
+    maps: dict[str, Counter[str]] = {}
+    for item in stats:
+        for key, value in item.items():
+            if isinstance(value, dict):
+                maps.setdefault(key, Counter()).update(value)
+            elif isinstance(value, list):
+                merged[key] = [a + b for a, b in zip(merged.get(key, [0] * len(value)), value, strict=True)]
+            else:
+                merged[key] = merged.get(key, 0) + value
+    merged.update((key, dict(counts.most_common())) for key, counts in maps.items())
+    return merged
+
+
+def bin_edges() -> list[float]:
+    return [round(i / SCORE_BINS, 6) for i in range(SCORE_BINS + 1)]

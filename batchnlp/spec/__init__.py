@@ -1,0 +1,603 @@
+"""JobSpec: one validated, immutable description of a job, from flags and/or a YAML file.
+
+Every problem is collected and reported together before any work starts, so a user fixes a
+spec in one round instead of discovering its errors one run at a time.
+
+May import: :mod:`batchnlp.tasks` (the registry of task kinds it validates names against),
+:mod:`batchnlp.io` (the format and table registries), :mod:`batchnlp.util`, :mod:`batchnlp.errors`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from batchnlp.errors import SpecError
+from batchnlp.io import formats, paths
+from batchnlp.io.formats import COMPRESSIONS, DEFAULT_COMPRESSION
+from batchnlp.io.formats.base import DEFAULT_MAX_LINE_BYTES, BadLinePolicy, ReadOptions
+from batchnlp.io.formats.decompress import DEFAULT_MAX_DECOMPRESSED_BYTES
+from batchnlp.io.formats.writers import OutputFormat
+from batchnlp.io.tables import TABLES
+from batchnlp.io.worker_credentials import public_options
+from batchnlp.util.redaction import redact_url
+
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
+TABLE_FORMATS = tuple(TABLES)  # batchnlp.io.tables: a run's Parquet files, then one table commit
+# What --input-format/--output-format/--compression take: the file format registry's, and the tables.
+INPUT_FORMATS = (*formats.INPUT_FORMATS, *TABLE_FORMATS)
+OUTPUT_FORMATS = (*formats.OUTPUT_FORMATS, *TABLE_FORMATS)
+COMPRESSION_NAMES = tuple(dict.fromkeys(name for names in COMPRESSIONS.values() for name in names))
+WriteMode = Literal["new", "overwrite", "resume"]
+
+BYTE_UNITS = {"": 0, "b": 0, "kib": 10, "mib": 20, "gib": 30, "tib": 40}
+BYTE_SIZE = re.compile(r"([1-9][0-9]*) ?([KMGT]iB|B|)", re.IGNORECASE)
+RUN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+RUN_ID_RULE = "1-128 of letters, digits and . _ : -, not . or .. (it names a folder)"
+TABLE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.[A-Za-z0-9_-]+")  # namespace.table, in a catalog
+DEFAULT_CATALOG = "default"
+TLS_SETTINGS = ("tls_ca_file", "tls_cert", "tls_key")  # --scheduler tls://...: files of the user's cluster
+DEFAULT_MAX_ANSWER_LENGTH = 15  # tokens, as transformers' question-answering pipeline
+QA_KEYS = ("question", "question_column", "doc_stride", "max_answer_length", "allow_no_answer")
+TASK_KEYS = ("name", "task", "model", "top_k", "keep_probs", *QA_KEYS)
+# The least value of each integer setting, for the spec and the CLI's options alike. A window
+# or a batch of fewer than 8 tokens holds little beyond [CLS] and [SEP].
+MINIMUMS = {
+    "rows_per_partition": 1,
+    "workers": 1,
+    "max_length": 8,
+    "tokens_per_batch": 8,
+    "top_k": 1,
+    "doc_stride": 0,
+    "max_answer_length": 1,
+    "table_version": 0,
+}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One annotation: ``kind`` picks the task code, ``name`` the output column."""
+
+    name: str
+    kind: str
+    model: str
+    top_k: int | None = None
+    # qa only: a fixed question or the column holding each row's question (exactly one), and
+    # how contexts are windowed and answers bounded (None: derived from --max-length).
+    question: str | None = None
+    question_column: str | None = None
+    doc_stride: int | None = None
+    max_answer_length: int | None = None
+    allow_no_answer: bool = False
+    # classify/sentiment: also write every label's probability (probs), as ``batchnlp distill`` needs
+    keep_probs: bool = False
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a run needs, validated. Build it with :meth:`from_settings`."""
+
+    input: str
+    output: str
+    tasks: tuple[TaskSpec, ...]
+    input_format: str | None = None  # one of INPUT_FORMATS; None: from the file names
+    text_column: str = "text"
+    id_column: str | None = None
+    on_bad_lines: BadLinePolicy = "stop"
+    output_format: str = "parquet"  # one of OUTPUT_FORMATS
+    compression: str | None = None  # None: the output format's default (zstd for Parquet)
+    partition_by: tuple[str, ...] = ()  # Hive-partitioned output: OUTPUT/COL=value/.../part-NNNNN.<suffix>
+    rows_per_partition: int | None = None  # None: sized from the input and the worker count
+    scheduler: str | None = None
+    # --scheduler tls://...: the cluster's CA, this client's certificate and key (PEM files); unset:
+    # Dask's own distributed.comm.tls config (batchnlp.cluster.tls)
+    tls_ca_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    workers: int | None = None
+    device: Device = "auto"
+    precision: Precision = "auto"
+    max_length: int | None = None
+    tokens_per_batch: int | None = None  # None: the engine's default for the device
+    # int8: a row whose top-2 score margin is below this is rescored in fp32 (inference.engine). None: the default.
+    rescore_margin: float | None = None
+    storage_options: Mapping[str, str] = field(default_factory=dict)
+    mode: WriteMode = "new"
+    break_lock: bool = False  # take OUTPUT even if another run's lock says it is writing there
+    incremental: bool = False  # label only input files no committed run at OUTPUT read (batchnlp.execution.incremental)
+    run_id: str | None = None  # names the run; None: generated. A committed run of this id is not redone.
+    catalog: str = DEFAULT_CATALOG  # Iceberg: the pyiceberg catalog holding INPUT/OUTPUT tables
+    catalog_options: Mapping[str, str] = field(default_factory=dict)  # its properties, over its configuration
+    table_version: int | None = None  # Delta/Iceberg input: read this version / snapshot id, not the latest
+    # Bad input lines (--on-bad-lines skip|quarantine) a run may have and still commit: a count, or a
+    # fraction (0 < f < 1) of the input's lines. None: any number.
+    max_bad_lines: int | float | None = None
+    # A longer JSONL line (or Parquet cell) is a bad line (a rejected row); a compressed file
+    # decompressing past this (or 1000x its size, past 4 GiB) is refused from there (batchnlp.io.formats.decompress).
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES
+    grace_seconds: float = 20.0  # after SIGTERM, running units get this long to finish (batchnlp.execution.shutdown)
+    unit_timeout: float | None = (
+        None  # a unit silent this long is rerun elsewhere; None: derived (batchnlp.execution.collect)
+    )
+    lock_owner: str | None = None  # the job this run belongs to, when no scheduler variable says (batchnlp.ledger.lock)
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> JobSpec:
+        """Validate a flat settings mapping (YAML keys or CLI option names) into a JobSpec.
+
+        Raises one :class:`SpecError` listing every problem found.
+        """
+        problems: list[str] = []
+        s = {key.replace("-", "_"): value for key, value in settings.items() if value is not None}
+        extra = {"models", "top_k", "keep_probs", "overwrite", "resume", *QA_KEYS}
+        known = {f.name for f in dataclasses.fields(cls)} | extra
+        for key in sorted(set(s) - known):
+            problems.append(f"unknown setting {key!r}; known settings: {', '.join(sorted(known))}")
+
+        for key in ("input", "output"):
+            if not isinstance(s.get(key), str) or not s[key].strip():
+                problems.append(f"{key} is required (a path, glob or URL such as s3://bucket/prefix/)")
+        tasks = _tasks_from_settings(s, problems)
+        mode = _write_mode(s, problems)
+        values: dict[str, Any] = {}
+        choices = {
+            "input_format": INPUT_FORMATS,
+            "on_bad_lines": get_args(BadLinePolicy),
+            "device": get_args(Device),
+            "precision": get_args(Precision),
+            "output_format": OUTPUT_FORMATS,
+        }
+        for name, allowed in choices.items():
+            if name in s:
+                values[name] = _choice(name, s[name], allowed, problems)
+        values["compression"] = _compression(values.get("output_format", "parquet"), s.get("compression"), problems)
+        _table_settings(s, values, mode, problems)
+        for name in ("rows_per_partition", "workers", "max_length", "tokens_per_batch"):
+            if name in s:
+                values[name] = _integer(name, s[name], problems, MINIMUMS[name])
+        for name in ("text_column", "id_column", "scheduler", *TLS_SETTINGS):
+            if name in s:
+                if isinstance(s[name], str) and s[name]:
+                    values[name] = s[name]
+                else:
+                    problems.append(f"{name} must be a non-empty string, got {s[name]!r}")
+        tls = [name for name in TLS_SETTINGS if name in values]
+        if tls and not values.get("scheduler", "").startswith("tls://"):
+            problems.append(f"{', '.join(tls)} secure a connection to a scheduler at a tls:// address; give one")
+        if "run_id" in s:
+            if valid_run_id(s["run_id"]):
+                values["run_id"] = s["run_id"]
+            else:
+                problems.append(f"run_id must be {RUN_ID_RULE}, got {s['run_id']!r}")
+        if "partition_by" in s:
+            values["partition_by"] = _partition_by(s["partition_by"], tasks, problems)
+        if "max_bad_lines" in s:
+            values["max_bad_lines"] = _bad_line_limit(s["max_bad_lines"], problems)
+        for name in ("max_line_bytes", "max_decompressed_bytes"):
+            if name in s:
+                values[name] = _byte_size(name, s[name], problems)
+        for name in ("grace_seconds", "unit_timeout"):
+            if name in s:
+                values[name] = _seconds(name, s[name], problems)
+        if "rescore_margin" in s:
+            margin = s["rescore_margin"]
+            if isinstance(margin, int | float) and not isinstance(margin, bool) and 0 <= margin < 1:
+                values["rescore_margin"] = float(margin)
+            else:
+                problems.append(f"rescore_margin must be a score margin from 0 (never) to below 1, got {margin!r}")
+        if "lock_owner" in s:
+            if isinstance(s["lock_owner"], str) and RUN_ID.fullmatch(s["lock_owner"]):
+                values["lock_owner"] = s["lock_owner"]
+            else:
+                problems.append(f"lock_owner must be 1-128 of letters, digits and . _ : -, got {s['lock_owner']!r}")
+        if "incremental" in s:
+            if not isinstance(s["incremental"], bool):
+                problems.append(f"incremental must be true or false, got {s['incremental']!r}")
+            elif s["incremental"] and mode == "overwrite":
+                problems.append("--incremental adds a run beside the earlier ones; --overwrite would delete them")
+            else:
+                values["incremental"] = s["incremental"]
+        if "break_lock" in s:
+            if isinstance(s["break_lock"], bool):
+                values["break_lock"] = s["break_lock"]
+            else:
+                problems.append(f"break_lock must be true or false, got {s['break_lock']!r}")
+        options = s.get("storage_options", {})
+        if not isinstance(options, Mapping):
+            problems.append("storage_options must be a mapping of fsspec option names to values")
+            options = {}
+        if values.get("precision") == "fp16" and values.get("device") == "cpu":
+            problems.append("precision fp16 needs a CUDA device; on CPU use bf16 or int8")
+        if values.get("precision") == "int8" and values.get("device") == "cuda":
+            problems.append("precision int8 (dynamic quantisation) runs on CPU only; on CUDA use bf16 or fp16")
+        inputs = {s.get("text_column", "text"), "_error", *(t.question_column for t in tasks if t.question_column)}
+        reserved = {t.name for t in tasks} & inputs
+        for name in sorted(reserved):
+            problems.append(f"task name {name!r} clashes with an input or reserved column; rename the task")
+        if not problems:  # where the job reads and writes: only once both are known good
+            named = tuple(_named_table(s.get(f"{key}_format")) for key in ("input", "output"))
+            problems += paths.problems(s["input"], s["output"], named, mode)
+        if problems:
+            raise SpecError("invalid job spec:\n  - " + "\n  - ".join(problems))
+        return cls(
+            input=s["input"],
+            output=s["output"],
+            tasks=tuple(tasks),
+            storage_options=dict(options),
+            mode=mode,
+            **values,
+        )
+
+    @property
+    def read_options(self) -> ReadOptions:
+        return ReadOptions(
+            self.text_column,
+            self.on_bad_lines,
+            max_line_bytes=self.max_line_bytes,
+            max_decompressed_bytes=self.max_decompressed_bytes,
+        )
+
+    @property
+    def table_output(self) -> bool:
+        return self.output_format in TABLE_FORMATS
+
+    @property
+    def output_options(self) -> OutputFormat:
+        """How part files are written: a table's data files are Parquet."""
+        fmt = "parquet" if self.table_output else self.output_format
+        return OutputFormat(fmt, self.compression or DEFAULT_COMPRESSION[fmt])
+
+    def fingerprint(self) -> str:
+        """A hash of what the output depends on, so ``--resume`` can refuse a changed job."""
+        relevant = dataclasses.asdict(self)
+        volatile = ("scheduler", "workers", "storage_options", "mode", "break_lock", "run_id", "catalog_options")
+        # How a run is supervised changes no output byte: a retry may change these and still resume.
+        supervision = ("max_bad_lines", "grace_seconds", "unit_timeout", "lock_owner")
+        for name in (*volatile, *TLS_SETTINGS, *supervision):
+            relevant.pop(name)
+        for task in relevant["tasks"]:  # keep_probs came later: runs without it keep their fingerprints
+            if not task["keep_probs"]:
+                task.pop("keep_probs")
+        # Added later: runs that do not use them keep the fingerprints they had.
+        for later, unset in (
+            ("partition_by", ()),
+            ("catalog", DEFAULT_CATALOG),
+            ("table_version", None),
+            ("rescore_margin", None),
+            ("incremental", False),
+            ("max_line_bytes", DEFAULT_MAX_LINE_BYTES),
+            ("max_decompressed_bytes", DEFAULT_MAX_DECOMPRESSED_BYTES),
+        ):
+            if relevant[later] == unset:
+                relevant.pop(later)
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled (inside a Dask task), a spec leaves its credential storage options behind: the
+        embedded cluster's workers get them from their environment (batchnlp.io.worker_credentials)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values["storage_options"] = public_options(self.storage_options)
+        return (type(self), tuple(values.values()))
+
+    def redacted(self) -> dict[str, Any]:
+        """The spec as JSON-ready data with storage option values hidden (for the manifest)."""
+        data = dataclasses.asdict(self)
+        data["input"] = redact_url(self.input)
+        data["output"] = redact_url(self.output)
+        data["storage_options"] = {key: "***" for key in self.storage_options}
+        data["catalog_options"] = {key: "***" for key in self.catalog_options}
+        for task in data["tasks"]:
+            task["model"] = redact_url(task["model"])
+        return data
+
+    def settings(self) -> dict[str, Any]:
+        """Settings that :meth:`from_settings` turns back into this spec, less its storage and catalog
+        options (credentials: a command gives them again) and with credentials cut from its URLs.
+
+        What a sharded run stores with its plan, so that ``batchnlp commit OUTPUT --run-id ID``
+        knows the job without its spec file.
+        """
+        data = {key: value for key, value in self.redacted().items() if value is not None}
+        for key in ("storage_options", "catalog_options"):
+            data.pop(key)
+        data["partition_by"] = list(self.partition_by)
+        data["tasks"] = [
+            {
+                "name": task.pop("name"),
+                "task": task.pop("kind"),
+                **{key: value for key, value in task.items() if value not in (None, False)},
+            }
+            for task in data["tasks"]
+        ]
+        return data
+
+
+def valid_run_id(value: Any) -> bool:
+    """A run id names a folder (a table's staging directory, an incremental run's): see :data:`RUN_ID_RULE`."""
+    return isinstance(value, str) and bool(RUN_ID.fullmatch(value)) and value not in (".", "..")
+
+
+def load_spec_file(ref: str | Path) -> dict[str, Any]:
+    """Read a YAML job spec into a settings mapping; errors name the file and line.
+
+    ``ref`` is a local path, any fsspec URL (``s3://bucket/specs/nightly.yaml``), or
+    ``env:NAME`` for spec text held in an environment variable (how ``batchnlp submit`` hands
+    a local spec to a container).
+    """
+    import yaml
+
+    ref = str(ref)
+    text = _spec_text(ref)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{ref}:{mark.line + 1}:{mark.column + 1}" if mark else ref
+        raise SpecError(f"job spec {where} is not valid YAML: {getattr(e, 'problem', e)}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SpecError(f"job spec {ref} must be a mapping of settings, not {type(data).__name__}")
+    return data
+
+
+def _spec_text(ref: str) -> str:
+    if ref.startswith("env:"):
+        name = ref.removeprefix("env:")
+        if name not in os.environ:
+            raise SpecError(f"job spec {ref}: the environment variable {name} is not set")
+        return os.environ[name]
+    try:
+        if "://" in ref:
+            from batchnlp.io.storage import Location
+
+            fs, path = Location(ref, {}).split()
+            return fs.cat_file(path).decode("utf-8")
+        return Path(ref).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"cannot read job spec {redact_url(ref)}: {getattr(e, 'strerror', None) or e}") from e
+
+
+def _tasks_from_settings(s: Mapping[str, Any], problems: list[str]) -> list[TaskSpec]:
+    """Tasks come as names (``[sentiment, classify]``) or mappings with name/task/model/top_k."""
+    from batchnlp.tasks import TASKS
+
+    raw = s.get("tasks") or ["sentiment"]
+    if isinstance(raw, str):
+        raw = [raw]
+    models = s.get("models") or {}
+    if not isinstance(models, Mapping):
+        problems.append("models must map task names to model refs (TASK=REF)")
+        models = {}
+    default_top_k = s.get("top_k")
+    tasks: list[TaskSpec] = []
+    for entry in raw:
+        item = {"name": entry} if isinstance(entry, str) else entry
+        if not isinstance(item, Mapping) or not isinstance(item.get("name", item.get("task")), str):
+            problems.append(f"a task must be a name or a mapping with 'name', got {entry!r}")
+            continue
+        name = item.get("name", item.get("task"))
+        for key in sorted(set(item) - set(TASK_KEYS)):
+            problems.append(f"task {name!r} has an unknown key {key!r}; task keys: {', '.join(TASK_KEYS)}")
+        kind = item.get("task", name)
+        if kind not in TASKS:
+            problems.append(f"unknown task {kind!r}; available tasks: {', '.join(sorted(TASKS))}")
+            continue
+        model = models.get(name) or item.get("model") or TASKS[kind].default_model
+        if not model:
+            problems.append(f"task {name!r} needs a model: pass --model {name}=HUB_ID|PATH|s3://PREFIX")
+            continue
+        top_k = item.get("top_k", default_top_k if TASKS[kind].supports_top_k else None)
+        if top_k is not None:
+            if not TASKS[kind].supports_top_k:
+                problems.append(f"task {name!r} ({kind}) does not take top_k")
+            top_k = _integer(f"top_k of task {name!r}", top_k, problems, MINIMUMS["top_k"])
+        qa = _qa_settings(name, kind, item, s, problems)
+        keep_probs = _keep_probs(name, kind, item, s, problems)
+        tasks.append(TaskSpec(name=name, kind=kind, model=str(model), top_k=top_k, keep_probs=keep_probs, **qa))
+    names = [t.name for t in tasks]
+    given = [key for key in QA_KEYS if key in s]
+    if given and not any(TASKS[t.kind].takes_question for t in tasks):
+        problems.append(f"{', '.join(given)} apply to qa tasks only, and this job has none (add --task qa)")
+    if s.get("keep_probs") and not any(TASKS[t.kind].keeps_probs for t in tasks):
+        problems.append("keep_probs applies to classify and sentiment tasks only, and this job has none")
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"task {name!r} is given twice; give each task a distinct name in a job spec")
+    for name in sorted(set(models) - set(names)):
+        problems.append(f"--model {name}=... names no task of this job (tasks: {', '.join(names)})")
+    return tasks
+
+
+def _keep_probs(name: str, kind: str, item: Mapping[str, Any], s: Mapping[str, Any], problems: list[str]) -> bool:
+    """A classifier's keep_probs: its own key, else the job's; refused for a task without label probabilities (qa)."""
+    from batchnlp.tasks import TASKS
+
+    value = item.get("keep_probs", s.get("keep_probs", False) if TASKS[kind].keeps_probs else False)
+    if not isinstance(value, bool):
+        problems.append(f"keep_probs of task {name!r} must be true or false, got {value!r}")
+        return False
+    if value and not TASKS[kind].keeps_probs:
+        problems.append(f"task {name!r} ({kind}) does not take keep_probs: only classify and sentiment do")
+    return value
+
+
+def _qa_settings(name: str, kind: str, item: Mapping[str, Any], s: Mapping[str, Any], problems: list[str]) -> dict:
+    """A qa task's question and span settings: its own keys, else the job-level ones.
+
+    A task that names its own question or question column replaces both job-level ones, so a
+    spec can set ``question_column`` for most tasks and a fixed ``question`` for one.
+    """
+    from batchnlp.tasks import TASKS
+
+    if not TASKS[kind].takes_question:
+        for key in sorted(set(QA_KEYS) & set(item)):
+            problems.append(f"task {name!r} ({kind}) does not take {key}; only qa tasks do")
+        return {}
+    defaults = {key: s.get(key) for key in QA_KEYS}
+    if "question" in item or "question_column" in item:
+        defaults.update(question=None, question_column=None)
+    value = {key: item.get(key, defaults[key]) for key in QA_KEYS}
+    if (value["question"] is None) == (value["question_column"] is None):
+        problems.append(
+            f"task {name!r} (qa) needs exactly one of question (--question TEXT) or question_column "
+            "(--question-column NAME)"
+        )
+    for key in ("question", "question_column"):
+        if value[key] is not None and not (isinstance(value[key], str) and value[key].strip()):
+            problems.append(f"{key} of task {name!r} must be a non-empty string, got {value[key]!r}")
+    if value["doc_stride"] is not None:
+        stride_name = f"doc_stride of task {name!r}"
+        value["doc_stride"] = _integer(stride_name, value["doc_stride"], problems, MINIMUMS["doc_stride"])
+        stride, window = value["doc_stride"], s.get("max_length")
+        if isinstance(stride, int) and isinstance(window, int) and stride >= window:
+            problems.append(f"doc_stride of task {name!r} must be less than max_length ({s['max_length']})")
+    if value["max_answer_length"] is None:
+        value["max_answer_length"] = DEFAULT_MAX_ANSWER_LENGTH
+    answer_name = f"max_answer_length of task {name!r}"
+    _integer(answer_name, value["max_answer_length"], problems, MINIMUMS["max_answer_length"])
+    if value["allow_no_answer"] is None:
+        value["allow_no_answer"] = False
+    if not isinstance(value["allow_no_answer"], bool):
+        problems.append(f"allow_no_answer of task {name!r} must be true or false, got {value['allow_no_answer']!r}")
+    return value
+
+
+def _partition_by(value: Any, tasks: list[TaskSpec], problems: list[str]) -> tuple[str, ...]:
+    """Column names, in order; not a task's output column or _error (they are not known before the run)."""
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list | tuple) or not all(isinstance(n, str) and n for n in names):
+        problems.append(f"partition_by must be a column name or a list of them, got {value!r}")
+        return ()
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"partition_by names column {name!r} twice")
+    computed = {t.name for t in tasks} | {"_error"}
+    for name in [n for n in names if n in computed]:
+        what = "_error" if name == "_error" else f"task {name!r}'s output column"
+        problems.append(
+            f"cannot partition by {what}: a partition column must come from the input "
+            "(its columns or its own key=value directories)"
+        )
+    return tuple(names)
+
+
+def _write_mode(s: Mapping[str, Any], problems: list[str]) -> WriteMode:
+    if s.get("overwrite") and s.get("resume"):
+        problems.append("--overwrite and --resume exclude each other; pick one")
+    if s.get("overwrite"):
+        return "overwrite"
+    if s.get("resume"):
+        return "resume"
+    return _choice("mode", s.get("mode", "new"), get_args(WriteMode), problems)
+
+
+def _table_settings(s: Mapping[str, Any], values: dict[str, Any], mode: str, problems: list[str]) -> None:
+    """Delta/Iceberg settings: table names, the catalog, --table-version, and what tables exclude."""
+    tables = {key: TABLES[fmt] for key in ("input", "output") if (fmt := s.get(f"{key}_format")) in TABLES}
+    for key, table in tables.items():
+        if table.addressed_by == "name" and isinstance(s.get(key), str) and not TABLE_NAME.fullmatch(s[key]):
+            problems.append(f"{key} of format {table.name} must be a table name namespace.table, got {s[key]!r}")
+    if tables.get("output") and mode == "overwrite":
+        problems.append("--overwrite does not apply to a table: each run appends once (one commit per run id)")
+    output = tables.get("output")
+    if output and not output.partition_by and s.get("partition_by"):
+        partitioned = " or ".join(t.name for t in TABLES.values() if t.partition_by)
+        problems.append(
+            f"--partition-by does not apply to {output.title} output: partition the table itself, or use {partitioned}"
+        )
+    if "table_version" in s:
+        if not tables.get("input"):
+            versions = " or ".join(f"{t.title} {t.version_word}" for t in TABLES.values())
+            problems.append(f"--table-version (a {versions}) needs --input-format {'|'.join(TABLES)}")
+        values["table_version"] = _integer("table_version", s["table_version"], problems, MINIMUMS["table_version"])
+    if "catalog" in s:
+        if isinstance(s["catalog"], str) and s["catalog"]:
+            values["catalog"] = s["catalog"]
+        else:
+            problems.append(f"catalog must be a catalog name, got {s['catalog']!r}")
+    options = s.get("catalog_options", {})
+    if isinstance(options, Mapping) and all(isinstance(k, str) for k in options):
+        values["catalog_options"] = {k: str(v) for k, v in options.items()}
+    else:
+        problems.append("catalog_options must map catalog property names to values (--catalog-option KEY=VALUE)")
+
+
+def _named_table(fmt: Any) -> str | None:
+    """``fmt`` where it is a table format whose INPUT/OUTPUT is a name in a catalog, not a place."""
+    return fmt if fmt in TABLES and TABLES[fmt].addressed_by == "name" else None
+
+
+def _compression(fmt: str, value: Any, problems: list[str]) -> str | None:
+    """The output format's compression: given and valid for it, or its default (a table's: its Parquet files')."""
+    fmt = "parquet" if fmt in TABLE_FORMATS else fmt
+    if fmt not in COMPRESSIONS:
+        return value  # the format itself is reported
+    if value is None:
+        return DEFAULT_COMPRESSION[fmt]
+    if value not in COMPRESSIONS[fmt]:
+        allowed = {name: "|".join(codecs) for name, codecs in COMPRESSIONS.items()}
+        problems.append(
+            f"compression {value!r} does not apply to output format {fmt}: parquet takes {allowed['parquet']}, "
+            f"jsonl takes {allowed['jsonl']}, arrow is written uncompressed (none) so readers can memory-map it"
+        )
+    return value
+
+
+def _bad_line_limit(value: Any, problems: list[str]) -> int | float | None:
+    """A count of lines (``100``), a fraction of the input's lines (``0.01``) or a percentage (``"1%"``).
+
+    A count is an int and a fraction a float, which is how the runner tells them apart.
+    """
+    text = value.strip() if isinstance(value, str) else None
+    try:
+        if text is not None and text.endswith("%") and 0 <= float(text[:-1]) <= 100:
+            return float(text[:-1]) / 100
+        number = float(text) if text is not None else value
+    except ValueError:
+        number = None
+    is_number = isinstance(number, int | float) and not isinstance(number, bool) and number >= 0
+    if is_number and (number < 1 or float(number).is_integer()):
+        return number if isinstance(number, float) and number < 1 else int(number)
+    problems.append(
+        "max_bad_lines must be a number of lines (100), a fraction of the input's lines below 1 (0.01) "
+        f"or a percentage (1%), got {value!r}"
+    )
+    return None
+
+
+def _seconds(name: str, value: Any, problems: list[str]) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        problems.append(f"{name} must be a positive number of seconds, got {value!r}")
+        return 0.0
+    return float(value)
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...], problems: list[str]) -> Any:
+    if value not in allowed:
+        problems.append(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def _byte_size(name: str, value: Any, problems: list[str]) -> int:
+    """A positive number of bytes: an integer, or a string with a binary unit ("8MiB", "64 GiB")."""
+    found = BYTE_SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if found:
+        return int(found[1]) << BYTE_UNITS[found[2].lower()]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        problems.append(f"{name} must be a positive number of bytes (8388608, 8MiB, 64GiB), got {value!r}")
+    return value
+
+
+def _integer(name: str, value: Any, problems: list[str], minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
+        problems.append(f"{name} must be {what}, got {value!r}")
+    return value
