@@ -28,7 +28,7 @@ import click
 from batchnlp.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "infra" / "README.md"]
 
 # Dotted names in the docs that are data, not Python: a Parquet field's metadata key and the
 # property a Delta/Iceberg commit carries.
@@ -377,3 +377,48 @@ def test_the_architecture_page_lists_every_module():
     }
     listed = set(re.findall(r"^\| `(batchnlp[\w.]*)` \|", (ROOT / "docs" / "architecture.md").read_text(), re.M))
     assert listed == modules, f"unlisted: {sorted(modules - listed)}; gone: {sorted(listed - modules)}"
+
+
+# A command whose section in docs/cli.md tables only the options it adds to another's.
+TABLES_ONLY_ITS_OWN = {"plan": "run"}
+
+
+def option_tables(page: Path) -> dict[str, set[str]]:
+    """The flags in the first column of each ``## `batchnlp X` `` section's tables, by X."""
+    tables: dict[str, set[str]] = {}
+    section = None
+    for _, line in prose_and_blocks(page)[0]:
+        heading = re.match(r"## `batchnlp ([\w ]+)`", line)
+        if heading:
+            section = heading.group(1)
+            tables[section] = set()
+        elif section and line.startswith("| `-"):
+            tables[section] |= set(re.findall(r"`(--?[A-Za-z][\w-]*)", line.split("|")[1]))
+    return tables
+
+
+def declared(name: str) -> set[str]:
+    """Every flag of ``batchnlp NAME`` (of each of its subcommands, for a group), help aside."""
+    top = context_of(main, "batchnlp")
+    context = context_of(main.get_command(top, name), name, top)
+    commands = [context.command]
+    if isinstance(context.command, click.Group):
+        commands = [context.command.get_command(context, sub) for sub in context.command.list_commands(context)]
+    flags = {
+        opt for c in commands for p in c.params if isinstance(p, click.Option) for opt in (*p.opts, *p.secondary_opts)
+    }
+    return flags - set(context.command.get_help_option_names(context))
+
+
+def test_the_cli_reference_tables_every_option_of_every_command():
+    tables = option_tables(ROOT / "docs" / "cli.md")
+    assert sorted(tables) == sorted(main.list_commands(context_of(main, "batchnlp"))), "a section per command"
+    wrong = []
+    for name, shown in tables.items():
+        shown = shown - {"-h", "--help"}
+        inherited = declared(TABLES_ONLY_ITS_OWN[name]) if name in TABLES_ONLY_ITS_OWN else set()
+        if extra := shown - declared(name):
+            wrong.append(f"batchnlp {name} has no {sorted(extra)}")
+        if missing := declared(name) - shown - inherited:
+            wrong.append(f"docs/cli.md does not table batchnlp {name}'s {sorted(missing)}")
+    assert not wrong, "\n".join(wrong)
