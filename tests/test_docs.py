@@ -1,14 +1,16 @@
-"""The docs say what the code has: README.md and docs/*.md are checked against the repository and
-the real CLI, so a renamed module, a dropped flag or a moved heading fails here rather than in a
-reader's terminal.
+"""The docs say what the code has: README.md, docs/*.md and infra/README.md are checked against the
+repository and the real CLI, so a renamed module, a dropped flag or a moved heading fails here
+rather than in a reader's terminal.
 
 - every relative link resolves: the file or folder exists, and a ``#anchor`` names a heading of
   the page it points into (GitHub's slug rules);
 - every ``batchnlp …`` command line in a fenced code block names a real command path, and every
   ``--flag`` it uses is an option of that command (``submit``'s arguments after a bare ``--`` are
-  ``batchnlp run``'s), read from click's own objects;
+  ``batchnlp run``'s), read from click's own objects; every command is shown at least once;
+- docs/cli.md tables every option of every command;
 - every ``batchnlp/…`` path and ``batchnlp.x.y`` module named anywhere in the docs exists;
-- docs/architecture.md draws the layers tests/test_architecture.py enforces, top to bottom.
+- docs/architecture.md draws the layers tests/test_architecture.py enforces, top to bottom, and
+  lists every module of the package.
 """
 
 from __future__ import annotations
