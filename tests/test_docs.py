@@ -424,3 +424,11 @@ def test_the_cli_reference_tables_every_option_of_every_command():
         if missing := declared(name) - shown - inherited:
             wrong.append(f"docs/cli.md does not table batchnlp {name}'s {sorted(missing)}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_docs_index_and_the_front_page_link_every_page():
+    pages = {page.name for page in (ROOT / "docs").glob("*.md")} - {"README.md"}
+    indexed = {target.partition("#")[0] for _, target in links(ROOT / "docs" / "README.md")}
+    fronted = {target.partition("#")[0].removeprefix("docs/") for _, target in links(ROOT / "README.md")}
+    assert pages <= indexed, f"docs/README.md does not link {sorted(pages - indexed)}"
+    assert pages <= fronted, f"README.md does not link {sorted(pages - fronted)}"
