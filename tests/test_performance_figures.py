@@ -1,6 +1,6 @@
 """One source for performance figures: ``batchnlp/execution/performance.json`` is what the estimate plans
-with, and the README's tables say the same (a figure measured again and changed in one place
-only fails here)."""
+with, and the tables of docs/performance.md say the same (a figure measured again and changed in
+one place only fails here)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import pytest
 from batchnlp.execution.estimate import default_throughput
 from batchnlp.execution.performance import Figure, figures, measured
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+PAGE = (Path(__file__).resolve().parents[1] / "docs" / "performance.md").read_text(encoding="utf-8")
 
 
 def table_after(text: str) -> list[dict[str, str]]:
-    """The rows (header → cell) of the first markdown table after ``text`` in the README."""
-    assert text in README, f"the README no longer holds {text!r}"
-    lines = README[README.index(text) :].splitlines()
+    """The rows (header → cell) of the first markdown table after ``text`` in docs/performance.md."""
+    assert text in PAGE, f"docs/performance.md no longer holds {text!r}"
+    lines = PAGE[PAGE.index(text) :].splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("|"))
     table = []
     for line in lines[start:]:
@@ -42,10 +42,10 @@ def test_each_figure_is_the_one_its_readme_table_shows(figure: Figure) -> None:
     assert number(row["first row s"]) == figure.first_row_s
 
 
-def test_the_plan_sections_table_lists_every_figure_as_the_estimate_uses_it() -> None:
+def test_the_plan_figures_table_lists_every_figure_as_the_estimate_uses_it() -> None:
     shown = {
         (row["device, precision"], row["CPU flags needed"]): (row["tokens/s"], row["start-up (first row)"])
-        for row in table_after("The default throughputs are the [Performance](#performance) section's measurements")
+        for row in table_after("The default throughputs of `batchnlp plan`")
     }
     expected = {
         (f"{f.device}, {f.precision}", " ".join(f.cpu_flags)): (f"{f.rate:,.0f}", f"{f.first_row_s} s")
