@@ -1,32 +1,36 @@
 """batchnlp: batch DistilBERT annotation of data lakes on Dask.
 
-Public API only; nothing heavy is imported here so ``batchnlp --help`` stays instant.
+The public API (:mod:`batchnlp.api`): ``run``, ``commit``, ``plan``, ``distill``, ``submit`` and
+``job_spec``, each doing what its command does, and ``JobSpec``. Nothing heavy is imported here,
+so ``import batchnlp`` and ``batchnlp --help`` stay instant: each name loads on first use.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import importlib
+from typing import Any
 
 from batchnlp.version import __version__
 
-__all__ = ["JobSpec", "__version__", "run"]
-
-if TYPE_CHECKING:
-    from batchnlp.execution.runner import RunSummary
-    from batchnlp.spec import JobSpec
-
-
-def run(spec: JobSpec | dict[str, Any]) -> RunSummary:
-    """Run a job from a :class:`JobSpec` or a settings mapping (the YAML spec's keys)."""
-    from batchnlp.execution.runner import run as run_job
-    from batchnlp.spec import JobSpec
-
-    return run_job(spec if isinstance(spec, JobSpec) else JobSpec.from_settings(spec))
+API = {
+    "run": "batchnlp.api",
+    "commit": "batchnlp.api",
+    "plan": "batchnlp.api",
+    "distill": "batchnlp.api",
+    "submit": "batchnlp.api",
+    "job_spec": "batchnlp.api",
+    "Submitted": "batchnlp.api",
+    "JobSpec": "batchnlp.spec",
+    "RunSummary": "batchnlp.execution.runner",
+}
+__all__ = ["__version__", *API]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "JobSpec":
-        from batchnlp.spec import JobSpec
+    if name not in API:
+        raise AttributeError(f"module 'batchnlp' has no attribute {name!r}")
+    return getattr(importlib.import_module(API[name]), name)
 
-        return JobSpec
-    raise AttributeError(name)
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -79,7 +79,7 @@ def spelled_names(path: Path) -> list[str]:
 def test_no_module_but_a_format_s_own_spells_its_name():
     own = {(ROOT / load(t.sink).__module__.replace(".", "/")).with_suffix(".py") for t in TABLES.values()}
     modules = [path for path in sorted(PACKAGE.rglob("*.py")) if path not in own]
-    assert PACKAGE / "spec.py" in modules and PACKAGE / "tables" / "__init__.py" in modules
+    assert PACKAGE / "spec" / "__init__.py" in modules and PACKAGE / "io" / "tables" / "__init__.py" in modules
     found = [where for path in modules for where in spelled_names(path)]
     assert not found, "decide by the registry's fields (batchnlp.io.tables.TABLES) instead:\n" + "\n".join(found)
 

@@ -1,7 +1,7 @@
 """Turning token ids into logits as fast as the device allows: the engine (length-sorted
 batching under a token budget, fp32/bf16/fp16/int8), batchnlp's own DistilBERT modules, the
 worker's share of the machine, unit heartbeats, and models: references, staging, loading and the
-``model push`` store (:mod:`.models`).
+``batchnlp models`` store (:mod:`.models`).
 
 May import: :mod:`batchnlp.io`, :mod:`batchnlp.util`, :mod:`batchnlp.errors`.
 """

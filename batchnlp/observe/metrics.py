@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from batchnlp.ledger.record import Totals
@@ -58,3 +60,29 @@ def emit(fields: dict[str, Any]) -> None:
     from batchnlp.observe.logs import emit as emit_line
 
     emit_line("job metrics", "job_metrics", logging.INFO, __name__, **fields)
+
+
+@contextmanager
+def job_metrics(enabled: bool, outcome: dict[str, Any]) -> Iterator[None]:
+    """With JSON logs, end a command with the EMF line, whether it succeeded or not (its exit
+    code is a dimension); ``outcome`` receives the command's summary, or ``child_node`` where a
+    multi-node job's child node runs (the main node reports the job)."""
+    started = time.monotonic()
+    code: int = 0
+    try:
+        yield
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+        raise
+    except BaseException:
+        code = 1
+        raise
+    finally:
+        if enabled and not outcome.get("child_node"):
+            summary = outcome.get("summary")
+            totals = summary.totals if summary is not None else None
+            committed = summary is not None and code == 0 and summary.shard is None  # a shard commits nothing
+            emit(emf_fields(totals, committed, time.monotonic() - started, code))
+            # The line stays last: what distributed says as the interpreter tears down its comms
+            # ("Closing dangling stream" after a SIGTERM mid-start-up) is no news of the job.
+            logging.getLogger("distributed").setLevel(logging.ERROR)

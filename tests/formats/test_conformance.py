@@ -74,7 +74,7 @@ def test_an_output_format_writes_deterministic_parts_that_read_back(fmt, compres
 
 
 def test_the_registry_derives_the_spec_s_and_the_cli_s_choices():
-    from batchnlp.cli import run
+    from batchnlp.cli.run import run
     from batchnlp.spec import INPUT_FORMATS as SPEC_INPUTS
     from batchnlp.spec import OUTPUT_FORMATS as SPEC_OUTPUTS
 

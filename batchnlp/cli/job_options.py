@@ -1,0 +1,297 @@
+"""The settings of a job as flags (:data:`JOB_OPTIONS`: ``run`` takes them all, ``plan`` the same,
+as it plans what ``run`` would run), and the JobSpec a command's flags make: the flags given
+on the command line override the spec file as keyword arguments of :func:`batchnlp.job_spec` do
+(:mod:`batchnlp.spec.merge`). This module is declarations: one ``click.option`` per setting.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from batchnlp.cli.options import (
+    LOG_OPTIONS,
+    PARAM_OPTION,
+    RUN_DATE_OPTION,
+    catalog_option,
+    storage_option,
+    with_options,
+)
+from batchnlp.cli.params import KeyValue
+from batchnlp.spec import COMPRESSION_NAMES, INPUT_FORMATS, MINIMUMS, OUTPUT_FORMATS
+
+# --scheduler tls://... (batchnlp.cluster.tls): what each file is; Dask's distributed.comm.tls config stands in for all.
+TLS_FILES = {"--tls-ca-file": "the cluster's CA", "--tls-cert": "this client's certificate", "--tls-key": "its key"}
+# CLI option name → settings key of the job spec, where they differ.
+SETTING_NAMES = {
+    "task": "tasks",
+    "model": "models",
+    "storage_option": "storage_options",
+    "catalog_option": "catalog_options",
+}
+
+
+JOB_OPTIONS = [
+    click.option(
+        "--spec",
+        "spec_file",
+        help="YAML job spec with the same settings, a path, an s3:// URL or env:VARIABLE; flags override it. "
+        "Example: --spec jobs/nightly-sentiment.yaml",
+    ),
+    click.option(
+        "--task",
+        multiple=True,
+        metavar="NAME",
+        help="Task to run, repeatable: sentiment, classify, qa. Default: sentiment. "
+        "Example: --task sentiment --task classify",
+    ),
+    click.option(
+        "--model",
+        multiple=True,
+        type=KeyValue("TASK"),
+        metavar="TASK=REF",
+        help="Model for a task: Hub id[@revision], local directory or s3:// prefix, optionally pinned @sha256:DIGEST "
+        "(batchnlp models digest). Example: --model classify=s3://models/topics/",
+    ),
+    click.option(
+        "--top-k",
+        type=click.IntRange(min=MINIMUMS["top_k"]),
+        help="classify: also keep the N best labels in a top_k list. Example: --top-k 3",
+    ),
+    click.option(
+        "--keep-probs",
+        is_flag=True,
+        default=None,
+        help="classify, sentiment: also write every label's probability (probs: list<float>, label order in the "
+        "field's metadata), the soft labels batchnlp distill trains a student on. Example: --keep-probs",
+    ),
+    click.option(
+        "--question",
+        metavar="TEXT",
+        help='qa: ask every row this question. Example: --question "Who is the buyer?"',
+    ),
+    click.option(
+        "--question-column",
+        metavar="NAME",
+        help="qa: column (JSONL field) holding each row's question. Example: --question-column question",
+    ),
+    click.option(
+        "--doc-stride",
+        type=click.IntRange(min=MINIMUMS["doc_stride"]),
+        help="qa: tokens of overlap between the windows of a long text. Default: 128 (at most half of --max-length). "
+        "Example: --doc-stride 64",
+    ),
+    click.option(
+        "--max-answer-length",
+        type=click.IntRange(min=MINIMUMS["max_answer_length"]),
+        help="qa: longest answer in tokens. Default: 15. Example: --max-answer-length 30",
+    ),
+    click.option(
+        "--allow-no-answer",
+        is_flag=True,
+        default=None,
+        help="qa: answer empty (score = the null score) when no span beats it, for SQuAD2-style models. "
+        "Example: --allow-no-answer",
+    ),
+    click.option(
+        "--input-format",
+        type=click.Choice(INPUT_FORMATS),
+        help="Input format when file names do not tell (.jsonl, .jsonl.gz, .jsonl.zst, .parquet), or a table: delta "
+        "(INPUT is the table's directory or s3:// prefix), iceberg (INPUT is namespace.table in --catalog). "
+        "Example: --input-format delta",
+    ),
+    click.option(
+        "--output-format",
+        type=click.Choice(OUTPUT_FORMATS),
+        help="Part files: parquet (part-NNNNN.parquet, default), arrow (Arrow IPC file format, part-NNNNN.arrow) or "
+        "jsonl (one JSON object per row, part-NNNNN.jsonl[.gz]); or one append commit to a table: delta (OUTPUT is "
+        "the table's directory or s3:// prefix, created on first use), iceberg (OUTPUT is namespace.table in "
+        "--catalog). Example: --output-format delta --run-id 2026-11-24",
+    ),
+    click.option(
+        "--catalog",
+        metavar="NAME",
+        help="Iceberg catalog, configured as pyiceberg finds it (.pyiceberg.yaml, PYICEBERG_CATALOG__NAME__KEY "
+        "variables). Default: default; with nothing configured, a SQLite catalog.db and warehouse/ in the working "
+        "directory. Example: --catalog lake",
+    ),
+    catalog_option(
+        "over its configuration. Example: --catalog-option type=glue --catalog-option warehouse=s3://lake/warehouse"
+    ),
+    click.option(
+        "--table-version",
+        type=click.IntRange(min=MINIMUMS["table_version"]),
+        metavar="N",
+        help="Read this Delta version or Iceberg snapshot id instead of the latest. Example: --table-version 12",
+    ),
+    click.option(
+        "--compression",
+        type=click.Choice(COMPRESSION_NAMES),
+        help="Compression of the parts: parquet zstd (default), snappy or none; jsonl none (default) or gzip; "
+        "arrow none. Example: --output-format jsonl --compression gzip",
+    ),
+    click.option(
+        "--partition-by",
+        multiple=True,
+        metavar="COL",
+        help="Write Hive-partitioned output: OUTPUT/COL=value/.../part-NNNNN.<suffix>, the column left out of the "
+        "files (readers get it back from the path). Repeat for nested keys; an input column or one of the input's "
+        "own key=value partition keys. Example: --partition-by date --partition-by lang",
+    ),
+    click.option(
+        "--text-column", help="Column (JSONL field) holding the text. Default: text. Example: --text-column body"
+    ),
+    click.option("--id-column", help="Column identifying rows in reports. Example: --id-column review_id"),
+    click.option(
+        "--on-bad-lines",
+        type=click.Choice(["stop", "skip", "quarantine"]),
+        help="JSONL lines that are not a JSON object (malformed, invalid UTF-8): stop naming the line (default), "
+        "skip them (counted in the manifest), or quarantine them (also kept byte for byte under OUTPUT/_rejected/). "
+        "Example: --on-bad-lines quarantine",
+    ),
+    click.option(
+        "--max-bad-lines",
+        metavar="N|FRACTION",
+        help="With --on-bad-lines skip|quarantine: most bad lines a run may have and still commit (exit 0): a count, "
+        "a fraction of the input's lines or a percentage. More: nothing is committed, exit 3. Default: any number. "
+        "Example: --max-bad-lines 100, --max-bad-lines 0.1%",
+    ),
+    click.option(
+        "--max-line-bytes",
+        metavar="BYTES",
+        help="A longer JSONL line is a bad line, set aside without being read whole (quarantined by its first "
+        "4 KiB and length); a longer Parquet cell rejects its row. Default: 8MiB. Example: --max-line-bytes 32MiB",
+    ),
+    click.option(
+        "--max-decompressed-bytes",
+        metavar="BYTES",
+        help="A compressed file decompressing past this, or past 1000x its size beyond 4 GiB, is refused from there "
+        "on: the rest of it is one bad line naming the file. Default: 64GiB. Example: --max-decompressed-bytes 200GiB",
+    ),
+    click.option(
+        "--rows-per-partition",
+        type=click.IntRange(min=MINIMUMS["rows_per_partition"]),
+        help="Rows in one unit of work (about: JSONL is cut by bytes). Default: 4 units per worker (fewer where "
+        "units would fall under 250 rows), at most 10000 rows each. Example: --rows-per-partition 50000",
+    ),
+    click.option(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="Use this Dask scheduler instead of an embedded local cluster. Example: --scheduler tcp://10.0.0.5:8786",
+    ),
+    *(
+        click.option(flag, metavar="FILE", help=f"With --scheduler tls://...: {what} (PEM). Default: Dask's config.")
+        for flag, what in TLS_FILES.items()
+    ),
+    click.option(
+        "--workers",
+        type=click.IntRange(min=MINIMUMS["workers"]),
+        help="Worker processes of the embedded cluster. Default: one per core, as memory allows; "
+        "on GPUs, three per GPU. Example: --workers 2",
+    ),
+    click.option(
+        "--device",
+        type=click.Choice(["auto", "cpu", "cuda"]),
+        help="Where the model runs. Default: auto (cuda when present). Example: --device cpu",
+    ),
+    click.option(
+        "--precision",
+        type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]),
+        help="Numeric precision. Default: auto (fp32 on CPU, bf16/fp16 on CUDA). Example: --precision bf16",
+    ),
+    click.option(
+        "--max-length",
+        type=click.IntRange(min=MINIMUMS["max_length"]),
+        help="Truncate texts to N tokens; qa cuts longer texts into windows of N tokens instead. Default: the model's "
+        "maximum (512 for DistilBERT), 384 for qa. Example: --max-length 256",
+    ),
+    click.option(
+        "--tokens-per-batch",
+        type=click.IntRange(min=MINIMUMS["tokens_per_batch"]),
+        help="Token budget of one padded batch. Default: 8192 on CPU (1024 with int8), 262144 on CUDA. "
+        "Example: --tokens-per-batch 16384",
+    ),
+    click.option(
+        "--rescore-margin",
+        type=click.FloatRange(min=0, max=1, max_open=True),
+        metavar="MARGIN",
+        help="int8: rescore in fp32 every row whose best two label scores are closer than this, so int8 "
+        "keeps fp32's labels. Default: 0.1; 0 never rescores. Example: --rescore-margin 0.2",
+    ),
+    storage_option("input, output and models"),
+    click.option("--overwrite", is_flag=True, default=None, help="Replace a finished output (one holding _SUCCESS)."),
+    click.option(
+        "--resume", is_flag=True, default=None, help="Finish an interrupted run, keeping the parts it committed."
+    ),
+    click.option(
+        "--break-lock",
+        is_flag=True,
+        default=None,
+        help="Take OUTPUT even though another run's _lock.json says it is writing there (it must be dead).",
+    ),
+    click.option(
+        "--lock-owner",
+        metavar="JOB",
+        help="The scheduled job this run belongs to, where no AWS_BATCH_JOB_ID or BATCHNLP_K8S_JOB_UID says: a later "
+        "run with the same owner takes over its lock at once. Example: --lock-owner airflow:nightly:2026-11-24",
+    ),
+    click.option(
+        "--grace-seconds",
+        type=click.FloatRange(min=0, min_open=True),
+        help="After SIGTERM/SIGINT, how long running units may finish before the run stops (exit 143/130). "
+        "Default: 20, inside ECS's 30 s stop timeout. Example: --grace-seconds 90",
+    ),
+    click.option(
+        "--unit-timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        metavar="SECONDS",
+        help="A unit that makes no progress this long is rerun on a restarted worker. Default: 5 times the median "
+        "unit time, at least 600. Example: --unit-timeout 1800",
+    ),
+    PARAM_OPTION,
+    RUN_DATE_OPTION,
+    click.option(
+        "--incremental",
+        is_flag=True,
+        default=None,
+        help="Label only input files no committed run at OUTPUT read as they are now (new or replaced), as a run of "
+        "its own: OUTPUT/run_id=ID/ for part files, an append for a table. Example: --incremental --run-id 2026-11-24",
+    ),
+    click.option(
+        "--run-id",
+        metavar="ID",
+        help="Name the run (manifest, lock, logs). Default: generated. Rerunning a committed run's id exits 0 "
+        "without redoing it, so a retried scheduled job is harmless. Example: --run-id 2026-11-24",
+    ),
+    *LOG_OPTIONS,
+]
+
+
+def job_options(command: Any) -> Any:
+    """Decorate ``command`` with :data:`JOB_OPTIONS`, in the order ``--help`` lists them."""
+    return with_options(JOB_OPTIONS, command)
+
+
+def job_spec(ctx: click.Context, spec_file: str | None, param: Any, run_date: str | None, flags: dict[str, Any]) -> Any:
+    """The JobSpec of a command taking :data:`JOB_OPTIONS`: the spec file, the flags given over it,
+    placeholders filled (:func:`batchnlp.job_spec`)."""
+    from batchnlp.api import job_spec as compose
+
+    return compose(spec_file, params=dict(param), run_date=run_date, **given_settings(ctx, flags))
+
+
+def given_settings(ctx: click.Context, flags: dict[str, Any]) -> dict[str, Any]:
+    """The flags given on the command line (or by their environment variable), as spec settings."""
+    settings: dict[str, Any] = {}
+    for name, value in flags.items():
+        source = ctx.get_parameter_source(name)
+        if source not in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT) or value in ((), None):
+            continue
+        if name in ("model", "storage_option", "catalog_option"):
+            value = dict(value)
+        elif name == "task":
+            value = list(value)
+        settings[SETTING_NAMES.get(name, name)] = value
+    return settings
