@@ -1,5 +1,5 @@
 """``batchnlp distill`` end to end: a teacher labels a corpus with ``--keep-probs``, a student learns
-from the output, and the student's report says what it bought (the README's distillation figures).
+from the output, and the student's report says what it bought (docs/distill.md's figures).
 
     python benchmarks/distill_student.py                          # 4,000 rows, DistilBERT-base teacher, 3 layers
     python benchmarks/distill_student.py --rows 1000 --size tiny  # a quick look

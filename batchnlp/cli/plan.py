@@ -31,7 +31,7 @@ Examples:
     "--tokens-per-second",
     type=click.FloatRange(min=0, min_open=True),
     metavar="N",
-    help="Throughput of one shard. Default: the README's measured figure for the device and precision "
+    help="Throughput of one shard. Default: the measured figure (docs/performance.md) for the device and precision "
     "(DistilBERT-base; bigger models slower by parameter count). Example: --tokens-per-second 900000",
 )
 @click.option(

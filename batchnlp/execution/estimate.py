@@ -437,7 +437,7 @@ def default_throughput(device: str, precision: str, workers: int, parameters: in
 
     CPU figures are per worker process, times the run's workers. A model with more non-embedding
     parameters than DistilBERT-base is assumed slower in proportion; a smaller one no faster
-    (tokenising and kernel launches bound small models: the README's GPU notes).
+    (tokenising and kernel launches bound small models: docs/performance.md's GPU notes).
     """
     from batchnlp.execution.performance import measured
 

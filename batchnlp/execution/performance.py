@@ -1,7 +1,7 @@
 """Measured throughput, kept in one place: ``performance.json`` beside this module.
 
 ``batchnlp plan`` and every run's estimate take their default tokens/s and start-up from it, and
-the README's Performance and Plan tables are checked against it, so a figure measured once is
+docs/performance.md's Performance and Plan tables are checked against it, so a figure measured once is
 not copied by hand into code and docs that then drift apart. CPU figures depend on the CPU:
 the one chosen is the figure of the best-equipped machine whose flags this machine has (a CPU
 without bf16 units emulates bf16 seven times slower), read from ``/proc/cpuinfo``.
@@ -29,7 +29,7 @@ class Figure:
     cpu_flags: tuple[str, ...]  # the flags the measuring CPU had that matter for speed
     machine: str
     source: str
-    readme_table: str  # the README text just before the table the figure is copied into...
+    readme_table: str  # the docs/performance.md text just before the table the figure is copied into...
     readme_row: str  # ...and a cell of its row naming it (tests/test_performance_figures.py compares them)
 
     @property
