@@ -27,6 +27,13 @@ from batchnlp.util.retry import filesystem_options
 GLOB_CHARS = re.compile(r"[*?\[]")
 
 
+def stays_inside(name: str) -> bool:
+    """``name`` is a plain relative path that stays inside its directory: no leading ``/``, no
+    ``..`` segment, nothing normalising would change. Output names are built from user values
+    (run ids, partition values) and records are read back from storage: none may lead out."""
+    return not name.startswith("/") and posixpath.normpath(name) == name and name != ".." and not name.startswith("../")
+
+
 @dataclass(frozen=True, repr=False)
 class Location:
     """A URL plus its fsspec options; picklable, so workers rebuild the filesystem themselves."""
@@ -67,8 +74,7 @@ class Location:
     def inside(self, name: str) -> str:
         """``name``, a relative path that stays inside this location once normalised; else OutputError.
         Names are built from user values (run ids, partition values): none may lead out."""
-        normal = posixpath.normpath(name)
-        if name.startswith("/") or normal != name.rstrip("/") or normal == ".." or normal.startswith("../"):
+        if not stays_inside(name.rstrip("/")):
             raise OutputError(f"{name!r} would lead out of {self.display()} or is no plain relative path: refused")
         return name
 

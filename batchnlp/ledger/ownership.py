@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 from batchnlp.errors import OutputError
 from batchnlp.io.layout import JOB_RECORD, MANIFEST, PLAN, PROGRESS, REJECTED, REPORT_HTML, REPORT_JSON, SUCCESS
-from batchnlp.io.storage import Location, storage_errors
+from batchnlp.io.storage import Location, stays_inside, storage_errors
 from batchnlp.ledger.lock import LOCK
 from batchnlp.util.compat import strip_protocol
 
@@ -196,7 +196,7 @@ def _manifest_names(manifest: dict[str, Any]) -> set[str]:
             names |= _part_names(part)
     report = manifest.get("report")
     names |= {entry.get("path") for entry in (report or {}).values() if isinstance(entry, dict)}
-    return {name for name in names if isinstance(name, str) and _inside(name)}
+    return {name for name in names if isinstance(name, str) and stays_inside(name)}
 
 
 def _part_names(part: dict[str, Any]) -> set[str]:
@@ -205,7 +205,7 @@ def _part_names(part: dict[str, Any]) -> set[str]:
     quarantine = part.get("quarantine")
     if isinstance(quarantine, dict) and isinstance(quarantine.get("path"), str):
         names |= {quarantine["path"], quarantine["path"].replace(f"{REJECTED}/", f"{REJECTED}/_reasons/", 1)}
-    return {name for name in names if isinstance(name, str) and _inside(name)}
+    return {name for name in names if isinstance(name, str) and stays_inside(name)}
 
 
 def _progress_names(fs: Any, root: str, name: str, record: Any) -> set[str]:
@@ -221,11 +221,6 @@ def _progress_names(fs: Any, root: str, name: str, record: Any) -> set[str]:
     part = strip_protocol(fs, result.part) if result.part else ""
     entry = {"path": part[len(root) + 1 :] if part.startswith(root + "/") else None, "files": result.files}
     return {name} | _part_names({**entry, "quarantine": result.quarantine})
-
-
-def _inside(name: str) -> bool:
-    """A relative path that stays inside its directory (a record's name never leads out of it)."""
-    return not name.startswith("/") and posixpath.normpath(name) == name and not name.startswith("..")
 
 
 def _read(fs: Any, root: str, name: str, present: set[str]) -> Any:
