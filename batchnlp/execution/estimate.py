@@ -369,7 +369,8 @@ def tokenizer_directory(ref: str, storage_options: Any, scratch: Path) -> Path:
     A local directory is used as it is; a pinned ref is staged and checked as workers stage it
     (its pin covers the weights); an unpinned remote prefix or Hub id gives only its small files.
     """
-    from batchnlp.inference.models import parse_ref, stage
+    from batchnlp.inference.models.refs import parse_ref
+    from batchnlp.inference.models.stage import stage
 
     parsed = parse_ref(ref)
     if parsed.kind == "local" or parsed.digest:
@@ -383,7 +384,7 @@ TOKENIZER_PATTERNS = ("*.json", "*.txt", "*.model")  # models.STAGED_PATTERNS wi
 
 
 def _remote_tokenizer(parsed: Any, storage_options: Any, scratch: Path) -> Path:
-    from batchnlp.inference.models import remote_listing
+    from batchnlp.inference.models.stage import remote_listing
     from batchnlp.io.storage import storage_errors
 
     fs, path = Location(parsed.location, storage_options).split()
@@ -400,7 +401,7 @@ def _remote_tokenizer(parsed: Any, storage_options: Any, scratch: Path) -> Path:
 def _hub_tokenizer(parsed: Any) -> Path:
     from huggingface_hub import snapshot_download
 
-    from batchnlp.inference.models import hub_error
+    from batchnlp.inference.models.stage import hub_error
 
     try:
         return Path(snapshot_download(parsed.location, revision=parsed.revision, allow_patterns=TOKENIZER_PATTERNS))
@@ -489,7 +490,7 @@ def shard_costs(
 @contextmanager
 def _tasks(spec: JobSpec, counter: TokenCounter) -> Iterator[list[tuple[TaskSpec, Any]]]:
     """Each task of ``spec`` built on its tokenizer alone (refs checked as the run checks them)."""
-    from batchnlp.inference.models import check_ref
+    from batchnlp.inference.models.stage import check_ref
 
     with tempfile.TemporaryDirectory(prefix="batchnlp-plan-") as scratch:
         built = []

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from batchnlp.inference.engine import BatchStats, Engine
-from batchnlp.inference.models import load_sequence_classifier
+from batchnlp.inference.models.load import load_sequence_classifier
 from batchnlp.tasks.base import Task
 from batchnlp.tasks.columns import LABEL_SCORE, with_label_order
 

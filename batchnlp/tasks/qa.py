@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from batchnlp.inference.engine import BatchStats, Engine
-from batchnlp.inference.models import load_question_answerer
+from batchnlp.inference.models.load import load_question_answerer
 from batchnlp.tasks.base import Task, value_problem
 from batchnlp.tasks.columns import ANSWER
 from batchnlp.tasks.spans import best_spans, word_bounds
