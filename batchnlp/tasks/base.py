@@ -69,7 +69,6 @@ class Task(ABC):
         self.spec = spec
         self.directory = directory
         self.engine = engine
-        self.requested_max_length = max_length
         self.model: Any = None
         if engine is None:
             self.tokenizer, self.config = load_tokenizer_and_config(directory, spec.model)
