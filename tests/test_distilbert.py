@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from batchnlp.inference import distilbert
-from batchnlp.inference.models import AUTO_CLASSES, load_sequence_classifier
+from batchnlp.inference.models.load import AUTO_CLASSES, load_sequence_classifier
 from batchnlp.testing import build_classifier, build_question_answerer
 from tests import corpus
 

@@ -119,7 +119,7 @@ def test_every_pod_runs_unprivileged_on_a_read_only_root(manifest: str, where: s
 
 
 def test_the_model_cache_of_the_image_user_lies_in_the_writable_cache(monkeypatch) -> None:
-    from batchnlp.inference.models import default_cache_dir
+    from batchnlp.inference.models.stage import default_cache_dir
 
     _, home = image_user()
     monkeypatch.setenv("HOME", home)

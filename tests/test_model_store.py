@@ -11,7 +11,7 @@ import sys
 from click.testing import CliRunner
 
 from batchnlp.cli import main
-from batchnlp.inference.models import check_ref, content_checksums, content_digest, weight_checksums
+from batchnlp.inference.models.stage import check_ref, content_checksums, content_digest, weight_checksums
 
 
 def invoke(*args: str):

@@ -13,15 +13,9 @@ from click.testing import CliRunner
 import batchnlp.execution.runner
 from batchnlp.cli import main
 from batchnlp.errors import ModelError
-from batchnlp.inference.models import (
-    check_ref,
-    content_checksums,
-    content_digest,
-    load_sequence_classifier,
-    parse_ref,
-    stage,
-    weight_checksums,
-)
+from batchnlp.inference.models.load import load_sequence_classifier
+from batchnlp.inference.models.refs import parse_ref
+from batchnlp.inference.models.stage import check_ref, content_checksums, content_digest, stage, weight_checksums
 from tests.helpers import cli_job, upload_dir, write_jsonl
 
 DIGEST = "a" * 64

@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 
 from batchnlp.errors import ModelError
-from batchnlp.inference.models import check_ref, load_sequence_classifier, stage, weight_checksums
+from batchnlp.inference.models.load import load_sequence_classifier
+from batchnlp.inference.models.stage import check_ref, stage, weight_checksums
 from batchnlp.observe.logs import configure_logging
 from batchnlp.util.redaction import PRELOAD, redact_text
 from tests.helpers import upload_dir, write_jsonl

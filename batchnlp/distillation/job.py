@@ -112,7 +112,7 @@ def distill(spec: DistillSpec, on_step: Callable[[int, int, float], None] | None
     import torch
     from transformers.utils import logging as transformers_logging
 
-    from batchnlp.inference.models import stage
+    from batchnlp.inference.models.stage import stage
 
     transformers_logging.disable_progress_bar()  # "Loading weights" bars: ours is the one progress display
     spec.check()
@@ -210,7 +210,7 @@ def _training_device(spec: DistillSpec) -> tuple[str, str]:
 
 def _student(spec: DistillSpec, data: TeacherData, teacher_dir: Path) -> Student:
     from batchnlp.distillation.train import student_from_checkpoint, student_from_teacher
-    from batchnlp.inference.models import stage
+    from batchnlp.inference.models.stage import stage
 
     if spec.student_init:
         return student_from_checkpoint(

@@ -13,9 +13,9 @@ How each figure is found:
   (footers, counted lines), are sampled by row from a few whole units read as a worker reads
   them. Each total is a Horvitz–Thompson estimate with a 95% interval from the sample's variance
   (Cochran, *Sampling Techniques*, 9A).
-- **Tokens** are counted by each task's own code on its real tokenizer (classification
-  truncation, QA windows with their question and stride), with only the tokenizer and config
-  loaded: the task is stopped at the engine's door, where it hands over the token ids.
+- **Tokens** are counted by each task's own ``preprocess`` step on its real tokenizer (classification
+  truncation, QA windows with their question and stride), on a task built without an engine:
+  only the tokenizer and config are loaded, never the weights.
 - **Padding** runs the sampled lengths, resampled to the size of a unit, through the engine's
   batching (:func:`batchnlp.inference.batching.token_budget_batches`, pad multiple 8 on CUDA, 1 on CPU).
 - **Time** divides tokens by a measured throughput (:mod:`batchnlp.execution.performance`), and adds
@@ -32,7 +32,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pyarrow as pa
@@ -47,7 +46,7 @@ from batchnlp.io.formats.lines import Line, blocks_of, bounded_lines, overlong, 
 from batchnlp.io.storage import Location
 from batchnlp.spec import JobSpec, TaskSpec
 from batchnlp.tasks import TASKS
-from batchnlp.tasks.base import value_problem
+from batchnlp.tasks.base import Task, value_problem
 from batchnlp.util.compat import strip_protocol
 
 SAMPLE_ROWS = 400  # rows tokenised per plan: about a second of tokenising, a 95% interval of a few percent
@@ -279,48 +278,22 @@ def _rows(table: pa.Table, errors: list[str | None], spec: JobSpec) -> list[dict
 # ------------------------------------------------------------------ tokenising
 
 
-class _Tokenised(Exception):  # not an error: how a task hands its token ids over
-    """Raised by :class:`TokenCounter.run`: a task's token ids, at the point it would run the model."""
+@dataclass(frozen=True)
+class Batching:
+    """How the run's engine would batch: its token budget and pad multiple, without loading it."""
 
-    def __init__(self, input_ids: Sequence[Sequence[int]]) -> None:
-        super().__init__("tokenised")
-        self.lengths = [len(ids) for ids in input_ids]
+    tokens_per_batch: int
+    pad_multiple: int
 
-
-class TokenCounter:
-    """What a task sees of :class:`~batchnlp.inference.engine.Engine` when only its tokens are wanted.
-
-    ``load`` gives the checkpoint's tokenizer and, in place of the model, its config (no weights
-    are read); ``run`` stops the task with the token ids it hands over. So tokens are counted by
-    the tasks' own code (truncation, QA windows), not by a copy of it.
-    """
-
-    def __init__(self, device: str, precision: str, tokens_per_batch: int | None) -> None:
-        self.device, self.precision = device, precision
-        self.tokens_per_batch = tokens_per_batch or default_tokens_per_batch(device, precision)
-        self.pad_multiple = PAD_MULTIPLE if device == "cuda" else 1  # as Engine pads
-
-    def reference(self, directory: Path, ref: str, loader: Any) -> None:
-        """No int8 rows are rescored when only tokens are counted."""
-        return None
-
-    def load(self, directory: Path, ref: str, loader: Any) -> tuple[Any, Any]:
-        from transformers import AutoConfig, AutoTokenizer
-
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
-            config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
-        except (OSError, ValueError, KeyError) as e:
-            raise ModelError(f"cannot load the tokenizer of model {ref!r}: {e}") from e
-        if not getattr(tokenizer, "is_fast", False):
-            raise ModelError(f"model {ref!r} has no fast tokenizer (tokenizer.json); batchnlp needs one")
-        return tokenizer, SimpleNamespace(config=config)
-
-    def run(self, model: Any, input_ids: Sequence[Sequence[int]], *args: Any, **kwargs: Any) -> Any:
-        raise _Tokenised(input_ids)
+    @classmethod
+    def planned(cls, device: str, precision: str, tokens_per_batch: int | None) -> Batching:
+        return cls(
+            tokens_per_batch or default_tokens_per_batch(device, precision),
+            PAD_MULTIPLE if device == "cuda" else 1,  # as Engine pads
+        )
 
 
-def sequence_lengths(task: Any, row: dict[str, Any], text_column: str) -> list[int]:
+def sequence_lengths(task: Task, row: dict[str, Any], text_column: str) -> list[int]:
     """Token counts of the sequences ``task`` would run for one row (QA: one per window); [] for a row
     it would not annotate (bad text, a missing or too long question), as the worker leaves it out."""
     text = row.get(text_column)
@@ -331,11 +304,7 @@ def sequence_lengths(task: Any, row: dict[str, Any], text_column: str) -> list[i
         table = pa.table({c: _one_value(row.get(c)) for c in task.input_columns})
         if task.row_problems(table)[0] is not None:
             return []
-    try:
-        task.annotate([text], table)
-    except _Tokenised as handed:
-        return handed.lengths
-    return []
+    return [len(ids) for ids in task.preprocess([text], table).input_ids]
 
 
 def _one_value(value: Any) -> pa.Array:
@@ -343,7 +312,7 @@ def _one_value(value: Any) -> pa.Array:
     return pa.array([value], pa.string()) if value is None or isinstance(value, str) else pa.array([value])
 
 
-def padded_share(lengths_per_row: list[list[int]], unit_rows: int, counter: TokenCounter) -> float:
+def padded_share(lengths_per_row: list[list[int]], unit_rows: int, batching: Batching) -> float:
     """Padded tokens per real token, for units of ``unit_rows`` rows drawn from the sampled rows,
     batched as the engine batches them."""
     if not any(lengths_per_row):
@@ -352,8 +321,8 @@ def padded_share(lengths_per_row: list[list[int]], unit_rows: int, counter: Toke
     padded = tokens = 0
     for _ in range(PADDING_TRIALS):
         lengths = [n for row in rng.choices(lengths_per_row, k=max(1, unit_rows)) for n in row]
-        multiple = counter.pad_multiple
-        for batch in token_budget_batches(lengths, counter.tokens_per_batch, multiple):
+        multiple = batching.pad_multiple
+        for batch in token_budget_batches(lengths, batching.tokens_per_batch, multiple):
             width = -(-max(lengths[i] for i in batch) // multiple) * multiple
             padded += width * len(batch)
         tokens += sum(lengths)
@@ -369,7 +338,8 @@ def tokenizer_directory(ref: str, storage_options: Any, scratch: Path) -> Path:
     A local directory is used as it is; a pinned ref is staged and checked as workers stage it
     (its pin covers the weights); an unpinned remote prefix or Hub id gives only its small files.
     """
-    from batchnlp.inference.models import parse_ref, stage
+    from batchnlp.inference.models.refs import parse_ref
+    from batchnlp.inference.models.stage import stage
 
     parsed = parse_ref(ref)
     if parsed.kind == "local" or parsed.digest:
@@ -383,7 +353,7 @@ TOKENIZER_PATTERNS = ("*.json", "*.txt", "*.model")  # models.STAGED_PATTERNS wi
 
 
 def _remote_tokenizer(parsed: Any, storage_options: Any, scratch: Path) -> Path:
-    from batchnlp.inference.models import remote_listing
+    from batchnlp.inference.models.stage import remote_listing
     from batchnlp.io.storage import storage_errors
 
     fs, path = Location(parsed.location, storage_options).split()
@@ -400,7 +370,7 @@ def _remote_tokenizer(parsed: Any, storage_options: Any, scratch: Path) -> Path:
 def _hub_tokenizer(parsed: Any) -> Path:
     from huggingface_hub import snapshot_download
 
-    from batchnlp.inference.models import hub_error
+    from batchnlp.inference.models.stage import hub_error
 
     try:
         return Path(snapshot_download(parsed.location, revision=parsed.revision, allow_patterns=TOKENIZER_PATTERNS))
@@ -487,16 +457,17 @@ def shard_costs(
 
 
 @contextmanager
-def _tasks(spec: JobSpec, counter: TokenCounter) -> Iterator[list[tuple[TaskSpec, Any]]]:
-    """Each task of ``spec`` built on its tokenizer alone (refs checked as the run checks them)."""
-    from batchnlp.inference.models import check_ref
+def _tasks(spec: JobSpec) -> Iterator[list[tuple[TaskSpec, Task]]]:
+    """Each task of ``spec`` built without an engine, on its tokenizer and config alone (refs checked as
+    the run checks them): its ``preprocess`` runs, no weights are read."""
+    from batchnlp.inference.models.stage import check_ref
 
     with tempfile.TemporaryDirectory(prefix="batchnlp-plan-") as scratch:
         built = []
         for task_spec in spec.tasks:
             check_ref(task_spec.model, spec.storage_options)
             directory = tokenizer_directory(task_spec.model, spec.storage_options, Path(scratch))
-            built.append((task_spec, TASKS[task_spec.kind].load()(task_spec, directory, counter, spec.max_length)))
+            built.append((task_spec, TASKS[task_spec.kind].load()(task_spec, directory, None, spec.max_length)))
         yield built
 
 
@@ -509,7 +480,7 @@ def estimate_from_plan(
     """The run's estimate, for the manifest and ``batchnlp plan``: rows, tokens and padding per task, and
     the wall time of one shard. Cheap: reads a few hundred lines (or a few units) and tokenises them."""
     device, precision = planned_device(spec)
-    counter = TokenCounter(device, precision, spec.tokens_per_batch)
+    batching = Batching.planned(device, precision, spec.tokens_per_batch)
     sample = sample_input(spec, job_plan, sample_rows)
     rows = sample.total(lambda s: [0.0 if row is None else 1.0 for row in s.rows])
     unit_rows = max(1, round(rows.value / max(1, len(job_plan.units))))
@@ -517,17 +488,17 @@ def estimate_from_plan(
     total_tokens = Interval(0.0, 0.0, 0.0)
     total_padded = Interval(0.0, 0.0, 0.0)
     parameters = 0
-    with _tasks(spec, counter) as built:
+    with _tasks(spec) as built:
         for task_spec, task in built:
             counted: dict[int, list[int]] = {}  # by row object: a line drawn many times is tokenised once
             per_item = {id(s): [_counted(counted, task, row, spec) for row in s.rows] for s in sample.strata}
             tokens = sample.total(lambda s, per_item=per_item: [float(sum(n)) for n in per_item[id(s)]])
             kept = [n for lengths in per_item.values() for n in lengths if n]
-            padded = tokens.scaled(padded_share(kept, unit_rows, counter))
+            padded = tokens.scaled(padded_share(kept, unit_rows, batching))
             tasks[task_spec.name] = _task_record(task_spec, task, tokens, padded)
             total_tokens = _add(total_tokens, tokens)
             total_padded = _add(total_padded, padded)
-            parameters = max(parameters, model_parameters(task.model.config))
+            parameters = max(parameters, model_parameters(task.config))
     rate, startup, source = default_throughput(device, precision, _workers(spec, device), parameters)
     rate = tokens_per_second or rate
     one = shard_costs(total_tokens, len(job_plan.units), rate, startup, 1, None)
@@ -543,7 +514,7 @@ def estimate_from_plan(
         "padding_share": round(1 - total_tokens.value / total_padded.value, 4) if total_padded.value else 0.0,
         "device": device,
         "precision": precision,
-        "pad_multiple": counter.pad_multiple,
+        "pad_multiple": batching.pad_multiple,
         "tokens_per_second": rate,
         "throughput_source": "--tokens-per-second" if tokens_per_second else source,
         "startup_seconds": startup,
@@ -561,13 +532,13 @@ def _workers(spec: JobSpec, device: str) -> int:
     return local_layout(spec.workers, device).workers
 
 
-def _counted(counted: dict[int, list[int]], task: Any, row: dict[str, Any] | None, spec: JobSpec) -> list[int]:
+def _counted(counted: dict[int, list[int]], task: Task, row: dict[str, Any] | None, spec: JobSpec) -> list[int]:
     if id(row) not in counted:
         counted[id(row)] = _lengths(task, row, spec)
     return counted[id(row)]
 
 
-def _lengths(task: Any, row: dict[str, Any] | None, spec: JobSpec) -> list[int]:
+def _lengths(task: Task, row: dict[str, Any] | None, spec: JobSpec) -> list[int]:
     return [] if row is None else sequence_lengths(task, row, spec.text_column)
 
 
@@ -576,7 +547,7 @@ def _add(a: Interval, b: Interval) -> Interval:
     return Interval(a.value + b.value, a.low + b.low, a.high + b.high)
 
 
-def _task_record(task_spec: TaskSpec, task: Any, tokens: Interval, padded: Interval) -> dict[str, Any]:
+def _task_record(task_spec: TaskSpec, task: Task, tokens: Interval, padded: Interval) -> dict[str, Any]:
     record: dict[str, Any] = {"task": task_spec.kind, "model": task_spec.model, "max_length": task.max_length}
     if getattr(task, "doc_stride", None) is not None:  # a task that cuts long texts into windows
         record["doc_stride"] = task.doc_stride

@@ -85,7 +85,7 @@ class ModelPlugin(WorkerPlugin):
 
         from batchnlp.inference.allocator import keep_freed_memory
         from batchnlp.inference.engine import Engine
-        from batchnlp.inference.models import stage_and_hash, weights_of
+        from batchnlp.inference.models.stage import stage_and_hash, weights_of
         from batchnlp.tasks import TASKS
 
         transformers_logging.disable_progress_bar()

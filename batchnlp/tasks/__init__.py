@@ -1,7 +1,9 @@
 """The task registry: a literal table of task kinds, their code (imported lazily) and defaults.
 
-A new task is one module in this package with a ``Task`` subclass, plus one entry here: its
-code, default model, output type and how people see its column (:mod:`batchnlp.tasks.summaries`).
+A new task is one module in this package with a ``Task`` subclass (its ``preprocess``, ``forward``
+and ``postprocess`` steps: :class:`batchnlp.tasks.base.Task` says which are optional), plus one
+entry here: its code, default model, output type and how people see its column
+(:mod:`batchnlp.tasks.summaries`).
 
 May import: :mod:`batchnlp.inference`, :mod:`batchnlp.io`, :mod:`batchnlp.util`, :mod:`batchnlp.errors`.
 A task reads its :class:`~batchnlp.spec.TaskSpec` as a type only: the spec sits above the registry.

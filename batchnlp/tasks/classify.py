@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow as pa
 
 from batchnlp.inference.engine import BatchStats, Engine
-from batchnlp.inference.models import load_sequence_classifier
-from batchnlp.tasks.base import Task
+from batchnlp.inference.models.load import load_sequence_classifier
+from batchnlp.tasks.base import ModelInputs, Task
 from batchnlp.tasks.columns import LABEL_SCORE, with_label_order
 
 if TYPE_CHECKING:
@@ -24,10 +24,14 @@ if TYPE_CHECKING:
 
 
 class Classify(Task):
-    def __init__(self, spec: TaskSpec, directory: Path, engine: Engine, max_length: int | None) -> None:
+    """preprocess: truncated token ids per text; forward: logits (int8 near-ties rescored in fp32);
+    postprocess: scores → label, score, top_k and probs."""
+
+    loader = staticmethod(load_sequence_classifier)
+
+    def __init__(self, spec: TaskSpec, directory: Path, engine: Engine | None, max_length: int | None) -> None:
         super().__init__(spec, directory, engine, max_length)
-        self.tokenizer, self.model = engine.load(directory, spec.model, load_sequence_classifier)
-        config = self.model.config
+        config = self.config
         self.labels = [config.id2label[i] for i in range(config.num_labels)]
         self.sigmoid = config.problem_type == "multi_label_classification" or config.num_labels == 1
         limits = [max_length, self.tokenizer.model_max_length, config.max_position_embeddings]
@@ -39,13 +43,21 @@ class Classify(Task):
         kind = super().output_type
         return with_label_order(kind, self.labels) if self.spec.keep_probs else kind
 
-    def annotate(self, texts: list[str], rows: pa.Table | None = None) -> tuple[pa.Array, BatchStats]:
-        input_ids = self.tokenize(texts) if texts else []
-        rows, stats = self.engine.run(self.model, input_ids, self.tokenizer.pad_token_id, lambda out: out.logits)
+    def preprocess(self, texts: list[str], rows: pa.Table | None = None) -> ModelInputs:
+        """Token ids per text, truncated to ``max_length``; the engine builds its own masks (the
+        tokenizer's triple the time)."""
+        if not texts:
+            return ModelInputs(input_ids=[])
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length, return_attention_mask=False)
+        return ModelInputs(input_ids=encoded["input_ids"])
+
+    def forward(self, inputs: ModelInputs) -> tuple[np.ndarray, BatchStats]:
+        """Logits ``[texts, labels]``; with int8, the rows too close to call are rerun in fp32."""
+        rows, stats = super().forward(inputs)
         logits = np.stack(rows) if rows else np.zeros((0, len(self.labels)), dtype=np.float32)
         if self.engine.rescore_margin:
-            self._rescore_near_ties(logits, input_ids, stats)
-        return self.postprocess(logits), stats
+            self._rescore_near_ties(logits, inputs.input_ids, stats)
+        return logits, stats
 
     def _rescore_near_ties(self, logits: np.ndarray, input_ids: list[list[int]], stats: BatchStats) -> None:
         """Rerun in fp32 the rows whose best two scores are within the engine's rescore margin, in place.
@@ -63,20 +75,12 @@ class Classify(Task):
         if not len(near):
             return
         reference = self.engine.reference(self.directory, self.spec.model, load_sequence_classifier)
-        exact, extra = self.engine.run(
-            reference, [input_ids[i] for i in near], self.tokenizer.pad_token_id, lambda out: out.logits
-        )
+        exact, extra = self.engine.run(reference, [input_ids[i] for i in near], self.tokenizer.pad_token_id, self.head)
         logits[near] = np.stack(exact)
         stats.rescored += len(near)
         stats.engine_s += extra.engine_s
 
-    def tokenize(self, texts: list[str]) -> list[list[int]]:
-        """Token ids per text; the engine builds its own masks (the tokenizer's triple the time)."""
-        return self.tokenizer(texts, truncation=True, max_length=self.max_length, return_attention_mask=False)[
-            "input_ids"
-        ]
-
-    def postprocess(self, logits: np.ndarray) -> pa.Array:
+    def postprocess(self, inputs: ModelInputs, logits: np.ndarray) -> pa.Array:
         """Scores per label → the output struct (label, score, optional top_k list)."""
         scores = _sigmoid(logits) if self.sigmoid else _softmax(logits)
         best = scores.argmax(axis=-1)

@@ -15,15 +15,16 @@ search runs over whole chunks of windows at once.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from batchnlp.inference.engine import BatchStats, Engine
-from batchnlp.inference.models import load_question_answerer
-from batchnlp.tasks.base import Task, value_problem
+from batchnlp.inference.models.load import load_question_answerer
+from batchnlp.tasks.base import ModelInputs, Task, value_problem
 from batchnlp.tasks.columns import ANSWER
 from batchnlp.tasks.spans import best_spans, word_bounds
 
@@ -35,15 +36,28 @@ DEFAULT_DOC_STRIDE = 128
 WINDOWS_PER_CHUNK = 512  # bounds the span search's memory: 512 × 384 × 15 floats ≈ 12 MB
 
 
+@dataclass(kw_only=True)
+class Windows(ModelInputs):
+    """qa's model inputs: every window of every row (``input_ids``), and what decoding needs."""
+
+    contexts: list[str]  # the rows' texts, which answers are cut from
+    encoding: Any  # the tokenizer's BatchEncoding: offsets, sequence and word ids per window (None: no rows)
+    rows: np.ndarray  # [windows]: the row each window belongs to
+
+
 class QuestionAnswering(Task):
-    def __init__(self, spec: TaskSpec, directory: Path, engine: Engine, max_length: int | None) -> None:
+    """preprocess: question/context windows with ``doc_stride``; forward: start and end logits of
+    every window, batched together; postprocess: the best span per row, summed over windows."""
+
+    loader = staticmethod(load_question_answerer)
+
+    def __init__(self, spec: TaskSpec, directory: Path, engine: Engine | None, max_length: int | None) -> None:
         super().__init__(spec, directory, engine, max_length)
-        self.tokenizer, self.model = engine.load(directory, spec.model, load_question_answerer)
         # The pipeline's defaults: windows of at most 384 tokens, overlapping by at most half a window.
         limits = [
             max_length or DEFAULT_MAX_LENGTH,
             self.tokenizer.model_max_length,
-            self.model.config.max_position_embeddings,
+            self.config.max_position_embeddings,
         ]
         self.max_length = min(limit for limit in limits if limit)
         stride = spec.doc_stride
@@ -83,17 +97,19 @@ class QuestionAnswering(Task):
                 )
         return problems
 
-    def annotate(self, texts: list[str], rows: pa.Table | None = None) -> tuple[pa.Array, BatchStats]:
+    def preprocess(self, texts: list[str], rows: pa.Table | None = None) -> Windows:
+        """The windows of each text with its question: the spec's, or the row's question column."""
         if self.spec.question is not None:
             questions = [self.spec.question] * len(texts)
         else:
             questions = rows.column(self.spec.question_column).to_pylist()
-        return self.answer(texts, questions)
+        return self.encode(texts, questions)
 
-    def answer(self, contexts: list[str], questions: list[str]) -> tuple[pa.Array, BatchStats]:
-        """The best answer to each question in its context, and the batching statistics."""
+    def encode(self, contexts: list[str], questions: list[str]) -> Windows:
+        """Each (question, context) pair cut into windows of ``max_length`` tokens overlapping by
+        ``doc_stride``, the question in every window."""
         if not contexts:
-            return pa.array([], ANSWER), BatchStats()
+            return Windows(input_ids=[], contexts=[], encoding=None, rows=np.zeros(0, np.int64))
         pairs = (questions, contexts) if self.question_first else (contexts, questions)
         encoded = self.tokenizer(
             *pairs,
@@ -104,23 +120,38 @@ class QuestionAnswering(Task):
             return_offsets_mapping=True,
             return_token_type_ids=self.token_types,
         )
-        logits, stats = self.engine.run(
-            self.model,
-            encoded["input_ids"],
-            self.tokenizer.pad_token_id,
-            _start_end,
-            encoded["token_type_ids"] if self.token_types else None,
+        return Windows(
+            input_ids=encoded["input_ids"],
+            token_type_ids=encoded["token_type_ids"] if self.token_types else None,
+            contexts=contexts,
+            encoding=encoded,
+            rows=np.asarray(encoded["overflow_to_sample_mapping"]),
         )
-        best: list[dict[str, dict]] = [{} for _ in contexts]  # per row: answer.lower() → answer
-        null = np.full(len(contexts), np.inf, np.float32)
-        rows = np.asarray(encoded["overflow_to_sample_mapping"])
+
+    def answer(self, contexts: list[str], questions: list[str]) -> tuple[pa.Array, BatchStats]:
+        """The best answer to each question in its context, and the batching statistics: :meth:`annotate`
+        with the questions given rather than read from the spec or the rows."""
+        return self.complete(self.encode(contexts, questions))
+
+    @staticmethod
+    def head(outputs: Any) -> Any:
+        """Start and end logits side by side: ``[batch, tokens, 2]``."""
+        import torch
+
+        return torch.stack([outputs.start_logits, outputs.end_logits], dim=-1)
+
+    def postprocess(self, inputs: Windows, logits: list[np.ndarray]) -> pa.Array:
+        """Each window's best spans, widened to words; per row, equal answers' scores summed, the best kept."""
+        best: list[dict[str, dict]] = [{} for _ in inputs.contexts]  # per row: answer.lower() → answer
+        null = np.full(len(inputs.contexts), np.inf, np.float32)
         for chunk in range(0, len(logits), WINDOWS_PER_CHUNK):
             windows = range(chunk, min(chunk + WINDOWS_PER_CHUNK, len(logits)))
-            self._collect(encoded, logits, windows, rows, contexts, best, null)
-        return self._choose(best, null), stats
+            self._collect(inputs, logits, windows, best, null)
+        return self._choose(best, null)
 
-    def _collect(self, encoded, logits, windows, rows, contexts, best, null) -> None:
+    def _collect(self, inputs: Windows, logits, windows, best, null) -> None:
         """Decode a chunk of windows and fold each window's answer into its row's candidates."""
+        encoded, contexts = inputs.encoding, inputs.contexts
         width = max(len(encoded["input_ids"][w]) for w in windows)
         lengths = np.array([len(encoded["input_ids"][w]) for w in windows])
         stacked = np.zeros((len(windows), width, 2), np.float32)
@@ -141,7 +172,7 @@ class QuestionAnswering(Task):
         picked = np.arange(len(windows))[:, None]
         char_starts = offsets[picked, first[picked, spans.starts], 0]
         char_ends = offsets[picked, last[picked, spans.ends], 1]
-        window_rows = rows[windows.start : windows.stop]
+        window_rows = inputs.rows[windows.start : windows.stop]
         np.minimum.at(null, window_rows, spans.null_scores)
         # Best first within a window, windows in order: the first span of an answer text names its place.
         for k, candidate in zip(*np.nonzero(spans.kept), strict=True):
@@ -168,10 +199,3 @@ class QuestionAnswering(Task):
 
     def _tokens(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-
-
-def _start_end(outputs):
-    """Start and end logits side by side: ``[batch, tokens, 2]``."""
-    import torch
-
-    return torch.stack([outputs.start_logits, outputs.end_logits], dim=-1)

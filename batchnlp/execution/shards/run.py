@@ -40,7 +40,7 @@ from batchnlp.execution.shards.plan import (
     store_plan,
 )
 from batchnlp.execution.shutdown import GracefulStop
-from batchnlp.inference.models import check_ref
+from batchnlp.inference.models.stage import check_ref
 from batchnlp.io.storage import check_output
 from batchnlp.io.worker_credentials import hands_credentials_to_local_workers
 from batchnlp.ledger import ownership

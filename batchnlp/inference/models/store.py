@@ -4,7 +4,7 @@ Jobs in private subnets cannot reach the Hugging Face Hub. ``pull`` copies a che
 files (config, tokenizer, ``*.safetensors``) from the Hub (where a network is available) or a
 local directory to a prefix such as ``s3://bucket/models/sst2/``, and writes
 ``batchnlp-model.json`` last, naming the source, its revision, each file's sha256 and the
-checkpoint's digest (:func:`batchnlp.inference.models.content_digest`), which ``pull`` prints as the ref
+checkpoint's digest (:func:`batchnlp.inference.models.stage.content_digest`), which ``pull`` prints as the ref
 to pin in a job spec. Jobs then load the model from that prefix; the manifest records its version.
 """
 
@@ -17,15 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from batchnlp.errors import ModelError, OutputError
-from batchnlp.inference.models import (
-    PROVENANCE,
-    check_ref,
-    content_checksums,
-    content_digest,
-    is_content,
-    parse_ref,
-    stage,
-)
+from batchnlp.inference.models.refs import parse_ref
+from batchnlp.inference.models.stage import PROVENANCE, check_ref, content_checksums, content_digest, is_content, stage
 from batchnlp.io.storage import Location, check_output, storage_errors
 
 
