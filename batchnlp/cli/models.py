@@ -48,7 +48,7 @@ def models_digest(ref: str, storage_option: Any) -> None:
       batchnlp models digest ./checkpoints/sst2
     """
     with user_errors(False, interactive=True):
-        from batchnlp.inference.models import pinned
+        from batchnlp.inference.models.stage import pinned
 
         click.echo(pinned(ref, dict(storage_option)))
 

@@ -31,7 +31,7 @@ from batchnlp.execution.shards.plan import (
 )
 from batchnlp.execution.shutdown import GracefulStop
 from batchnlp.execution.worker import ModelPlugin, ModelSettings, UnitJob, guarded, run_unit
-from batchnlp.inference.models import check_ref
+from batchnlp.inference.models.stage import check_ref
 from batchnlp.io.formats import Partitioning, ReadOptions, WorkUnit, unify, unit_schema
 from batchnlp.io.storage import Location, check_output
 from batchnlp.io.tables.base import Commit

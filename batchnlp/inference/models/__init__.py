@@ -9,11 +9,5 @@
   tokenizer), or tokenizer and config alone; the file and shape checks that name a bad checkpoint.
 - :mod:`.store`: ``batchnlp models pull`` and ``models ls``, checkpoints kept in object storage.
 
-Import from the module that does the step. The two names below are re-exported only for callers
-that another change of issue 28 rewrites (``batchnlp.execution.runner``: ``check_ref``;
-``batchnlp.cli``: ``pinned``); they go once those import from :mod:`.stage`.
+Import from the module that does the step.
 """
-
-from batchnlp.inference.models.stage import check_ref, pinned
-
-__all__ = ["check_ref", "pinned"]
