@@ -106,7 +106,7 @@ def run_shard(
             plan=stored.plan,
             output=output,
             committer=committer,
-            job=replace(stored.job, model_versions=models),
+            job=replace(stored.job, model_versions=models),  # the models as this shard found them
             on_part=on_part,
             on_start=on_start,
             stop=stop,
