@@ -21,17 +21,31 @@ import time
 from batchnlp.io.formats import WorkUnit
 from batchnlp.io.storage import Location, write_atomic
 from batchnlp.ledger.commit import Committer
-from batchnlp.ledger.record import PartResult
+from batchnlp.ledger.record import JobRecord, PartResult
+
+
+def job(run_id: str, units: int, spec: dict[str, str]) -> JobRecord:
+    """The job record of a run of ``units`` units: what tells batchnlp's files from others'."""
+    return JobRecord(
+        run_id=run_id,
+        spec_fingerprint="bench",
+        input_fingerprint="bench",
+        model_versions={},
+        rows_per_unit=1,
+        units=units,
+        batchnlp_version="bench",
+        spec=spec,
+    )
 
 
 def lay_out(committer: Committer, parts: int) -> None:
     spec = {"output_format": "parquet", "compression": "zstd"}
-    committer.prepare("new", {"run_id": "crashed", "units": parts, "spec": spec})
+    committer.prepare("new", job("crashed", parts, spec))
     for index in range(parts):
         path = committer.path(f"part-{index:05d}.parquet")
         write_atomic(committer.fs, path, b"x")
         if index % 2 == 0:  # the other half: written, then the driver died before recording them
-            unit = WorkUnit(index, "file:///in.jsonl", "jsonl", index, index + 1)
+            unit = WorkUnit(index=index, path="file:///in.jsonl", format="jsonl", start=index, stop=index + 1)
             committer.record(
                 PartResult(
                     unit=unit,
@@ -59,7 +73,7 @@ def measure(url: str, parts: int) -> float:
     lay_out(committer, parts)
     committer.fs.invalidate_cache()
     started = time.perf_counter()
-    committer.prepare("new", {"run_id": "new", "units": 1, "spec": {}})
+    committer.prepare("new", job("new", 1, {}))
     seconds = time.perf_counter() - started
     committer.fs.invalidate_cache()
     left = [path.rsplit("/", 1)[-1] for path in committer.fs.find(committer.output.path)]

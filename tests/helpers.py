@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from batchnlp.io.formats import WorkUnit
-from batchnlp.ledger.record import Manifest, PartResult, Totals
+from batchnlp.ledger.record import JobRecord, Manifest, PartResult, Totals
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:
@@ -75,7 +75,28 @@ def worker_processes(driver: Any) -> list[Any]:
 
 def unit(index: int, rows: int | None = 100) -> WorkUnit:
     """Unit ``index`` of a JSONL file, 1000 bytes each."""
-    return WorkUnit(index, "file:///data/in.jsonl", "jsonl", index * 1000, (index + 1) * 1000, rows)
+    return WorkUnit(
+        index=index,
+        path="file:///data/in.jsonl",
+        format="jsonl",
+        start=index * 1000,
+        stop=(index + 1) * 1000,
+        rows=rows,
+    )
+
+
+def job_record(run_id: str = "r1", **fields: Any) -> JobRecord:
+    """A job record with nothing of note in it but ``run_id`` and ``fields``."""
+    values: dict[str, Any] = {
+        "spec_fingerprint": "s1",
+        "input_fingerprint": "i1",
+        "model_versions": {},
+        "rows_per_unit": 100,
+        "units": 1,
+        "batchnlp_version": "0.test",
+        "spec": {},
+    }
+    return JobRecord(run_id=run_id, **{**values, **fields})
 
 
 def part_result(index: int, rows: int = 100, rejected: int = 1, **fields: Any) -> PartResult:

@@ -24,7 +24,7 @@ from batchnlp.execution.shards.plan import Shard, shard_lock
 from batchnlp.io.storage import Location, write_atomic
 from batchnlp.ledger.commit import Committer
 from batchnlp.spec import JobSpec
-from tests.helpers import upload_dir, write_jsonl
+from tests.helpers import job_record, upload_dir, write_jsonl
 
 ROWS = [{"text": "a fine day"}, {"text": "a bad day"}]
 SPARK = ["part-00000-abc.snappy.parquet", "year=2025/part-00001-abc.snappy.parquet"]
@@ -193,7 +193,7 @@ def test_a_refusal_names_five_files_and_counts_them_all(tmp_path):
     out = tmp_path / "out"
     parquet_folder(out, [f"part-{i:05d}-x.parquet" for i in range(7)])
     with pytest.raises(OutputError) as refused:
-        Committer(Location(str(out), {})).prepare("overwrite", {"run_id": "r1", "units": 7, "spec": {}})
+        Committer(Location(str(out), {})).prepare("overwrite", job_record("r1", units=7))
     assert "7 files that batchnlp did not write" in str(refused.value) and "and 2 more" in str(refused.value)
     assert str(refused.value).count("-x.parquet") == NAMED
 
@@ -204,11 +204,11 @@ def test_a_checksum_file_is_foreign_and_an_empty_folder_is_left_alone(tmp_path):
     out = tmp_path / "out"
     (out / "empty").mkdir(parents=True)
     committer = Committer(Location(str(out), {}))
-    committer.prepare("new", {"run_id": "r1", "units": 1, "spec": {}})
+    committer.prepare("new", job_record("r1", units=1))
     assert (out / "empty").is_dir()
     (out / ".part-00000.parquet.crc").write_bytes(b"crc")
     with pytest.raises(OutputError, match=r"1 file that batchnlp did not write: \.part-00000\.parquet\.crc"):
-        committer.prepare("overwrite", {"run_id": "r2", "units": 1, "spec": {}})
+        committer.prepare("overwrite", job_record("r2", units=1))
 
 
 def test_overwrite_replaces_its_own_run_but_not_a_file_added_beside_it(job, tmp_path):
@@ -235,12 +235,12 @@ def test_a_crashed_attempts_unrecorded_parts_are_cleared_by_the_next_run(tmp_pat
         url = f"s3://{request.getfixturevalue('bucket')}/out"
     committer = Committer(Location(url, {}))
     spec = {"output_format": "jsonl", "compression": "gzip", "partition_by": ["lang"]}
-    committer.prepare("new", {"run_id": "crashed", "units": 2, "spec": spec})
+    committer.prepare("new", job_record("crashed", units=2, spec=spec))
     leftovers = ["lang=en/part-00000.jsonl.gz", "lang=de/part-00001.jsonl.gz", "_rejected/part-00001.jsonl"]
     for name in [*leftovers, "_rejected/_reasons/part-00001.jsonl", "lang=en/part-00000.jsonl.gz.tmp-" + "0" * 32]:
         write_atomic(committer.fs, committer.path(name), b"x")
     assert take_stock(committer.output).foreign == []
-    committer.prepare("new", {"run_id": "next", "units": 1, "spec": {}})
+    committer.prepare("new", job_record("next", units=1))
     committer.fs.invalidate_cache()
     assert take_stock(committer.output).own == ["_progress/_job.json"]
 

@@ -75,7 +75,7 @@ def test_staleness():
 
     def lock(age: float, **fields) -> Version:
         record = {"run_id": "other-run", "host": "elsewhere", "pid": 1, "renewed_at": time.time(), **fields}
-        return Version(json.dumps(record).encode(), "etag", age)
+        return Version(data=json.dumps(record).encode(), etag="etag", age=age)
 
     assert stale(lock(0, host=here, pid=os.getpid())) is None
     assert stale(lock(60)) is None, "renewed a minute ago"

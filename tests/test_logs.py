@@ -66,7 +66,9 @@ def test_reporter_events_carry_unit_and_counts(json_logging, capsys):
     for part in parts:
         reporter.on_part(part)
     totals = parts[0] + parts[1]
-    reporter.finish(RunSummary("file:///out", "run-9", totals, 4.0, 2, 0))
+    reporter.finish(
+        RunSummary(output="file:///out", run_id="run-9", totals=totals, wall_seconds=4.0, units_run=2, units_kept=0)
+    )
     events = {}
     for line in json_lines(capsys.readouterr().err):
         events.setdefault(line["event"], []).append(line)

@@ -23,7 +23,7 @@ from batchnlp.ledger.commit import Committer
 from batchnlp.ledger.output import Output, open_output
 from batchnlp.ledger.record import PartResult, encode_schema
 from batchnlp.spec import OUTPUT_FORMATS, TABLE_FORMATS, JobSpec
-from tests.helpers import manifest, part_result
+from tests.helpers import job_record, manifest, part_result
 
 CASES = [
     pytest.param(
@@ -72,7 +72,14 @@ def write_units(output: Output, sizes: list[int]) -> list[PartResult]:
     worker_copy = pickle.loads(pickle.dumps(output))
     results = []
     for index, rows in enumerate(sizes):
-        unit = WorkUnit(index, "file:///in.jsonl", "jsonl", index * 1000, index * 1000 + 1000, rows)
+        unit = WorkUnit(
+            index=index,
+            path="file:///in.jsonl",
+            format="jsonl",
+            start=index * 1000,
+            stop=index * 1000 + 1000,
+            rows=rows,
+        )
         table = unit_table(index, rows)
         written = worker_copy.write(unit, table, {"version": "test"}, [])
         again = worker_copy.write(unit, table, {"version": "test"}, [])  # a retried unit
@@ -114,7 +121,7 @@ def committed_rows(output: Output, tmp_path: Path) -> list[int]:
 
 def commit_run(output: Output, sizes: list[int]) -> list[PartResult]:
     committer = Committer(output.location, restart=output.restart)
-    job = {"run_id": output.run_id, "spec_fingerprint": output.spec.fingerprint(), "model_versions": {}}
+    job = job_record(output.run_id, spec_fingerprint=output.spec.fingerprint())
     committer.prepare(output.mode(committer), job)
     results = write_units(output, sizes)
     for result in results:
@@ -138,7 +145,7 @@ def test_an_output_commits_once_and_a_rerun_changes_nothing(tmp_path, fmt, compr
     assert not results[1].part and not results[1].files, "an empty unit names no file"
 
     rerun = open_output(spec).prepare()
-    job = {"run_id": "night-1", "spec_fingerprint": spec.fingerprint(), "model_versions": {}}
+    job = job_record("night-1", spec_fingerprint=spec.fingerprint())
     done = rerun.committed() or rerun.completed(Committer(rerun.location), job, [])
     assert done is not None, "a rerun of the committed run id must find it done"
     assert committed_rows(output, tmp_path) == expected
@@ -149,7 +156,7 @@ def test_a_resumed_run_keeps_the_intact_parts_of_an_interrupted_one(tmp_path, fm
     spec = spec_for(tmp_path, fmt, compression, partition_by)
     output = open_output(spec).prepare()
     committer = Committer(output.location, restart=output.restart)
-    job = {"run_id": "night-1", "spec_fingerprint": spec.fingerprint(), "model_versions": {}}
+    job = job_record("night-1", spec_fingerprint=spec.fingerprint())
     committer.prepare("new", job)
     for result in write_units(output, [ROWS, 3]):  # the driver dies before the commit
         committer.record(result)

@@ -47,7 +47,7 @@ def test_column_stats_count_labels_scores_and_answers():
 
 
 def fake_result(index: int, rows: int, seconds: float, finished_at: float | None, reason: str = "text is null"):
-    unit = WorkUnit(index, "file:///in.jsonl", "jsonl", index * 100, index * 100 + 100)
+    unit = WorkUnit(index=index, path="file:///in.jsonl", format="jsonl", start=index * 100, stop=index * 100 + 100)
     return PartResult(
         unit=unit, part=f"file:///out/{unit.id}.parquet", rows_in=rows, rows_out=rows, rejected=1,
         reasons={reason: 1}, rejected_examples=[{"row": 0, "id": HOSTILE, "reason": reason}],

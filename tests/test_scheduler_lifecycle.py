@@ -65,13 +65,16 @@ def batch_env(attempt: int, job: str = "a1b2c3d4-job") -> dict[str, str]:
 
 def test_owner_comes_from_the_scheduler():
     assert owner_from({}) is None
-    assert owner_from(batch_env(2)) == Owner("aws-batch", "a1b2c3d4-job", "2")
+    assert owner_from(batch_env(2)) == Owner(scheduler="aws-batch", job="a1b2c3d4-job", attempt="2")
     k8s = {"BATCHNLP_K8S_JOB_UID": "5f0c-uid", "BATCHNLP_K8S_POD": "nightly-29412-x7k2p"}
-    assert owner_from(k8s) == Owner("kubernetes", "5f0c-uid", "nightly-29412-x7k2p")
+    assert owner_from(k8s) == Owner(scheduler="kubernetes", job="5f0c-uid", attempt="nightly-29412-x7k2p")
     assert owner_from(batch_env(1), lock_owner="airflow:labels:2026-11-24").job == "airflow:labels:2026-11-24"
-    first, second = Owner("aws-batch", "j", "1"), Owner("aws-batch", "j", "2")
+    first, second = (
+        Owner(scheduler="aws-batch", job="j", attempt="1"),
+        Owner(scheduler="aws-batch", job="j", attempt="2"),
+    )
     assert second.succeeds(first) and not second.succeeds(second)
-    assert not Owner("aws-batch", "other", "2").succeeds(first)
+    assert not Owner(scheduler="aws-batch", job="other", attempt="2").succeeds(first)
 
 
 def test_a_retry_on_another_host_takes_over_at_once_and_finishes_exactly_once(slow_job):

@@ -28,7 +28,7 @@ from batchnlp.tasks.columns import ERROR_COLUMN
 EXTERNAL_WORKERS_GUESS = 8
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Plan:
     source: Location
     files: list[InputFile]
@@ -76,7 +76,16 @@ def plan(
         selection = select(files, source.display, covered or [], rewrites)
         files = selection.files
         if not files:  # nothing new: no units, and nothing to read a schema from
-            return Plan(source, [], fmt, [], None, 0, None, table, selection.record())
+            return Plan(
+                source=source,
+                files=[],
+                format=fmt,
+                units=[],
+                schema=None,
+                rows_per_unit=0,
+                table=table,
+                incremental=selection.record(),
+            )
     if spec.scheduler:
         workers = spec.workers or EXTERNAL_WORKERS_GUESS
     else:
@@ -85,7 +94,17 @@ def plan(
     unit_plan = plan_units(source, files, fmt, rows, options, workers * shards, table is None, values)
     units, schema, partitioning = unit_plan.units, unit_plan.schema, unit_plan.partitioning
     incremental = selection.record() if selection else None
-    return Plan(source, files, fmt, units, schema, unit_plan.rows_per_unit, partitioning, table, incremental)
+    return Plan(
+        source=source,
+        files=files,
+        format=fmt,
+        units=units,
+        schema=schema,
+        rows_per_unit=unit_plan.rows_per_unit,
+        partitioning=partitioning,
+        table=table,
+        incremental=incremental,
+    )
 
 
 def check_columns(spec: JobSpec, schema: pa.Schema) -> None:

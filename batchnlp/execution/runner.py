@@ -25,10 +25,9 @@ import pyarrow as pa
 from batchnlp.cluster.local import connect, run_forked, worker_imports_started
 from batchnlp.errors import BatchnlpError, JobFailed, TooManyBadLines
 from batchnlp.execution.collect import StallWatch, results
+from batchnlp.execution.context import RunContext
 from batchnlp.execution.plan import Plan, check_columns, plan
-from batchnlp.execution.shards.plan import (
-    Shard,
-)
+from batchnlp.execution.shards.plan import Shard
 from batchnlp.execution.shutdown import GracefulStop
 from batchnlp.execution.worker import ModelPlugin, ModelSettings, UnitJob, guarded, run_unit
 from batchnlp.inference.models.stage import check_ref
@@ -39,7 +38,7 @@ from batchnlp.io.worker_credentials import hands_credentials_to_local_workers, p
 from batchnlp.ledger.commit import Committer
 from batchnlp.ledger.lock import OutputLock, owner_from
 from batchnlp.ledger.output import Output, open_output
-from batchnlp.ledger.record import Manifest, PartResult, Totals, decode_schema
+from batchnlp.ledger.record import JobRecord, Manifest, PartResult, Sharding, Totals, decode_schema
 from batchnlp.ledger.report import build_report
 from batchnlp.spec import JobSpec
 from batchnlp.tasks import output_schema
@@ -51,7 +50,7 @@ logger = logging.getLogger(__name__)
 ESTIMATE_WAIT_SECONDS = 30.0  # how long a finished run waits for its estimate (Estimating)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunSummary:
     """What the CLI prints at the end; the manifest has the full story."""
 
@@ -70,6 +69,47 @@ class RunSummary:
     @property
     def rows_per_second(self) -> float:
         return self.totals.rows_out / self.wall_seconds if self.wall_seconds else 0.0
+
+    @classmethod
+    def complete_before(
+        cls,
+        *,
+        output: str,
+        run_id: str,
+        manifest: Manifest | None,
+        units_kept: int = 0,
+        table: Commit | None = None,
+        shard: Shard | None = None,
+    ) -> RunSummary:
+        """A run committed by an earlier attempt: nothing ran now. Its figures are its sealed
+        manifest's; none when a table holds the run and its staging manifest is gone."""
+        totals = manifest.totals if manifest is not None else Totals()
+        return cls(
+            output=output,
+            run_id=run_id,
+            totals=totals,
+            wall_seconds=0.0,
+            units_run=0,
+            units_kept=units_kept,
+            already_complete=True,
+            manifest=manifest,
+            table=table,
+            shard=shard,
+        )
+
+    @classmethod
+    def with_nothing_new(cls, *, output: str, run_id: str, wall_seconds: float) -> RunSummary:
+        """An ``--incremental`` run whose every input file a committed run labelled: nothing ran or committed."""
+        return cls(
+            output=output,
+            run_id=run_id,
+            totals=Totals(),
+            wall_seconds=wall_seconds,
+            units_run=0,
+            units_kept=0,
+            already_complete=True,
+            nothing_new=True,
+        )
 
 
 @hands_credentials_to_local_workers
@@ -96,42 +136,68 @@ def run(
     # Automatic unit sizing depends on the machine: a resumed run reuses the interrupted one's.
     previous = committer.previous_job() if spec.mode == "resume" else None
     covered = output.covered_runs() if spec.incremental else None
-    job_plan = plan(spec, previous.get("rows_per_unit") if previous else None, covered=covered)
+    job_plan = plan(spec, previous.rows_per_unit if previous else None, covered=covered)
     if spec.incremental and not job_plan.units:  # nothing new: no run to commit (an empty input commits)
         return _nothing_new(spec, output, job_plan, time.perf_counter() - started)
     estimating = Estimating(spec, job_plan)  # while the workers start
     if job_plan.schema is not None:  # Parquet: known now, before any worker starts
         check_schema(spec, job_plan.schema, output)
-    job_record = {
-        "run_id": output.run_id,
-        "spec_fingerprint": spec.fingerprint(),
-        "input_fingerprint": job_plan.fingerprint,
-        "model_versions": {task.name: check_ref(task.model, spec.storage_options) for task in spec.tasks},
-        "rows_per_unit": job_plan.rows_per_unit,
-        "units": len(job_plan.units),  # for `batchnlp inspect` of an interrupted run
-        "batchnlp_version": __version__,
-        "spec": spec.redacted(),
-    }
+    models = {task.name: check_ref(task.model, spec.storage_options) for task in spec.tasks}
+    job = job_record(spec, output.run_id, job_plan, models)
     check_output(output.location)
-    repeated = output.completed(committer, job_record, job_plan.listing)
+    repeated = output.completed(committer, job, job_plan.listing)
     if repeated is not None:  # a retried submission of a committed run has nothing to do
-        return RunSummary(
-            output.location.display(), repeated.run_id, repeated.totals, 0.0, 0, len(job_plan.units), True, repeated
+        return RunSummary.complete_before(
+            output=output.location.display(),
+            run_id=repeated.run_id,
+            manifest=repeated,
+            units_kept=len(job_plan.units),
         )
+    context = RunContext(
+        spec=spec,
+        plan=job_plan,
+        output=output,
+        committer=committer,
+        job=job,
+        on_part=on_part,
+        on_start=on_start,
+        stop=stop,
+    )
     owner = owner_from(os.environ, spec.lock_owner)
     lock = OutputLock(output.location, output.run_id, spec.break_lock, owner=owner, fingerprint=spec.fingerprint())
     with lock:
         manifest, units_run = output.sealed(committer), 0
         if manifest is None:
-            manifest, units_run = _run_locked(
-                spec, job_plan, output, committer, job_record, started, on_part, on_start, stop, estimating
-            )
+            manifest, units_run = _run_locked(context, started, estimating)
         lock.check_held()
         table = output.commit(committer, manifest)
-        kept, wall = len(job_plan.units) - units_run, time.perf_counter() - started
         return RunSummary(
-            output.location.display(), output.run_id, manifest.totals, wall, units_run, kept, False, manifest, table
+            output=output.location.display(),
+            run_id=output.run_id,
+            totals=manifest.totals,
+            wall_seconds=time.perf_counter() - started,
+            units_run=units_run,
+            units_kept=len(job_plan.units) - units_run,
+            manifest=manifest,
+            table=table,
         )
+
+
+def job_record(
+    spec: JobSpec, run_id: str, job_plan: Plan, models: dict[str, str], sharding: Sharding | None = None
+) -> JobRecord:
+    """The job record of a run of ``spec`` over ``job_plan``'s units with the model versions ``models``."""
+    return JobRecord(
+        run_id=run_id,
+        spec_fingerprint=spec.fingerprint(),
+        input_fingerprint=job_plan.fingerprint,
+        model_versions=models,
+        rows_per_unit=job_plan.rows_per_unit,
+        units=len(job_plan.units),
+        batchnlp_version=__version__,
+        spec=spec.redacted(),
+        sharding=sharding,
+    )
 
 
 def _nothing_new(spec: JobSpec, output: Output, job_plan: Plan, wall: float) -> RunSummary:
@@ -143,7 +209,7 @@ def _nothing_new(spec: JobSpec, output: Output, job_plan: Plan, wall: float) -> 
         extra={"event": "nothing_new", "run_id": output.run_id, "covered_by": runs},
     )
     where = Location(spec.output, spec.storage_options).display()  # OUTPUT, not this run's own directory
-    return RunSummary(where, output.run_id, Totals(), wall, 0, 0, True, nothing_new=True)
+    return RunSummary.with_nothing_new(output=where, run_id=output.run_id, wall_seconds=wall)
 
 
 class Estimating:
@@ -193,42 +259,34 @@ def already_committed(output: Output, table: Commit) -> RunSummary:
     """A run the table holds: nothing to do; figures from its sealed manifest when it is still there."""
     committer = Committer(output.location)
     manifest = committer.read_manifest() if committer.finished() else None
-    figures = manifest.totals if manifest is not None else Totals()
-    return RunSummary(output.location.display(), output.run_id, figures, 0.0, 0, 0, True, manifest, table)
+    return RunSummary.complete_before(
+        output=output.location.display(), run_id=output.run_id, manifest=manifest, table=table
+    )
 
 
-def _run_locked(
-    spec: JobSpec,
-    job_plan: Plan,
-    output: Output,
-    committer: Committer,
-    job_record: dict[str, Any],
-    started: float,
-    on_part: Callable[[PartResult], None] | None,
-    on_start: Callable[..., None] | None = None,
-    stop: GracefulStop | None = None,
-    estimating: Estimating | None = None,
-) -> tuple[Manifest, int]:
+def _run_locked(context: RunContext, started: float, estimating: Estimating) -> tuple[Manifest, int]:
     """Submit and collect every unit left to run, then build the manifest and the report (nothing
     committed yet); only ever run while holding OUTPUT's lock. Returns the manifest and the units run."""
-    kept = committer.prepare(spec.mode, job_record)
+    spec, job_plan = context.spec, context.plan
+    kept = context.committer.prepare(spec.mode, context.job)
     todo = [unit for unit in job_plan.units if unit.id not in kept]
-    log_planned(output.run_id, job_plan, todo, kept)
+    log_planned(context, todo, kept)
     if todo:
         with connect(spec) as (client, threads):
-            done = run_units(client, threads, spec, job_plan, output, committer, todo, kept, on_part, on_start, stop)
+            done = run_units(context.connected(client, threads), todo, kept)
     else:
-        done = run_units(None, None, spec, job_plan, output, committer, todo, kept, on_part, on_start, stop)
+        done = run_units(context, todo, kept)
     ordered = [done[unit.id] for unit in job_plan.units]
     check_bad_lines(spec, ordered, final=True)
-    estimate = estimating.result() if estimating else None
-    manifest = finish(spec, job_plan, ordered, job_record, time.perf_counter() - started, kept, committer, estimate)
+    wall = time.perf_counter() - started
+    manifest = finish(context, ordered, wall=wall, kept=kept, estimate=estimating.result())
     return manifest, len(todo)
 
 
 def log_planned(
-    run_id: str, job_plan: Plan, todo: list[WorkUnit], kept: dict[str, PartResult], shard: Shard | None = None
+    context: RunContext, todo: list[WorkUnit], kept: dict[str, PartResult], shard: Shard | None = None
 ) -> None:
+    run_id, job_plan = context.run_id, context.plan
     share = f"; shard {shard} runs {len(todo) + len(kept)} of them" if shard else ""
     logger.info(
         "planned %d units from %d %s files%s; %d to run, %d kept from an earlier attempt",
@@ -252,31 +310,18 @@ def log_planned(
 
 
 def run_units(
-    client: Any,
-    threads: int | None,
-    spec: JobSpec,
-    job_plan: Plan,
-    output: Output,
-    committer: Committer,
-    todo: list[WorkUnit],
-    kept: dict[str, PartResult],
-    on_part: Callable[[PartResult], None] | None,
-    on_start: Callable[..., None] | None,
-    stop: GracefulStop | None,
-    units: list[WorkUnit] | None = None,
+    context: RunContext, todo: list[WorkUnit], kept: dict[str, PartResult], units: list[WorkUnit] | None = None
 ) -> dict[str, PartResult]:
-    """Run ``todo`` on the cluster, recording each finished unit; returns every result by unit id,
-    ``kept`` ones included. ``units``: what this process runs of the plan (a shard's share; all)."""
-    run_id = output.run_id
+    """Run ``todo`` on the context's cluster, recording each finished unit; returns every result by unit
+    id, ``kept`` ones included. ``units``: what this process runs of the plan (a shard's share; all)."""
+    spec, client, stop, run_id = context.spec, context.client, context.stop, context.run_id
     done = dict(kept)
-    if on_start:
-        rows = job_plan.rows_per_unit
-        on_start(
-            run_id, units or job_plan.units, list(kept.values()), client=client if todo else None, rows_per_unit=rows
-        )
+    if context.on_start:
+        rows, planned = context.plan.rows_per_unit, units or context.plan.units
+        context.on_start(run_id, planned, list(kept.values()), client=client if todo else None, rows_per_unit=rows)
     if not todo:
         return done
-    with _submitted_job(client, spec, job_plan, output, committer, threads, bool(kept)) as job:
+    with _submitted_job(context, resumed=bool(kept)) as job:
         futures = {
             client.submit(guarded, run_unit, unit, job, key=f"batchnlp-{run_id}-{unit.id}", pure=False): unit
             for unit in todo
@@ -285,10 +330,10 @@ def run_units(
         bad_lines = sum(r.bad_lines for r in kept.values())
         with stop.draining() if stop is not None else nullcontext():
             for _, result in results(client, futures, stop, watch):
-                committer.record(result)
+                context.committer.record(result)
                 done[result.unit.id] = result
-                if on_part:
-                    on_part(result)
+                if context.on_part:
+                    context.on_part(result)
                 bad_lines += result.bad_lines
                 if isinstance(spec.max_bad_lines, int) and bad_lines > spec.max_bad_lines:
                     check_bad_lines(spec, list(done.values()), final=False)
@@ -296,51 +341,43 @@ def run_units(
 
 
 def finish(
-    spec: JobSpec,
-    job_plan: Plan,
+    context: RunContext,
     ordered: list[PartResult],
-    job_record: dict[str, Any],
+    *,
     wall: float,
     kept: dict[str, PartResult],
-    committer: Committer,
     estimate: dict[str, Any] | None,
     since: float | None = None,
 ) -> Manifest:
     """The manifest and the report of a run whose every unit is done (nothing committed yet).
 
-    ``estimate``: the plan's, for the report to set beside what happened. ``since``: when the run
-    began, for its start-up figures (default: this process's start)."""
-    manifest = _manifest(spec, job_plan, ordered, job_record, wall)
+    ``wall``: the run's seconds so far. ``kept``: the units an earlier attempt ran (not counted in
+    the start-up figures). ``estimate``: the plan's, for the report to set beside what happened.
+    ``since``: when the run began, for its start-up figures (default: this process's start)."""
+    manifest = _manifest(context, ordered, wall)
     manifest.estimate = estimate
     manifest.startup = _startup([r for r in ordered if r.unit.id not in kept], since)
     # The report goes first, so a committed run always has one; the manifest names its files.
-    manifest.report = committer.write_report(build_report(manifest, ordered, time.time() - wall))
+    manifest.report = context.committer.write_report(build_report(manifest, ordered, time.time() - wall))
     return manifest
 
 
 @contextmanager
-def _submitted_job(
-    client: Any,
-    spec: JobSpec,
-    job_plan: Plan,
-    output: Output,
-    committer: Committer,
-    threads: int | None,
-    resumed: bool,
-) -> Iterator[UnitJob]:
+def _submitted_job(context: RunContext, resumed: bool) -> Iterator[UnitJob]:
     """Load the models on every worker and fix the parts' schema: what each unit needs besides its range.
 
     The models' plugin is this block's alone (its name ends in a token of its own) and is
     unregistered as the block ends, so nothing of the job stays on a shared cluster. It carries
     no credential: workers take those from their environment (:mod:`batchnlp.io.worker_credentials`).
     """
+    spec, job_plan, client = context.spec, context.plan, context.client
     settings = ModelSettings(
         tasks=spec.tasks,
         device=spec.device,
         precision=spec.precision,
         tokens_per_batch=spec.tokens_per_batch,
         max_length=spec.max_length,
-        threads=threads,
+        threads=context.threads,
         storage_options=public_options(spec.storage_options),
         rescore_margin=spec.rescore_margin,
     )
@@ -355,13 +392,20 @@ def _submitted_job(
         if inferring is not None:  # JSONL: its columns are known only now, still before any unit runs
             schema = unified_schema(client, inferring, job_plan.units, job_plan.partitioning)
             try:
-                check_schema(spec, schema, output)
+                check_schema(spec, schema, context.output)
             except BatchnlpError:
                 if not resumed:  # nothing ran: leave no run behind for --resume to find
-                    committer.clear()
+                    context.committer.clear()
                 raise
         read = replace(spec.read_options, partitioning=job_plan.partitioning)
-        yield UnitJob(job_plan.source, read, spec.id_column, schema, name, output)
+        yield UnitJob(
+            input=job_plan.source,
+            read=read,
+            id_column=spec.id_column,
+            schema=schema,
+            plugin_name=name,
+            output=context.output,
+        )
     finally:
         try:
             client.unregister_worker_plugin(name)
@@ -445,10 +489,9 @@ def check_bad_lines(spec: JobSpec, finished: list[PartResult], final: bool) -> N
     )
 
 
-def _manifest(
-    spec: JobSpec, job_plan: Plan, results: list[PartResult], job_record: dict[str, Any], wall: float
-) -> Manifest:
+def _manifest(context: RunContext, results: list[PartResult], wall: float) -> Manifest:
     """The commit record: what ran, on what, with which models, and every part it wrote."""
+    spec, job_plan = context.spec, context.plan
     models = {}
     for task in spec.tasks:
         checksums = {json.dumps(r.models.get(task.name), sort_keys=True) for r in results}
@@ -457,13 +500,13 @@ def _manifest(
         models[task.name] = {
             "task": task.kind,
             "ref": redact_url(task.model),
-            "version": job_record["model_versions"][task.name],
+            "version": context.job.model_versions[task.name],
             "weights": results[0].models.get(task.name) if results else None,
         }
     summary = sum(results, Totals())
     return Manifest(
         batchnlp_version=__version__,
-        run_id=job_record["run_id"],
+        run_id=context.job.run_id,
         committed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         spec=spec.redacted(),
         input={

@@ -16,7 +16,7 @@ from batchnlp.errors import OutputError
 from batchnlp.io.formats import WorkUnit
 from batchnlp.io.layout import JOB_RECORD, MANIFEST, PROGRESS, REPORT_HTML, REPORT_JSON, SUCCESS
 from batchnlp.io.storage import Location, storage_errors, write_atomic, write_create_only
-from batchnlp.ledger.record import Manifest, PartResult
+from batchnlp.ledger.record import JobRecord, Manifest, PartResult
 from batchnlp.util.compat import strip_protocol
 
 
@@ -44,7 +44,7 @@ class Committer:
             except FileNotFoundError:
                 return False
 
-    def prepare(self, mode: str, job_record: dict[str, Any]) -> dict[str, PartResult]:
+    def prepare(self, mode: str, job_record: JobRecord) -> dict[str, PartResult]:
         """Apply the write mode; return the parts a resumed run may keep (unit id → result).
 
         Whatever the mode, OUTPUT must hold nothing that batchnlp did not write (:mod:`batchnlp.ledger.ownership`).
@@ -67,7 +67,7 @@ class Committer:
                 return kept
         # A new run owns the output: leftovers of an interrupted attempt must not be resumed later.
         ownership.clear(self.output, stock)
-        write_atomic(self.fs, self.path(f"{PROGRESS}/{JOB_RECORD}"), json_bytes(job_record))
+        write_atomic(self.fs, self.path(f"{PROGRESS}/{JOB_RECORD}"), json_bytes(job_record.to_record()))
         return {}
 
     def clear(self) -> None:
@@ -103,20 +103,23 @@ class Committer:
         marker = {"run_id": manifest.run_id, "manifest_sha256": sha256(data)}
         write_create_only(self.fs, self.path(SUCCESS), json_bytes(marker))
 
-    def previous_job(self) -> dict[str, Any] | None:
+    def previous_job(self) -> JobRecord | None:
         """The job record an earlier (maybe interrupted) run left, if any."""
         job_path = self.path(f"{PROGRESS}/{JOB_RECORD}")
         with storage_errors("read", self.fs.unstrip_protocol(job_path)):
-            return json.loads(self.fs.cat_file(job_path)) if self.fs.exists(job_path) else None
+            return JobRecord.from_record(json.loads(self.fs.cat_file(job_path))) if self.fs.exists(job_path) else None
 
-    def resumable(self, job_record: dict[str, Any], units: list[WorkUnit] | None = None) -> dict[str, PartResult]:
+    def resumable(self, job_record: JobRecord, units: list[WorkUnit] | None = None) -> dict[str, PartResult]:
         """Parts (of ``units``, or all) whose record matches this job and whose file has the recorded bytes."""
         previous = self.previous_job()
         if previous is None:
             return {}
-        what = {"spec_fingerprint": "the job spec", "input_fingerprint": "the input listing or its units"}
-        changed = [what[key] for key in what if previous.get(key) != job_record.get(key)]
-        models, earlier = job_record.get("model_versions", {}), previous.get("model_versions", {})
+        changed = []
+        if previous.spec_fingerprint != job_record.spec_fingerprint:
+            changed.append("the job spec")
+        if previous.input_fingerprint != job_record.input_fingerprint:
+            changed.append("the input listing or its units")
+        models, earlier = job_record.model_versions, previous.model_versions
         changed += [f"the model of task {name!r}" for name in models if earlier.get(name) != models[name]]
         if changed:
             raise OutputError(

@@ -54,7 +54,7 @@ from batchnlp.io.storage import is_local, publish_local, service_error, storage_
 LOST_RACE_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Version:
     """The object as read: its bytes, its version, and seconds since it was last written (store's clock)."""
 
@@ -139,7 +139,7 @@ class LeaseStore:
             response["Body"].close()
         said = (response.get("ResponseMetadata") or {}).get("HTTPHeaders", {}).get("date")
         store_now = email.utils.parsedate_to_datetime(said).timestamp() if said else time.time()
-        return Version(data, _etag(response), store_now - response["LastModified"].timestamp())
+        return Version(data=data, etag=_etag(response), age=store_now - response["LastModified"].timestamp())
 
     # --- local disk -----------------------------------------------------------------------------
 
@@ -150,7 +150,7 @@ class LeaseStore:
                 written = os.fstat(handle.fileno()).st_mtime
         except FileNotFoundError:
             return None
-        return Version(data, _md5(data), time.time() - written)
+        return Version(data=data, etag=_md5(data), age=time.time() - written)
 
     def _local_etag(self) -> str | None:
         found = self._read_local()

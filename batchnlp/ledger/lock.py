@@ -63,7 +63,7 @@ RENEW_SECONDS = 30.0
 STALE_SECONDS = 300.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Owner:
     """The job a run belongs to, as its scheduler names it; ``attempt`` tells its attempts apart."""
 
@@ -87,7 +87,9 @@ class Owner:
         if not isinstance(record, Mapping):
             return None
         try:
-            return cls(str(record["scheduler"]), str(record["job"]), str(record.get("attempt", "")))
+            return cls(
+                scheduler=str(record["scheduler"]), job=str(record["job"]), attempt=str(record.get("attempt", ""))
+            )
         except KeyError:
             return None
 
@@ -102,11 +104,15 @@ def owner_from(environ: Mapping[str, str], lock_owner: str | None = None) -> Own
     same name takes over, so the name must be unique to one scheduled run.
     """
     if lock_owner:
-        return Owner("user", lock_owner, str(os.getpid()))
+        return Owner(scheduler="user", job=lock_owner, attempt=str(os.getpid()))
     if environ.get("AWS_BATCH_JOB_ID"):
-        return Owner("aws-batch", environ["AWS_BATCH_JOB_ID"], environ.get("AWS_BATCH_JOB_ATTEMPT", ""))
+        return Owner(
+            scheduler="aws-batch", job=environ["AWS_BATCH_JOB_ID"], attempt=environ.get("AWS_BATCH_JOB_ATTEMPT", "")
+        )
     if environ.get("BATCHNLP_K8S_JOB_UID"):
-        return Owner("kubernetes", environ["BATCHNLP_K8S_JOB_UID"], environ.get("BATCHNLP_K8S_POD", ""))
+        return Owner(
+            scheduler="kubernetes", job=environ["BATCHNLP_K8S_JOB_UID"], attempt=environ.get("BATCHNLP_K8S_POD", "")
+        )
     return None
 
 

@@ -32,7 +32,7 @@ from batchnlp.io.layout import REJECTED, SUCCESS
 from batchnlp.io.storage import Location, storage_errors, write_atomic
 from batchnlp.ledger import ownership
 from batchnlp.ledger.commit import Committer, sha256
-from batchnlp.ledger.record import Manifest, decode_schema
+from batchnlp.ledger.record import JobRecord, Manifest, decode_schema
 from batchnlp.util.redaction import redact_url
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 INCREMENTAL_RUN = "run_id"  # --incremental part files: OUTPUT/run_id=<ID>/, a partition column for readers
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Written:
     """What :meth:`Output.write` put under the run's directory for one unit."""
 
@@ -83,7 +83,7 @@ class Output(ABC):
     def check(self, schema: pa.Schema) -> None:  # noqa: B027 - part files take any columns
         """Raise OutputError when rows of the job's output ``schema`` cannot be written here."""
 
-    def completed(self, committer: Committer, job: dict[str, Any], listing: list[dict[str, Any]]) -> Manifest | None:
+    def completed(self, committer: Committer, job: JobRecord, listing: list[dict[str, Any]]) -> Manifest | None:
         """The committed run that this one repeats (``job``, over the input files ``listing``), so
         nothing is left to do; None: run it. A table's record is :meth:`committed`."""
         return None
@@ -109,13 +109,16 @@ class Output(ABC):
         quarantine = _quarantine(fs, self.location, unit, bad_lines) if self.spec.on_bad_lines == "quarantine" else None
         if table.num_rows and self.spec.partition_by:
             files = _write_partitioned(fs, self, unit, table, metadata)
-            return Written("", sum(f["bytes"] for f in files), sha256(b""), files, quarantine)
+            total = sum(f["bytes"] for f in files)
+            return Written(part="", bytes=total, sha256=sha256(b""), files=files, quarantine=quarantine)
         if not table.num_rows:
-            return Written("", 0, sha256(b""), [], quarantine)
+            return Written(part="", bytes=0, sha256=sha256(b""), files=[], quarantine=quarantine)
         data = form.write(table, metadata)
         part = self.location.child(unit.id + form.suffix)
         write_atomic(fs, part, data)
-        return Written(fs.unstrip_protocol(part), len(data), sha256(data), [], quarantine)
+        return Written(
+            part=fs.unstrip_protocol(part), bytes=len(data), sha256=sha256(data), files=[], quarantine=quarantine
+        )
 
     # Driver, after every unit.
 
@@ -149,7 +152,7 @@ class FilesOutput(Output):
         ]
         return [m for m in (committer.read_manifest() for committer in runs) if m.run_id != self.run_id]
 
-    def completed(self, committer: Committer, job: dict[str, Any], listing: list[dict[str, Any]]) -> Manifest | None:
+    def completed(self, committer: Committer, job: JobRecord, listing: list[dict[str, Any]]) -> Manifest | None:
         """OUTPUT holds this run committed: asked to resume, named by its run id, or (no id given) the
         same spec over the same input files with the same models, such as a scheduler's retry of a job
         whose process died after its commit. Units are not compared: their automatic size depends on
@@ -160,10 +163,11 @@ class FilesOutput(Output):
         if self.spec.mode == "resume" or self.spec.run_id:
             repeats = self.spec.mode == "resume" or manifest.run_id == self.spec.run_id
         else:
-            committed = committer.previous_job() or {}
+            committed = committer.previous_job()
             repeats = (
-                committed.get("spec_fingerprint") == job["spec_fingerprint"]
-                and committed.get("model_versions") == job["model_versions"]
+                committed is not None
+                and committed.spec_fingerprint == job.spec_fingerprint
+                and committed.model_versions == job.model_versions
                 and manifest.input.get("files") == listing
             )
         return manifest if repeats else None

@@ -32,6 +32,7 @@ from batchnlp.errors import OutputError
 from batchnlp.io.layout import JOB_RECORD, MANIFEST, PLAN, PROGRESS, REJECTED, REPORT_HTML, REPORT_JSON, SUCCESS
 from batchnlp.io.storage import Location, stays_inside, storage_errors
 from batchnlp.ledger.lock import LOCK
+from batchnlp.ledger.record import JobRecord, PartResult
 from batchnlp.util.compat import strip_protocol
 
 SHARD_LOCKS = re.compile(rf"{PROGRESS}/_lock-shard-\d+-of-\d+\.json")  # batchnlp.execution.shards.plan.shard_lock
@@ -41,7 +42,7 @@ ANCHORS = (f"{PROGRESS}/{JOB_RECORD}", PLAN, MANIFEST)  # the records that name 
 NAMED = 5  # foreign files a refusal names
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Stock:
     """A run directory's files (paths relative to it), sorted by whose they are."""
 
@@ -68,7 +69,7 @@ def take_stock(location: Location) -> Stock:
             own.append(name)
         else:
             foreign.append(name)
-    return Stock(own, locks, foreign)
+    return Stock(own=own, locks=locks, foreign=foreign)
 
 
 def refuse_foreign(location: Location, stock: Stock) -> None:
@@ -99,7 +100,7 @@ def refuse_foreign_beside_runs(root: Location, prefix: str) -> None:
         for name, kind in names
         if kind != "directory" or not valid_run_id(name.removeprefix(prefix)) or not name.startswith(prefix)
     ]
-    refuse_foreign(root, Stock([], [], sorted(foreign)))
+    refuse_foreign(root, Stock(own=[], locks=[], foreign=sorted(foreign)))
 
 
 def clear(location: Location, stock: Stock) -> None:
@@ -140,11 +141,13 @@ def _remove_emptied(fs: Any, root: str, deleted: list[str]) -> None:
 
 def _named(fs: Any, root: str, present: set[str]) -> Callable[[str], bool]:
     """``named(name)``: whether one of batchnlp's records under ``root`` names the file ``name``."""
-    jobs = [_read(fs, root, f"{PROGRESS}/{JOB_RECORD}", present)]
     plan = _read(fs, root, PLAN, present)
-    jobs.append(plan.get("job") if isinstance(plan, dict) else None)
+    records = [
+        _read(fs, root, f"{PROGRESS}/{JOB_RECORD}", present),
+        plan.get("job") if isinstance(plan, dict) else None,
+    ]
+    jobs = [job for job in map(_job_record, records) if job is not None]
     manifest = _read(fs, root, MANIFEST, present)
-    jobs = [job for job in jobs if isinstance(job, dict) and "run_id" in job]
     exact: set[str] = set()
     if isinstance(manifest, dict) and "run_id" in manifest:
         exact |= _manifest_names(manifest)
@@ -161,15 +164,15 @@ def _named(fs: Any, root: str, present: set[str]) -> Callable[[str], bool]:
 class _UnitNames:
     """The names the units of one job record write, by construction (batchnlp.ledger.output.Output.write)."""
 
-    def __init__(self, job: dict[str, Any]) -> None:
+    def __init__(self, job: JobRecord) -> None:
         from batchnlp.io.formats.writers import OutputFormat
         from batchnlp.spec import TABLE_FORMATS
 
-        spec = job.get("spec") if isinstance(job.get("spec"), dict) else {}
+        spec = job.spec if isinstance(job.spec, dict) else {}
         fmt = spec.get("output_format", "parquet")
         self.suffix = OutputFormat("parquet" if fmt in TABLE_FORMATS else fmt, spec.get("compression") or "").suffix
         self.partition_by = [quote(str(column), safe="") + "=" for column in spec.get("partition_by") or ()]
-        self.units = job.get("units") if isinstance(job.get("units"), int) else 0
+        self.units = job.units if isinstance(job.units, int) else 0
 
     def match(self, name: str) -> bool:
         *folders, file = name.split("/")
@@ -208,10 +211,17 @@ def _part_names(part: dict[str, Any]) -> set[str]:
     return {name for name in names if isinstance(name, str) and stays_inside(name)}
 
 
+def _job_record(record: Any) -> JobRecord | None:
+    """``record`` as a job record, when it is one: a JSON object with a run id (its values are not
+    trusted: each is checked where it is used)."""
+    try:
+        return JobRecord.from_record(record)
+    except (KeyError, AttributeError):
+        return None
+
+
 def _progress_names(fs: Any, root: str, name: str, record: Any) -> set[str]:
     """A progress record's own name and the files it names, when it is one (batchnlp.ledger.commit.Committer.record)."""
-    from batchnlp.ledger.record import PartResult
-
     try:
         result = PartResult.from_record(record)
     except (TypeError, KeyError, AttributeError):

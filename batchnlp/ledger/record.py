@@ -1,5 +1,5 @@
-"""The typed run record: what a unit produced (:class:`PartResult`), their sums (:class:`Totals`)
-and the commit record (:class:`Manifest`).
+"""The typed run record: which job a run's parts belong to (:class:`JobRecord`), what a unit
+produced (:class:`PartResult`), their sums (:class:`Totals`) and the commit record (:class:`Manifest`).
 
 A unit's result travels from its worker to the driver, into a progress record (for
 ``--resume``) and into the manifest; the manifest is read back by ``inspect``, the report, the
@@ -23,7 +23,54 @@ from batchnlp.util.redaction import redact_url
 MAX_EXAMPLES = 20  # rejected rows and bad lines the totals keep as examples
 
 
-@dataclass
+@dataclass(kw_only=True)
+class JobRecord:
+    """The job record, ``_progress/_job.json``: which job a run's parts belong to, written before any
+    unit runs. ``--resume`` compares it with the job asked for, ``inspect`` describes an interrupted
+    run from it, and ownership knows the names of the files its units write from it."""
+
+    run_id: str
+    spec_fingerprint: str  # JobSpec.fingerprint(): a changed spec cannot resume
+    input_fingerprint: str  # Plan.fingerprint: nor can a changed input listing or unit layout
+    model_versions: dict[str, str]  # task name → its model's version (batchnlp.inference.models.check_ref)
+    rows_per_unit: int | None  # a resumed run cuts its units as the interrupted one did
+    units: int | None  # how many units the plan has (for `batchnlp inspect`); None in an early record
+    batchnlp_version: str | None
+    spec: dict[str, Any]  # JobSpec.redacted()
+    sharding: Sharding | None = None  # a sharded run's: stored with its plan, for `batchnlp commit`
+
+    def to_record(self) -> dict[str, Any]:
+        """The file's JSON: every field at the top level (a sharded run's as well), as batchnlp
+        has always written it, so an interrupted run of an earlier version resumes."""
+        record = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "sharding"}
+        return record if self.sharding is None else {**record, **dataclasses.asdict(self.sharding)}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> JobRecord:
+        """A job record as read back; keys an older batchnlp did not write take empty values. A record
+        without a run id is none of batchnlp's: KeyError (an AttributeError for JSON that is no object)."""
+        empty: dict[str, Any] = {"model_versions": {}, "spec": {}}
+        values = {f.name: record.get(f.name, empty.get(f.name)) for f in dataclasses.fields(cls)}
+        values["run_id"] = record["run_id"]
+        values["sharding"] = Sharding.from_record(record) if "shards" in record else None
+        return cls(**values)
+
+
+@dataclass(kw_only=True)
+class Sharding:
+    """What a sharded run's job record adds: how ``batchnlp commit`` rebuilds the job and its figures."""
+
+    shards: int
+    settings: dict[str, Any]  # JobSpec.settings(): the job the commit step rebuilds
+    planned_at: float  # wall clock: the run's figures span its shards, from this plan to the commit
+    estimate: dict[str, Any] | None  # the plan's (batchnlp.execution.estimate), for the report
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Sharding:
+        return cls(**{f.name: record.get(f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclass(kw_only=True)
 class PartResult:
     """What one unit produced; small, so thousands of them travel back to the driver cheaply."""
 
@@ -95,7 +142,7 @@ class PartResult:
         )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Totals:
     """Sums over parts, the figures the manifest, the CLI and the metrics report: ``sum(results, Totals())``."""
 
@@ -116,7 +163,8 @@ class Totals:
 
     def __add__(self, other: PartResult | Totals) -> Totals:
         if isinstance(other, Totals):
-            return Totals(*(_plus(getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(Totals)))
+            fields = dataclasses.fields(Totals)
+            return Totals(**{f.name: _plus(getattr(self, f.name), getattr(other, f.name)) for f in fields})
         examples = [{"part": other.unit.id, **example} for example in other.rejected_examples]
         return self + Totals(
             parts=1,
@@ -180,7 +228,7 @@ def _plus(a: Any, b: Any) -> Any:
     return a + b
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PartEntry:
     """One unit's part in the manifest: where it is, what it holds, and how it was produced."""
 
@@ -217,7 +265,7 @@ class PartEntry:
         return cls(**{key: value for key, value in record.items() if key in known})
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Manifest:
     """The commit record, ``_manifest.json``: what ran, on what, with which models, and every part written."""
 

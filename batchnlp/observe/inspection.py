@@ -16,7 +16,7 @@ from batchnlp.errors import OutputError
 from batchnlp.io.layout import JOB_RECORD, MANIFEST, PROGRESS, SUCCESS
 from batchnlp.io.storage import Location, storage_errors
 from batchnlp.ledger.lock import live_holder, read_lock
-from batchnlp.ledger.record import Manifest, PartResult, Totals
+from batchnlp.ledger.record import JobRecord, Manifest, PartResult, Totals
 from batchnlp.tasks import TASKS
 
 TEXT_WIDTH = 60  # characters of text shown per row
@@ -65,34 +65,35 @@ def load(output: str, storage_options: dict[str, Any] | None = None) -> RunInfo:
             raise OutputError(
                 f"{display} holds no batchnlp run: neither {MANIFEST} with {SUCCESS} nor {PROGRESS}/{JOB_RECORD}"
             )
-        job = json.loads(fs.cat_file(job_path))
+        job = JobRecord.from_record(json.loads(fs.cat_file(job_path)))
         lock = read_lock(location)
         records = [json.loads(fs.cat_file(p)) for p in sorted(fs.glob(location.child(f"{PROGRESS}/part-*.json")))]
     results = sorted((PartResult.from_record(r) for r in records), key=lambda r: r.unit.index)
-    spec = job.get("spec", {})
+    spec = job.spec
+    shards = job.sharding.shards if job.sharding else None
     return RunInfo(
         output=display,
         # A live owner's lock (renewed, process alive) means the run is still writing.
-        status="running" if job.get("run_id") and live_holder(lock) == job["run_id"] else "interrupted",
-        run_id=job.get("run_id"),
+        status="running" if job.run_id and live_holder(lock) == job.run_id else "interrupted",
+        run_id=job.run_id,
         spec=spec,
         models={
             task["name"]: {
                 "task": task["kind"],
                 "ref": task["model"],
-                "version": job.get("model_versions", {}).get(task["name"]),
+                "version": job.model_versions.get(task["name"]),
             }
             for task in spec.get("tasks", [])
         },
         totals=sum(results, Totals()),
         parts=[path for r in results for path in r.manifest_entry().paths],
-        units_planned=job.get("units"),
+        units_planned=job.units,
         device=sorted({r.device for r in results}),
         precision=sorted({r.precision for r in results}),
-        version=job.get("batchnlp_version"),
+        version=job.batchnlp_version,
         manifest_without_success=has_manifest,
-        shards=job.get("shards"),
-        shards_left=_shards_left(job, results),
+        shards=shards,
+        shards_left=_shards_left(shards, job.units, results),
     )
 
 
@@ -114,14 +115,14 @@ def _committed(display: str, manifest: Manifest) -> RunInfo:
     )
 
 
-def _shards_left(job: dict[str, Any], results: list[PartResult]) -> list[int]:
+def _shards_left(shards: int | None, units: int | None, results: list[PartResult]) -> list[int]:
     """The shards of a sharded run that still have units to run (unit i is shard i mod N's)."""
     from batchnlp.execution.shards.plan import shard_of
 
-    if not job.get("shards"):
+    if not shards:
         return []
     done = {r.unit.index for r in results}
-    return sorted({shard_of(i, job["shards"]) for i in range(job.get("units") or 0) if i not in done})
+    return sorted({shard_of(i, shards) for i in range(units or 0) if i not in done})
 
 
 def _sharded_status(info: RunInfo) -> str:

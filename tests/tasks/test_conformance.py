@@ -113,7 +113,7 @@ def whole_file_unit(source: Path, fmt: str, rows: int) -> WorkUnit:
     file = InputFile(str(source), source.stat().st_size)
     units = plan_units(location, [file], fmt, 1_000_000, ReadOptions(), workers=1).units
     assert len(units) == (1 if rows else 0)
-    return units[0] if units else WorkUnit(0, source.as_uri(), fmt, 0, 0, 0)
+    return units[0] if units else WorkUnit(index=0, path=source.as_uri(), format=fmt, start=0, stop=0, rows=0)
 
 
 def run_unit(directory: Path, texts: list[str | None], fmt: str, plugin: ModelPlugin) -> PartResult:

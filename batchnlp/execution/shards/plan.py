@@ -28,7 +28,7 @@ from batchnlp.io.formats import Partitioning, WorkUnit
 from batchnlp.io.layout import JOB_RECORD, PLAN, PROGRESS
 from batchnlp.io.storage import InputFile, Location, create_only, input_file, storage_errors, write_atomic
 from batchnlp.ledger.commit import Committer, json_bytes
-from batchnlp.ledger.record import decode_schema, encode_schema, redacted_unit
+from batchnlp.ledger.record import JobRecord, decode_schema, encode_schema, redacted_unit
 from batchnlp.util.compat import strip_protocol
 from batchnlp.util.redaction import redact_url, unredact_url
 
@@ -82,7 +82,7 @@ def shard_of(position: int, count: int) -> int:
     return position % count
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StoredPlan:
     """A run's plan as its shards share it: the units, the input they came from, the parts' schema.
 
@@ -91,13 +91,13 @@ class StoredPlan:
     """
 
     plan: Plan
-    job: dict[str, Any]  # the job record: run id, fingerprints, model versions, the spec's settings
+    job: JobRecord  # with its Sharding: the spec's settings, when it was planned, the estimate
     shards: int
 
     def to_record(self) -> dict[str, Any]:
         p = self.plan
         return {
-            "job": self.job,
+            "job": self.job.to_record(),
             "shards": self.shards,
             "source": redact_url(p.source.url),
             "format": p.format,
@@ -136,7 +136,7 @@ class StoredPlan:
             table=record["table"],
             incremental=record.get("incremental"),
         )
-        return cls(plan, record["job"], record["shards"])
+        return cls(plan=plan, job=JobRecord.from_record(record["job"]), shards=record["shards"])
 
 
 def read_plan(committer: Committer, storage_options: Mapping[str, str], source: str | None = None) -> StoredPlan | None:
@@ -159,22 +159,24 @@ def store_plan(
         raise ValueError("a stored plan needs the parts' schema")
     if not create_only(committer.fs, committer.path(PLAN), json_bytes(stored.to_record())):
         stored = read_plan(committer, storage_options, source)
-    write_atomic(committer.fs, committer.path(f"{PROGRESS}/{JOB_RECORD}"), json_bytes(stored.job))
+    write_atomic(committer.fs, committer.path(f"{PROGRESS}/{JOB_RECORD}"), json_bytes(stored.job.to_record()))
     return stored
 
 
-def check_same_job(stored: StoredPlan, job: dict[str, Any], shards: int, output: str) -> None:
+def check_same_job(
+    stored: StoredPlan, *, spec_fingerprint: str, model_versions: dict[str, str], shards: int, output: str
+) -> None:
     """A shard or finalize step of another job, or cut another way, must not mix into this run."""
     changed = []
-    if stored.job.get("spec_fingerprint") != job["spec_fingerprint"]:
+    if stored.job.spec_fingerprint != spec_fingerprint:
         changed.append("its job spec")
-    models, planned = job["model_versions"], stored.job.get("model_versions", {})
+    models, planned = model_versions, stored.job.model_versions
     changed += [f"the model of task {name!r}" for name in models if planned.get(name) != models[name]]
     if shards and stored.shards != shards:
         changed.append(f"its shard count ({stored.shards}, this one {shards})")
     if changed:
         raise OutputError(
-            f"run {stored.job['run_id']} at {output} was planned with other settings: "
+            f"run {stored.job.run_id} at {output} was planned with other settings: "
             + " and ".join(changed)
             + " differ; run every shard of a run with the same spec, models and shard count, "
             "or give this job another --run-id"

@@ -15,6 +15,7 @@ from typing import Any
 
 from batchnlp.cluster.local import connect
 from batchnlp.errors import InputError, JobFailed, OutputError, SpecError
+from batchnlp.execution.context import RunContext
 from batchnlp.execution.plan import plan
 from batchnlp.execution.runner import (
     Estimating,
@@ -24,6 +25,7 @@ from batchnlp.execution.runner import (
     check_schema,
     finish,
     infer_schema,
+    job_record,
     log_planned,
     run_units,
     unified_schema,
@@ -47,9 +49,8 @@ from batchnlp.ledger import ownership
 from batchnlp.ledger.commit import Committer
 from batchnlp.ledger.lock import OutputLock, owner_from
 from batchnlp.ledger.output import Output, open_output
-from batchnlp.ledger.record import PartResult, Totals
+from batchnlp.ledger.record import PartResult, Sharding, Totals
 from batchnlp.spec import JobSpec
-from batchnlp.version import __version__
 
 
 @hands_credentials_to_local_workers
@@ -74,7 +75,7 @@ def run_shard(
     if committer.finished():
         manifest = committer.read_manifest()
         if manifest.run_id == output.run_id:
-            return RunSummary(display, output.run_id, manifest.totals, 0.0, 0, 0, True, manifest, shard=shard)
+            return RunSummary.complete_before(output=display, run_id=output.run_id, manifest=manifest, shard=shard)
         raise OutputError(
             f"{display} holds committed run {manifest.run_id}; the shards of run {output.run_id} need an output of "
             "their own: put ${run_date} in the spec's output, or use another OUTPUT"
@@ -97,9 +98,23 @@ def run_shard(
         if stored is None:
             client, threads = cluster.enter_context(connect(spec))
             stored = _store_new_plan(client, spec, output, committer, shard, models)
-        check_same_job(stored, {"spec_fingerprint": spec.fingerprint(), "model_versions": models}, shard.count, display)
+        check_same_job(
+            stored, spec_fingerprint=spec.fingerprint(), model_versions=models, shards=shard.count, output=display
+        )
+        context = RunContext(
+            spec=spec,
+            plan=stored.plan,
+            output=output,
+            committer=committer,
+            job=replace(stored.job, model_versions=models),  # the models as this shard found them
+            on_part=on_part,
+            on_start=on_start,
+            stop=stop,
+            client=client,
+            threads=threads,
+        )
         units = shard.take(stored.plan.units)
-        kept = committer.resumable({**stored.job, "model_versions": models}, units)
+        kept = committer.resumable(context.job, units)
         todo = [unit for unit in units if unit.id not in kept]
         changed = changed_inputs(stored, todo)
         if changed:
@@ -107,15 +122,19 @@ def run_shard(
                 f"input changed since run {output.run_id} was planned: {'; '.join(changed)}. Its shards must read "
                 "the files its plan listed: restore them, or label the new input as a new run (another --run-id)"
             )
-        log_planned(output.run_id, stored.plan, todo, kept, shard)
-        if todo and client is None:
-            client, threads = cluster.enter_context(connect(spec))
-        done = run_units(
-            client, threads, spec, stored.plan, output, committer, todo, kept, on_part, on_start, stop, units
-        )
-    totals = sum((done[unit.id] for unit in units), Totals())
-    wall = time.perf_counter() - started
-    return RunSummary(display, output.run_id, totals, wall, len(todo), len(kept), shard=shard)
+        log_planned(context, todo, kept, shard)
+        if todo and context.client is None:
+            context = context.connected(*cluster.enter_context(connect(spec)))
+        done = run_units(context, todo, kept, units)
+    return RunSummary(
+        output=display,
+        run_id=output.run_id,
+        totals=sum((done[unit.id] for unit in units), Totals()),
+        wall_seconds=time.perf_counter() - started,
+        units_run=len(todo),
+        units_kept=len(kept),
+        shard=shard,
+    )
 
 
 def _check_shardable(spec: JobSpec) -> None:
@@ -144,7 +163,7 @@ def _store_new_plan(
         if stored is not None:
             return stored
         raise OutputError(
-            f"{output.location.display()} holds the unfinished run {previous.get('run_id')}, not planned as shards; "
+            f"{output.location.display()} holds the unfinished run {previous.run_id}, not planned as shards; "
             "finish it with batchnlp run --resume, or write the shards to another OUTPUT"
         )
     covered = output.covered_runs() if spec.incremental else None
@@ -163,21 +182,14 @@ def _store_new_plan(
             job_plan.partitioning,
         )
     check_schema(spec, schema, output)
-    job = {
-        "run_id": output.run_id,
-        "spec_fingerprint": spec.fingerprint(),
-        "input_fingerprint": job_plan.fingerprint,
-        "model_versions": models,
-        "rows_per_unit": job_plan.rows_per_unit,
-        "units": len(job_plan.units),
-        "batchnlp_version": __version__,
-        "spec": spec.redacted(),
-        "settings": spec.settings(),
-        "planned_at": time.time(),
-        "shards": shard.count,
-        "estimate": Estimating(spec, job_plan).result(),
-    }
-    stored = StoredPlan(replace(job_plan, schema=schema), job, shard.count)
+    sharding = Sharding(
+        shards=shard.count,
+        settings=spec.settings(),
+        planned_at=time.time(),
+        estimate=Estimating(spec, job_plan).result(),
+    )
+    job = job_record(spec, output.run_id, job_plan, models, sharding)
+    stored = StoredPlan(plan=replace(job_plan, schema=schema), job=job, shards=shard.count)
     return store_plan(committer, stored, spec.storage_options, spec.input)
 
 
@@ -205,32 +217,42 @@ def finalize(command: JobSpec) -> RunSummary:
         "storage_options": dict(command.storage_options),
         "catalog_options": dict(command.catalog_options),
     }
-    spec = JobSpec.from_settings({**stored.job["settings"], **connection})
+    sharding = stored.job.sharding
+    spec = JobSpec.from_settings({**sharding.settings, **connection})
     owner = owner_from(os.environ, spec.lock_owner)
     with OutputLock(
-        output.location, output.run_id, command.break_lock, owner=owner, fingerprint=stored.job["spec_fingerprint"]
+        output.location, output.run_id, command.break_lock, owner=owner, fingerprint=stored.job.spec_fingerprint
     ) as lock:
         if committer.finished():  # committed by an earlier attempt (a table's commit may still be due)
             manifest = committer.read_manifest()
             if manifest.run_id != output.run_id:
                 raise OutputError(f"{display} holds committed run {manifest.run_id}, not {output.run_id}")
             if output.sealed(committer) is None:  # part files: committed before, nothing to do
-                return RunSummary(
-                    display, output.run_id, manifest.totals, 0.0, 0, len(stored.plan.units), True, manifest
+                return RunSummary.complete_before(
+                    output=display, run_id=output.run_id, manifest=manifest, units_kept=len(stored.plan.units)
                 )
         else:
             ownership.refuse_foreign(output.location, ownership.take_stock(output.location))  # before it seals them
             ordered = _every_part(committer, stored, display)
             check_bad_lines(spec, ordered, final=True)
-            planned_at = stored.job["planned_at"]
-            wall = time.time() - planned_at
-            estimate = stored.job.get("estimate")
-            manifest = finish(spec, stored.plan, ordered, stored.job, wall, {}, committer, estimate, planned_at)
+            context = RunContext(spec=spec, plan=stored.plan, output=output, committer=committer, job=stored.job)
+            wall = time.time() - sharding.planned_at
+            manifest = finish(
+                context, ordered, wall=wall, kept={}, estimate=sharding.estimate, since=sharding.planned_at
+            )
         lock.check_held()
         table = output.commit(committer, manifest)
     # The run's figures span its shards, from the plan to this commit.
-    units = len(stored.plan.units)
-    return RunSummary(display, output.run_id, manifest.totals, manifest.wall_seconds, units, 0, False, manifest, table)
+    return RunSummary(
+        output=display,
+        run_id=output.run_id,
+        totals=manifest.totals,
+        wall_seconds=manifest.wall_seconds,
+        units_run=len(stored.plan.units),
+        units_kept=0,
+        manifest=manifest,
+        table=table,
+    )
 
 
 def _every_part(committer: Committer, stored: StoredPlan, display: str) -> list[PartResult]:
@@ -243,7 +265,7 @@ def _every_part(committer: Committer, stored: StoredPlan, display: str) -> list[
     shards = sorted({shard_of(position, stored.shards) for position, _ in missing})
     named = ", ".join(unit.id + (" (damaged)" if unit.id in damaged else "") for _, unit in missing[:10])
     more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
-    run_id = stored.job["run_id"]
+    run_id = stored.job.run_id
     raise JobFailed(
         f"run {run_id} at {display} is not complete: {len(missing)} of {len(units)} units have no intact part: "
         f"{named}{more}, of shard{'s' * (len(shards) > 1)} {', '.join(map(str, shards))} of {stored.shards}; "

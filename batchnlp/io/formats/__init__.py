@@ -121,7 +121,10 @@ def plan_units(
         for unit_format, start, stop, rows in layout.cut(rows_per_unit):
             values = partition_values.get(file.path) if partition_values else None
             url = fs.unstrip_protocol(file.path)
-            units.append(WorkUnit(len(units), url, unit_format, start, stop, rows, values))
+            unit = WorkUnit(
+                index=len(units), path=url, format=unit_format, start=start, stop=stop, rows=rows, partition=values
+            )
+            units.append(unit)
     schemas = [(fs.unstrip_protocol(f.path), layout.schema) for f, layout in zip(files, layouts, strict=True)]
     known = all(schema is not None for _, schema in schemas)
     partitioning = options.partitioning

@@ -74,7 +74,7 @@ class BadLine:
     raw: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class WorkUnit:
     """A deterministic slice of one input file; the same input always plans the same units.
 
