@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from batchnlp.testing import build_classifier, build_question_answerer
-from tests.helpers import cli_job, one_worker_cluster
-from tests.s3proxy import S3Proxy
+from tests.support.helpers import cli_job, one_worker_cluster
+from tests.support.s3proxy import S3Proxy
 
 S3_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
