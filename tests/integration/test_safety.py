@@ -218,6 +218,7 @@ def run_batchnlp(args: list[str], env: dict[str, str], cwd: Path | None = None) 
     )
 
 
+@pytest.mark.cluster
 def test_hostile_names_write_nothing_outside_output(tiny_model, tmp_path):
     """A real job whose paths, file names, columns and task name try to climb out of OUTPUT."""
     root = tmp_path / "root"
@@ -414,6 +415,7 @@ def put_jsonl(s3, bucket: str, key: str, rows: int, broken_line: bool = False) -
     s3.put_object(Bucket=bucket, Key=key, Body=("\n".join(lines) + "\n").encode())
 
 
+@pytest.mark.cluster
 def test_credentials_never_reach_output_logs_errors_or_manifest(s3, bucket, s3_proxy, tiny_model, tmp_path):
     """Credentials from the environment, a job spec's storage_options and --storage-option, in a
     verbose successful run, a run that fails in a worker, and runs that fail before any work."""
@@ -509,6 +511,7 @@ def in_control_files(where: str) -> bool:
     return where.endswith("/_manifest.json") or "/_progress/" in where
 
 
+@pytest.mark.cluster
 def test_a_presigned_input_url_never_reaches_logs_or_errors(presigned):
     runs, written, secrets, bucket = presigned
     assert runs["presigned"].returncode == 0, runs["presigned"].stderr[-3000:]
@@ -522,6 +525,7 @@ def test_a_presigned_input_url_never_reaches_logs_or_errors(presigned):
     assert [leak for leak in leaks(written, secrets) if not in_control_files(leak[2])] == []
 
 
+@pytest.mark.cluster
 def test_a_presigned_input_url_never_reaches_the_manifest_or_progress_records(presigned):
     _, written, secrets, bucket = presigned
     assert f"s3://{bucket}/out/_manifest.json" in written

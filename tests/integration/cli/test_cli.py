@@ -17,6 +17,8 @@ import pytest
 from tests.support import REPO, corpus
 from tests.support.helpers import invoke, one_worker_cluster, write_jsonl
 
+pytestmark = pytest.mark.cluster  # its tests start Dask clusters or run jobs themselves
+
 BAD_ROWS = [
     ({"id": 10_000, "text": None}, "text is null"),
     ({"id": 10_001, "text": ""}, "text is empty or whitespace"),

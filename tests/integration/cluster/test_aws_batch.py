@@ -230,6 +230,7 @@ def test_serve_child_waits_as_long_as_the_environment_says(monkeypatch):
         serve_child(role, "cpu", 1)
 
 
+@pytest.mark.cluster
 def test_main_node_waits_as_long_as_the_environment_says_and_keeps_its_reserve(monkeypatch, batch_job):
     """The variables the job definition sets reach the main node's cluster."""
     from distributed.system import MEMORY_LIMIT
@@ -306,6 +307,7 @@ def assert_quiet(output: str) -> None:
     assert "ERROR" not in output and "Traceback" not in output, output[-3000:]
 
 
+@pytest.mark.cluster
 def test_child_node_ends_quietly_when_the_scheduler_closes(batch_job):
     """The end of the job closes the main node's scheduler; the child's workers and nannies shut
     down without "distributed.nanny - ERROR - Worker process died unexpectedly" and a traceback,
@@ -340,6 +342,7 @@ def test_child_node_ends_quietly_when_the_scheduler_closes(batch_job):
     assert "BEGIN" not in output, "no certificate or key in the child's log"
 
 
+@pytest.mark.slow
 def test_child_node_waits_for_a_scheduler_that_starts_late():
     """On AWS Batch a child node may be up before the main node's scheduler listens."""
     import asyncio
@@ -375,6 +378,7 @@ def test_child_node_gives_up_on_a_scheduler_that_never_answers(batch_job, monkey
     assert "security group" in str(caught.value) and caught.value.exit_code == 1, "worth retrying"
 
 
+@pytest.mark.cluster
 def test_the_jobs_scheduler_and_workers_refuse_a_plain_client_and_one_with_another_ca(batch_job):
     """A second process on the network, as an attacker would be: plain tcp:// and TLS with a
     certificate of its own CA are both refused, by the scheduler and by a worker; the job's own
@@ -426,6 +430,7 @@ def test_a_multi_node_job_refuses_credential_storage_options(tmp_path, batch_job
     assert stored_secret(batch_job) is None, "nor any certificate be made"
 
 
+@pytest.mark.cluster
 def test_main_node_gives_up_naming_the_child_nodes_that_never_joined(batch_job):
     port = free_port()
     role = node_role(mnp(0, nodes=3))
@@ -442,6 +447,7 @@ def test_main_node_gives_up_naming_the_child_nodes_that_never_joined(batch_job):
     assert code == 0, f"the scheduler closed, so the child that did join ends too:\n{output[-3000:]}"
 
 
+@pytest.mark.cluster
 def test_a_job_runs_over_both_nodes_and_the_child_exits_when_it_ends(tmp_path, tiny_model, batch_job):
     """The whole path the CLI takes: the child serves workers (a subprocess with node 1's
     environment); on the main node the hook points the job at its own scheduler, once the
@@ -514,6 +520,7 @@ def test_cli_on_a_malformed_node_environment_exits_2(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "incomplete AWS Batch multi-node environment" in result.output
 
 
+@pytest.mark.cluster
 def test_cli_on_a_main_node_runs_the_job_on_its_own_scheduler(tmp_path, tiny_model, monkeypatch, batch_job):
     from click.testing import CliRunner
 

@@ -3,8 +3,11 @@ import subprocess
 import sys
 
 import psutil
+import pytest
 
 from batchnlp.cluster.local import Layout, local_layout, start_local_cluster, visible_gpus
+
+pytestmark = pytest.mark.cluster  # its tests start Dask clusters or run jobs themselves
 
 GIB = 2**30
 

@@ -18,6 +18,8 @@ from batchnlp.execution.runner import run
 from batchnlp.spec import JobSpec
 from tests.support.helpers import cpu_job, invoke, one_worker_cluster, write_jsonl
 
+pytestmark = pytest.mark.cluster  # its tests start Dask clusters or run jobs themselves
+
 # Recognisable credentials: moto takes any; none may reach the scheduler.
 SECRETS = {
     "key": "AKIAEMBEDDEDCLUSTER01",

@@ -37,6 +37,7 @@ def batchnlp(args: list[str], env: dict[str, str]) -> subprocess.CompletedProces
     )
 
 
+@pytest.mark.cluster
 def test_a_sharded_runs_plan_keeps_a_presigned_urls_signature_out_of_output(s3_proxy, s3, bucket, tiny_model, tmp_path):
     """Two shards and the commit of one run whose input is a presigned URL (SigV4 with a session
     token): the shards read the input through the URL their command gives, while the plan they

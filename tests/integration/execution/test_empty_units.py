@@ -11,6 +11,8 @@ from click.testing import CliRunner
 
 from batchnlp.cli import main
 
+pytestmark = pytest.mark.cluster  # its tests start Dask clusters or run jobs themselves
+
 ROWS = 60
 
 

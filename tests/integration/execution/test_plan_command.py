@@ -66,6 +66,7 @@ def mixed_records(count: int) -> list[dict[str, Any]]:
     return records
 
 
+@pytest.mark.slow
 def test_jsonl_rows_tokens_and_padding_within_the_stated_error(tmp_path: Path, tiny_model: Path) -> None:
     records = mixed_records(3000)
     source = write_jsonl(tmp_path / "in.jsonl", records)
@@ -296,6 +297,7 @@ def test_the_manifest_keeps_the_estimate_and_the_report_shows_it() -> None:
     assert "Estimate and outcome" not in render_html(build_report(manifest("r2", [part_result(0)]), [part_result(0)]))
 
 
+@pytest.mark.cluster
 def test_a_run_records_its_estimate_beside_what_happened(tmp_path: Path, tiny_model: Path) -> None:
     records = mixed_records(400)
     source = write_jsonl(tmp_path / "in.jsonl", records)
@@ -314,6 +316,7 @@ def test_a_run_records_its_estimate_beside_what_happened(tmp_path: Path, tiny_mo
 
 
 @pytest.mark.parametrize("task", ["sentiment", "qa"])
+@pytest.mark.slow
 def test_the_estimate_imports_no_model_code(tmp_path: Path, tiny_model: Path, qa_model: Path, task: str) -> None:
     """A run's driver estimates while its workers label: importing transformers' modeling code there
     (seconds of CPU) would take those seconds from the workers. Tokenizers are all it needs."""

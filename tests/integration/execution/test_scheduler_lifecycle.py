@@ -19,6 +19,8 @@ import pytest
 from batchnlp.ledger.lock import LOCK, Owner, owner_from
 from tests.support.helpers import invoke, upload_dir, write_jsonl
 
+pytestmark = pytest.mark.cluster  # its tests start Dask clusters or run jobs themselves
+
 ROWS = 2400
 
 

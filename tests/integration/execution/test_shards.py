@@ -21,6 +21,8 @@ from batchnlp.execution.shards.plan import PLAN, Shard, shard_of
 from tests.integration.execution.test_scheduler_lifecycle import ids, start
 from tests.support.helpers import cli_job, write_jsonl
 
+pytestmark = pytest.mark.cluster  # its tests start Dask clusters or run jobs themselves
+
 ROWS = 600
 
 

@@ -10,8 +10,11 @@ import time
 
 import psutil
 import pyarrow.dataset as ds
+import pytest
 
 from tests.support.helpers import worker_processes, write_jsonl
+
+pytestmark = pytest.mark.cluster  # its tests start Dask clusters or run jobs themselves
 
 
 def test_a_killed_worker_costs_a_rerun_not_a_row(tmp_path, tiny_model):

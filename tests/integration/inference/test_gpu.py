@@ -72,6 +72,7 @@ def test_a_real_out_of_memory_splits_the_batch(tmp_path):
     np.testing.assert_allclose(scores, ref_scores, atol=2e-2)
 
 
+@pytest.mark.cluster
 def test_a_job_runs_on_its_pinned_gpu_worker(tmp_path, tiny_model):
     source = write_jsonl(tmp_path / "in.jsonl", [{"id": i, "text": t} for i, t in enumerate(corpus.texts(500))])
     result = invoke(source, tmp_path / "out", "--model", f"sentiment={tiny_model}", "--device", "auto")

@@ -201,6 +201,7 @@ def test_a_pinned_model_runs_and_a_replaced_one_stops_the_run(tiny_model, tmp_pa
     assert not (tmp_path / "night3" / "_SUCCESS").exists()
 
 
+@pytest.mark.cluster
 def test_a_checkpoint_whose_head_does_not_match_its_config_is_a_model_error(qa_model, tmp_path):
     """Was "unexpected RuntimeError … this is a bug in batchnlp" (exit 1), with two worker tracebacks under -q."""
     from safetensors.torch import load_file, save_file

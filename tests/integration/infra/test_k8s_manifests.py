@@ -184,6 +184,7 @@ def test_dask_processes_preload_the_log_redaction() -> None:
     assert callable(redaction.dask_setup)
 
 
+@pytest.mark.cluster
 def test_the_manifests_worker_command_joins_a_scheduler_and_redacts_its_logs(tmp_path: Path) -> None:
     """The DaskJob's worker command and arguments, run as the operator runs them (the scheduler's
     address in DASK_SCHEDULER_ADDRESS), against a scheduler on loopback: the worker listens in
@@ -263,6 +264,7 @@ def log_a_secret(secret: str) -> None:
 @pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare for a private mount namespace"
 )
+@pytest.mark.cluster
 def test_a_run_needs_no_writable_path_but_the_manifests_volumes_and_output(tmp_path: Path, tiny_model: Path) -> None:
     """The pods' root filesystem is read-only: a real `batchnlp run` in a mount namespace whose root
     is read-only, with only the manifests' emptyDir mounts (temporary files, ~/.cache) and OUTPUT

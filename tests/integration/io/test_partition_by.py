@@ -130,7 +130,7 @@ def test_partition_by_is_part_of_the_fingerprint_only_when_given():
         JobSpec.from_settings({"input": "i", "output": "o", "partition_by": ["a", "a"]})
 
 
-@pytest.mark.parametrize("where", ["local", "s3"])
+@pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.s3)])
 def test_clear_removes_partitioned_part_files_only(tmp_path, where, request):
     from batchnlp.io.storage import Location, write_atomic
     from batchnlp.ledger.commit import Committer

@@ -18,6 +18,8 @@ from batchnlp.cli import main
 from tests.support import REPO, corpus
 from tests.support.helpers import upload_dir
 
+pytestmark = pytest.mark.cluster  # its tests start Dask clusters or run jobs themselves
+
 FAKE_KEY_ID = "AKIAQWERTYUIOP123456"
 FAKE_SECRET = "Zx9Qw8Er7Ty6Ui5Op4As3Df2Gh1Jk0LzXcVbNm12"
 

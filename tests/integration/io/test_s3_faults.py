@@ -26,6 +26,8 @@ from batchnlp.util import retry
 from batchnlp.util.retry import TOTAL_MAX_ATTEMPTS
 from tests.support import corpus
 
+pytestmark = pytest.mark.cluster  # its tests start Dask clusters or run jobs themselves
+
 READ_TIMEOUT = 2  # the job's own read timeout (a user override): late answers need not wait 30 s
 DEFAULT_ATTEMPTS = 5  # botocore's own (legacy mode) attempts, which batchnlp's policy raises
 BACKOFF = "0.05"  # the longest wait between two attempts here (20 s in production)

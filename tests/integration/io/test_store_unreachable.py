@@ -42,6 +42,7 @@ def closed_port() -> int:
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))
+@pytest.mark.cluster
 def test_every_command_says_the_store_is_unreachable(name, tmp_path, tiny_model):
     args = [arg.format(tmp=tmp_path, model=tiny_model) for arg in COMMANDS[name]]
     env = {

@@ -224,7 +224,7 @@ def test_overwrite_replaces_its_own_run_but_not_a_file_added_beside_it(job, tmp_
     assert files(out) == ours
 
 
-@pytest.mark.parametrize("where", ["local", "s3"])
+@pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.s3)])
 def test_a_crashed_attempts_unrecorded_parts_are_cleared_by_the_next_run(tmp_path, where, request):
     """The job record, written before any unit runs, names what its units write: parts that no progress
     record names yet (the driver died first) are still batchnlp's, and only they go."""

@@ -18,6 +18,8 @@ from batchnlp.ledger.lease_store import Version
 from batchnlp.ledger.lock import LOCK, OutputLock, stale
 from tests.support.helpers import invoke, write_jsonl
 
+pytestmark = pytest.mark.cluster  # its tests start Dask clusters or run jobs themselves
+
 
 @pytest.fixture
 def source(tmp_path):
@@ -158,7 +160,7 @@ def test_a_killed_driver_is_resumed_and_its_lock_broken(tmp_path, tiny_model):
 # --- the lease: compare-and-swap on S3 (moto's server over HTTP) and on local disk --------------
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
 def lock_root(request, tmp_path) -> Location:
     """Where the lock lives: a local directory, or a prefix of a bucket on moto's server."""
     if request.param == "local":

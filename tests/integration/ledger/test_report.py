@@ -156,6 +156,7 @@ def test_html_has_every_section_and_escapes_user_strings():
     assert '<section id="qa">' not in render_html(without_qa)
 
 
+@pytest.mark.cluster
 def test_cli_run_writes_a_report_that_agrees_with_the_output(tmp_path, tiny_model, topics_model, qa_model):
     texts = corpus.texts(200, seed=5, max_sentences=8)
     records = [{"id": f"r{i}", "text": t} for i, t in enumerate(texts)]

@@ -19,6 +19,8 @@ from batchnlp.ledger.record import Totals
 from batchnlp.observe.inspection import RunInfo, rows_table
 from tests.support.helpers import write_jsonl
 
+pytestmark = pytest.mark.cluster  # its tests start Dask clusters or run jobs themselves
+
 
 def inspect(*args: str):
     result = CliRunner().invoke(main, ["inspect", *map(str, args)])

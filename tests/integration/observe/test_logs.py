@@ -84,6 +84,7 @@ def test_reporter_events_carry_unit_and_counts(json_logging, capsys):
     assert done["rejected_by_reason"] == {"text is null": 2} and done["rows_per_second"] == 50.0
 
 
+@pytest.mark.cluster
 def test_a_real_run_logs_json_events_and_cloudwatch_metrics_and_exits_0_with_skipped_lines(tmp_path, tiny_model):
     """One end-to-end run: JSON lines only (stdout holds nothing), a unit_done per unit, job_done, the summary
     as an event, an EMF line last, and exit 0."""

@@ -57,6 +57,7 @@ def test_fsspec_strips_a_path_by_the_filesystems_own_rules(tmp_path):
     )
 
 
+@pytest.mark.cluster
 def test_distributed_starts_the_workers_added_to_a_clusters_spec():
     from distributed import LocalCluster
     from distributed.core import Status

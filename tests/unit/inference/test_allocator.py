@@ -44,6 +44,7 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again() -> None:
     assert kept < trimmed / 20, (trimmed, kept)
 
 
+@pytest.mark.slow
 def test_a_worker_keeps_freed_memory_once_its_models_are_loaded(tiny_model: Path) -> None:
     script = (
         "from batchnlp.spec import TaskSpec\nfrom batchnlp.execution.worker import ModelPlugin, ModelSettings\n"

@@ -94,6 +94,7 @@ def test_checkpoints_it_does_not_reproduce_exactly_are_left_to_transformers(tmp_
     assert type(model).__module__.startswith("transformers.models.distilbert")
 
 
+@pytest.mark.slow
 def test_distilbert_tasks_never_import_transformers_modeling_code(tiny_model, qa_model):
     """The ~3 s a process spent importing it came before every worker's first row."""
     script = f"""

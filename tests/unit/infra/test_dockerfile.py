@@ -248,6 +248,7 @@ def test_build_context_holds_what_the_build_copies_and_nothing_else():
     assert size < 5 * 2**20, f"build context of {size} bytes"
 
 
+@pytest.mark.slow
 def test_builder_wheel_from_the_build_context_installs_and_runs_apart_from_the_repo(tmp_path):
     """The builder's `pip wheel` on exactly the files the context holds; then the installed wheel runs."""
     assert "pip wheel --no-deps --wheel-dir /wheels ." in runs("builder"), "keep this test in step with the builder"

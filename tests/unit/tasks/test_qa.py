@@ -74,6 +74,7 @@ def pairs() -> tuple[list[str], list[str]]:
     return [rng.choice(QUESTIONS) for _ in contexts], contexts
 
 
+@pytest.mark.slow
 def test_answers_match_the_pipeline_with_its_defaults(qa_model, pairs):
     questions, contexts = pairs
     task = make_task(qa_model)

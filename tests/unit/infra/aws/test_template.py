@@ -15,6 +15,7 @@ AWS_TEMPLATES = sorted(p for p in (INFRA / "aws").iterdir() if p.suffix in (".ya
 
 
 @pytest.mark.parametrize("path", AWS_TEMPLATES, ids=lambda p: p.name)
+@pytest.mark.slow
 def test_cfn_lint_finds_nothing(path: Path) -> None:
     from cfnlint.api import lint
     from cfnlint.config import ManualArgs
@@ -24,6 +25,7 @@ def test_cfn_lint_finds_nothing(path: Path) -> None:
     assert [f"{m.rule.id} {m.message} (line {m.linenumber})" for m in matches] == []
 
 
+@pytest.mark.slow
 def test_the_lint_sees_the_template_and_catches_a_misspelt_property() -> None:
     from cfnlint.api import lint
     from cfnlint.config import ManualArgs
