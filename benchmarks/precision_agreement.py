@@ -166,7 +166,7 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from benchmarks.job_throughput import write_corpus
-    from tests.corpus import texts
+    from tests.support.corpus import texts
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

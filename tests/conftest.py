@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 
 from batchnlp.testing import build_classifier, build_question_answerer
-from tests.helpers import cli_job, one_worker_cluster
-from tests.s3proxy import S3Proxy
+from tests.support.helpers import cli_job, one_worker_cluster
+from tests.support.s3proxy import S3Proxy
+
+# Marks each test cluster/s3 by the fixtures it uses, and fails one that starts either unmarked.
+pytest_plugins = ["tests.support.markers"]
 
 S3_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",

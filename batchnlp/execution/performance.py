@@ -30,7 +30,7 @@ class Figure:
     machine: str
     source: str
     readme_table: str  # the docs/performance.md text just before the table the figure is copied into...
-    readme_row: str  # ...and a cell of its row naming it (tests/test_performance_figures.py compares them)
+    readme_row: str  # ...and a cell of its row naming it (test_performance_figures.py compares them)
 
     @property
     def rate(self) -> float:

@@ -2,7 +2,7 @@
 
 batchnlp reaches past a dependency's public API only where that API lacks what a job needs. Each
 function below says which private thing it uses, why no public API does the job, and the versions
-it was checked against; ``tests/test_compat.py`` checks that each internal is still there with the
+it was checked against; ``tests/integration/util/test_compat.py`` checks that each internal is still there with the
 shape used here (so an upgrade that renames one fails that test by name, not a job at night), and
 that no other module of the package touches a dependency's private attribute.
 

@@ -1,0 +1,41 @@
+"""A worker process SIGKILLed mid-job loses nothing: Dask reruns its unit elsewhere, every row lands once."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pyarrow.dataset as ds
+import pytest
+
+from tests.support.helpers import worker_processes, write_jsonl
+
+pytestmark = pytest.mark.cluster  # its tests start Dask clusters or run jobs themselves
+
+
+def test_a_killed_worker_costs_a_rerun_not_a_row(tmp_path, tiny_model):
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": i, "text": f"review number {i}"} for i in range(3000)])
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "batchnlp", "run", str(source), str(out), "--model", f"sentiment={tiny_model}",
+               "--rows-per-partition", "100", "--workers", "2", "--tokens-per-batch", "8"]  # fmt: skip
+    driver = psutil.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while len(list((out / "_progress").glob("part-*.json"))) < 2 and time.time() < deadline:
+        assert driver.poll() is None, "the run ended before a worker could be killed"
+        time.sleep(0.01)
+    workers = worker_processes(driver)
+    assert len(workers) == 2
+    workers[0].send_signal(signal.SIGKILL)
+
+    output, _ = driver.communicate(timeout=180)
+    assert driver.returncode == 0, output
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["totals"]["rows_out"] == 3000
+    assert sorted(p.name for p in out.glob("part-*")) == sorted(part["path"] for part in manifest["parts"])
+    assert len({part["worker"] for part in manifest["parts"]}) >= 3, "a restarted worker process did some units"
+    ids = ds.dataset(str(out), format="parquet").to_table().column("id").to_pylist()
+    assert sorted(ids) == list(range(3000)), "every row exactly once"
