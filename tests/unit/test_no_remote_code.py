@@ -34,12 +34,11 @@ def refuses_remote_code(call: ast.Call) -> bool:
 
 def test_every_from_pretrained_call_passes_trust_remote_code_false():
     calls = from_pretrained_calls()
-    # The walk sees the loaders of run, estimate and distill (and the test checkpoints' tokenizer).
+    # The walk sees the loaders of run and estimate (models/load) and distill (and the test checkpoints' tokenizer).
     files = {where.split(":")[0] for where, _ in calls}
     assert {
-        "batchnlp/inference/models/__init__.py",
+        "batchnlp/inference/models/load.py",
         "batchnlp/distillation/job.py",
         "batchnlp/distillation/train.py",
-        "batchnlp/execution/estimate.py",
     } <= files
     assert [where for where, call in calls if not refuses_remote_code(call)] == []
