@@ -6,17 +6,17 @@ from typing import Any
 
 import click
 
+from batchnlp.cli.job_options import SpecSource, sourced
 from batchnlp.cli.options import (
     PARAM_OPTION,
     RUN_DATE_OPTION,
+    LogChoice,
     catalog_option,
-    log_level,
     log_options,
     run_id_option,
     storage_option,
 )
 from batchnlp.cli.outcome import report_summary, user_errors
-from batchnlp.observe.logs import configure_logging
 from batchnlp.observe.metrics import job_metrics
 from batchnlp.spec import OUTPUT_FORMATS
 
@@ -38,17 +38,8 @@ from batchnlp.spec import OUTPUT_FORMATS
 @storage_option("OUTPUT")
 @click.option("--break-lock", is_flag=True, default=None, help="Take OUTPUT although another commit's lock is there.")
 @log_options
-@click.pass_context
-def commit(
-    ctx: click.Context,
-    spec_file: str | None,
-    verbose: bool,
-    quiet: bool,
-    log_format: str,
-    param: Any,
-    run_date: str | None,
-    **flags: Any,
-) -> None:
+@sourced
+def commit(source: SpecSource, log: LogChoice, **flags: Any) -> None:
     """Commit a sharded run: once every unit of its plan has its part, intact, write _manifest.json and
     _SUCCESS, or make the one Delta/Iceberg commit. The finalize step of `batchnlp submit --shards N`.
 
@@ -61,16 +52,14 @@ def commit(
       batchnlp commit s3://lake/tables/labels --output-format delta --run-id 2026-11-24
       batchnlp commit --spec jobs/nightly-labels.yaml --run-date 2026-11-24 --run-id 2026-11-24
     """
-    configure_logging(log_level(verbose, quiet), log_format)
+    log.configure()
     import batchnlp
 
     outcome: dict[str, Any] = {}
-    with job_metrics(log_format == "json", outcome):  # its line last, as `run` ends
-        with user_errors(verbose, log_format == "json"):
-            if spec_file:
-                from batchnlp.cli.job_options import job_spec
-
-                summary = batchnlp.commit(run_id=flags["run_id"], spec=job_spec(ctx, spec_file, param, run_date, flags))
+    with job_metrics(log.json, outcome):  # its line last, as `run` ends
+        with user_errors(log.verbose, log.json):
+            if source.file:
+                summary = batchnlp.commit(run_id=flags["run_id"], spec=source.spec(flags))
             else:
                 summary = batchnlp.commit(
                     flags["output"],
@@ -82,4 +71,4 @@ def commit(
                     break_lock=flags["break_lock"],
                 )
             outcome["summary"] = summary
-        report_summary(summary, quiet, log_format)
+        report_summary(summary, log)

@@ -6,9 +6,8 @@ from typing import Any
 
 import click
 
-from batchnlp.cli.options import catalog_option, log_level, log_options, storage_option
+from batchnlp.cli.options import LogChoice, catalog_option, log_options, storage_option
 from batchnlp.cli.outcome import say, user_errors
-from batchnlp.observe.logs import configure_logging
 from batchnlp.spec import TABLE_FORMATS
 
 
@@ -66,9 +65,7 @@ from batchnlp.spec import TABLE_FORMATS
 def distill_command(
     teacher_output: str,
     student_dir: str,
-    verbose: bool,
-    quiet: bool,
-    log_format: str,
+    log: LogChoice,
     **flags: Any,
 ) -> None:
     """Train a smaller student on the labels of a committed run (written with --keep-probs), then
@@ -83,7 +80,7 @@ def distill_command(
       batchnlp distill labelled/ ./topics-student --task classify --epochs 3
       batchnlp run reviews/ cheap/ --task classify --model classify=./topics-student
     """
-    configure_logging(log_level(verbose, quiet), log_format)
+    log.configure()
     import batchnlp
     from batchnlp.distillation.job import TrainingProgress
     from batchnlp.observe.progress import choose_mode
@@ -92,7 +89,7 @@ def distill_command(
         raise click.UsageError("--resume and --overwrite exclude each other; pick one")
     catalog_options, storage_options = dict(flags.pop("catalog_option")), dict(flags.pop("storage_option"))
     settings = {**flags, "catalog_options": catalog_options, "storage_options": storage_options}
-    with user_errors(verbose, log_format == "json"), TrainingProgress(choose_mode(quiet, log_format)) as progress:
+    with user_errors(log.verbose, log.json), TrainingProgress(choose_mode(log.quiet, log.format)) as progress:
         result = batchnlp.distill(teacher_output, student_dir, on_step=progress, **settings)
-    if not quiet:
-        say(result.summary(), log_format == "json", "distill_done")
+    if not log.quiet:
+        say(result.summary(), log.json, "distill_done")

@@ -6,7 +6,10 @@ on the command line override the spec file as keyword arguments of :func:`batchn
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.core import ParameterSource
@@ -16,11 +19,15 @@ from batchnlp.cli.options import (
     PARAM_OPTION,
     RUN_DATE_OPTION,
     catalog_option,
+    logged,
     storage_option,
     with_options,
 )
 from batchnlp.cli.params import KeyValue
 from batchnlp.spec import COMPRESSION_NAMES, INPUT_FORMATS, MINIMUMS, OUTPUT_FORMATS
+
+if TYPE_CHECKING:
+    from batchnlp.spec import JobSpec
 
 # --scheduler tls://... (batchnlp.cluster.tls): what each file is; Dask's distributed.comm.tls config stands in for all.
 TLS_FILES = {"--tls-ca-file": "the cluster's CA", "--tls-cert": "this client's certificate", "--tls-key": "its key"}
@@ -269,17 +276,37 @@ JOB_OPTIONS = [
 ]
 
 
+@dataclass(frozen=True, kw_only=True)
+class SpecSource:
+    """Where a command's job spec comes from besides its flags: ``--spec``, ``--param``, ``--run-date``."""
+
+    file: str | None
+    params: dict[str, str]
+    run_date: str | None
+
+    def spec(self, flags: dict[str, Any]) -> JobSpec:
+        """The JobSpec: the spec file, the flags given on the command line over it, placeholders
+        filled (:func:`batchnlp.job_spec`)."""
+        from batchnlp.api import job_spec
+
+        settings = given_settings(click.get_current_context(), flags)
+        return job_spec(self.file, params=self.params, run_date=self.run_date, **settings)
+
+
+def sourced(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``command`` given ``--spec``, ``--param`` and ``--run-date`` as one ``source: SpecSource``."""
+
+    @functools.wraps(command)
+    def with_source(*args: Any, spec_file: str | None, param: Any, run_date: str | None, **kwargs: Any) -> Any:
+        return command(*args, source=SpecSource(file=spec_file, params=dict(param), run_date=run_date), **kwargs)
+
+    return with_source
+
+
 def job_options(command: Any) -> Any:
-    """Decorate ``command`` with :data:`JOB_OPTIONS`, in the order ``--help`` lists them."""
-    return with_options(JOB_OPTIONS, command)
-
-
-def job_spec(ctx: click.Context, spec_file: str | None, param: Any, run_date: str | None, flags: dict[str, Any]) -> Any:
-    """The JobSpec of a command taking :data:`JOB_OPTIONS`: the spec file, the flags given over it,
-    placeholders filled (:func:`batchnlp.job_spec`)."""
-    from batchnlp.api import job_spec as compose
-
-    return compose(spec_file, params=dict(param), run_date=run_date, **given_settings(ctx, flags))
+    """Decorate ``command`` with :data:`JOB_OPTIONS`, in the order ``--help`` lists them; it
+    receives the spec's source as ``source`` and the log options as ``log``."""
+    return with_options(JOB_OPTIONS, sourced(logged(command)))
 
 
 def given_settings(ctx: click.Context, flags: dict[str, Any]) -> dict[str, Any]:

@@ -7,13 +7,16 @@ storage takes ``--storage-option`` (:func:`storage_option`); the job's own setti
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import click
 
 from batchnlp.cli.params import KeyValue
+from batchnlp.observe.logs import configure_logging
 from batchnlp.spec import RUN_ID_RULE, valid_run_id
 
 # Spec placeholders, set the same way by `run` and by `submit` (which passes them on to `run`).
@@ -81,14 +84,38 @@ LOG_OPTIONS = [
 ]
 
 
+@dataclass(frozen=True, kw_only=True)
+class LogChoice:
+    """How a command logs, from ``-v``, ``-q`` and ``--log-format``."""
+
+    verbose: bool
+    quiet: bool
+    format: str
+
+    @property
+    def json(self) -> bool:
+        return self.format == "json"
+
+    def configure(self, default: int = logging.INFO) -> None:
+        """Set up logging: DEBUG with -v, only errors with -q, else ``default``."""
+        level = logging.DEBUG if self.verbose else logging.ERROR if self.quiet else default
+        configure_logging(level, self.format)
+
+
+def logged(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``command`` given its log options as one ``log: LogChoice``."""
+
+    @functools.wraps(command)
+    def with_log(*args: Any, verbose: bool, quiet: bool, log_format: str, **kwargs: Any) -> Any:
+        return command(*args, log=LogChoice(verbose=verbose, quiet=quiet, format=log_format), **kwargs)
+
+    return with_log
+
+
 def log_options(command: Any) -> Any:
-    """Decorate ``command`` with :data:`LOG_OPTIONS` (``-v``, ``-q``, ``--log-format``)."""
-    return with_options(LOG_OPTIONS, command)
-
-
-def log_level(verbose: bool, quiet: bool, default: int = logging.INFO) -> int:
-    """The level :data:`LOG_OPTIONS` ask for: DEBUG with -v, only errors with -q."""
-    return logging.DEBUG if verbose else logging.ERROR if quiet else default
+    """Decorate ``command`` with :data:`LOG_OPTIONS` (``-v``, ``-q``, ``--log-format``), which it
+    receives as one ``log`` (:class:`LogChoice`)."""
+    return with_options(LOG_OPTIONS, logged(command))
 
 
 def with_options(options: list[Any], command: Any) -> Any:

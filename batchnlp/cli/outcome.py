@@ -10,21 +10,24 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from batchnlp.errors import BatchnlpError, Interrupted
 from batchnlp.util.redaction import redact_text
 
+if TYPE_CHECKING:
+    from batchnlp.cli.options import LogChoice
 
-def report_summary(summary: Any, quiet: bool, log_format: str) -> None:
+
+def report_summary(summary: Any, log: LogChoice) -> None:
     """A finished run's lines (:func:`batchnlp.observe.summary.summary_lines`), unless quiet."""
     from batchnlp.observe.summary import summary_lines
 
-    if not quiet:
+    if not log.quiet:
         for line in summary_lines(summary):
-            say(line, log_format == "json", "summary", run_id=summary.run_id)
+            say(line, log.json, "summary", run_id=summary.run_id)
 
 
 def say(message: str, json_logs: bool, event: str, level: int = logging.INFO, **fields: Any) -> None:

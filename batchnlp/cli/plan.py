@@ -8,10 +8,9 @@ from typing import Any
 
 import click
 
-from batchnlp.cli.job_options import job_options, job_spec
-from batchnlp.cli.options import log_level
+from batchnlp.cli.job_options import SpecSource, job_options
+from batchnlp.cli.options import LogChoice
 from batchnlp.cli.outcome import user_errors
-from batchnlp.observe.logs import configure_logging
 from batchnlp.util.redaction import redact_text
 
 PLAN_EXAMPLES = """
@@ -49,15 +48,9 @@ Examples:
     help="Show wall time and cost for 1 up to N shards. Example: --shards 16",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the same figures) instead of a table.")
-@click.pass_context
 def plan_command(
-    ctx: click.Context,
-    spec_file: str | None,
-    verbose: bool,
-    quiet: bool,
-    log_format: str,
-    param: Any,
-    run_date: str | None,
+    source: SpecSource,
+    log: LogChoice,
     tokens_per_second: float | None,
     gpu_hour_price: float | None,
     shards: int,
@@ -71,11 +64,11 @@ def plan_command(
     sample of rows, and wall time, machine-hours and cost for 1 to N shards. Exit codes as run's:
     2 for a missing input, a bad spec or model.
     """
-    configure_logging(log_level(verbose, quiet, logging.WARNING), log_format)
-    with user_errors(verbose, log_format == "json", interactive=True):
+    log.configure(logging.WARNING)
+    with user_errors(log.verbose, log.json, interactive=True):
         import batchnlp
         from batchnlp.execution.estimate import render_plan
 
-        spec = job_spec(ctx, spec_file, param, run_date, flags)
+        spec = source.spec(flags)
         figures = batchnlp.plan(spec, shards=shards, tokens_per_second=tokens_per_second, gpu_hour_price=gpu_hour_price)
     click.echo(json.dumps(figures, indent=2, ensure_ascii=False) if as_json else redact_text(render_plan(figures)))

@@ -6,10 +6,9 @@ from typing import Any
 
 import click
 
-from batchnlp.cli.job_options import job_options, job_spec
-from batchnlp.cli.options import log_level
+from batchnlp.cli.job_options import SpecSource, job_options
+from batchnlp.cli.options import LogChoice
 from batchnlp.cli.outcome import report_summary, user_errors
-from batchnlp.observe.logs import configure_logging
 from batchnlp.observe.metrics import job_metrics
 
 RUN_EXAMPLES = """
@@ -43,19 +42,7 @@ Examples:
     help="As --shard, with I from AWS_BATCH_JOB_ARRAY_INDEX (an array job's child) or JOB_COMPLETION_INDEX (a "
     "Kubernetes indexed Job). Example: --shards 8 --run-id 2026-11-24",
 )
-@click.pass_context
-def run(
-    ctx: click.Context,
-    spec_file: str | None,
-    verbose: bool,
-    quiet: bool,
-    log_format: str,
-    param: Any,
-    run_date: str | None,
-    shard: str | None,
-    shards: int | None,
-    **flags: Any,
-) -> None:
+def run(source: SpecSource, log: LogChoice, shard: str | None, shards: int | None, **flags: Any) -> None:
     """Annotate INPUT (file, directory/prefix or glob; local or s3://) into OUTPUT.
 
     Writes OUTPUT/part-NNNNN.parquet (or .arrow, .jsonl[.gz] with --output-format: every input
@@ -69,17 +56,17 @@ def run(
     lines than --max-bad-lines: nothing committed; 143 (130) stopped by SIGTERM (SIGINT) after
     draining: retry, the next attempt resumes.
     """
-    configure_logging(log_level(verbose, quiet), log_format)
+    log.configure()
     import batchnlp
     from batchnlp.execution.shutdown import GracefulStop
     from batchnlp.observe.progress import ProgressReporter, choose_mode
 
-    reporter = ProgressReporter(choose_mode(quiet, log_format), unit_events=log_format == "json")
+    reporter = ProgressReporter(choose_mode(log.quiet, log.format), unit_events=log.json)
     stop = GracefulStop()
     outcome: dict[str, Any] = {}
-    with job_metrics(log_format == "json", outcome), stop.installed():
-        with user_errors(verbose, log_format == "json"), reporter:
-            spec = job_spec(ctx, spec_file, param, run_date, flags)
+    with job_metrics(log.json, outcome), stop.installed():
+        with user_errors(log.verbose, log.json), reporter:
+            spec = source.spec(flags)
             summary = batchnlp.run(
                 spec, shard=shard, shards=shards, on_part=reporter.on_part, on_start=reporter.start, stop=stop
             )
@@ -88,4 +75,4 @@ def run(
                 return
             reporter.finish(summary)
         outcome["summary"] = summary
-        report_summary(summary, quiet, log_format)
+        report_summary(summary, log)

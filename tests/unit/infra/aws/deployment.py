@@ -322,7 +322,7 @@ def plan_run(args: list[str], env: dict[str, str] | None = None) -> Any:
             in_image_workdir(),
             mock.patch("batchnlp.execution.runner.run", planned),
             mock.patch("batchnlp.spec._spec_text", spec_text),
-            mock.patch("batchnlp.cli.run.configure_logging"),
+            mock.patch("batchnlp.cli.options.configure_logging"),
             mock.patch.dict(os.environ, env or {}),
         ):
             main.main(list(args), prog_name="batchnlp", standalone_mode=False)
