@@ -50,7 +50,7 @@ def dates(first: str, last: str) -> list[str]:
 
 def date_spec(spec_ref: str, params: Mapping[str, str], day: str) -> JobSpec:
     """The job spec ``batchnlp run --spec SPEC --run-date DAY --run-id DAY`` would run."""
-    from batchnlp.spec import load_spec_file
+    from batchnlp.spec.load import load_spec_file
     from batchnlp.util.templating import render
 
     settings = render(load_spec_file(spec_ref), {**params, "run_date": day})

@@ -1,7 +1,8 @@
 """JobSpec: one validated, immutable description of a job, from flags and/or a YAML file.
 
 Every problem is collected and reported together before any work starts, so a user fixes a
-spec in one round instead of discovering its errors one run at a time.
+spec in one round instead of discovering its errors one run at a time. A spec file is read by
+:mod:`.load`; flags (or keyword arguments) go over it in :mod:`.merge`; this module validates.
 
 May import: :mod:`batchnlp.tasks` (the registry of task kinds it validates names against),
 :mod:`batchnlp.io` (the format and table registries), :mod:`batchnlp.util`, :mod:`batchnlp.errors`.
@@ -12,11 +13,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, get_args
 
 from batchnlp.errors import SpecError
@@ -324,47 +323,6 @@ class JobSpec:
 def valid_run_id(value: Any) -> bool:
     """A run id names a folder (a table's staging directory, an incremental run's): see :data:`RUN_ID_RULE`."""
     return isinstance(value, str) and bool(RUN_ID.fullmatch(value)) and value not in (".", "..")
-
-
-def load_spec_file(ref: str | Path) -> dict[str, Any]:
-    """Read a YAML job spec into a settings mapping; errors name the file and line.
-
-    ``ref`` is a local path, any fsspec URL (``s3://bucket/specs/nightly.yaml``), or
-    ``env:NAME`` for spec text held in an environment variable (how ``batchnlp submit`` hands
-    a local spec to a container).
-    """
-    import yaml
-
-    ref = str(ref)
-    text = _spec_text(ref)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{ref}:{mark.line + 1}:{mark.column + 1}" if mark else ref
-        raise SpecError(f"job spec {where} is not valid YAML: {getattr(e, 'problem', e)}") from e
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise SpecError(f"job spec {ref} must be a mapping of settings, not {type(data).__name__}")
-    return data
-
-
-def _spec_text(ref: str) -> str:
-    if ref.startswith("env:"):
-        name = ref.removeprefix("env:")
-        if name not in os.environ:
-            raise SpecError(f"job spec {ref}: the environment variable {name} is not set")
-        return os.environ[name]
-    try:
-        if "://" in ref:
-            from batchnlp.io.storage import Location
-
-            fs, path = Location(ref, {}).split()
-            return fs.cat_file(path).decode("utf-8")
-        return Path(ref).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise SpecError(f"cannot read job spec {redact_url(ref)}: {getattr(e, 'strerror', None) or e}") from e
 
 
 def _tasks_from_settings(s: Mapping[str, Any], problems: list[str]) -> list[TaskSpec]:

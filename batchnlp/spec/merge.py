@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from os import PathLike
 from typing import Any
 
-from batchnlp.spec import JobSpec, load_spec_file
+from batchnlp.spec import JobSpec
+from batchnlp.spec.load import load_spec_file
 from batchnlp.util.templating import render
 
 MERGED_BY_KEY = ("models", "storage_options", "catalog_options")

@@ -1,7 +1,8 @@
 import pytest
 
 from batchnlp.errors import SpecError
-from batchnlp.spec import JobSpec, load_spec_file
+from batchnlp.spec import JobSpec
+from batchnlp.spec.load import load_spec_file
 from batchnlp.util.templating import render
 from tests.support import REPO as ROOT
 

@@ -303,10 +303,10 @@ def plan_run(args: list[str], env: dict[str, str] | None = None) -> Any:
     An ``s3://`` spec is read from moto's S3 with boto3 (batchnlp reads it with s3fs, which
     moto's in-process mock does not reach).
     """
-    import batchnlp.spec
+    import batchnlp.spec.load
     from batchnlp.cli import main
 
-    real_spec_text = batchnlp.spec._spec_text
+    real_spec_text = batchnlp.spec.load._spec_text
 
     def spec_text(ref: str) -> str:
         if not ref.startswith("s3://"):
@@ -321,7 +321,7 @@ def plan_run(args: list[str], env: dict[str, str] | None = None) -> Any:
         with (
             in_image_workdir(),
             mock.patch("batchnlp.execution.runner.run", planned),
-            mock.patch("batchnlp.spec._spec_text", spec_text),
+            mock.patch("batchnlp.spec.load._spec_text", spec_text),
             mock.patch("batchnlp.cli.options.configure_logging"),
             mock.patch.dict(os.environ, env or {}),
         ):
