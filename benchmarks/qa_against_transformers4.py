@@ -25,8 +25,8 @@ def ours(work: Path) -> None:
     from batchnlp.spec import TaskSpec
     from batchnlp.tasks.qa import QuestionAnswering
     from batchnlp.testing import build_question_answerer
-    from tests import corpus
-    from tests.tasks.test_qa import QUESTIONS
+    from tests.support import corpus
+    from tests.unit.tasks.test_qa import QUESTIONS
 
     model = build_question_answerer(work / "model")
     rng = random.Random(5)
