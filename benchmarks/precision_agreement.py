@@ -9,7 +9,7 @@ A random-weight model labels every row alike, so this builds a realistic 4-label
 carried over from its MiniLM base; sentence-transformers itself mean-pools and never uses it),
 so the real encoder and pooler are kept and only ``classifier.*`` is new. The head reads real
 semantic features: its rows are the top 4 principal directions of the pooled outputs (what the
-classifier sees; dropout is a no-op in eval) of a calibration set, ``tests/corpus.py``
+classifier sees; dropout is a no-op in eval) of a calibration set, ``tests/support/corpus.py``
 ``texts(500, seed=7)``, disjoint from the measured corpus; the bias starts at minus the mean
 projection and is then nudged until each label takes a quarter of the calibration set, and one
 common factor scales the logits to a chosen spread (``--logit-std``: labels do not depend on
