@@ -162,6 +162,10 @@ class Engine:
             from batchnlp.inference.int8 import quantise
 
             return quantise(model)
+        if self.device == "cpu" and self.precision == "fp32":
+            from batchnlp.inference.onednn import onednn_linears
+
+            return onednn_linears(model)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
         if self.device != "cpu":
             # cuDNN's attention builds a plan per new (rows, width) shape, ~6 ms of host time
