@@ -50,11 +50,9 @@ def dates(first: str, last: str) -> list[str]:
 
 def date_spec(spec_ref: str, params: Mapping[str, str], day: str) -> JobSpec:
     """The job spec ``batchnlp run --spec SPEC --run-date DAY --run-id DAY`` would run."""
-    from batchnlp.spec.load import load_spec_file
-    from batchnlp.util.templating import render
+    from batchnlp.spec.merge import compose
 
-    settings = render(load_spec_file(spec_ref), {**params, "run_date": day})
-    return JobSpec.from_settings({**settings, "run_id": day})
+    return compose(spec_ref, params=params, run_date=day, overrides={"run_id": day})
 
 
 def check(spec_ref: str, params: Mapping[str, str], days: list[str]) -> list[BackfillDate]:
