@@ -85,8 +85,6 @@ def distill_command(
     from batchnlp.distillation.job import TrainingProgress
     from batchnlp.observe.progress import choose_mode
 
-    if flags["resume"] and flags["overwrite"]:
-        raise click.UsageError("--resume and --overwrite exclude each other; pick one")
     catalog_options, storage_options = dict(flags.pop("catalog_option")), dict(flags.pop("storage_option"))
     settings = {**flags, "catalog_options": catalog_options, "storage_options": storage_options}
     with user_errors(log.verbose, log.json), TrainingProgress(choose_mode(log.quiet, log.format)) as progress:

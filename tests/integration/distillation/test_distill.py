@@ -279,3 +279,10 @@ def test_every_encoder_family_starts_its_student_from_every_other_teacher_layer(
         assert tensor.equal(teacher[source]), f"{family}: {key} is not the teacher's {source}"
         remapped += source != key
     assert remapped > 0
+
+
+def test_resume_and_overwrite_together_are_refused_before_anything_is_read(tmp_path):
+    args = ["distill", str(tmp_path / "no-such-output"), str(tmp_path / "student"), "--resume", "--overwrite"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "--resume and --overwrite exclude each other" in result.output, result.output
+    assert not (tmp_path / "student").exists()
