@@ -67,6 +67,8 @@ WORKER_IMPORTS = (
     "batchnlp.tasks.classify",
     "batchnlp.tasks.qa",
     "batchnlp.inference.distilbert",
+    "batchnlp.inference.backends.onnx_runtime",
+    "onnxruntime",
     "transformers.models.auto.configuration_auto",
     "transformers.models.auto.tokenization_auto",
 )

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from batchnlp.errors import SpecError
+from batchnlp.inference.backends import choose_backend, onnxruntime_installed
 from batchnlp.inference.batching import padded_length, token_budget_batches
 from batchnlp.inference.heartbeat import beat
 from batchnlp.util.compat import mkldnn_bf16_supported
@@ -35,11 +36,17 @@ DEFAULT_TOKENS_PER_BATCH = {"cpu": 8_192, "cuda": 262_144}
 # int8 on CPU is bound by the memory its activations cross: batches whose activations stay in the
 # caches run faster (DistilBERT-base, one thread, AVX-512: ~2,900 tokens/s at 768, ~1,800 at 7,680).
 INT8_TOKENS_PER_BATCH = 1_024
+# ONNX Runtime's CPU kernels, one thread, DistilBERT-base: 1,024-token batches beat 8,192 by ~10% in fp32 too.
+ONNXRUNTIME_TOKENS_PER_BATCH = 1_024
 # int8 rows whose best two label scores are closer than this are rescored in fp32 (Engine.rescore_margin).
 # int8 moves a score by up to ~0.05, so a margin of 0.05 let rows through whose int8 gap had widened
 # past it: 99.17% of fp32's labels on benchmarks/precision_agreement.py's harsh 4-label head; 0.1
 # kept 100% (27% of its rows rescored; none of the random DistilBERT benchmark's, which are no ties).
 DEFAULT_RESCORE_MARGIN = 0.1
+# ONNX Runtime's int8 scales activations per batch, not per token, and moved a score by up to 0.094 on
+# that head: 99.50% of fp32's labels at 0.1, 100% at 0.15 (34.8% of its rows rescored; fp32 on the
+# same backend is fast, and a fine-tuned classifier leaves far fewer rows near a tie).
+ONNXRUNTIME_RESCORE_MARGIN = 0.15
 # Batches padded ahead of the GPU by the input thread.
 PREFETCH_BATCHES = 4
 
@@ -69,8 +76,11 @@ class BatchStats:
         self.first_output_at = min(firsts, default=None)
 
 
-def default_tokens_per_batch(device: str, precision: str) -> int:
-    """The token budget of a batch when none is given (:data:`DEFAULT_TOKENS_PER_BATCH`, int8's own)."""
+def default_tokens_per_batch(device: str, precision: str, backend: str = "torch") -> int:
+    """The token budget of a batch when none is given (:data:`DEFAULT_TOKENS_PER_BATCH`; int8's and
+    ONNX Runtime's own)."""
+    if backend == "onnxruntime":
+        return ONNXRUNTIME_TOKENS_PER_BATCH
     return INT8_TOKENS_PER_BATCH if precision == "int8" else DEFAULT_TOKENS_PER_BATCH[device]
 
 
@@ -114,20 +124,37 @@ def pad_batch(rows: Sequence[Sequence[int]], mask: np.ndarray, fill: int) -> np.
 
 
 class Engine:
-    """One per worker: holds the resolved device and precision and runs batches."""
+    """One per worker: holds the resolved device, precision and backend, and runs batches.
+
+    ``backend`` (:mod:`batchnlp.inference.backends`) is what runs the forward pass: a model the
+    onnxruntime backend does not export runs on torch, and :attr:`backends` says which ran each.
+    ``digests`` maps a checkpoint's directory to its content digest where the worker knows it from
+    staging, so the ONNX cache is looked up without hashing the weights again.
+    """
 
     def __init__(
-        self, device: str, precision: str, tokens_per_batch: int | None = None, rescore_margin: float | None = None
+        self,
+        device: str,
+        precision: str,
+        tokens_per_batch: int | None = None,
+        rescore_margin: float | None = None,
+        backend: str = "auto",
     ) -> None:
         self.device, self.precision = resolve(device, precision)
-        self.tokens_per_batch = tokens_per_batch or default_tokens_per_batch(self.device, self.precision)
+        installed = onnxruntime_installed()
+        self.backend = choose_backend(backend, self.device, self.precision, onnxruntime_installed=installed)
+        self.tokens_per_batch = tokens_per_batch or default_tokens_per_batch(self.device, self.precision, self.backend)
+        self.backends: dict[str, str] = {}  # model ref → the backend its model runs on
+        self.export_seconds = 0.0  # spent exporting models to ONNX in this process (0 when cached)
+        self.digests: dict[Path, str] = {}
         # Which int8 results are too close to call, so that a task runs them again in fp32 (reference()).
-        margin = DEFAULT_RESCORE_MARGIN if rescore_margin is None else rescore_margin
+        default = ONNXRUNTIME_RESCORE_MARGIN if self.backend == "onnxruntime" else DEFAULT_RESCORE_MARGIN
+        margin = default if rescore_margin is None else rescore_margin
         self.rescore_margin = margin if self.precision == "int8" else 0.0
         # Tensor cores want widths in multiples of 8; a CPU's vector units gain nothing from
         # padding, so there every padded token would be wasted work.
         self.pad_multiple = 8 if self.device == "cuda" else 1
-        self._loaded: dict[tuple[Path, Callable[..., Any]], tuple[Any, Any]] = {}
+        self._loaded: dict[tuple[Any, ...], tuple[Any, Any, str]] = {}  # (tokenizer, model, backend) per checkpoint
         if self.device == "cpu" and self.precision == "bf16" and not mkldnn_bf16_supported():
             logger.warning(
                 "--precision bf16 on a CPU without native bf16 units (AVX-512 BF16 or AMX) runs emulated, "
@@ -140,19 +167,39 @@ class Engine:
         their refs spell its directory (``./m`` and ``/jobs/m``)."""
         key = (Path(directory).resolve(), loader)
         if key not in self._loaded:
-            tokenizer, model = loader(directory, ref)
-            self._loaded[key] = (tokenizer, self.prepare(model))
-        return self._loaded[key]
+            tokenizer, model, backend = self._load(directory, ref, loader, self.precision)
+            self._loaded[key] = (tokenizer, self.prepare(model) if backend == "torch" else model, backend)
+        tokenizer, model, self.backends[ref] = self._loaded[key]
+        return tokenizer, model
 
     def reference(self, directory: Path, ref: str, loader: Callable[[Path, str], tuple[Any, Any]]) -> Any:
         """The fp32 model of :meth:`load`'s checkpoint, for int8 rows that are too close to call (None when
-        this engine rescores nothing). Loaded once per checkpoint, as :meth:`load`'s."""
+        this engine rescores nothing), on the same backend. Loaded once per checkpoint, as :meth:`load`'s."""
         if not self.rescore_margin:
             return None
         key = (Path(directory).resolve(), loader, "fp32")
         if key not in self._loaded:
-            self._loaded[key] = loader(directory, ref)
+            self._loaded[key] = self._load(directory, ref, loader, "fp32")
         return self._loaded[key][1]
+
+    def _load(
+        self, directory: Path, ref: str, loader: Callable[[Path, str], tuple[Any, Any]], precision: str
+    ) -> tuple[Any, Any, str]:
+        """(tokenizer, model, the backend it runs on): the loader's fp32 torch model, or on the
+        onnxruntime backend an :class:`~batchnlp.inference.backends.onnx_runtime.OnnxModel` where the
+        checkpoint exports."""
+        if self.backend != "onnxruntime":
+            return (*loader(directory, ref), "torch")
+        from batchnlp.inference.backends import onnx_runtime
+        from batchnlp.inference.models.stage import content_checksums, content_digest
+
+        resolved = Path(directory).resolve()
+        digest = self.digests.get(resolved) or content_digest(content_checksums(resolved))
+        tokenizer, model = onnx_runtime.load(directory, ref, loader, precision, digest)
+        if isinstance(model, onnx_runtime.OnnxModel):
+            self.export_seconds += model.export_seconds
+            return tokenizer, model, "onnxruntime"
+        return tokenizer, model, "torch"  # onnx_runtime.load said why
 
     def prepare(self, model: Any) -> Any:
         """Move and convert a freshly loaded fp32 CPU model for this engine."""

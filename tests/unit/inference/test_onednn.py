@@ -23,7 +23,7 @@ def logits(model, input_ids, mask):
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 def test_a_cpu_fp32_engine_runs_distilbert_s_linears_on_onednn_with_the_same_logits(tiny_model):
     _, eager = load_sequence_classifier(tiny_model, str(tiny_model))
-    _, prepared = Engine("cpu", "fp32").load(tiny_model, str(tiny_model), load_sequence_classifier)
+    _, prepared = Engine("cpu", "fp32", backend="torch").load(tiny_model, str(tiny_model), load_sequence_classifier)
     assert linears(eager) == {"Linear"} and linears(prepared) == {"MkldnnLinear"}
     input_ids = torch.randint(1000, 2000, (3, 17))
     mask = torch.ones_like(input_ids)

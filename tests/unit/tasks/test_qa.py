@@ -34,10 +34,13 @@ QUESTIONS = [
 ]
 
 
-def make_task(model_dir, max_length=None, **qa) -> QuestionAnswering:
+def make_task(model_dir, max_length=None, backend="auto", **qa) -> QuestionAnswering:
     settings = {"question_column": "question", "max_answer_length": 15, **qa}
     spec = TaskSpec(name="qa", kind="qa", model=str(model_dir), **settings)
-    return QuestionAnswering(spec, model_dir, Engine("cpu", "fp32", 4096), max_length)
+    engine = Engine("cpu", "fp32", 4096, backend=backend)
+    task = QuestionAnswering(spec, model_dir, engine, max_length)
+    assert backend == "auto" or engine.backends[str(model_dir)] == backend
+    return task
 
 
 def reference(task: QuestionAnswering, questions, contexts, **settings) -> list[dict]:
@@ -75,9 +78,10 @@ def pairs() -> tuple[list[str], list[str]]:
 
 
 @pytest.mark.slow
-def test_answers_match_the_pipeline_with_its_defaults(qa_model, pairs):
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_answers_match_the_pipeline_with_its_defaults(qa_model, pairs, backend):
     questions, contexts = pairs
-    task = make_task(qa_model)
+    task = make_task(qa_model, backend=backend)
     assert (task.max_length, task.doc_stride) == (384, 128)
     multi = sum(windows(task, q, c) > 1 for q, c in zip(questions, contexts, strict=True))
     assert multi >= 100, "the corpus must exercise multi-window contexts"
@@ -89,11 +93,12 @@ def test_answers_match_the_pipeline_with_its_defaults(qa_model, pairs):
     assert stats.padded_tokens < stats.tokens * 1.15, "windows of all rows share length-sorted batches"
 
 
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
 @pytest.mark.parametrize("cased", [False, True])
-def test_many_small_windows_match_the_pipeline(tmp_path, cased):
+def test_many_small_windows_match_the_pipeline(tmp_path, cased, backend):
     """Windows of 48 tokens overlapping by 16: answers near and across every window edge."""
     model = build_question_answerer(tmp_path / "qa", cased=cased, seed=3)
-    task = make_task(model, max_length=48, doc_stride=16)
+    task = make_task(model, max_length=48, doc_stride=16, backend=backend)
     rng = random.Random(9)
     contexts = corpus.texts(80, seed=9, max_sentences=12)
     questions = [rng.choice(QUESTIONS) for _ in contexts]
