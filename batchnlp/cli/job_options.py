@@ -209,6 +209,13 @@ JOB_OPTIONS = [
         help="Numeric precision. Default: auto (fp32 on CPU, bf16/fp16 on CUDA). Example: --precision bf16",
     ),
     click.option(
+        "--backend",
+        type=click.Choice(["auto", "torch", "onnxruntime"]),
+        help="What runs the model: onnxruntime (batchnlp's ONNX export of DistilBERT, CPU fp32/int8) or torch. "
+        "Default: auto (onnxruntime on CPU in fp32 and int8 where installed, torch elsewhere). "
+        "Example: --backend torch",
+    ),
+    click.option(
         "--max-length",
         type=click.IntRange(min=MINIMUMS["max_length"]),
         help="Truncate texts to N tokens; qa cuts longer texts into windows of N tokens instead. Default: the model's "
@@ -217,15 +224,16 @@ JOB_OPTIONS = [
     click.option(
         "--tokens-per-batch",
         type=click.IntRange(min=MINIMUMS["tokens_per_batch"]),
-        help="Token budget of one padded batch. Default: 8192 on CPU (1024 with int8), 262144 on CUDA. "
+        help="Token budget of one padded batch. Default: 1024 on ONNX Runtime and with torch int8, 8192 with torch "
+        "on CPU, 262144 on CUDA. "
         "Example: --tokens-per-batch 16384",
     ),
     click.option(
         "--rescore-margin",
         type=click.FloatRange(min=0, max=1, max_open=True),
         metavar="MARGIN",
-        help="int8: rescore in fp32 every row whose best two label scores are closer than this, so int8 "
-        "keeps fp32's labels. Default: 0.1; 0 never rescores. Example: --rescore-margin 0.2",
+        help="int8: rescore in fp32 every row whose best two label scores are closer than this, so int8 keeps "
+        "fp32's labels. Default: 0.15 on onnxruntime, 0.1 on torch; 0 never rescores. Example: --rescore-margin 0.2",
     ),
     storage_option("input, output and models"),
     click.option("--overwrite", is_flag=True, default=None, help="Replace a finished output (one holding _SUCCESS)."),

@@ -38,6 +38,7 @@ import pyarrow as pa
 
 from batchnlp.errors import ModelError, SpecError
 from batchnlp.execution.plan import Plan
+from batchnlp.inference.backends import choose_backend, onnxruntime_installed
 from batchnlp.inference.batching import PAD_MULTIPLE, token_budget_batches
 from batchnlp.inference.engine import choose, default_tokens_per_batch
 from batchnlp.io.formats import WorkUnit, jsonl, read_unit
@@ -286,9 +287,9 @@ class Batching:
     pad_multiple: int
 
     @classmethod
-    def planned(cls, device: str, precision: str, tokens_per_batch: int | None) -> Batching:
+    def planned(cls, device: str, precision: str, tokens_per_batch: int | None, backend: str = "torch") -> Batching:
         return cls(
-            tokens_per_batch or default_tokens_per_batch(device, precision),
+            tokens_per_batch or default_tokens_per_batch(device, precision, backend),
             PAD_MULTIPLE if device == "cuda" else 1,  # as Engine pads
         )
 
@@ -401,7 +402,9 @@ def planned_device(spec: JobSpec) -> tuple[str, str]:
     return choose(spec.device, spec.precision, cuda=cuda, cuda_bf16=True)
 
 
-def default_throughput(device: str, precision: str, workers: int, parameters: int) -> tuple[float, float, str]:
+def default_throughput(
+    device: str, precision: str, workers: int, parameters: int, backend: str = "torch"
+) -> tuple[float, float, str]:
     """(tokens/s of one shard, its start-up seconds, where the figure comes from), from the measured
     figures (:mod:`batchnlp.execution.performance`).
 
@@ -411,12 +414,12 @@ def default_throughput(device: str, precision: str, workers: int, parameters: in
     """
     from batchnlp.execution.performance import measured
 
-    figure = measured(device, precision)
+    figure = measured(device, precision, backend=backend)
     if figure is None:
         raise SpecError(
             f"no measured throughput for {device} {precision}; pass --tokens-per-second N (tokens/s of one shard)"
         )
-    rate, source = figure.rate, f"{figure.source} ({figure.machine})"
+    rate, source = figure.rate, f"{figure.source} ({figure.machine}, {figure.backend})"
     scale = min(1.0, BASE_PARAMETERS / parameters) if parameters else 1.0
     if figure.per == "worker":
         rate, source = rate * workers, f"{source}; {figure.rate:,.0f} a worker × {workers} workers"
@@ -480,7 +483,8 @@ def estimate_from_plan(
     """The run's estimate, for the manifest and ``batchnlp plan``: rows, tokens and padding per task, and
     the wall time of one shard. Cheap: reads a few hundred lines (or a few units) and tokenises them."""
     device, precision = planned_device(spec)
-    batching = Batching.planned(device, precision, spec.tokens_per_batch)
+    backend = choose_backend(spec.backend, device, precision, onnxruntime_installed=onnxruntime_installed())
+    batching = Batching.planned(device, precision, spec.tokens_per_batch, backend)
     sample = sample_input(spec, job_plan, sample_rows)
     rows = sample.total(lambda s: [0.0 if row is None else 1.0 for row in s.rows])
     unit_rows = max(1, round(rows.value / max(1, len(job_plan.units))))
@@ -499,7 +503,7 @@ def estimate_from_plan(
             total_tokens = _add(total_tokens, tokens)
             total_padded = _add(total_padded, padded)
             parameters = max(parameters, model_parameters(task.config))
-    rate, startup, source = default_throughput(device, precision, _workers(spec, device), parameters)
+    rate, startup, source = default_throughput(device, precision, _workers(spec, device), parameters, backend)
     rate = tokens_per_second or rate
     one = shard_costs(total_tokens, len(job_plan.units), rate, startup, 1, None)
     # A compressed file's rows are counted only where the plan's sample held all of it.
@@ -514,6 +518,7 @@ def estimate_from_plan(
         "padding_share": round(1 - total_tokens.value / total_padded.value, 4) if total_padded.value else 0.0,
         "device": device,
         "precision": precision,
+        "backend": backend,
         "pad_multiple": batching.pad_multiple,
         "tokens_per_second": rate,
         "throughput_source": "--tokens-per-second" if tokens_per_second else source,
@@ -595,7 +600,8 @@ def render_plan(figures: dict[str, Any]) -> str:
         f"input       {source['location']}: {files}, {source['bytes']:,} bytes",
         f"units       {figures['units']:,}, about {figures['rows_per_unit']:,} rows each",
         f"rows        {rows['estimate']:,} ({how})",
-        f"device      {figures['device']} {figures['precision']}: batches padded to a multiple of "
+        f"device      {figures['device']} {figures['precision']} on {figures.get('backend', 'torch')}: batches "
+        "padded to a multiple of "
         f"{figures['pad_multiple']}",
     ]
     for name, task in figures["tasks"].items():

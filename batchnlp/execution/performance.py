@@ -31,6 +31,7 @@ class Figure:
     source: str
     readme_table: str  # the docs/performance.md text just before the table the figure is copied into...
     readme_row: str  # ...and a cell of its row naming it (test_performance_figures.py compares them)
+    backend: str = "torch"  # what ran the model (batchnlp.inference.backends)
 
     @property
     def rate(self) -> float:
@@ -54,17 +55,19 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     return frozenset(word for line in text.splitlines() if line.startswith("flags") for word in line.split()[2:])
 
 
-def measured(device: str, precision: str, flags: frozenset[str] | None = None) -> Figure | None:
-    """The figure to plan ``device`` at ``precision`` with; None when it was never measured.
+def measured(device: str, precision: str, flags: frozenset[str] | None = None, backend: str = "torch") -> Figure | None:
+    """The figure to plan ``device`` at ``precision`` on ``backend`` with; None when it was never measured.
 
     On CPU: the figure of the best-equipped machine whose flags ``flags`` (default: this machine's)
-    include, else the plainest machine's, the cautious guess for a CPU unlike any measured.
+    include, that backend's where one was measured on such a machine (else another backend's), or
+    failing those the plainest machine's, the cautious guess for a CPU unlike any measured.
     """
     found = [f for f in figures() if f.device == device and f.precision == precision]
     if device != "cpu" or not found:
         return found[0] if found else None
     flags = cpu_flags() if flags is None else flags
     usable = [f for f in found if set(f.cpu_flags) <= flags]
-    if usable:
-        return max(usable, key=lambda f: len(f.cpu_flags))
+    own = [f for f in usable if f.backend == backend]
+    if own or usable:
+        return max(own or usable, key=lambda f: len(f.cpu_flags))
     return min(found, key=lambda f: len(f.cpu_flags))

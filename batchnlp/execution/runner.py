@@ -380,6 +380,7 @@ def _submitted_job(context: RunContext, resumed: bool) -> Iterator[UnitJob]:
         threads=context.threads,
         storage_options=public_options(spec.storage_options),
         rescore_margin=spec.rescore_margin,
+        backend=spec.backend,
     )
     name = f"{settings.plugin_name}-{uuid.uuid4().hex[:8]}"
     inferring = None
@@ -430,7 +431,8 @@ def _schema_record(results: list[PartResult]) -> dict[str, Any] | None:
 
 def _startup(results: list[PartResult], since: float | None = None) -> dict[str, float | None]:
     """Seconds from ``since`` (wall clock; default this process's start) to the first worker with
-    models, and to the first annotated row."""
+    models, and to the first annotated row; and the longest any worker spent exporting models to
+    ONNX as it loaded them (0 when every export was cached)."""
     import psutil
 
     started = psutil.Process().create_time() if since is None else since
@@ -439,6 +441,7 @@ def _startup(results: list[PartResult], since: float | None = None) -> dict[str,
     return {
         "models_loaded_s": round(min(loaded) - started, 3) if loaded else None,
         "first_row_s": round(min(first) - started, 3) if first else None,
+        "onnx_export_s": round(max((r.export_seconds for r in results), default=0.0), 3),
     }
 
 
@@ -502,6 +505,7 @@ def _manifest(context: RunContext, results: list[PartResult], wall: float) -> Ma
             "ref": redact_url(task.model),
             "version": context.job.model_versions[task.name],
             "weights": results[0].models.get(task.name) if results else None,
+            "backends": sorted({r.backends[task.name] for r in results if task.name in r.backends}),
         }
     summary = sum(results, Totals())
     return Manifest(

@@ -49,13 +49,13 @@ class ModelSettings:
     threads: int | None
     storage_options: dict[str, Any]
     rescore_margin: float | None = None
+    backend: str = "auto"
 
     @property
     def plugin_name(self) -> str:
         """Distinct per model set, so jobs sharing a cluster do not replace each other's models."""
-        key = json.dumps(
-            [list(dataclasses.astuple(t)) for t in self.tasks] + [self.device, self.precision, self.rescore_margin]
-        )
+        engine = [self.device, self.precision, self.rescore_margin, self.backend]
+        key = json.dumps([list(dataclasses.astuple(t)) for t in self.tasks] + engine)
         return "batchnlp-models-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
@@ -71,6 +71,8 @@ class ModelPlugin(WorkerPlugin):
         self.precision = settings.precision
         self.device = settings.device
         self.loaded_at = 0.0
+        self.backends: dict[str, str] = {}
+        self.export_seconds = 0.0
         self.refused: Refused | None = None
 
     async def setup(self, worker: Any = None) -> None:
@@ -85,7 +87,7 @@ class ModelPlugin(WorkerPlugin):
 
         from batchnlp.inference.allocator import keep_freed_memory
         from batchnlp.inference.engine import Engine
-        from batchnlp.inference.models.stage import stage_and_hash, weights_of
+        from batchnlp.inference.models.stage import content_digest, stage_and_hash, weights_of
         from batchnlp.tasks import TASKS
 
         transformers_logging.disable_progress_bar()
@@ -95,13 +97,16 @@ class ModelPlugin(WorkerPlugin):
             import torch
 
             torch.set_num_threads(s.threads)
-        engine = Engine(s.device, s.precision, s.tokens_per_batch, s.rescore_margin)
+        engine = Engine(s.device, s.precision, s.tokens_per_batch, s.rescore_margin, s.backend)
         self.device, self.precision = engine.device, engine.precision
         for spec in s.tasks:
             # A pinned ref is checked here too: a model replaced after the driver's check is caught.
             directory, checksums = stage_and_hash(spec.model, s.storage_options)
+            engine.digests[directory.resolve()] = content_digest(checksums)  # the ONNX cache's key, hashed once
             self.tasks[spec.name] = TASKS[spec.kind].load()(spec, directory, engine, s.max_length)
             self.checksums[spec.name] = weights_of(checksums)
+            self.backends[spec.name] = engine.backends[spec.model]
+        self.export_seconds = engine.export_seconds
         self.loaded_at = time.time()
 
 
@@ -225,6 +230,8 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
         worker=f"{socket.gethostname()}:{os.getpid()}",
         models_loaded_at=plugin.loaded_at,
         models=plugin.checksums,
+        backends=plugin.backends,
+        export_seconds=plugin.export_seconds,
         task_stats=task_stats,
         finished_at=time.time(),
         schema=encode_schema(table.schema),

@@ -93,6 +93,8 @@ class PartResult:
     models: dict[str, dict[str, str]] = field(default_factory=dict)
     oom_splits: int = 0  # batches halved after running out of device memory
     rescored: int = 0  # int8 rows too close to call, rescored in fp32
+    backends: dict[str, str] = field(default_factory=dict)  # task name → what ran its model (onnxruntime, torch)
+    export_seconds: float = 0.0  # the worker's time exporting models to ONNX as it loaded them; 0 when cached
     first_output_at: float | None = None  # wall clock when the unit's first rows were annotated
     bad_lines: int = 0  # source lines that were not rows (--on-bad-lines skip|quarantine)
     bad_line_examples: list[dict[str, Any]] = field(default_factory=list)  # the first few: source, line, reason

@@ -251,7 +251,7 @@ def html_table(
 
 
 def _summary(report: dict[str, Any]) -> str:
-    t, startup = report["totals"], report.get("startup") or {}
+    t, startup, models = report["totals"], report.get("startup") or {}, report["models"].items()
     shares = Totals.from_record(t).shares
     rows = [
         ("input", f"{report['input']['files']} {report['input']['format']} file(s)"),
@@ -269,7 +269,9 @@ def _summary(report: dict[str, Any]) -> str:
         ("wall time", f"{num(report['wall_seconds'], 1)} s; {num(report['rows_per_second'], 1)} rows/s"),
         ("models loaded after", f"{num(startup.get('models_loaded_s'), 1)} s"),
         ("first row annotated after", f"{num(startup.get('first_row_s'), 1)} s"),
+        ("ONNX export (first run of a model on a machine; 0 when cached)", f"{num(startup.get('onnx_export_s'), 1)} s"),
         ("device / precision", f"{', '.join(report['device'])} / {', '.join(report['precision'])}"),
+        ("backend", ", ".join(f"{task}: {'/'.join(m.get('backends') or ['?'])}" for task, m in models)),
     ]
     spec = json.dumps(report["spec"], indent=2, sort_keys=True, ensure_ascii=False)
     return html_table(rows) + f"<h3>Job spec</h3><pre>{esc(spec)}</pre>"

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from batchnlp.errors import SpecError
+from batchnlp.inference.backends import Backend
 from batchnlp.io import formats, paths
 from batchnlp.io.formats import COMPRESSIONS, DEFAULT_COMPRESSION
 from batchnlp.io.formats.base import DEFAULT_MAX_LINE_BYTES, BadLinePolicy, ReadOptions
@@ -104,6 +105,7 @@ class JobSpec:
     workers: int | None = None
     device: Device = "auto"
     precision: Precision = "auto"
+    backend: Backend = "auto"  # what runs the forward pass (batchnlp.inference.backends)
     max_length: int | None = None
     tokens_per_batch: int | None = None  # None: the engine's default for the device
     # int8: a row whose top-2 score margin is below this is rescored in fp32 (inference.engine). None: the default.
@@ -153,6 +155,7 @@ class JobSpec:
             "on_bad_lines": get_args(BadLinePolicy),
             "device": get_args(Device),
             "precision": get_args(Precision),
+            "backend": get_args(Backend),
             "output_format": OUTPUT_FORMATS,
         }
         for name, allowed in choices.items():
@@ -218,6 +221,10 @@ class JobSpec:
             problems.append("precision fp16 needs a CUDA device; on CPU use bf16 or int8")
         if values.get("precision") == "int8" and values.get("device") == "cuda":
             problems.append("precision int8 (dynamic quantisation) runs on CPU only; on CUDA use bf16 or fp16")
+        if values.get("backend") == "onnxruntime" and (
+            values.get("device") == "cuda" or values.get("precision") in ("bf16", "fp16")
+        ):
+            problems.append("backend onnxruntime runs on CPU in fp32 or int8; use backend torch (or auto) there")
         inputs = {s.get("text_column", "text"), "_error", *(t.question_column for t in tasks if t.question_column)}
         reserved = {t.name for t in tasks} & inputs
         for name in sorted(reserved):

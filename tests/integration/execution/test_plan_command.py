@@ -201,10 +201,9 @@ def test_default_throughput_follows_the_device(tmp_path: Path, tiny_model: Path)
     source = write_jsonl(tmp_path / "in.jsonl", mixed_records(200))
     cpu = plan_json(source, tmp_path / "out", tiny_model)
     cuda = plan_json(source, tmp_path / "out", tiny_model, "--device", "cuda")  # planned here without a GPU
-    assert (cpu["device"], cpu["precision"], cpu["pad_multiple"]) == ("cpu", "fp32", 1)
-    figure = measured(
-        "cpu", "fp32"
-    )  # this CPU's: batchnlp/execution/performance.json (tests/unit/execution/test_performance_figures.py)
+    assert (cpu["device"], cpu["precision"], cpu["backend"], cpu["pad_multiple"]) == ("cpu", "fp32", "onnxruntime", 1)
+    # this CPU's figure for that backend: batchnlp/execution/performance.json (see test_performance_figures.py)
+    figure = measured("cpu", "fp32", backend="onnxruntime")
     assert cpu["tokens_per_second"] % figure.rate == 0 and cpu["startup_seconds"] == figure.first_row_s
     assert (cuda["device"], cuda["precision"], cuda["pad_multiple"]) == ("cuda", "bf16", 8)
     assert cuda["tokens_per_second"] == 1_781_000 and cuda["startup_seconds"] == 22.6

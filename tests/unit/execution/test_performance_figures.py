@@ -43,11 +43,14 @@ def test_each_figure_is_the_one_its_readme_table_shows(figure: Figure) -> None:
 
 def test_the_plan_figures_table_lists_every_figure_as_the_estimate_uses_it() -> None:
     shown = {
-        (row["device, precision"], row["CPU flags needed"]): (row["tokens/s"], row["start-up (first row)"])
+        (row["device, precision"], row["backend"], row["CPU flags needed"]): (
+            row["tokens/s"],
+            row["start-up (first row)"],
+        )
         for row in table_after("The default throughputs of `batchnlp plan`")
     }
     expected = {
-        (f"{f.device}, {f.precision}", " ".join(f.cpu_flags)): (f"{f.rate:,.0f}", f"{f.first_row_s} s")
+        (f"{f.device}, {f.precision}", f.backend, " ".join(f.cpu_flags)): (f"{f.rate:,.0f}", f"{f.first_row_s} s")
         for f in figures()
     }
     assert shown == expected
@@ -60,6 +63,13 @@ def test_a_cpu_is_planned_with_the_figures_of_a_machine_like_it() -> None:
     assert emulated.cpu_flags == ("avx2",) and emulated.rate < measured("cpu", "fp32", frozenset({"avx2"})).rate
     assert measured("cpu", "fp32", frozenset()).cpu_flags == ("avx2",), "an unknown CPU: the plainest machine's"
     assert measured("cuda", "int8") is None
+
+
+def test_a_backend_is_planned_with_its_own_figure_where_one_was_measured() -> None:
+    bf16_cpu = frozenset({"avx2", "avx512f", "avx512_bf16", "avx512_vnni"})
+    ort, torch = (measured("cpu", "fp32", bf16_cpu, backend) for backend in ("onnxruntime", "torch"))
+    assert (ort.backend, torch.backend) == ("onnxruntime", "torch") and ort.rate > torch.rate
+    assert measured("cpu", "fp32", frozenset({"avx2"}), "onnxruntime").backend == "torch", "never measured there"
 
 
 def test_the_estimate_takes_its_default_from_the_figures() -> None:
