@@ -1,6 +1,7 @@
 """How often non-fp32 precisions change a real classifier's labels: prints figures, asserts nothing.
 
     python benchmarks/precision_agreement.py --rows 1200 --precision int8 bf16
+    python benchmarks/precision_agreement.py --precision int8@0 int8 --backend torch
 
 A random-weight model labels every row alike, so this builds a realistic 4-label classifier
 (A, B, C, D) from real weights: the all-MiniLM-L6-v2 checkpoint shipped by the
@@ -121,13 +122,13 @@ def balance(logits: np.ndarray, bias: np.ndarray, step: float, rounds: int = 500
     return bias
 
 
-def run_job(corpus: Path, model: Path, out: Path, setting: str) -> tuple[float, dict]:
+def run_job(corpus: Path, model: Path, out: Path, setting: str, backend: str) -> tuple[float, dict]:
     """Wall seconds of one ``batchnlp run`` process, and its manifest. ``setting``: a precision, or
     ``int8@MARGIN`` for int8 with ``--rescore-margin MARGIN``."""
     precision, _, margin = setting.partition("@")
     command = [sys.executable, "-m", "batchnlp", "run", str(corpus), str(out), "--overwrite", "--quiet",
                "--task", TASK, "--model", f"{TASK}={model}", "--top-k", "2",
-               "--precision", precision, "--device", "cpu"]  # fmt: skip
+               "--precision", precision, "--device", "cpu", "--backend", backend]  # fmt: skip
     command += ["--rescore-margin", margin] if margin else []
     started = time.perf_counter()
     subprocess.run(command, check=True)
@@ -163,6 +164,7 @@ def main() -> None:
         help="compared with fp32; int8@MARGIN sets --rescore-margin (int8@0: no fp32 rescoring)",
     )
     parser.add_argument("--logit-std", type=float, default=2.0, help="spread of the head's logits (scores only)")
+    parser.add_argument("--backend", default="auto", help="batchnlp --backend: auto or torch")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from benchmarks.job_throughput import write_corpus
@@ -175,7 +177,8 @@ def main() -> None:
         corpus = write_corpus(work / "corpus.jsonl", args.rows)
         text_of = {r["id"]: r["text"] for r in map(json.loads, corpus.read_text().splitlines())}
         print(
-            f"{args.rows} rows ({len(set(text_of.values()))} distinct texts) of examples/reviews.jsonl; "
+            f"{args.rows} rows ({len(set(text_of.values()))} distinct texts) of examples/reviews.jsonl, --backend "
+            f"{args.backend}; "
             f"all-MiniLM-L6-v2 + 4-label PCA head (logit std {args.logit_std}) built in "
             f"{time.perf_counter() - started:.1f} s; calibration label shares "
             + " ".join(f"{label} {share:.0%}" for label, share in zip(LABELS, shares, strict=True))
@@ -184,7 +187,7 @@ def main() -> None:
         results: dict[str, tuple[float, dict, dict[int, dict]]] = {}
         for precision in ["fp32", *[p for p in args.precision if p != "fp32"]]:
             out = work / f"out-{precision}"
-            wall, manifest = run_job(corpus, model, out, precision)
+            wall, manifest = run_job(corpus, model, out, precision, args.backend)
             results[precision] = (wall, manifest, read_output(out))
 
         reference = results["fp32"][2]
