@@ -10,7 +10,8 @@ The corpus and the model are ``benchmarks/against_pipeline.py``'s (English revie
 ``--rows``; random-weight DistilBERT-base with the real vocabulary: speed does not depend on the
 weights, and label agreement is between precisions of one model). The ONNX export is made once
 before the rounds and its time printed apart, as the script caches it; so is batchnlp's first run
-of each precision, which makes its own cached export (``--torch`` adds batchnlp on torch). Prints each setting's best
+of each precision, which makes its own cached export (``--torch`` adds batchnlp on torch, ``--bf16``
+batchnlp in bf16, compared with the script's fp32). Prints each setting's best
 wall time, rows/s, first row, batchnlp's ratio to the ONNX Runtime script of the same precision,
 and how the labels of each compare; then the CPU flags. Timing lives here, never in a test.
 """
@@ -42,9 +43,18 @@ def cpu_flags() -> str:
     return " ".join(flag for flag in FLAGS if flag in found) or "unknown"
 
 
-def settings(corpus: Path, model: Path, work: Path, naive: bool, torch: bool) -> dict[str, tuple[list[str], Path]]:
+def settings(
+    corpus: Path, model: Path, work: Path, naive: bool, torch: bool, bf16: bool
+) -> dict[str, tuple[list[str], Path]]:
     """Each setting's command and where it writes."""
     python = sys.executable
+
+    def batchnlp(precision: str, backend: str) -> tuple[list[str], Path]:
+        out = work / f"batchnlp-{backend}-{precision}"
+        return ([python, "-m", "batchnlp", "run", str(corpus), str(out), "--quiet", "--overwrite", "--id-column", "id",
+                 "--model", f"sentiment={model}", "--device", "cpu", "--precision", precision, "--backend", backend],
+                out)  # fmt: skip
+
     found = {}
     if naive:
         out = work / "naive.parquet"
@@ -55,11 +65,10 @@ def settings(corpus: Path, model: Path, work: Path, naive: bool, torch: bool) ->
         command = [python, str(HERE / "ort_script.py"), str(corpus), str(model), str(out)]
         found[f"ORT script {precision}"] = ([*command, "--int8"] if precision == "int8" else command, out)
         for backend in ("auto", "torch") if torch else ("auto",):
-            out = work / f"batchnlp-{backend}-{precision}"
             name = f"batchnlp {precision}" if backend == "auto" else f"batchnlp {backend} {precision}"
-            found[name] = ([python, "-m", "batchnlp", "run", str(corpus), str(out), "--quiet", "--overwrite",
-                            "--id-column", "id", "--model", f"sentiment={model}", "--device", "cpu",
-                            "--precision", precision, "--backend", backend], out)  # fmt: skip
+            found[name] = batchnlp(precision, backend)
+    if bf16:  # torch on the CPU's bf16 units, against the script's fp32 (ONNX Runtime has no CPU bf16 path)
+        found["batchnlp bf16"] = batchnlp("bf16", "auto")
     return found
 
 
@@ -78,6 +87,7 @@ def main() -> None:
     parser.add_argument("--size", choices=["tiny", "base"], default="base")
     parser.add_argument("--no-naive", action="store_true", help="leave the naive pipeline script out")
     parser.add_argument("--torch", action="store_true", help="also run batchnlp on its torch backend")
+    parser.add_argument("--bf16", action="store_true", help="also run batchnlp bf16 (torch), against the fp32 script")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -88,7 +98,7 @@ def main() -> None:
             timed([sys.executable, str(HERE / "ort_script.py"), "--export-only", str(model),
                    *(["--int8"] if precision == "int8" else [])])  # fmt: skip
             print(f"ONNX export ({precision}, once, cached): {time.perf_counter() - started:.1f} s")
-        runs = settings(corpus, model, work, not args.no_naive, args.torch)
+        runs = settings(corpus, model, work, not args.no_naive, args.torch, args.bf16)
         os.environ["BATCHNLP_CACHE"] = str(work / "cache")  # batchnlp's ONNX exports, made by its first run
         for precision in ("fp32", "int8"):
             wall = timed(runs[f"batchnlp {precision}"][0])[0]
@@ -108,13 +118,14 @@ def main() -> None:
         print(f"{'setting':>24} {'best s':>8} {'all s':>16} {'rows/s':>8} {'1st row s':>9} {'vs ORT':>7}")
         for name in runs:
             best = min(walls[name])
-            peer = f"ORT script {name.split()[-1]}"
+            peer = f"ORT script {name.split()[-1].replace('bf16', 'fp32')}"
             ratio = f"{min(walls[peer]) / best:.2f}x" if name.startswith("batchnlp") else ""
             every = " ".join(f"{w:.1f}" for w in walls[name])
             print(f"{name:>24} {best:8.1f} {every:>16} {args.rows / best:8.1f} {min(firsts[name]):9.1f} {ratio:>7}")
         print()
         pairs = [("ORT script int8", "ORT script fp32"), ("batchnlp int8", "batchnlp fp32"),
-                 ("batchnlp fp32", "ORT script fp32"), ("ORT script fp32", "naive bs16")]  # fmt: skip
+                 ("batchnlp bf16", "batchnlp fp32"), ("batchnlp fp32", "ORT script fp32"),
+                 ("ORT script fp32", "naive bs16")]  # fmt: skip
         for name, reference in pairs:
             if name in outputs and reference in outputs:
                 print(f"{name} vs {reference}: {compare(outputs[name], outputs[reference])}")

@@ -107,6 +107,11 @@ def test_manifest_lists_every_part_then_success(labelled, tiny_model):
     assert manifest["totals"]["rejected"] == len(BAD_ROWS)
     assert manifest["models"]["sentiment"]["weights"]["model.safetensors"]
     assert manifest["precision"] == ["fp32"] and manifest["device"] == ["cpu"]
+    # auto on CPU fp32: batchnlp's ONNX export on ONNX Runtime, whose making is timed (0 once cached)
+    assert manifest["models"]["sentiment"]["backends"] == ["onnxruntime"]
+    assert manifest["startup"]["onnx_export_s"] >= 0
+    report = (out / "_report.html").read_text()
+    assert "sentiment: onnxruntime" in report and "ONNX export" in report
 
 
 def test_two_worker_processes_each_load_the_models_once(labelled):
