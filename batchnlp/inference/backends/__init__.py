@@ -15,15 +15,24 @@ the same on every backend; a backend only turns a padded batch into the model's 
 measured faster (docs/performance.md, ``benchmarks/against_peers.py``), and torch everywhere else:
 bf16 (ONNX Runtime's CPU kernels have no bf16 path) and CUDA (not yet measured against torch's).
 
+Importing this package turns ONNX Runtime's telemetry off (``ORT_DISABLE_TELEMETRY=1``, unless
+already set) before any batchnlp module imports ``onnxruntime``: its Linux build otherwise writes
+a device id and an event store under ``~/.cache/Microsoft/DeveloperTools/`` at import, outside
+anything a job was asked to write (``tests/integration/test_safety.py`` lists every file a job
+writes).
+
 May import: :mod:`batchnlp.errors` (this folder sits inside :mod:`batchnlp.inference`).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from typing import Literal
 
 from batchnlp.errors import SpecError
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 Backend = Literal["auto", "torch", "onnxruntime"]
 # What the onnxruntime backend runs: the device and precisions its export and kernels cover.

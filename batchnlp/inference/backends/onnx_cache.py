@@ -34,6 +34,12 @@ GRAPH = "model.onnx"
 WEIGHTS = "model.onnx.data"
 
 
+def cached(cache: Path, digest: str, head: str, precision: str) -> Path | None:
+    """The cached graph file for ``(digest, head, precision)``, or None where there is none yet."""
+    graph = cache / "onnx" / _key(digest, head, precision) / GRAPH
+    return graph if graph.exists() else None
+
+
 def cached_export(cache: Path, digest: str, head: str, precision: str, export: Callable[[], Any]) -> tuple[Path, float]:
     """The graph file for ``(digest, head, precision)``, exported now if the cache lacks it, and the
     seconds this call spent exporting (0.0 when it was cached). ``export()`` gives the fp32

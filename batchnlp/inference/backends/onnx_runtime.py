@@ -20,7 +20,7 @@ import torch
 
 from batchnlp.errors import ModelError
 from batchnlp.inference import distilbert
-from batchnlp.inference.backends.onnx_cache import cached_export
+from batchnlp.inference.backends.onnx_cache import cached, cached_export
 from batchnlp.inference.backends.onnx_export import ACTIVATIONS, FAMILIES, export
 from batchnlp.inference.models.load import load_tokenizer_and_config
 from batchnlp.inference.models.stage import default_cache_dir
@@ -92,35 +92,31 @@ def load(
     torch model) when it is not one batchnlp exports, for the engine to run on torch.
 
     The export is keyed by the checkpoint's content ``digest`` and the ``loader`` (which head): a
-    cached one opens without the torch weights ever being read.
+    cached one opens without the torch weights ever being read. Whether a checkpoint exports is
+    decided from its loaded model before anything is written, so another family leaves no trace
+    in the cache.
     """
     cache = cache or Path(default_cache_dir())
-    loaded: dict[str, Any] = {}
-
-    def build() -> Any:
-        loaded["tokenizer"], loaded["model"] = loader(directory, ref)
-        kind = exported_as(loaded["model"])
-        if kind is None:
-            raise _NotExported
-        return export(loaded["model"], *kind)
-
-    try:
-        graph, seconds = cached_export(cache, digest, loader.__name__, precision, build)
-    except _NotExported:
-        model = loaded["model"]
+    head = loader.__name__  # which head: load_sequence_classifier, load_question_answerer
+    graph = cached(cache, digest, head, precision)
+    if graph is not None:
+        tokenizer, config = load_tokenizer_and_config(directory, ref)
+        return tokenizer, OnnxModel(graph, config, torch.get_num_threads())
+    tokenizer, model = loader(directory, ref)
+    kind = exported_as(model)
+    if kind is None:  # decided before anything is written: the cache holds exports only
         _say_once(directory, "model %s is a %s checkpoint; the onnxruntime backend exports DistilBERT and BERT, "
                   "so it runs on torch", ref, getattr(model.config, "model_type", type(model).__name__))  # fmt: skip
-        return loaded["tokenizer"], model
+        return tokenizer, model
+    try:
+        graph, seconds = cached_export(cache, digest, head, precision, lambda: export(model, *kind))
     except OSError as e:  # a cache it cannot write (read-only, full): the job still runs, on torch
         _say_once(directory, "cannot write the ONNX export of model %s under %s (%s); it runs on torch",
                   ref, cache, e)  # fmt: skip
-        return (loaded["tokenizer"], loaded["model"]) if loaded else loader(directory, ref)
+        return tokenizer, model
     if seconds:
         logger.info("exported model %s to ONNX (%s) in %.1f s, cached at %s", ref, precision, seconds, graph.parent)
-    tokenizer, config = loaded.get("tokenizer"), getattr(loaded.get("model"), "config", None)
-    if config is None:
-        tokenizer, config = load_tokenizer_and_config(directory, ref)
-    return tokenizer, OnnxModel(graph, config, torch.get_num_threads(), seconds)
+    return tokenizer, OnnxModel(graph, model.config, torch.get_num_threads(), seconds)
 
 
 def exported_as(model: Any) -> tuple[str, str] | None:
@@ -143,7 +139,3 @@ def _say_once(directory: Path, message: str, *args: Any) -> None:
     if Path(directory).resolve() not in _SAID:
         _SAID.add(Path(directory).resolve())
         logger.warning(message, *args)
-
-
-class _NotExported(Exception):
-    """The loader's model is no class batchnlp exports: it runs on torch."""

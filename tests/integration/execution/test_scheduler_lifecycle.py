@@ -26,12 +26,13 @@ ROWS = 2400
 
 @pytest.fixture
 def slow_job(tmp_path, tiny_model, request):
-    """Arguments of a run slow enough to interrupt: 24 units of 100 rows, one row per model batch."""
+    """Arguments of a run slow enough to interrupt: 24 units of 100 rows, one row per model batch, on
+    torch (ONNX Runtime runs the tiny model's batches of one row so fast that 12,000 rows end in 5 s)."""
     rows = [{"id": i, "text": f"review number {i} of the night"} for i in range(getattr(request, "param", ROWS))]
     source = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out"
     args = [str(source), str(out), "--model", f"sentiment={tiny_model}", "--rows-per-partition", "100"]
-    return out, [*args, "--workers", "1", "--tokens-per-batch", "8"]
+    return out, [*args, "--workers", "1", "--tokens-per-batch", "8", "--backend", "torch"]
 
 
 def start(args: list[str], env: dict[str, str] | None = None, host: str | None = None) -> subprocess.Popen:

@@ -21,7 +21,8 @@ def test_a_killed_worker_costs_a_rerun_not_a_row(tmp_path, tiny_model):
     source = write_jsonl(tmp_path / "in.jsonl", [{"id": i, "text": f"review number {i}"} for i in range(3000)])
     out = tmp_path / "out"
     command = [sys.executable, "-m", "batchnlp", "run", str(source), str(out), "--model", f"sentiment={tiny_model}",
-               "--rows-per-partition", "100", "--workers", "2", "--tokens-per-batch", "8"]  # fmt: skip
+               "--rows-per-partition", "100", "--workers", "2", "--tokens-per-batch", "8",
+               "--backend", "torch"]  # one row a batch on torch: slow enough to kill a worker mid-job  # fmt: skip
     driver = psutil.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while len(list((out / "_progress").glob("part-*.json"))) < 2 and time.time() < deadline:

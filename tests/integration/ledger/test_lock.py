@@ -140,7 +140,8 @@ def test_a_killed_driver_is_resumed_and_its_lock_broken(tmp_path, tiny_model):
     source = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out"
     args = [str(source), str(out), "--model", f"sentiment={tiny_model}", "--rows-per-partition", "100"]
-    args += ["--workers", "1", "--tokens-per-batch", "8"]  # one row a batch: slow enough to kill mid-job
+    # one row a batch, on torch (ONNX Runtime runs such batches far faster): slow enough to kill mid-job
+    args += ["--workers", "1", "--tokens-per-batch", "8", "--backend", "torch"]
     run = subprocess.Popen([sys.executable, "-m", "batchnlp", "run", *args], start_new_session=True)
     deadline = time.time() + 120
     while len(list((out / "_progress").glob("part-*.json"))) < 3 and time.time() < deadline:
