@@ -232,8 +232,8 @@ JOB_OPTIONS = [
         "--rescore-margin",
         type=click.FloatRange(min=0, max=1, max_open=True),
         metavar="MARGIN",
-        help="int8: rescore in fp32 every row whose best two label scores are closer than this, so int8 keeps "
-        "fp32's labels. Default: 0.15 on onnxruntime, 0.1 on torch; 0 never rescores. Example: --rescore-margin 0.2",
+        help="int8: rescore in fp32 every row whose best two label scores are closer than this, so int8 "
+        "keeps fp32's labels. Default: 0.1; 0 never rescores. Example: --rescore-margin 0.2",
     ),
     storage_option("input, output and models"),
     click.option("--overwrite", is_flag=True, default=None, help="Replace a finished output (one holding _SUCCESS)."),
