@@ -211,7 +211,8 @@ JOB_OPTIONS = [
     click.option(
         "--backend",
         type=click.Choice(["auto", "torch", "onnxruntime"]),
-        help="What runs the model: onnxruntime (batchnlp's ONNX export of DistilBERT, CPU fp32/int8) or torch. "
+        help="What runs the model: onnxruntime (batchnlp's ONNX export of DistilBERT and BERT; CPU fp32, int8) "
+        "or torch. "
         "Default: auto (onnxruntime on CPU in fp32 and int8 where installed, torch elsewhere). "
         "Example: --backend torch",
     ),

@@ -9,7 +9,7 @@ the same on every backend; a backend only turns a padded batch into the model's 
 - ``onnxruntime``: the checkpoint exported by batchnlp to a graph of ONNX Runtime's fused CPU
   operators (:mod:`.onnx_export`), dynamic int8 per channel for ``--precision int8``, cached per
   model digest (:mod:`.onnx_cache`) and run by :mod:`.onnx_runtime`. CPU, fp32 and int8;
-  DistilBERT checkpoints (another family runs on torch, said once in the worker's log).
+  DistilBERT and BERT checkpoints (another family runs on torch, said once in the worker's log).
 
 ``auto`` (:func:`choose_backend`) takes ONNX Runtime on CPU in fp32 and int8, where it was
 measured faster (docs/performance.md, ``benchmarks/against_peers.py``), and torch everywhere else:
