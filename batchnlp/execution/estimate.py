@@ -38,7 +38,7 @@ import pyarrow as pa
 
 from batchnlp.errors import ModelError, SpecError
 from batchnlp.execution.plan import Plan
-from batchnlp.inference.backends import choose_backend, onnxruntime_installed
+from batchnlp.inference.backends import resolve_backend
 from batchnlp.inference.batching import PAD_MULTIPLE, token_budget_batches
 from batchnlp.inference.engine import choose, default_tokens_per_batch
 from batchnlp.io.formats import WorkUnit, jsonl, read_unit
@@ -483,7 +483,7 @@ def estimate_from_plan(
     """The run's estimate, for the manifest and ``batchnlp plan``: rows, tokens and padding per task, and
     the wall time of one shard. Cheap: reads a few hundred lines (or a few units) and tokenises them."""
     device, precision = planned_device(spec)
-    backend = choose_backend(spec.backend, device, precision, onnxruntime_installed=onnxruntime_installed())
+    backend = resolve_backend(spec.backend, device, precision)
     batching = Batching.planned(device, precision, spec.tokens_per_batch, backend)
     sample = sample_input(spec, job_plan, sample_rows)
     rows = sample.total(lambda s: [0.0 if row is None else 1.0 for row in s.rows])
@@ -600,9 +600,8 @@ def render_plan(figures: dict[str, Any]) -> str:
         f"input       {source['location']}: {files}, {source['bytes']:,} bytes",
         f"units       {figures['units']:,}, about {figures['rows_per_unit']:,} rows each",
         f"rows        {rows['estimate']:,} ({how})",
-        f"device      {figures['device']} {figures['precision']} on {figures.get('backend', 'torch')}: batches "
-        "padded to a multiple of "
-        f"{figures['pad_multiple']}",
+        f"device      {figures['device']} {figures['precision']} on {figures['backend']}: batches padded to a "
+        f"multiple of {figures['pad_multiple']}",
     ]
     for name, task in figures["tasks"].items():
         lines.append(

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from batchnlp.errors import SpecError
-from batchnlp.inference.backends import choose_backend, onnxruntime_installed
+from batchnlp.inference.backends import resolve_backend
 from batchnlp.inference.batching import padded_length, token_budget_batches
 from batchnlp.inference.heartbeat import beat
 from batchnlp.util.compat import mkldnn_bf16_supported
@@ -141,8 +141,7 @@ class Engine:
         backend: str = "auto",
     ) -> None:
         self.device, self.precision = resolve(device, precision)
-        installed = onnxruntime_installed()
-        self.backend = choose_backend(backend, self.device, self.precision, onnxruntime_installed=installed)
+        self.backend = resolve_backend(backend, self.device, self.precision)
         self.tokens_per_batch = tokens_per_batch or default_tokens_per_batch(self.device, self.precision, self.backend)
         self.backends: dict[str, str] = {}  # model ref → the backend its model runs on
         self.export_seconds = 0.0  # spent exporting models to ONNX in this process (0 when cached)

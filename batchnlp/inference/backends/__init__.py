@@ -58,6 +58,11 @@ def choose_backend(backend: str, device: str, precision: str, *, onnxruntime_ins
     return backend
 
 
+def resolve_backend(backend: str, device: str, precision: str) -> str:
+    """:func:`choose_backend` for this machine (where onnxruntime is installed or not)."""
+    return choose_backend(backend, device, precision, onnxruntime_installed=onnxruntime_installed())
+
+
 def onnxruntime_installed() -> bool:
     """Whether onnxruntime and onnx (for the export) can be imported here, without importing them."""
     return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))

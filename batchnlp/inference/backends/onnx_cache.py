@@ -36,7 +36,7 @@ WEIGHTS = "model.onnx.data"
 
 def cached(cache: Path, digest: str, head: str, precision: str) -> Path | None:
     """The cached graph file for ``(digest, head, precision)``, or None where there is none yet."""
-    graph = cache / "onnx" / _key(digest, head, precision) / GRAPH
+    graph = _folder(cache, digest, head, precision) / GRAPH
     return graph if graph.exists() else None
 
 
@@ -44,9 +44,10 @@ def cached_export(cache: Path, digest: str, head: str, precision: str, export: C
     """The graph file for ``(digest, head, precision)``, exported now if the cache lacks it, and the
     seconds this call spent exporting (0.0 when it was cached). ``export()`` gives the fp32
     ``onnx.ModelProto``; int8 is quantised from the cached fp32 graph (made first if missing)."""
-    folder = cache / "onnx" / _key(digest, head, precision)
-    if (folder / GRAPH).exists():
-        return folder / GRAPH, 0.0
+    graph = cached(cache, digest, head, precision)
+    if graph is not None:
+        return graph, 0.0
+    folder = _folder(cache, digest, head, precision)
     started = time.perf_counter()
     source = cached_export(cache, digest, head, "fp32", export)[0] if precision == "int8" else None
     with _locked(folder.with_name(f".{folder.name}.lock")):
@@ -59,12 +60,13 @@ def cached_export(cache: Path, digest: str, head: str, precision: str, export: C
     return folder / GRAPH, time.perf_counter() - started
 
 
-def _key(digest: str, head: str, precision: str) -> str:
+def _folder(cache: Path, digest: str, head: str, precision: str) -> Path:
+    """Where the export of ``(digest, head, precision)`` lives, by this exporter and ONNX Runtime's minor version."""
     import onnxruntime
 
     runtime = ".".join(onnxruntime.__version__.split(".")[:2])
     text = json.dumps([EXPORT_VERSION, runtime, digest, head, precision])
-    return f"{head}-{precision}-{hashlib.sha256(text.encode()).hexdigest()[:24]}"
+    return cache / "onnx" / f"{head}-{precision}-{hashlib.sha256(text.encode()).hexdigest()[:24]}"
 
 
 def _save(proto: Any, graph: Path) -> None:

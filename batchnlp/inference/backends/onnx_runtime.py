@@ -65,7 +65,6 @@ class OnnxModel:
         self.output = OUTPUTS[names[0]]
         self.token_types = any(tensor.name == "token_type_ids" for tensor in self.session.get_inputs())
         self.config = config
-        self.graph = graph
         self.export_seconds = export_seconds
 
     def __call__(
