@@ -25,6 +25,7 @@ from batchnlp.cli.options import (
 )
 from batchnlp.cli.params import KeyValue
 from batchnlp.spec import COMPRESSION_NAMES, INPUT_FORMATS, MINIMUMS, OUTPUT_FORMATS
+from batchnlp.tasks import DEFAULT_CASCADE_MARGIN
 
 if TYPE_CHECKING:
     from batchnlp.spec import JobSpec
@@ -73,6 +74,23 @@ JOB_OPTIONS = [
         default=None,
         help="classify, sentiment: also write every label's probability (probs: list<float>, label order in the "
         "field's metadata), the soft labels batchnlp distill trains a student on. Example: --keep-probs",
+    ),
+    click.option(
+        "--cascade",
+        multiple=True,
+        type=KeyValue("TASK"),
+        metavar="TASK=STUDENT_REF",
+        help="classify, sentiment: a cascade. This student model (any ref --model takes; batchnlp distill makes one) "
+        "labels every row, and the task's own model (the teacher) labels instead the rows whose best two student "
+        "scores are closer than --cascade-margin; repeatable. Example: --cascade classify=./topics-student",
+    ),
+    click.option(
+        "--cascade-margin",
+        type=click.FloatRange(min=0, max=1, max_open=True),
+        metavar="MARGIN",
+        help="A cascade's student hands its teacher every row whose best two label scores are closer than this "
+        f"(batchnlp distill prints the smallest that keeps 99.5% of the teacher's labels). Default: "
+        f"{DEFAULT_CASCADE_MARGIN}; 0: the student labels every row. Example: --cascade-margin 0.12",
     ),
     click.option(
         "--question",
@@ -325,7 +343,7 @@ def given_settings(ctx: click.Context, flags: dict[str, Any]) -> dict[str, Any]:
         source = ctx.get_parameter_source(name)
         if source not in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT) or value in ((), None):
             continue
-        if name in ("model", "storage_option", "catalog_option"):
+        if name in ("model", "cascade", "storage_option", "catalog_option"):
             value = dict(value)
         elif name == "task":
             value = list(value)

@@ -47,7 +47,8 @@ DEFAULT_CATALOG = "default"
 TLS_SETTINGS = ("tls_ca_file", "tls_cert", "tls_key")  # --scheduler tls://...: files of the user's cluster
 DEFAULT_MAX_ANSWER_LENGTH = 15  # tokens, as transformers' question-answering pipeline
 QA_KEYS = ("question", "question_column", "doc_stride", "max_answer_length", "allow_no_answer")
-TASK_KEYS = ("name", "task", "model", "top_k", "keep_probs", *QA_KEYS)
+CASCADE_KEYS = ("cascade", "cascade_margin")  # a task's student ref and margin (job level: cascade maps TASK: REF)
+TASK_KEYS = ("name", "task", "model", "top_k", "keep_probs", *QA_KEYS, *CASCADE_KEYS)
 # The least value of each integer setting, for the spec and the CLI's options alike. A window
 # or a batch of fewer than 8 tokens holds little beyond [CLS] and [SEP].
 MINIMUMS = {
@@ -79,6 +80,12 @@ class TaskSpec:
     allow_no_answer: bool = False
     # classify/sentiment: also write every label's probability (probs), as ``batchnlp distill`` needs
     keep_probs: bool = False
+    # classify/sentiment: a cascade. This student model (any ref ``model`` takes) labels every row first; the
+    # rows whose best two student scores are closer than ``cascade_margin`` are labelled by ``model`` (the
+    # teacher) instead (batchnlp.tasks.classify). None: no cascade. From settings, the margin's default
+    # (batchnlp.tasks.DEFAULT_CASCADE_MARGIN) is filled in, so the fingerprint holds the margin a run used.
+    student: str | None = None
+    cascade_margin: float | None = None
 
 
 @dataclass(frozen=True)
@@ -139,7 +146,7 @@ class JobSpec:
         """
         problems: list[str] = []
         s = {key.replace("-", "_"): value for key, value in settings.items() if value is not None}
-        extra = {"models", "top_k", "keep_probs", "overwrite", "resume", *QA_KEYS}
+        extra = {"models", "top_k", "keep_probs", "overwrite", "resume", *QA_KEYS, *CASCADE_KEYS}
         known = {f.name for f in dataclasses.fields(cls)} | extra
         for key in sorted(set(s) - known):
             problems.append(f"unknown setting {key!r}; known settings: {', '.join(sorted(known))}")
@@ -273,6 +280,9 @@ class JobSpec:
         for task in relevant["tasks"]:  # keep_probs came later: runs without it keep their fingerprints
             if not task["keep_probs"]:
                 task.pop("keep_probs")
+            if task["student"] is None:  # so did cascades
+                task.pop("student")
+                task.pop("cascade_margin")
         # Added later: runs that do not use them keep the fingerprints they had.
         for later, unset in (
             ("partition_by", ()),
@@ -303,6 +313,8 @@ class JobSpec:
         data["catalog_options"] = {key: "***" for key in self.catalog_options}
         for task in data["tasks"]:
             task["model"] = redact_url(task["model"])
+            if task["student"] is not None:
+                task["student"] = redact_url(task["student"])
         return data
 
     def settings(self) -> dict[str, Any]:
@@ -320,6 +332,7 @@ class JobSpec:
             {
                 "name": task.pop("name"),
                 "task": task.pop("kind"),
+                **({"cascade": task.pop("student")} if task["student"] is not None else {}),
                 **{key: value for key, value in task.items() if value not in (None, False)},
             }
             for task in data["tasks"]
@@ -343,6 +356,10 @@ def _tasks_from_settings(s: Mapping[str, Any], problems: list[str]) -> list[Task
     if not isinstance(models, Mapping):
         problems.append("models must map task names to model refs (TASK=REF)")
         models = {}
+    students = s.get("cascade") or {}
+    if not isinstance(students, Mapping):
+        problems.append("cascade must map task names to student model refs (--cascade TASK=STUDENT_REF)")
+        students = {}
     default_top_k = s.get("top_k")
     tasks: list[TaskSpec] = []
     for entry in raw:
@@ -368,7 +385,10 @@ def _tasks_from_settings(s: Mapping[str, Any], problems: list[str]) -> list[Task
             top_k = _integer(f"top_k of task {name!r}", top_k, problems, MINIMUMS["top_k"])
         qa = _qa_settings(name, kind, item, s, problems)
         keep_probs = _keep_probs(name, kind, item, s, problems)
-        tasks.append(TaskSpec(name=name, kind=kind, model=str(model), top_k=top_k, keep_probs=keep_probs, **qa))
+        cascade = _cascade(name, kind, item, students, s, problems)
+        tasks.append(
+            TaskSpec(name=name, kind=kind, model=str(model), top_k=top_k, keep_probs=keep_probs, **qa, **cascade)
+        )
     names = [t.name for t in tasks]
     given = [key for key in QA_KEYS if key in s]
     if given and not any(TASKS[t.kind].takes_question for t in tasks):
@@ -379,7 +399,49 @@ def _tasks_from_settings(s: Mapping[str, Any], problems: list[str]) -> list[Task
         problems.append(f"task {name!r} is given twice; give each task a distinct name in a job spec")
     for name in sorted(set(models) - set(names)):
         problems.append(f"--model {name}=... names no task of this job (tasks: {', '.join(names)})")
+    for name in sorted(set(students) - set(names)):
+        problems.append(f"--cascade {name}=... names no task of this job (tasks: {', '.join(names)})")
+    if "cascade_margin" in s and not any(t.student for t in tasks):
+        problems.append(
+            "cascade_margin applies to tasks with a cascade (--cascade TASK=STUDENT_REF), and this job has none"
+        )
     return tasks
+
+
+def _cascade(
+    name: str, kind: str, item: Mapping[str, Any], students: Mapping[str, Any], s: Mapping[str, Any], problems: list
+) -> dict[str, Any]:
+    """A task's student (the job's ``cascade`` mapping, else its own ``cascade`` key) and margin (its own
+    ``cascade_margin``, else the job's, else :data:`batchnlp.tasks.DEFAULT_CASCADE_MARGIN`); refused for a task that
+    has no label scores to compare (qa)."""
+    from batchnlp.tasks import DEFAULT_CASCADE_MARGIN, TASKS
+
+    student = students.get(name, item.get("cascade"))
+    if student is None:
+        if "cascade_margin" in item:
+            problems.append(
+                f"cascade_margin of task {name!r} applies to a cascade: give its student with cascade: REF "
+                f"(--cascade {name}=STUDENT_REF)"
+            )
+        return {}
+    if not TASKS[kind].cascades:
+        cascading = " and ".join(sorted(k for k, info in TASKS.items() if info.cascades))
+        problems.append(
+            f"task {name!r} ({kind}) does not take a cascade: only {cascading} tasks do (the student hands the "
+            "teacher the rows whose best two label scores are close)"
+        )
+        return {}
+    if not isinstance(student, str) or not student.strip():
+        problems.append(f"the cascade's student of task {name!r} must be a model ref, got {student!r}")
+        return {}
+    margin = item.get("cascade_margin", s.get("cascade_margin", DEFAULT_CASCADE_MARGIN))
+    if isinstance(margin, bool) or not isinstance(margin, int | float) or not 0 <= margin < 1:
+        problems.append(
+            f"cascade_margin of task {name!r} must be a score margin from 0 (the student labels every row) to "
+            f"below 1, got {margin!r}"
+        )
+        return {}
+    return {"student": student, "cascade_margin": float(margin)}
 
 
 def _keep_probs(name: str, kind: str, item: Mapping[str, Any], s: Mapping[str, Any], problems: list[str]) -> bool:

@@ -2,8 +2,8 @@
 :func:`batchnlp.run`) over a spec file over the defaults, with ``${name}`` placeholders filled.
 
 The CLI and the Python API both build their JobSpec here, so a flag and a keyword argument
-override a spec file the same way: scalars replace, mappings (models, storage and catalog
-options) merge by key, and a write mode given now replaces the file's whole write mode.
+override a spec file the same way: scalars replace, mappings (models, cascades, storage and
+catalog options) merge by key, and a write mode given now replaces the file's whole write mode.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from batchnlp.spec import JobSpec
 from batchnlp.spec.load import load_spec_file
 from batchnlp.util.templating import render
 
-MERGED_BY_KEY = ("models", "storage_options", "catalog_options")
+MERGED_BY_KEY = ("models", "cascade", "storage_options", "catalog_options")
 WRITE_MODE_KEYS = ("mode", "overwrite", "resume")
 
 

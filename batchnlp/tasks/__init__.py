@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from batchnlp.spec import TaskSpec
     from batchnlp.tasks.base import Task
 
+# A cascade's teacher labels the rows whose best two student scores are closer than this (--cascade-margin).
+# MEASUREMENT-PENDING
+DEFAULT_CASCADE_MARGIN = 0.3
+
 
 @dataclass(frozen=True)
 class TaskInfo:
@@ -38,6 +42,7 @@ class TaskInfo:
     summary: Summary  # how the report and inspect show the column (batchnlp.tasks.summaries)
     takes_question: bool = False  # qa: --question / --question-column and the span settings
     keeps_probs: bool = False  # classifiers: --keep-probs writes every label's probability (batchnlp distill)
+    cascades: bool = False  # classifiers: --cascade TASK=STUDENT, the teacher labelling the student's close calls
 
     def load(self) -> type[Task]:
         module, _, name = self.target.partition(":")
@@ -53,6 +58,7 @@ TASKS: dict[str, TaskInfo] = {
         output_type=label_type,
         summary=LABELS,
         keeps_probs=True,
+        cascades=True,
     ),
     "classify": TaskInfo(
         target="batchnlp.tasks.classify:Classify",
@@ -62,6 +68,7 @@ TASKS: dict[str, TaskInfo] = {
         output_type=label_type,
         summary=LABELS,
         keeps_probs=True,
+        cascades=True,
     ),
     "qa": TaskInfo(
         target="batchnlp.tasks.qa:QuestionAnswering",
