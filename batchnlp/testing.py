@@ -39,8 +39,10 @@ def build_classifier(
     multi_label: bool = False,
     size: str = "tiny",
     seed: int = 0,
+    cased: bool = False,
 ) -> Path:
-    """Save a random DistilBERT sequence classifier (config, tokenizer, safetensors) to ``dest``."""
+    """Save a random DistilBERT sequence classifier (config, tokenizer, safetensors) to ``dest``;
+    ``cased`` keeps case in its tokenizer (another tokenisation of the same texts than the default's)."""
     from transformers import DistilBertForSequenceClassification
 
     problem_type = "multi_label_classification" if multi_label else "single_label_classification"
@@ -49,6 +51,7 @@ def build_classifier(
         DistilBertForSequenceClassification,
         size,
         seed,
+        do_lower_case=not cased,
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
         problem_type=problem_type,

@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -63,9 +63,13 @@ class BatchStats:
     engine_s: float = 0.0  # time inside Engine.run: padding, the model, copies to the host (input_wait_s included)
     first_output_at: float | None = None  # wall clock when the first rows' outputs reached the host
     rescored: int = 0  # int8 rows too close to call, run again in fp32
+    # A cascade's rows by the model that labelled them: {"student": n, "teacher": n} (batchnlp.tasks.classify).
+    labelled_by: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: BatchStats) -> None:
         self.rescored += other.rescored
+        for model, rows in other.labelled_by.items():
+            self.labelled_by[model] = self.labelled_by.get(model, 0) + rows
         self.tokens += other.tokens
         self.padded_tokens += other.padded_tokens
         self.batches += other.batches

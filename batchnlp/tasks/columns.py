@@ -20,15 +20,20 @@ ANSWER = pa.struct([("answer", pa.string()), ("score", pa.float32()), ("start", 
 ERROR_COLUMN = pa.field("_error", pa.string())
 PROBS = "probs"  # --keep-probs: every label's probability, in the order LABEL_ORDER_KEY gives
 LABEL_ORDER_KEY = b"batchnlp.labels"  # metadata of the probs field: the labels as a JSON list
+MODEL = "model"  # --keep-probs with a cascade: which model labelled the row, one of LABELLERS
+LABELLERS = ("student", "teacher")  # a cascade's models, as the model field and the run's counts name them
 
 
 def label_type(spec: TaskSpec) -> pa.DataType:
-    """Classification: the best label and its score, plus the ``top_k`` best when asked for."""
+    """Classification: the best label and its score, plus the ``top_k`` best when asked for; with
+    ``keep_probs`` every label's probability, and in a cascade which model labelled the row."""
     fields = list(LABEL_SCORE)
     if spec.top_k:
         fields.append(pa.field("top_k", pa.list_(LABEL_SCORE)))
     if spec.keep_probs:
         fields.append(pa.field(PROBS, pa.list_(pa.float32())))
+        if spec.student:
+            fields.append(pa.field(MODEL, pa.string()))
     return pa.struct(fields)
 
 
