@@ -469,6 +469,8 @@ def _tasks(spec: JobSpec) -> Iterator[list[tuple[TaskSpec, Task]]]:
         built = []
         for task_spec in spec.tasks:
             check_ref(task_spec.model, spec.storage_options)
+            if task_spec.student:  # a cascade's: the plan counts the teacher's tokens, as if it labelled every row
+                check_ref(task_spec.student, spec.storage_options)
             directory = tokenizer_directory(task_spec.model, spec.storage_options, Path(scratch))
             built.append((task_spec, TASKS[task_spec.kind].load()(task_spec, directory, None, spec.max_length)))
         yield built

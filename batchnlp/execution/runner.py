@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from batchnlp.cluster.local import connect, run_forked, worker_imports_started
 from batchnlp.errors import BatchnlpError, JobFailed, TooManyBadLines
+from batchnlp.execution.cascade import student_entry, student_versions
 from batchnlp.execution.collect import StallWatch, results
 from batchnlp.execution.context import RunContext
 from batchnlp.execution.plan import Plan, check_columns, plan
@@ -143,6 +144,7 @@ def run(
     if job_plan.schema is not None:  # Parquet: known now, before any worker starts
         check_schema(spec, job_plan.schema, output)
     models = {task.name: check_ref(task.model, spec.storage_options) for task in spec.tasks}
+    models.update(student_versions(spec))
     job = job_record(spec, output.run_id, job_plan, models)
     check_output(output.location)
     repeated = output.completed(committer, job, job_plan.listing)
@@ -507,6 +509,8 @@ def _manifest(context: RunContext, results: list[PartResult], wall: float) -> Ma
             "weights": results[0].models.get(task.name) if results else None,
             "backends": sorted({r.backends[task.name] for r in results if task.name in r.backends}),
         }
+        if task.student:  # a cascade
+            models[task.name]["student"] = student_entry(task, results, context.job.model_versions)
     summary = sum(results, Totals())
     return Manifest(
         batchnlp_version=__version__,

@@ -68,6 +68,7 @@ class ModelPlugin(WorkerPlugin):
         self.settings = settings
         self.tasks: dict[str, Any] = {}
         self.checksums: dict[str, dict[str, str]] = {}
+        self.students: dict[str, dict[str, str]] = {}  # a cascade's task → its student's weights' checksums
         self.precision = settings.precision
         self.device = settings.device
         self.loaded_at = 0.0
@@ -106,8 +107,20 @@ class ModelPlugin(WorkerPlugin):
             self.tasks[spec.name] = TASKS[spec.kind].load()(spec, directory, engine, s.max_length)
             self.checksums[spec.name] = weights_of(checksums)
             self.backends[spec.name] = engine.backends[spec.model]
+            if spec.student:  # a cascade: the student labels first, the task's model its close calls
+                self.students[spec.name] = self._load_student(spec, engine)
         self.export_seconds = engine.export_seconds
         self.loaded_at = time.time()
+
+    def _load_student(self, spec: TaskSpec, engine: Any) -> dict[str, str]:
+        """Stage and hash a cascade's student as task models are, load it into its task
+        (:meth:`batchnlp.tasks.classify.Classify.cascade_from`), and return its weights' checksums."""
+        from batchnlp.inference.models.stage import content_digest, stage_and_hash, weights_of
+
+        directory, checksums = stage_and_hash(str(spec.student), self.settings.storage_options)
+        engine.digests[directory.resolve()] = content_digest(checksums)
+        self.tasks[spec.name].cascade_from(directory)
+        return weights_of(checksums)
 
 
 @dataclass(frozen=True)
@@ -171,6 +184,7 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
 
     totals = BatchStats()
     task_stats: dict[str, dict[str, Any]] = {}
+    labelled_by: dict[str, dict[str, int]] = {}  # a cascade's rows per model
     for name, task in plugin.tasks.items():
         clock = time.perf_counter()
         problems = [error or problem for error, problem in zip(text_errors, task.row_problems(table), strict=True)]
@@ -183,6 +197,8 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
         # _error keeps the first reason a row was not annotated: its text's, else a task's.
         errors = [error or problem for error, problem in zip(errors, problems, strict=True)]
         totals.add(stats)
+        if stats.labelled_by:
+            labelled_by[name] = stats.labelled_by
         task_stats[name] = column_stats(column)
         seconds[f"model:{name}"] = time.perf_counter() - clock
         # The engine's share of model:<name>; the rest is tokenising and decoding the outputs.
@@ -192,6 +208,8 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
     clock = time.perf_counter()
     table = table.append_column(ERROR_COLUMN, pa.array(errors, pa.string()))
     metadata = {"version": __version__, "models": plugin.checksums, "precision": plugin.precision}
+    if plugin.students:
+        metadata["students"] = plugin.students
     written = job.output.write(unit, table, metadata, read.bad_lines)
     seconds["write"] = time.perf_counter() - clock
 
@@ -217,6 +235,8 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
         padded_tokens=totals.padded_tokens,
         oom_splits=totals.oom_splits,
         rescored=totals.rescored,
+        labelled_by=labelled_by,
+        students=plugin.students,
         first_output_at=totals.first_output_at,
         bad_lines=len(read.bad_lines),
         bad_line_examples=[bad_line_record(unit, bad) for bad in read.bad_lines[:EXAMPLES_PER_PART]],

@@ -32,7 +32,9 @@ class JobRecord:
     run_id: str
     spec_fingerprint: str  # JobSpec.fingerprint(): a changed spec cannot resume
     input_fingerprint: str  # Plan.fingerprint: nor can a changed input listing or unit layout
-    model_versions: dict[str, str]  # task name → its model's version (batchnlp.inference.models.check_ref)
+    # task name → its model's version (batchnlp.inference.models.check_ref); a cascade's student's under
+    # "TASK (student)" (batchnlp.execution.cascade.student_key)
+    model_versions: dict[str, str]
     rows_per_unit: int | None  # a resumed run cuts its units as the interrupted one did
     units: int | None  # how many units the plan has (for `batchnlp inspect`); None in an early record
     batchnlp_version: str | None
@@ -93,6 +95,9 @@ class PartResult:
     models: dict[str, dict[str, str]] = field(default_factory=dict)
     oom_splits: int = 0  # batches halved after running out of device memory
     rescored: int = 0  # int8 rows too close to call, rescored in fp32
+    # A cascade's task → the rows each of its models labelled: {"student": n, "teacher": n}
+    labelled_by: dict[str, dict[str, int]] = field(default_factory=dict)
+    students: dict[str, dict[str, str]] = field(default_factory=dict)  # a cascade's task → its student's weights
     backends: dict[str, str] = field(default_factory=dict)  # task name → what ran its model (onnxruntime, torch)
     export_seconds: float = 0.0  # the worker's time exporting models to ONNX as it loaded them; 0 when cached
     first_output_at: float | None = None  # wall clock when the unit's first rows were annotated
@@ -160,6 +165,7 @@ class Totals:
     padded_tokens: int = 0
     oom_splits: int = 0
     rescored: int = 0
+    labelled_by: dict[str, dict[str, int]] = field(default_factory=dict)  # a cascade's task → rows per model
     bytes: int = 0
     worker_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -181,6 +187,7 @@ class Totals:
             padded_tokens=other.padded_tokens,
             oom_splits=other.oom_splits,
             rescored=other.rescored,
+            labelled_by={task: dict(counts) for task, counts in other.labelled_by.items()},
             bytes=other.bytes,
             worker_seconds=dict(other.seconds),
         )
@@ -222,9 +229,9 @@ def busy_seconds(seconds: dict[str, float]) -> float:
 
 
 def _plus(a: Any, b: Any) -> Any:
-    """One field of two totals added: counts summed, per-key counts merged, example lists capped."""
+    """One field of two totals added: counts summed, per-key counts merged (nested too), example lists capped."""
     if isinstance(a, dict):
-        return {key: a.get(key, 0) + b.get(key, 0) for key in {**a, **b}}
+        return {key: _plus(a[key], b[key]) if key in a and key in b else a.get(key, b.get(key)) for key in {**a, **b}}
     if isinstance(a, list):
         return (a + b)[:MAX_EXAMPLES]
     return a + b

@@ -74,6 +74,8 @@ def build_report(manifest: Manifest, results: list[PartResult], started_at: floa
         entry: dict[str, Any] = {"task": model["task"], "annotated": merged["annotated"]}
         entry.update(TASKS[model["task"]].summary.figures(merged))
         entry["scores"] = {"edges": bin_edges(), "counts": merged["scores"]}
+        if name in totals.labelled_by:  # a cascade: the rows each of its models labelled
+            entry["labelled_by"] = totals.labelled_by[name]
         tasks[name] = entry
 
     return {
@@ -266,6 +268,11 @@ def _summary(report: dict[str, Any]) -> str:
         ),
         ("out-of-memory splits", f"{t.get('oom_splits', 0):,}"),
         ("int8 rows rescored in fp32 (near ties)", f"{t.get('rescored', 0):,}"),
+        *(
+            [("rows labelled by each model of a cascade", cascade_counts(t["labelled_by"]))]
+            if t.get("labelled_by")
+            else []
+        ),
         ("wall time", f"{num(report['wall_seconds'], 1)} s; {num(report['rows_per_second'], 1)} rows/s"),
         ("models loaded after", f"{num(startup.get('models_loaded_s'), 1)} s"),
         ("first row annotated after", f"{num(startup.get('first_row_s'), 1)} s"),
@@ -301,7 +308,24 @@ def _models(report: dict[str, Any]) -> str:
         weights = model.get("weights") or {}
         files = "; ".join(f"{file} sha256:{digest[:12]}…" for file, digest in sorted(weights.items())) or "–"
         rows.append((name, model["task"], model["ref"], model.get("version") or "–", files))
+        student = model.get("student")
+        if student:  # a cascade: the model that labels first
+            files = "; ".join(
+                f"{file} sha256:{digest[:12]}…" for file, digest in sorted((student.get("weights") or {}).items())
+            )
+            what = f"{model['task']}: cascade's student, margin {student.get('margin')}"
+            rows.append((name, what, student["ref"], student.get("version") or "–", files or "–"))
     return html_table(rows, ("task name", "kind", "model", "version / revision", "weights"))
+
+
+def cascade_counts(labelled_by: dict[str, dict[str, int]]) -> str:
+    """Rows per model of each cascade, with the teacher's share: ``sentiment: student 900, teacher 100 (10.0% …)``."""
+    described = []
+    for task, counts in labelled_by.items():
+        rows = sum(counts.values())
+        share = f" ({counts.get('teacher', 0) / rows:.1%} by the teacher)" if rows else ""
+        described.append(f"{task}: " + ", ".join(f"{model} {n:,}" for model, n in counts.items()) + share)
+    return "; ".join(described)
 
 
 def _throughput(report: dict[str, Any]) -> str:

@@ -36,6 +36,10 @@ def summary_lines(summary: RunSummary) -> list[str]:
         + (f"; first row after {first_row:.1f} s" if first_row else "")
         + (f"; {summary.units_kept} parts kept from the interrupted run" if summary.units_kept else "")
     ]
+    if t.labelled_by:
+        from batchnlp.ledger.report import cascade_counts
+
+        lines.append(f"cascade, rows labelled by each model: {cascade_counts(t.labelled_by)}")
     if table:
         done = "committed" if table.new else "found already committed"
         lines.append(f"{done} to {table.table} as {commit} (one commit, run id {summary.run_id})")

@@ -15,6 +15,7 @@ from typing import Any
 
 from batchnlp.cluster.local import connect
 from batchnlp.errors import InputError, JobFailed, OutputError, SpecError
+from batchnlp.execution.cascade import student_versions
 from batchnlp.execution.context import RunContext
 from batchnlp.execution.plan import plan
 from batchnlp.execution.runner import (
@@ -81,6 +82,7 @@ def run_shard(
             "their own: put ${run_date} in the spec's output, or use another OUTPUT"
         )
     models = {task.name: check_ref(task.model, spec.storage_options) for task in spec.tasks}
+    models.update(student_versions(spec))
     check_output(output.location)
     owner = owner_from(os.environ, spec.lock_owner)
     lock = OutputLock(
