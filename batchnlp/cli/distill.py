@@ -70,6 +70,8 @@ def distill_command(
 ) -> None:
     """Train a smaller student on the labels of a committed run (written with --keep-probs), then
     measure it against its teacher on held-out rows: _distill_report.json/.html and a model card.
+    Ends with the cascade (batchnlp run --cascade) the held-out rows recommend: the smallest margin
+    whose labels keep 99.5% of the teacher's, and the share of rows the teacher would label.
 
     Exit codes: 0 done; 2 an output that is not committed, has no probabilities or no such task,
     or bad flags; 1 anything else.
@@ -79,6 +81,8 @@ def distill_command(
       batchnlp run reviews/ labelled/ --task classify --model classify=./topics --keep-probs
       batchnlp distill labelled/ ./topics-student --task classify --epochs 3
       batchnlp run reviews/ cheap/ --task classify --model classify=./topics-student
+      batchnlp run reviews/ both/ --task classify --model classify=./topics \\
+          --cascade classify=./topics-student --cascade-margin 0.12
     """
     log.configure()
     import batchnlp
@@ -91,3 +95,4 @@ def distill_command(
         result = batchnlp.distill(teacher_output, student_dir, on_step=progress, **settings)
     if not log.quiet:
         say(result.summary(), log.json, "distill_done")
+        say(result.cascade_line(), log.json, "distill_cascade", cascade=result.report["cascade"]["flags"])

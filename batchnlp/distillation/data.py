@@ -24,7 +24,7 @@ from batchnlp.io.storage import Location, storage_errors
 from batchnlp.ledger.commit import Committer
 from batchnlp.ledger.record import Manifest, decode_schema
 from batchnlp.tasks import TASKS
-from batchnlp.tasks.columns import PROBS, label_order
+from batchnlp.tasks.columns import MODEL, PROBS, label_order
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ class TeacherData:
     texts: list[str]
     probs: np.ndarray  # [rows, labels], float32
     keys: list[str]  # what the split hashes: the id, else the row's position
+    student_rows: int = 0  # rows a cascade's student labelled (their model field says so), not the teacher
 
     @property
     def hard(self) -> np.ndarray:
@@ -69,13 +70,14 @@ def load_teacher(source: TeacherSource, task: str | None) -> TeacherData:
     texts: list[str] = []
     probs: list[list[float]] = []
     keys: list[str] = []
+    student_rows = 0
     for location, manifest in runs:
         if _task_column(display, manifest, name)[1] != first[1]:
             raise InputError(
                 f"the runs in {display} label task {name!r} with different label sets; distil from one output "
                 "whose runs used the same model"
             )
-        _read_rows(location, manifest, name, texts, probs, keys)
+        student_rows += _read_rows(location, manifest, name, texts, probs, keys)
     if not texts:
         raise InputError(f"{display} holds no annotated rows of task {name!r} to learn from")
     manifest = runs[0][1]
@@ -91,6 +93,7 @@ def load_teacher(source: TeacherSource, task: str | None) -> TeacherData:
         texts=texts,
         probs=np.asarray(probs, dtype=np.float32),
         keys=keys,
+        student_rows=student_rows,
     )
 
 
@@ -172,14 +175,15 @@ def _task_column(display: str, manifest: Manifest, task: str) -> tuple[str, list
 
 def _read_rows(
     location: Location, manifest: Manifest, task: str, texts: list[str], probs: list[list[float]], keys: list[str]
-) -> None:
-    """Append the run's annotated rows, in part order; ``keys`` get the id, else the position in the run."""
+) -> int:
+    """Append the run's annotated rows, in part order; ``keys`` get the id, else the position in the run.
+    Returns how many of them a cascade's student labelled (the column's ``model`` field, where it has one)."""
     from batchnlp.io.formats.writers import OutputFormat
 
     spec = manifest.spec
     text_column, id_column = spec.get("text_column", "text"), spec.get("id_column")
     columns = [c for c in (text_column, id_column, task) if c]
-    position = 0
+    position = student_rows = 0
     for part in manifest.parts:
         for name in part.paths:
             path = location.child(name)
@@ -194,6 +198,8 @@ def _read_rows(
                 texts.append(row[text_column])
                 probs.append(value[PROBS])
                 keys.append(key)
+                student_rows += value.get(MODEL) == "student"
+    return student_rows
 
 
 def _part_rows(handle: Any, written: Any, columns: list[str], rows: int) -> list[dict[str, Any]]:

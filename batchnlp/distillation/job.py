@@ -31,11 +31,14 @@ from typing import Any, Literal
 
 import numpy as np
 
+from batchnlp.distillation.cascade import calibrate, cascade_command, cascade_flags
 from batchnlp.distillation.data import TeacherData, TeacherSource, held_out, load_teacher
 from batchnlp.distillation.report import (
     REPORT_HTML,
     REPORT_JSON,
+    Measured,
     agreement,
+    cascade_advice,
     checkpoint_size,
     measure,
     speed,
@@ -106,6 +109,10 @@ class DistillResult:
             f"report {self.directory / REPORT_HTML}"
         )
 
+    def cascade_line(self) -> str:
+        """The cascade the held-out rows recommend: its margin, the teacher's share, the ``batchnlp run`` command."""
+        return cascade_advice(self.report)
+
 
 def distill(spec: DistillSpec, on_step: Callable[[int, int, float], None] | None = None) -> DistillResult:
     """Read the teacher's rows, train the student, save it, measure both, write the report."""
@@ -119,6 +126,12 @@ def distill(spec: DistillSpec, on_step: Callable[[int, int, float], None] | None
     directory = Path(spec.student_dir.removeprefix("file://"))
     _prepare(directory, spec.mode)
     data = load_teacher(spec.source, spec.task)
+    if data.student_rows:
+        logger.warning(
+            "%d of the %d rows of %s were labelled by a cascade's student, not by the teacher: the student learns "
+            "them as the teacher's labels",
+            data.student_rows, len(data.texts), data.source,
+        )  # fmt: skip
     evaluation = held_out(data.keys, spec.eval_fraction)
     if evaluation.all() or not evaluation.any():
         raise SpecError(
@@ -170,6 +183,7 @@ def distill(spec: DistillSpec, on_step: Callable[[int, int, float], None] | None
             "text_column": data.text_column,
             "id_column": data.id_column,
             "rows": len(data.texts),
+            "student_rows": data.student_rows,
             "train_rows": len(train),
             "eval_rows": len(texts),
             "split": f"sha256 of {data.id_column or 'the row position'} < {spec.eval_fraction}",
@@ -183,9 +197,25 @@ def distill(spec: DistillSpec, on_step: Callable[[int, int, float], None] | None
         },
         "eval": agreement(pupil.labels, teacher_labels, data.labels, majority),
         "speed": speed(teacher, pupil, len(texts)),
+        "cascade": _cascade(data, pupil, teacher_labels, teacher_ref, directory),
     }
     write_report(directory, report)
     return DistillResult(directory, report)
+
+
+def _cascade(
+    data: TeacherData, pupil: Measured, teacher_labels: list[str], teacher_ref: str, directory: Path
+) -> dict[str, Any]:
+    """The cascade's calibration on the held-out rows (:func:`batchnlp.distillation.cascade.calibrate`), with
+    the flags and the ``batchnlp run`` command of the margin it recommends."""
+    found = calibrate(pupil.labels, pupil.gaps, teacher_labels)
+    margin = found["margin"]
+    found["precision"] = pupil.precision  # the margins are the student's scores at this precision
+    found["flags"] = None if margin is None else cascade_flags(data.task, str(directory), margin)
+    found["command"] = (
+        None if margin is None else cascade_command(data.task, data.kind, teacher_ref, str(directory), margin)
+    )
+    return found
 
 
 def _prepare(directory: Path, mode: Mode) -> None:

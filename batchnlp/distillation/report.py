@@ -26,13 +26,14 @@ WARMUP_ROWS = 8  # rows run once before a model is timed: its first batch pays f
 
 @dataclass(frozen=True)
 class Measured:
-    """One model's labels for the held-out rows, and how fast it gave them."""
+    """One model's labels for the held-out rows, how sure it was, and how fast it gave them."""
 
     labels: list[str]
     tokens: int
     seconds: float
     device: str
     precision: str
+    gaps: np.ndarray | None = None  # each row's best score less its second best: what a cascade's margin compares
 
     @property
     def tokens_per_second(self) -> float:
@@ -45,16 +46,20 @@ def measure(
     """Label ``texts`` with the checkpoint at ``directory`` as ``batchnlp run`` would (``task``: name, kind)."""
     from batchnlp.inference.engine import Engine
     from batchnlp.spec import TaskSpec
-    from batchnlp.tasks.classify import Classify
+    from batchnlp.tasks.classify import Classify, best_two_gap
+    from batchnlp.tasks.columns import PROBS
 
     engine = Engine(device, precision)
-    classifier = Classify(TaskSpec(name=task[0], kind=task[1], model=ref), directory, engine, None)
+    spec = TaskSpec(name=task[0], kind=task[1], model=ref, keep_probs=True)
+    classifier = Classify(spec, directory, engine, None)
     classifier.annotate(texts[:WARMUP_ROWS])
     clock = time.perf_counter()
     column, stats = classifier.annotate(texts)
     seconds = time.perf_counter() - clock
     labels = column.field("label").to_pylist()
-    return Measured(labels, stats.tokens, seconds, engine.device, engine.precision)
+    probs = column.field(PROBS).flatten().to_numpy().reshape(len(texts), len(classifier.labels))
+    gaps = best_two_gap(probs) if len(classifier.labels) > 1 else np.ones(len(texts), dtype=np.float32)
+    return Measured(labels, stats.tokens, seconds, engine.device, engine.precision, gaps)
 
 
 def agreement(predicted: list[str], reference: list[str], labels: list[str], majority: str) -> dict[str, Any]:
@@ -180,7 +185,12 @@ def render_html(report: dict[str, Any]) -> str:
             ("speed measured on", f"{fast['rows']:,} held-out rows, {fast['tokens']:,} tokens"),
         ]
     )
-    sections = [("Models", models), ("Agreement per label", labels), ("How it was made", setup)]
+    sections = [
+        ("Models", models),
+        ("Agreement per label", labels),
+        ("Cascade: the student first, the teacher for its close calls", _cascade_section(report)),
+        ("How it was made", setup),
+    ]
     body = "".join(f"<section><h2>{title}</h2>{content}</section>" for title, content in sections)
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
@@ -191,6 +201,46 @@ def render_html(report: dict[str, Any]) -> str:
         f"teacher {esc(report['teacher']['model'])}</div>"
         f'<div class="kpis">{tiles}</div></header><main>{body}</main></body></html>\n'
     )
+
+
+def cascade_advice(report: dict[str, Any]) -> str:
+    """What the calibration recommends, in a sentence: the margin, what it costs and keeps, the command."""
+    cascade = report.get("cascade")
+    if not cascade:
+        return ""
+    target = f"{cascade['target_agreement']:.1%}"
+    if cascade["margin"] is None:
+        return (
+            f"No cascade margin below 1 keeps {target} of the teacher's labels on the held-out rows: the student "
+            "disagrees with the teacher on rows it is sure of. Train it longer, or keep the teacher."
+        )
+    return (
+        f"Cascade: the smallest margin that keeps {target} of the teacher's labels on the held-out rows is "
+        f"{cascade['margin']:g} (the teacher labels {cascade['teacher_share']:.1%} of the rows; agreement "
+        f"{cascade['agreement']:.2%}): {cascade['command']}"
+    )
+
+
+def _cascade_section(report: dict[str, Any]) -> str:
+    cascade = report.get("cascade")
+    if not cascade:
+        return '<p class="note">Not calibrated.</p>'
+    rows = [
+        (
+            f"{row['margin']:g}" + (" ◀" if row["margin"] == cascade["margin"] else ""),
+            row["teacher_rows"],
+            f"{row['teacher_share']:.1%}",
+            f"{row['agreement']:.2%}",
+        )
+        for row in cascade["margins"]
+    ]
+    note = (
+        "<p>A cascade (batchnlp run --cascade TASK=STUDENT --cascade-margin M) lets the student label every row and "
+        "hands its teacher the rows whose best two student scores are closer than M. On the held-out rows: the rows "
+        "the teacher would label, and the cascade's agreement with the teacher's labels.</p>"
+        f"<p>{esc(cascade_advice(report))}</p>"
+    )
+    return note + html_table(rows, ("margin", "teacher rows", "teacher share", "agreement"), {1})
 
 
 def model_card(report: dict[str, Any]) -> str:
@@ -225,4 +275,23 @@ Speed: {num(fast["teacher_tokens_per_second"])} → {num(fast["student_tokens_pe
 what the student can be trusted for: it is as good as the teacher at best. Details: `{REPORT_JSON}`.
 
 Label with it: `batchnlp run INPUT OUTPUT --task {report["data"]["kind"]} --model {report["data"]["kind"]}=THIS_DIR`
+{_cascade_card(report)}"""
+
+
+def _cascade_card(report: dict[str, Any]) -> str:
+    """The model card's cascade section: the calibration table and the recommended command."""
+    cascade = report.get("cascade")
+    if not cascade:
+        return ""
+    table = "\n".join(
+        f"| {row['margin']:g} | {row['teacher_share']:.1%} | {row['agreement']:.2%} |" for row in cascade["margins"]
+    )
+    return f"""
+## Cascade with the teacher
+
+{cascade_advice(report)}
+
+| margin | rows the teacher labels | agreement with the teacher (held out) |
+|---|---|---|
+{table}
 """
