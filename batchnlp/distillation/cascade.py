@@ -22,7 +22,8 @@ import numpy as np
 
 TARGET_AGREEMENT = 0.995  # the share of the teacher's labels a recommended cascade keeps
 STEP = 0.01  # the recommended margin is a multiple of this
-TABLE_MARGINS = tuple(round(0.05 * i, 2) for i in range(11))  # 0, 0.05, …, 0.5: the table, finer near the answer
+COARSE = 0.05  # the table's steps, finer (STEP) near the answer
+TABLE_MARGINS = tuple(round(COARSE * i, 2) for i in range(11))  # 0, 0.05, …, 0.5: the table, always
 
 
 def calibrate(
@@ -36,7 +37,8 @@ def calibrate(
     below 1) whose agreement is at least ``target``, or None when none is.
 
     ``gaps`` holds each row's best student score less its second best. The table has
-    :data:`TABLE_MARGINS`, and every :data:`STEP` of the 0.05 that ends at or above the answer.
+    :data:`TABLE_MARGINS`, 0.05 steps on to the answer (to 0.95 when there is none), and every
+    :data:`STEP` of the 0.05 that ends at or above the answer.
     """
     student = np.asarray(student_labels, dtype=object)
     teacher = np.asarray(teacher_labels, dtype=object)
@@ -56,9 +58,11 @@ def calibrate(
     grid = [round(i * STEP, 2) for i in range(round(1 / STEP))]
     chosen = next((margin for margin in grid if rows and agreed(margin) >= needed), None)
     margins = set(TABLE_MARGINS)
+    # Past 0.5, coarse steps up to the answer, or to the last below 1 when there is none (an overconfident student).
+    top = 1 - COARSE if chosen is None else math.ceil(chosen / COARSE - 1e-9) * COARSE
+    margins |= {round(COARSE * i, 2) for i in range(round(top / COARSE) + 1)}
     if chosen is not None:  # every step of the 0.05 that ends at or above the answer
-        above = math.ceil(chosen / 0.05 - 1e-9) * 0.05
-        margins |= {round(above - i * STEP, 2) for i in range(round(0.05 / STEP) + 1) if above - i * STEP > -1e-9}
+        margins |= {round(top - i * STEP, 2) for i in range(round(COARSE / STEP) + 1) if top - i * STEP > -1e-9}
         margins.add(chosen)
     table = [
         {

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.dataset as ds
 import pytest
 from click.testing import CliRunner
@@ -68,6 +69,7 @@ def student(labelled: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("students") / "student"
     result = distill(labelled, directory, "--task", "classify", "--layers", "2", *TRAINING)
     assert result.exit_code == 0, result.output
+    assert "of the teacher's labels on the held-out rows" in result.output.splitlines()[-1], "the cascade comes last"
     return directory
 
 
@@ -286,3 +288,52 @@ def test_resume_and_overwrite_together_are_refused_before_anything_is_read(tmp_p
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and "--resume and --overwrite exclude each other" in result.output, result.output
     assert not (tmp_path / "student").exists()
+
+
+def test_a_cascade_run_labels_as_distills_calibration_counts(
+    student: Path, labelled: Path, corpus: Path, teacher: Path, scheduler: str, tmp_path: Path
+):
+    """On the held-out rows, a cascade run hands the teacher the rows distill's calibration counts for a
+    margin and agrees with the teacher's output as often: both compare the same student margins.
+
+    The student distilled here is sure of nearly every row (its teacher's head is steep), so a random
+    student, unsure of many, stands in for the run; the report's own table is checked on its own.
+    """
+    from batchnlp.distillation.cascade import calibrate
+    from batchnlp.distillation.data import TeacherSource, held_out, load_teacher
+    from batchnlp.distillation.report import measure
+    from batchnlp.testing import build_classifier
+
+    report = json.loads((student / "_distill_report.json").read_text())
+    cascade = report["cascade"]
+    assert cascade["rows"] == report["eval"]["rows"] > 100 and cascade["precision"] == "fp32"
+    assert [row["margin"] for row in cascade["margins"]][:3] == [0.0, 0.05, 0.1]
+    assert cascade["margins"][0]["agreement"] == report["eval"]["agreement"], "margin 0 is the student alone"
+    if cascade["margin"] is not None:
+        assert cascade["flags"] == f"--cascade classify={student} --cascade-margin {cascade['margin']:g}"
+        assert cascade["agreement"] >= 0.995 and cascade["command"].startswith("batchnlp run INPUT OUTPUT --task")
+    else:
+        assert cascade["flags"] is None and "No cascade margin below 1" in (student / "README.md").read_text()
+
+    unsure = build_classifier(tmp_path / "unsure", LABELS, seed=7)
+    records = [json.loads(line) for line in corpus.read_text().splitlines()]
+    kept = [r for r, k in zip(records, held_out([r["id"] for r in records], 0.1), strict=True) if k]
+    teacher_labels = {row["id"]: row["classify"]["label"] for row in rows(labelled)}
+    pupil = measure(("classify", "classify"), unsure, str(unsure), [r["text"] for r in kept], "cpu", "fp32")
+    table = calibrate(pupil.labels, pupil.gaps, [teacher_labels[r["id"]] for r in kept])["margins"]
+    row = next(row for row in table if 0.3 * len(kept) < row["teacher_rows"] < 0.7 * len(kept))
+
+    out = tmp_path / "cascade"
+    flags = ["--keep-probs", "--id-column", "id", "--scheduler", scheduler, "--workers", "1", "--quiet"]
+    cascading = ["--cascade", f"classify={unsure}", "--cascade-margin", str(row["margin"])]
+    result = invoke(write_jsonl(tmp_path / "held.jsonl", kept), out, "--task", "classify", "--model",
+                    f"classify={teacher}", *cascading, *flags)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    got = rows(out)
+    counted = json.loads((out / "_manifest.json").read_text())["totals"]["labelled_by"]["classify"]
+    assert counted == {"student": len(kept) - row["teacher_rows"], "teacher": row["teacher_rows"]}
+    agreement = np.mean([r["classify"]["label"] == teacher_labels[r["id"]] for r in got])
+    assert agreement == pytest.approx(row["agreement"])
+
+    again = load_teacher(TeacherSource(str(out)), None)  # a cascade's output, with its model field, still reads
+    assert again.student_rows == counted["student"] and len(again.texts) == len(got)

@@ -35,6 +35,13 @@ def test_the_margin_is_the_smallest_step_that_keeps_the_target_agreement():
     assert shares == sorted(shares), "a wider margin never shows the teacher fewer rows"
 
 
+def test_an_answer_past_half_extends_the_table_to_it():
+    student, gaps, teacher = rows(200, {3: 0.031, 7: 0.712, 11: 0.9})
+    found = calibrate(student, gaps, teacher)
+    assert found["margin"] == 0.72
+    assert [row["margin"] for row in found["margins"]][10:] == [0.5, 0.55, 0.6, 0.65, 0.7, 0.71, 0.72, 0.73, 0.74, 0.75]
+
+
 def test_a_margin_equal_to_a_rows_gap_does_not_hand_it_on_as_in_a_run():
     student, gaps, teacher = rows(200, {3: 0.031, 7: 0.08, 11: 0.5})
     assert calibrate(student, gaps, teacher)["margin"] == 0.09  # gap < margin, strictly, in float32
@@ -53,7 +60,9 @@ def test_a_student_that_agrees_needs_no_teacher_and_one_sure_and_wrong_has_no_ma
     assert calibrate(student, gaps, teacher)["margin"] == 0.0
     student, gaps, teacher = rows(100, {5: 0.995, 6: 0.996})
     found = calibrate(student, gaps, teacher)
-    assert found["margin"] is None and found["agreement"] is None and len(found["margins"]) == len(TABLE_MARGINS)
+    assert found["margin"] is None and found["agreement"] is None
+    assert [row["margin"] for row in found["margins"]] == [round(0.05 * i, 2) for i in range(20)], "on to 0.95"
+    assert found["margins"][-1]["agreement"] == 0.98
     with pytest.raises(ValueError, match="2 student labels, 3 teacher labels"):
         calibrate(["a", "b"], np.zeros(3), ["a", "b", "c"])
 
