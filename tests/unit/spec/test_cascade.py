@@ -94,3 +94,10 @@ def test_the_cli_takes_cascade_and_cascade_margin(tmp_path):
     assert result.exit_code == 2 and "does not take a cascade: only classify and sentiment tasks do" in result.output
     result = CliRunner().invoke(main, ["run", "in.jsonl", str(tmp_path / "o"), "--cascade-margin", "1"])
     assert result.exit_code == 2 and "--cascade-margin" in result.output
+
+
+def test_cascade_flags_merge_into_a_spec_files_mapping_by_task():
+    from batchnlp.spec.merge import merge
+
+    merged = merge({"cascade": {"sentiment": "./a", "topics": "./b"}}, {"cascade": {"topics": "./c"}})
+    assert merged["cascade"] == {"sentiment": "./a", "topics": "./c"}
