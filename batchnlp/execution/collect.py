@@ -125,14 +125,18 @@ def results(
     futures: dict[Any, WorkUnit],
     stop: GracefulStop | None = None,
     watch: StallWatch | None = None,
+    feeding: dict[Any, Any] | None = None,
 ) -> Iterator[tuple[WorkUnit, Any]]:
-    """(unit, result) as futures finish; the first failure cancels the rest and names its unit."""
+    """(unit, result) as futures finish; the first failure cancels the rest and names its unit.
+
+    ``feeding``: futures the units' depend on (a deduplicated run's buckets, :mod:`batchnlp.execution.distinct`),
+    watched for stalls as units are, each named by its value's ``id`` and ``describe()``."""
     from distributed import as_completed
 
     from batchnlp.execution.worker import Refused
 
     pending = as_completed(futures)
-    units = {future.key: unit for future, unit in futures.items()}
+    units = {future.key: unit for future, unit in {**futures, **(feeding or {})}.items()}
     draining = False
     try:
         while not pending.is_empty():
@@ -168,7 +172,7 @@ def results(
             elif not ready:
                 time.sleep(POLL_SECONDS)
     finally:  # left early (a failure, a stop, a consumer that stopped reading): nothing of ours keeps running
-        left = [future for future in futures if not future.done()]
+        left = [future for future in [*futures, *(feeding or {})] if not future.done()]
         if left:
             client.cancel(left)
     if draining and stop is not None and any(future.cancelled() for future in futures):

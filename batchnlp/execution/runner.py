@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from batchnlp.cluster.local import connect, run_forked, worker_imports_started
 from batchnlp.errors import BatchnlpError, JobFailed, TooManyBadLines
+from batchnlp.execution import distinct
 from batchnlp.execution.collect import StallWatch, results
 from batchnlp.execution.context import RunContext
 from batchnlp.execution.plan import Plan, check_columns, plan
@@ -322,14 +323,19 @@ def run_units(
     if not todo:
         return done
     with _submitted_job(context, resumed=bool(kept)) as job:
-        futures = {
-            client.submit(guarded, run_unit, unit, job, key=f"batchnlp-{run_id}-{unit.id}", pure=False): unit
-            for unit in todo
-        }
+        buckets: dict[Any, Any] = {}
+        if spec.dedup:  # each distinct input labelled once, across units and workers
+            workers = sum(client.nthreads().values())
+            futures, buckets = distinct.submit(client, todo, job, run_id, workers, context.lookup)
+        else:
+            futures = {
+                client.submit(guarded, run_unit, unit, job, key=f"batchnlp-{run_id}-{unit.id}", pure=False): unit
+                for unit in todo
+            }
         watch = StallWatch(client, spec.unit_timeout)
         bad_lines = sum(r.bad_lines for r in kept.values())
         with stop.draining() if stop is not None else nullcontext():
-            for _, result in results(client, futures, stop, watch):
+            for _, result in results(client, futures, stop, watch, buckets):
                 context.committer.record(result)
                 done[result.unit.id] = result
                 if context.on_part:

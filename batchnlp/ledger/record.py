@@ -105,6 +105,11 @@ class PartResult:
     # to OUTPUT, COL=value/…/part-NNNNN.<suffix>), rows, bytes, sha256. Empty otherwise (``part`` holds the file).
     files: list[dict[str, Any]] = field(default_factory=list)
     schema: str = ""  # every column of the unit's rows (partition columns included), encode_schema
+    # Each distinct input labelled once per run (batchnlp.execution.distinct), per task: the unit's rows,
+    # the distinct inputs it was first to hold (run by the model, or found in the label cache), the
+    # tokens the model ran for them and the tokens its rows did not cost, and its share of cache lookups.
+    dedup: dict[str, dict[str, float]] = field(default_factory=dict)
+    cache_files: list[dict[str, Any]] = field(default_factory=list)  # label cache files its labels went to
 
     @property
     def busy_seconds(self) -> float:
@@ -162,6 +167,7 @@ class Totals:
     rescored: int = 0
     bytes: int = 0
     worker_seconds: dict[str, float] = field(default_factory=dict)
+    dedup: dict[str, dict[str, float]] = field(default_factory=dict)  # per task: PartResult.dedup summed
 
     def __add__(self, other: PartResult | Totals) -> Totals:
         if isinstance(other, Totals):
@@ -183,6 +189,7 @@ class Totals:
             rescored=other.rescored,
             bytes=other.bytes,
             worker_seconds=dict(other.seconds),
+            dedup=other.dedup,
         )
 
     @property
@@ -223,8 +230,8 @@ def busy_seconds(seconds: dict[str, float]) -> float:
 
 def _plus(a: Any, b: Any) -> Any:
     """One field of two totals added: counts summed, per-key counts merged, example lists capped."""
-    if isinstance(a, dict):
-        return {key: a.get(key, 0) + b.get(key, 0) for key in {**a, **b}}
+    if isinstance(a, dict):  # counts by key, or such dicts by key (dedup's per task)
+        return {key: _plus(a[key], b[key]) if key in a and key in b else a.get(key, b.get(key)) for key in {**a, **b}}
     if isinstance(a, list):
         return (a + b)[:MAX_EXAMPLES]
     return a + b

@@ -1,0 +1,292 @@
+"""Each distinct input labelled once per run, across units and workers, and the answers fanned back out.
+
+Rows repeat: support text ("thanks", "N/A"), boilerplate, a nightly snapshot of a table whose rows
+mostly did not change. A row's input key (:mod:`batchnlp.tasks.keys`: the exact text, qa's
+question, the task's settings and model) says when two rows must get the same answer, so a run
+labels each key once:
+
+1. **keys**, per unit (:func:`unit_pieces`): read the unit, key every annotatable row, keep each
+   key's first row in the unit with its count, and cut them by key range into the run's buckets.
+2. **labels**, per bucket (:func:`label_bucket`): the bucket's pieces from every unit, in unit order;
+   each key's first unit owns it. Keys the label cache holds are looked up; the model runs once over
+   the rest (one length-sorted batch stream over the whole bucket), and those are written to the cache.
+3. **parts**, per unit (:func:`unit_labels` then :func:`batchnlp.execution.worker.annotate_unit`):
+   the unit is read again, and each row's answer is taken from its key's bucket.
+
+On Dask (:func:`submit`) the pieces travel between workers as task results, never through the
+driver, and a lost worker's pieces are computed again like any task's. A bucket holds about
+:data:`UNITS_PER_BUCKET` units' distinct inputs, so no task holds more than a few units' worth of
+rows whatever the corpus's size; the pieces waiting for their bucket are spread over the workers,
+which spill them to local disk past Dask's memory thresholds.
+
+The model's work is attributed to the unit that owns each key: a unit's part record counts the
+tokens of the keys it owns (so the run's totals are what the model ran), its share of the bucket's
+padding and seconds in proportion, and what its rows did not cost (``tokens_saved``).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from batchnlp.errors import JobFailed
+from batchnlp.execution.worker import Refused, UnitJob, annotate_unit, guarded, plugin_of, read_rows, refusal, task_rows
+from batchnlp.inference.engine import BatchStats
+from batchnlp.inference.heartbeat import beat
+from batchnlp.io.formats import WorkUnit
+from batchnlp.ledger.record import PartResult
+from batchnlp.tasks.keys import bucket_of, key_matrix
+
+# A bucket holds the distinct inputs of about this many units (fewer after deduplication): its task's memory.
+UNITS_PER_BUCKET = 4
+# Buckets per worker thread at least, so the model's work spreads over every worker.
+BUCKETS_PER_THREAD = 2
+
+INPUT_PREFIX = "input:"  # a task's input columns (qa's question column) in a piece, apart from key, count and text
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """A bucket's labelling task, as the stall watch and error messages name it."""
+
+    index: int
+    count: int
+
+    @property
+    def id(self) -> str:
+        return f"bucket-{self.index:05d}"
+
+    def describe(self) -> str:
+        return f"distinct inputs of bucket {self.index + 1} of {self.count}"
+
+
+@dataclass
+class Share:
+    """One unit's share of one bucket: the answers to its keys there, and its part of the bucket's work."""
+
+    answers: dict[str, pa.Table] = field(default_factory=dict)  # task → key, value
+    stats: dict[str, BatchStats] = field(default_factory=dict)
+    figures: dict[str, dict[str, float]] = field(default_factory=dict)  # task → rows, distinct, run, cached, tokens...
+    seconds: dict[str, float] = field(default_factory=dict)  # task → model seconds attributed
+    cache_files: list[dict[str, Any]] = field(default_factory=list)
+
+
+def bucket_count(units: int, threads: int) -> int:
+    """How many buckets a run of ``units`` units on ``threads`` worker threads cuts its keys into."""
+    return max(BUCKETS_PER_THREAD * max(threads, 1), math.ceil(units / UNITS_PER_BUCKET))
+
+
+def first_occurrences(keys: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The index of each distinct key's first row, in row order, and how many rows hold it."""
+    if not len(keys):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    rows = np.ascontiguousarray(key_matrix(keys)).view("V16").ravel()
+    _, first, counts = np.unique(rows, return_index=True, return_counts=True)
+    order = np.argsort(first, kind="stable")
+    return first[order], counts[order]
+
+
+def unit_pieces(unit: WorkUnit, job: UnitJob, buckets: int) -> list[dict[str, pa.Table]]:
+    """The keys pass of one unit (a Dask task): per bucket, per task, the unit's distinct inputs there
+    (key, count, text and the task's input columns), each at its first row in the unit."""
+    plugin = plugin_of(job)
+    read = read_rows(unit, job)
+    pieces: list[dict[str, pa.Table]] = [{} for _ in range(buckets)]
+    for name, task in plugin.tasks.items():
+        inputs = task_rows(task, read)
+        keys = plugin.keys(name, inputs)
+        columns = {"key": keys, "text": pa.array(inputs.texts, pa.string())}
+        if inputs.rows is not None:
+            columns |= {INPUT_PREFIX + column: inputs.rows.column(column) for column in inputs.rows.column_names}
+        first, counts = first_occurrences(keys)
+        distinct = pa.table(columns).take(pa.array(first, pa.int64()))
+        distinct = distinct.append_column("count", pa.array(counts, pa.int64()))
+        which = bucket_of(distinct.column("key").combine_chunks(), buckets)
+        for index in range(buckets):
+            pieces[index][name] = distinct.filter(pa.array(which == index))
+    beat()
+    return pieces
+
+
+def label_bucket(bucket: Bucket, job: UnitJob, lookup: Any, *pieces: Any) -> list[Share] | Refused:
+    """The labels pass of one bucket (a Dask task): every distinct input of the bucket labelled once, by
+    the label cache (``lookup``, or None) or the model; one :class:`Share` per unit, in unit order."""
+    if (refused := refusal(pieces)) is not None:
+        return refused
+    plugin = plugin_of(job)
+    shares = [Share() for _ in pieces]
+    for name, task in plugin.tasks.items():
+        clock = time.perf_counter()
+        tables = [
+            piece[name].append_column("unit", pa.array(np.full(piece[name].num_rows, i, np.int64)))
+            for i, piece in enumerate(pieces)
+        ]
+        combined = pa.concat_tables(tables)
+        first, _ = first_occurrences(combined.column("key"))
+        distinct = combined.take(pa.array(first, pa.int64()))
+        keys = distinct.column("key").combine_chunks()
+        found = lookup.find(plugin, name, keys, task.output_type) if lookup is not None and len(keys) else None
+        values, tokens, ran, stats = _label(task, distinct, found)
+        if lookup is not None and ran.any():
+            shares[0].cache_files.append(
+                lookup.write(plugin, name, keys.filter(pa.array(ran)), values.filter(pa.array(ran)), tokens[ran])
+            )
+        seconds = time.perf_counter() - clock
+        _share_out(name, shares, tables, distinct, values, tokens, ran, stats, seconds, found)
+    return shares
+
+
+def _label(task: Any, distinct: pa.Table, found: Any) -> tuple[pa.Array, np.ndarray, np.ndarray, BatchStats]:
+    """Each distinct input's value and tokens, in order, which of them the model ran, and its batch statistics."""
+    hit = np.zeros(distinct.num_rows, bool) if found is None else found.hit
+    todo = distinct.filter(pa.array(~hit))
+    rows = None
+    inputs = [column for column in todo.column_names if column.startswith(INPUT_PREFIX)]
+    if inputs:
+        rows = todo.select(inputs).rename_columns([column.removeprefix(INPUT_PREFIX) for column in inputs])
+    prepared = task.preprocess(todo.column("text").to_pylist(), rows)
+    column, stats = task.complete(prepared)
+    tokens = np.zeros(distinct.num_rows, np.int64)
+    tokens[~hit] = prepared.text_tokens()
+    if found is None:
+        return column, tokens, ~hit, stats
+    tokens[hit] = found.tokens
+    # Values in distinct order: the model's for the misses, the cache's for the hits.
+    source = np.empty(distinct.num_rows, np.int64)
+    source[~hit] = np.arange(todo.num_rows)
+    source[hit] = todo.num_rows + np.arange(int(hit.sum()))
+    values = pa.concat_arrays([column, found.values]).take(pa.array(source))
+    return values, tokens, ~hit, stats
+
+
+def _share_out(
+    name: str,
+    shares: list[Share],
+    tables: list[pa.Table],
+    distinct: pa.Table,
+    values: pa.Array,
+    tokens: np.ndarray,
+    ran: np.ndarray,
+    stats: BatchStats,
+    seconds: float,
+    found: Any,
+) -> None:
+    """Each unit's answers from the bucket, and its part of the bucket's work: the tokens of the keys
+    it owns, and in proportion to them the padding and seconds; the batch counts go to the first owner."""
+    keys = distinct.column("key").combine_chunks()
+    owner = distinct.column("unit").to_numpy()
+    run_tokens = np.bincount(owner[ran], weights=tokens[ran], minlength=len(shares)).astype(np.int64)
+    total = int(run_tokens.sum())
+    padded = np.floor(run_tokens / total * stats.padded_tokens).astype(np.int64) if total else run_tokens * 0
+    first = int(np.flatnonzero(run_tokens)[0]) if total else None
+    if first is not None:
+        padded[first] += stats.padded_tokens - int(padded.sum())
+    for i, (share, table) in enumerate(zip(shares, tables, strict=True)):
+        own = owner == i
+        index = pc.index_in(table.column("key").combine_chunks(), value_set=keys)
+        share.answers[name] = pa.table({"key": table.column("key"), "value": values.take(index)})
+        counts = table.column("count").to_numpy()
+        part = run_tokens[i] / total if total else 0.0
+        share.stats[name] = BatchStats(
+            tokens=int(run_tokens[i]),
+            padded_tokens=int(padded[i]),
+            batches=stats.batches if i == first else 0,
+            oom_splits=stats.oom_splits if i == first else 0,
+            rescored=stats.rescored if i == first else 0,
+            input_wait_s=stats.input_wait_s * part,
+            engine_s=stats.engine_s * part,
+            first_output_at=stats.first_output_at if run_tokens[i] else None,
+        )
+        share.seconds[name] = seconds * part if total else (seconds if i == 0 else 0.0)
+        share.figures[name] = {
+            "rows": int(counts.sum()),
+            "distinct": int(own.sum()),
+            "run": int((own & ran).sum()),
+            "cached": int((own & ~ran).sum()),
+            "tokens_run": int(run_tokens[i]),
+            "tokens_saved": int((counts * tokens[index.to_numpy()]).sum()) - int(run_tokens[i]),
+            **(found.cost if found is not None and i == 0 else {}),
+        }
+
+
+class Labels:
+    """One unit's answers from every bucket, looked up by the unit's keys (:func:`annotate_unit`'s ``labels``)."""
+
+    def __init__(self, shares: Sequence[Share]) -> None:
+        self.shares = shares
+        self.cache_files = [file for share in shares for file in share.cache_files]
+
+    def answer(
+        self, name: str, keys: pa.Array, output_type: pa.DataType
+    ) -> tuple[pa.Array, BatchStats, dict[str, float], float]:
+        """The value of each key, the unit's part of the model's work, its dedup figures and model seconds."""
+        answers = pa.concat_tables([share.answers[name] for share in self.shares])
+        index = pc.index_in(keys, value_set=answers.column("key").combine_chunks())
+        if index.null_count:  # every key was in the unit's pieces: a missing one is a bug, never a silent null
+            raise JobFailed(f"task {name!r}: {index.null_count} rows have no label from their bucket; run again")
+        values = answers.column("value").combine_chunks().take(index)
+        if len(values) == 0:
+            values = pa.array([], output_type)
+        stats, figures = BatchStats(), {}
+        for share in self.shares:
+            stats.add(share.stats[name])
+            figures = _added(figures, share.figures[name])
+        return values.cast(output_type), stats, figures, sum(share.seconds[name] for share in self.shares)
+
+
+def unit_labels(unit: WorkUnit, job: UnitJob, *shares: Any) -> PartResult | Refused:
+    """The parts pass of one unit (a Dask task): :func:`annotate_unit` with its answers from every bucket."""
+    if (refused := refusal(shares)) is not None:
+        return refused
+    return annotate_unit(unit, job, plugin_of(job), Labels(shares))
+
+
+def submit(
+    client: Any, units: Sequence[WorkUnit], job: UnitJob, run_id: str, threads: int, lookup: Any = None
+) -> tuple[dict[Any, WorkUnit], dict[Any, Bucket]]:
+    """The three passes' tasks for ``units``: the parts' futures (each unit's, as the runner collects
+    them) and the buckets' (watched for stalls like units)."""
+    count = bucket_count(len(units), threads)
+    keys = [
+        client.submit(guarded, unit_pieces, unit, job, count, key=f"batchnlp-{run_id}-keys-{unit.id}", pure=False)
+        for unit in units
+    ]
+    buckets: dict[Any, Bucket] = {}
+    for index in range(count):
+        bucket = Bucket(index, count)
+        pieces = [
+            client.submit(_piece, future, index, key=f"batchnlp-{run_id}-piece-{u.id}-{index}")
+            for future, u in zip(keys, units, strict=True)
+        ]
+        buckets[
+            client.submit(
+                guarded, label_bucket, bucket, job, lookup, *pieces, key=f"batchnlp-{run_id}-{bucket.id}", pure=False
+            )
+        ] = bucket
+    futures = {}
+    for position, unit in enumerate(units):
+        shares = [
+            client.submit(_piece, future, position, key=f"batchnlp-{run_id}-share-{unit.id}-{b.id}")
+            for future, b in buckets.items()
+        ]
+        futures[
+            client.submit(guarded, unit_labels, unit, job, *shares, key=f"batchnlp-{run_id}-{unit.id}", pure=False)
+        ] = unit
+    return futures, buckets
+
+
+def _piece(result: Any, index: int) -> Any:
+    """One element of a keys or labels task's list; a refusal passes on whole (the next task returns it)."""
+    return result if not isinstance(result, list) else operator.getitem(result, index)
+
+
+def _added(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    return {key: a.get(key, 0) + b.get(key, 0) for key in {**a, **b}}
