@@ -276,10 +276,12 @@ JOB_OPTIONS = [
         "its own: OUTPUT/run_id=ID/ for part files, an append for a table. Example: --incremental --run-id 2026-11-24",
     ),
     click.option(
-        "--dedup/--no-dedup",
+        "--no-dedup",
+        "dedup",
+        flag_value=False,
         default=None,
-        help="Label each distinct input (exact text, and question for qa) once per run, across units and workers, "
-        "and give every row with it the same answer. Default: on.",
+        help="Run the model on every row. By default each distinct input (the exact text, and question for qa) is "
+        "labelled once per run, across units and workers, and every row holding it gets the same answer.",
     ),
     click.option(
         "--label-cache",

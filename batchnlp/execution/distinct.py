@@ -27,7 +27,6 @@ padding and seconds in proportion, and what its rows did not cost (``tokens_save
 from __future__ import annotations
 
 import math
-import operator
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,7 +37,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchnlp.errors import JobFailed
-from batchnlp.execution.worker import Refused, UnitJob, annotate_unit, guarded, plugin_of, read_rows, refusal, task_rows
+from batchnlp.execution.worker import (
+    ModelPlugin,
+    Refused,
+    UnitJob,
+    annotate_unit,
+    guarded,
+    plugin_of,
+    read_rows,
+    refusal,
+    task_rows,
+)
 from batchnlp.inference.engine import BatchStats
 from batchnlp.inference.heartbeat import beat
 from batchnlp.io.formats import WorkUnit
@@ -94,10 +103,9 @@ def first_occurrences(keys: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return first[order], counts[order]
 
 
-def unit_pieces(unit: WorkUnit, job: UnitJob, buckets: int) -> list[dict[str, pa.Table]]:
-    """The keys pass of one unit (a Dask task): per bucket, per task, the unit's distinct inputs there
-    (key, count, text and the task's input columns), each at its first row in the unit."""
-    plugin = plugin_of(job)
+def unit_pieces(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin, buckets: int) -> list[dict[str, pa.Table]]:
+    """The keys pass of one unit: per bucket, per task, the unit's distinct inputs there (key, count,
+    text and the task's input columns), each at its first row in the unit."""
     read = read_rows(unit, job)
     pieces: list[dict[str, pa.Table]] = [{} for _ in range(buckets)]
     for name, task in plugin.tasks.items():
@@ -116,12 +124,10 @@ def unit_pieces(unit: WorkUnit, job: UnitJob, buckets: int) -> list[dict[str, pa
     return pieces
 
 
-def label_bucket(bucket: Bucket, job: UnitJob, lookup: Any, *pieces: Any) -> list[Share] | Refused:
-    """The labels pass of one bucket (a Dask task): every distinct input of the bucket labelled once, by
-    the label cache (``lookup``, or None) or the model; one :class:`Share` per unit, in unit order."""
-    if (refused := refusal(pieces)) is not None:
-        return refused
-    plugin = plugin_of(job)
+def label_bucket(plugin: ModelPlugin, lookup: Any, pieces: Sequence[dict[str, pa.Table]]) -> list[Share]:
+    """The labels pass of one bucket: every distinct input of the bucket's ``pieces`` (one per unit, in
+    unit order) labelled once, by the label cache (``lookup``, or None) or the model; one
+    :class:`Share` per unit."""
     shares = [Share() for _ in pieces]
     for name, task in plugin.tasks.items():
         clock = time.perf_counter()
@@ -242,50 +248,57 @@ class Labels:
         return values.cast(output_type), stats, figures, sum(share.seconds[name] for share in self.shares)
 
 
-def unit_labels(unit: WorkUnit, job: UnitJob, *shares: Any) -> PartResult | Refused:
-    """The parts pass of one unit (a Dask task): :func:`annotate_unit` with its answers from every bucket."""
-    if (refused := refusal(shares)) is not None:
-        return refused
-    return annotate_unit(unit, job, plugin_of(job), Labels(shares))
-
-
 def submit(
     client: Any, units: Sequence[WorkUnit], job: UnitJob, run_id: str, threads: int, lookup: Any = None
 ) -> tuple[dict[Any, WorkUnit], dict[Any, Bucket]]:
     """The three passes' tasks for ``units``: the parts' futures (each unit's, as the runner collects
-    them) and the buckets' (watched for stalls like units)."""
+    them) and the buckets' (watched for stalls like units). Each unit's and bucket's key is its own."""
     count = bucket_count(len(units), threads)
+    prefix = f"batchnlp-{run_id}"
     keys = [
-        client.submit(guarded, unit_pieces, unit, job, count, key=f"batchnlp-{run_id}-keys-{unit.id}", pure=False)
-        for unit in units
+        client.submit(guarded, _keys, unit, job, count, key=f"{prefix}-keys-{unit.id}", pure=False) for unit in units
     ]
     buckets: dict[Any, Bucket] = {}
     for index in range(count):
         bucket = Bucket(index, count)
         pieces = [
-            client.submit(_piece, future, index, key=f"batchnlp-{run_id}-piece-{u.id}-{index}")
-            for future, u in zip(keys, units, strict=True)
+            client.submit(_element, future, index, key=f"{prefix}-piece-{unit.id}-{index}")
+            for future, unit in zip(keys, units, strict=True)
         ]
-        buckets[
-            client.submit(
-                guarded, label_bucket, bucket, job, lookup, *pieces, key=f"batchnlp-{run_id}-{bucket.id}", pure=False
-            )
-        ] = bucket
-    futures = {}
+        future = client.submit(guarded, _labels, job, lookup, *pieces, key=f"{prefix}-{bucket.id}", pure=False)
+        buckets[future] = bucket
+    parts = {}
     for position, unit in enumerate(units):
         shares = [
-            client.submit(_piece, future, position, key=f"batchnlp-{run_id}-share-{unit.id}-{b.id}")
-            for future, b in buckets.items()
+            client.submit(_element, future, position, key=f"{prefix}-share-{unit.id}-{bucket.id}")
+            for future, bucket in buckets.items()
         ]
-        futures[
-            client.submit(guarded, unit_labels, unit, job, *shares, key=f"batchnlp-{run_id}-{unit.id}", pure=False)
-        ] = unit
-    return futures, buckets
+        parts[client.submit(guarded, _part, unit, job, *shares, key=f"{prefix}-{unit.id}", pure=False)] = unit
+    return parts, buckets
 
 
-def _piece(result: Any, index: int) -> Any:
+def _keys(unit: WorkUnit, job: UnitJob, buckets: int) -> list[dict[str, pa.Table]]:
+    """The keys pass as a Dask task, with the worker's models."""
+    return unit_pieces(unit, job, plugin_of(job), buckets)
+
+
+def _labels(job: UnitJob, lookup: Any, *pieces: Any) -> list[Share] | Refused:
+    """The labels pass as a Dask task; a unit's refusal (its read failed) passes on."""
+    if (refused := refusal(pieces)) is not None:
+        return refused
+    return label_bucket(plugin_of(job), lookup, pieces)
+
+
+def _part(unit: WorkUnit, job: UnitJob, *shares: Any) -> PartResult | Refused:
+    """The parts pass as a Dask task: :func:`annotate_unit` with the unit's answers from every bucket."""
+    if (refused := refusal(shares)) is not None:
+        return refused
+    return annotate_unit(unit, job, plugin_of(job), Labels(shares))
+
+
+def _element(result: Any, index: int) -> Any:
     """One element of a keys or labels task's list; a refusal passes on whole (the next task returns it)."""
-    return result if not isinstance(result, list) else operator.getitem(result, index)
+    return result if isinstance(result, Refused) else result[index]
 
 
 def _added(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:

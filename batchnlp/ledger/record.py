@@ -208,6 +208,27 @@ class Totals:
             "model": round((engine - wait) / busy, 4) if busy else 0.0,
         }
 
+    @property
+    def row_tokens(self) -> int:
+        """The tokens of every annotated row: those the model ran, and those a distinct input run once
+        (or the label cache) saved."""
+        return self.tokens + sum(int(figures.get("tokens_saved", 0)) for figures in self.dedup.values())
+
+    def saved(self, task: str | None = None) -> str | None:
+        """What labelling each distinct input once saved, in words (one task's, or every task's summed):
+        None where the run labelled every row (``--no-dedup``, or a record older than deduplication)."""
+        figures = [self.dedup[task]] if task is not None else list(self.dedup.values())
+        if not figures:
+            return None
+        total = {
+            key: sum(f.get(key, 0) for f in figures) for key in ("rows", "distinct", "run", "cached", "tokens_saved")
+        }
+        cached = f", {total['cached']:,} of them from the label cache" if total["cached"] else ""
+        return (
+            f"{total['rows']:,} rows, {total['distinct']:,} distinct inputs{cached}, "
+            f"{total['run']:,} run by the model; {total['tokens_saved']:,} tokens saved"
+        )
+
     def to_record(self) -> dict[str, Any]:
         """As the manifest stores them: reasons sorted, seconds rounded to the millisecond, and the shares."""
         record = dataclasses.asdict(self)

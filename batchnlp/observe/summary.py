@@ -36,6 +36,8 @@ def summary_lines(summary: RunSummary) -> list[str]:
         + (f"; first row after {first_row:.1f} s" if first_row else "")
         + (f"; {summary.units_kept} parts kept from the interrupted run" if summary.units_kept else "")
     ]
+    if saved := t.saved():
+        lines.append(f"each distinct input labelled once: {saved}")
     if table:
         done = "committed" if table.new else "found already committed"
         lines.append(f"{done} to {table.table} as {commit} (one commit, run id {summary.run_id})")
