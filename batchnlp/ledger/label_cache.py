@@ -39,8 +39,8 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
-from contextlib import suppress
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -372,7 +372,7 @@ class LabelCache:
             chosen = row_groups_holding(parquet.metadata, wanted)
             table = parquet.read_row_groups(chosen, columns=[*COLUMNS, "added_at"]) if chosen else None
             if table is not None:
-                table = table.filter(pc.is_in(table["key"], value_set=keys))
+                table = table.filter(pc.is_in(table["key"], value_set=keys)).replace_schema_metadata(None)
             return (table if table is not None else empty_entries(value_type)), len(chosen), counter.count
 
     def open_data(self, file: CacheFile) -> OpenParquet:
@@ -670,48 +670,66 @@ class Compaction:
                 self.written += self.merge(namespace, kept)
 
     def merge(self, namespace: str, files: list[CacheFile]) -> list[CacheFile]:
-        """``files`` rewritten as files of up to :data:`COMPACT_FILE_ROWS` entries, by slices of the key space.
+        """``files`` rewritten as files of up to :data:`COMPACT_FILE_ROWS` entries, one per slice of the key space.
 
         Keys are hashes, spread evenly, so equal slices of the key space hold about equal numbers
-        of entries; each slice reads only the row groups whose key range meets it.
+        of entries. A file of one row group (a night's increment, usually) meets every slice: it
+        is read once, whole, and its entries are dealt to the slices in memory. A larger file is
+        read slice by slice, by the row groups whose key range meets the slice. Memory: the small
+        files' entries plus one slice.
         """
-        slices = max(1, math.ceil(sum(file.rows for file in files) / COMPACT_FILE_ROWS))
+        self.value_type: pa.DataType | None = None
+        slices = key_slices(max(1, math.ceil(sum(file.rows for file in files) / COMPACT_FILE_ROWS)))
+        small = [file for file in files if file.rows <= ROW_GROUP_ROWS]
+        large = [file for file in files if file.rows > ROW_GROUP_ROWS]
+        dealt = deal(self.read_whole(small), slices)
         written = []
-        for low, high in key_slices(slices):
-            table = self.read_slice(files, low, high)
-            read = table.num_rows
-            if self.cutoff is not None:
-                table = table.filter(pc.greater_equal(table["added_at"], math.ceil(self.cutoff)))
-            self.expired += read - table.num_rows
-            young = table.num_rows  # a key two nights wrote at once: its newest entry stays
-            table = first_of_each_key(table.sort_by([("key", "ascending"), ("added_at", "descending")]))
-            self.duplicates += young - table.num_rows
+        for (low, high), ready in zip(slices, dealt, strict=True):
+            table = self.keep(pa.concat_tables([ready, *self.read_slice(large, low, high)]))
             if table.num_rows:
                 written.append(self.cache.write_sorted(namespace, table, self.run_id))
         return written
 
-    def read_slice(self, files: list[CacheFile], low: bytes, high: bytes | None) -> pa.Table:
-        """Every entry of ``files`` with ``low <= key < high`` (``high`` None: no upper bound), all columns."""
+    def keep(self, table: pa.Table) -> pa.Table:
+        """``table`` without expired entries and with one entry per key (the newest), sorted by key."""
+        read = table.num_rows
+        if self.cutoff is not None:
+            table = table.filter(pc.greater_equal(table["added_at"], math.ceil(self.cutoff)))
+        self.expired += read - table.num_rows
+        young = table.num_rows  # a key two nights wrote at once: its newest entry stays
+        table = first_of_each_key(table.sort_by([("key", "ascending"), ("added_at", "descending")]))
+        self.duplicates += young - table.num_rows
+        return table
+
+    def read_whole(self, files: list[CacheFile]) -> pa.Table:
+        """Every entry of ``files``, all columns."""
         parts = []
-        value_type = None
+        for file in files:
+            with self.opened(file) as parquet:
+                parts.append(parquet.read(columns=[*COLUMNS, "added_at"]).replace_schema_metadata(None))
+        return pa.concat_tables(parts) if parts else empty_entries(self.value_type or pa.null())
+
+    def read_slice(self, files: list[CacheFile], low: bytes, high: bytes | None) -> list[pa.Table]:
+        """The entries of ``files`` with ``low <= key < high`` (``high`` None: no upper bound), all columns."""
+        parts = []
         for file in files:
             min_key, max_key = file.key_range
             if max_key < low or (high is not None and min_key >= high):
                 continue
-            with self.cache.open_data(file) as (parquet, _):
-                found = parquet.schema_arrow.field("value").type
-                value_type = value_type or found
-                check_value_type(parquet, file, value_type, self.cache.display(file.path))
+            with self.opened(file) as parquet:
                 chosen = row_groups_in_range(parquet.metadata, low, high)
-                if chosen:
-                    parts.append(parquet.read_row_groups(chosen, columns=[*COLUMNS, "added_at"]))
-        if not parts:
-            return empty_entries(value_type or pa.null())
-        table = pa.concat_tables(parts)
-        inside = pc.greater_equal(table["key"], pa.scalar(low, KEY_TYPE))
-        if high is not None:
-            inside = pc.and_(inside, pc.less(table["key"], pa.scalar(high, KEY_TYPE)))
-        return table.filter(inside)
+                table = parquet.read_row_groups(chosen, columns=[*COLUMNS, "added_at"]) if chosen else None
+            if table is not None:
+                parts.append(in_slice(table.replace_schema_metadata(None), low, high))
+        return parts
+
+    @contextmanager
+    def opened(self, file: CacheFile) -> Iterator[pq.ParquetFile]:
+        """``file`` open for reading, its values checked to be of the namespace's one type."""
+        with self.cache.open_data(file) as (parquet, _):
+            self.value_type = self.value_type or parquet.schema_arrow.field("value").type
+            check_value_type(parquet, file, self.value_type, self.cache.display(file.path))
+            yield parquet
 
     def commit(self, deleted: Mapping[str, int], now: float) -> CacheVersion:
         """Commit the compaction on the latest version, rebasing on nights' commits; CacheError when
@@ -1017,6 +1035,25 @@ def empty_entries(value_type: pa.DataType) -> pa.Table:
 
 def concat(tables: list[pa.Table], value_type: pa.DataType) -> pa.Table:
     return pa.concat_tables(tables) if tables else empty_entries(value_type)
+
+
+def deal(table: pa.Table, slices: list[tuple[bytes, bytes | None]]) -> list[pa.Table]:
+    """``table``'s entries split by the key slice they fall in, one table per slice."""
+    lows = np.array([low for low, _ in slices], dtype="S16")
+    where = np.searchsorted(lows, key_view(table["key"]), side="right") - 1
+    order = np.argsort(where, kind="stable")
+    counts = np.bincount(where, minlength=len(slices))
+    ordered = table.take(pa.array(order))
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    return [ordered.slice(int(offsets[i]), int(counts[i])) for i in range(len(slices))]
+
+
+def in_slice(table: pa.Table, low: bytes, high: bytes | None) -> pa.Table:
+    """The rows of ``table`` with ``low <= key < high`` (``high`` None: no upper bound)."""
+    inside = pc.greater_equal(table["key"], pa.scalar(low, KEY_TYPE))
+    if high is not None:
+        inside = pc.and_(inside, pc.less(table["key"], pa.scalar(high, KEY_TYPE)))
+    return table.filter(inside)
 
 
 def first_of_each_key(table: pa.Table) -> pa.Table:

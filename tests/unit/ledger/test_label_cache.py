@@ -7,6 +7,7 @@ import os
 import pickle
 import threading
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pyarrow as pa
@@ -285,6 +286,26 @@ def test_compaction_drops_old_entries_and_a_model_and_keeps_ages(cache):
     added = pq.read_table(cache.path(latest.files[0].path)).to_pydict()
     ages = dict(zip(added["tokens"], added["added_at"], strict=True))
     assert ages[60] == now - 5 * DAY and ages[120] == now - DAY and ages[145] == now - DAY  # the newest copy
+
+
+def test_compaction_writes_sorted_files_of_disjoint_key_slices_and_loses_no_entry(cache, monkeypatch):
+    monkeypatch.setattr(label_cache, "ROW_GROUP_ROWS", 50)
+    monkeypatch.setattr(label_cache, "COMPACT_FILE_ROWS", 100)
+    big = cache.write(SENTIMENT, entries(range(300)), "n1")  # six row groups, read slice by slice
+    small = [cache.write(SENTIMENT, entries(range(i, i + 40)), f"n{i}") for i in (280, 320, 360)]  # read once
+    commit(cache, cache.current(), [big, *small], "n4")
+
+    summary = cache.compact()
+
+    latest = cache.current()
+    assert summary["duplicate_entries"] == 20 and summary["entries"] == 400
+    assert len(latest.files) == summary["written_files"] >= 4  # ceil(420 / 100) slices of the key space
+    ranges = sorted((f.min_key, f.max_key) for f in latest.files)
+    assert all(high < next_low for (_, high), (next_low, _) in pairwise(ranges))
+    for file in latest.files:
+        stored = pq.read_table(cache.path(file.path))["key"].to_pylist()
+        assert stored == sorted(stored) and len(set(stored)) == len(stored) == file.rows
+    assert len(found(cache, latest, range(400))) == 400
 
 
 def test_compaction_deletes_removed_files_only_after_the_retention_and_never_an_orphan(cache):
