@@ -536,8 +536,9 @@ class LabelCache:
         """Rewrite each namespace's live files into fewer, larger sorted files, and delete what retention allows.
 
         Entries added more than ``older_than_days`` ago are dropped, and so is every namespace
-        whose description's ``model`` or ``model_digest`` equals ``model``. A namespace already in
-        one file with nothing to drop is left as it is. The new version is committed create-only,
+        whose description's ``model`` or ``model_digest`` equals ``model``. A namespace with nothing
+        to drop, in one file or in files all at least half of :data:`COMPACT_FILE_ROWS` (what a
+        compaction writes), is left as it is. The new version is committed create-only,
         rebasing on commits that landed meanwhile (a night's new files stay live); a compaction
         that committed meanwhile is a CacheError (run compact again). Only files the log recorded
         as removed at least ``retain_hours`` ago, and not live, are deleted: a night that read an
@@ -651,6 +652,7 @@ class Compaction:
         self.removed: list[CacheFile] = []
         self.written: list[CacheFile] = []
         self.expired = self.duplicates = 0
+        self.value_type: pa.DataType | None = None  # of the namespace being merged
 
     def rewrite(self) -> None:
         """Plan and write every namespace's new files (nothing is live until :meth:`commit`)."""
@@ -665,7 +667,8 @@ class Compaction:
             self.expired += sum(f.rows for f in gone)
             self.removed += gone
             old = any(self.cutoff is not None and f.min_added_at < self.cutoff for f in kept)
-            if len(kept) > 1 or old:
+            small = [f for f in kept if f.rows < COMPACT_FILE_ROWS // 2]  # compacted files are at least half full
+            if old or (len(kept) > 1 and small):
                 self.removed += kept
                 self.written += self.merge(namespace, kept)
 
@@ -678,7 +681,7 @@ class Compaction:
         read slice by slice, by the row groups whose key range meets the slice. Memory: the small
         files' entries plus one slice.
         """
-        self.value_type: pa.DataType | None = None
+        self.value_type = None
         slices = key_slices(max(1, math.ceil(sum(file.rows for file in files) / COMPACT_FILE_ROWS)))
         small = [file for file in files if file.rows <= ROW_GROUP_ROWS]
         large = [file for file in files if file.rows > ROW_GROUP_ROWS]

@@ -306,6 +306,9 @@ def test_compaction_writes_sorted_files_of_disjoint_key_slices_and_loses_no_entr
         stored = pq.read_table(cache.path(file.path))["key"].to_pylist()
         assert stored == sorted(stored) and len(set(stored)) == len(stored) == file.rows
     assert len(found(cache, latest, range(400))) == 400
+    assert cache.compact()["committed"] is False, "compacted files were rewritten again"
+    commit(cache, latest, [cache.write(SENTIMENT, entries(range(400, 410)), "n5")], "n5")
+    assert cache.compact()["written_files"] >= 4  # a night's small file: the namespace is merged again
 
 
 def test_compaction_deletes_removed_files_only_after_the_retention_and_never_an_orphan(cache):
