@@ -52,12 +52,15 @@ from batchnlp.inference.engine import BatchStats
 from batchnlp.inference.heartbeat import beat
 from batchnlp.io.formats import WorkUnit
 from batchnlp.ledger.record import PartResult
-from batchnlp.tasks.keys import bucket_of, key_matrix
+from batchnlp.tasks.keys import KEY_TYPE, bucket_of, key_matrix
 
 # A bucket holds the distinct inputs of about this many units (fewer after deduplication): its task's memory.
 UNITS_PER_BUCKET = 4
 # Buckets per worker thread at least, so the model's work spreads over every worker.
 BUCKETS_PER_THREAD = 2
+# A wave has at least this many units per worker thread, and a run at most MAX_WAVES waves.
+UNITS_PER_THREAD_IN_A_WAVE = 4
+MAX_WAVES = 8
 
 INPUT_PREFIX = "input:"  # a task's input columns (qa's question column) in a piece, apart from key, count and text
 
@@ -68,13 +71,14 @@ class Bucket:
 
     index: int
     count: int
+    wave: int = 0
 
     @property
     def id(self) -> str:
-        return f"bucket-{self.index:05d}"
+        return f"wave-{self.wave:03d}-bucket-{self.index:05d}"
 
     def describe(self) -> str:
-        return f"distinct inputs of bucket {self.index + 1} of {self.count}"
+        return f"distinct inputs of bucket {self.index + 1} of {self.count}, wave {self.wave + 1}"
 
 
 @dataclass
@@ -124,11 +128,59 @@ def unit_pieces(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin, buckets: int)
     return pieces
 
 
-def label_bucket(plugin: ModelPlugin, lookup: Any, pieces: Sequence[dict[str, pa.Table]]) -> list[Share]:
+@dataclass
+class Known:
+    """The distinct inputs of a bucket the model need not run: labelled in an earlier wave of the run,
+    or found in the label cache. Per distinct input: ``hit`` (known), ``earlier`` (from an earlier wave),
+    ``cached`` (from the cache); for the hits, in order, their ``values`` and ``tokens``."""
+
+    hit: np.ndarray
+    earlier: np.ndarray
+    cached: np.ndarray
+    values: pa.Array
+    tokens: np.ndarray
+    cost: dict[str, float]
+
+
+def known_labels(keys: pa.Array, earlier: pa.Table | None, lookup: Any, space: str, value_type: pa.DataType) -> Known:
+    """What ``earlier`` (this run's labels of the bucket so far: key, value, tokens) and the label cache
+    (``lookup``, or None) already hold of ``keys``; the cache is asked only for the rest."""
+    tables, cost = [], {}
+    seen = np.zeros(len(keys), bool)
+    if earlier is not None and earlier.num_rows:
+        seen = pc.is_in(keys, value_set=earlier.column("key").combine_chunks()).to_numpy(zero_copy_only=False)
+        tables.append(earlier.append_column("cached", pa.array(np.zeros(earlier.num_rows, bool))))
+    if lookup is not None and (~seen).any():
+        hits, cost = lookup.find(space, keys.filter(pa.array(~seen)), value_type)
+        tables.append(hits.append_column("cached", pa.array(np.ones(hits.num_rows, bool))))
+    if not tables:
+        none = np.zeros(len(keys), bool)
+        return Known(none, none, none, pa.array([], value_type), np.zeros(0, np.int64), cost)
+    known = pa.concat_tables([table.cast(_entry_schema(value_type, cached=True)) for table in tables])
+    index = pc.index_in(keys, value_set=known.column("key").combine_chunks())
+    hit = index.is_valid().to_numpy(zero_copy_only=False)
+    taken = known.take(index.filter(index.is_valid()))
+    cached = np.zeros(len(keys), bool)
+    cached[hit] = taken.column("cached").to_numpy()
+    values = taken.column("value").combine_chunks()
+    return Known(hit, seen, cached, values, taken.column("tokens").to_numpy(), cost)
+
+
+def _entry_schema(value_type: pa.DataType, cached: bool = False) -> pa.Schema:
+    """A bucket's labels, as the next wave and the label cache take them."""
+    fields = [("key", KEY_TYPE), ("value", value_type), ("tokens", pa.int64())]
+    return pa.schema(fields + [("cached", pa.bool_())] * cached)
+
+
+def label_bucket(
+    plugin: ModelPlugin, lookup: Any, pieces: Sequence[dict[str, pa.Table]], earlier: dict[str, pa.Table] | None = None
+) -> tuple[list[Share], dict[str, pa.Table]]:
     """The labels pass of one bucket: every distinct input of the bucket's ``pieces`` (one per unit, in
-    unit order) labelled once, by the label cache (``lookup``, or None) or the model; one
-    :class:`Share` per unit."""
+    unit order) labelled once, by this run's earlier waves (``earlier``: per task, key, value, tokens),
+    the label cache (``lookup``, or None) or the model. One :class:`Share` per unit, and the bucket's
+    labels so far for the next wave."""
     shares = [Share() for _ in pieces]
+    labelled: dict[str, pa.Table] = {}
     for name, task in plugin.tasks.items():
         clock = time.perf_counter()
         tables = [
@@ -139,21 +191,24 @@ def label_bucket(plugin: ModelPlugin, lookup: Any, pieces: Sequence[dict[str, pa
         first, _ = first_occurrences(combined.column("key"))
         distinct = combined.take(pa.array(first, pa.int64()))
         keys = distinct.column("key").combine_chunks()
-        found = lookup.find(plugin, name, keys, task.output_type) if lookup is not None and len(keys) else None
-        values, tokens, ran, stats = _label(task, distinct, found)
+        before = (earlier or {}).get(name)
+        known = known_labels(keys, before, lookup, plugin.namespaces[name][0], task.output_type)
+        values, tokens, stats = _label(task, distinct, known)
+        entries = pa.table([keys, values, pa.array(tokens)], schema=_entry_schema(task.output_type))
+        ran = ~known.hit
         if lookup is not None and ran.any():
-            shares[0].cache_files.append(
-                lookup.write(plugin, name, keys.filter(pa.array(ran)), values.filter(pa.array(ran)), tokens[ran])
-            )
+            shares[0].cache_files.append(lookup.write(plugin.namespaces[name], entries.filter(pa.array(ran))))
+        new = entries.filter(pa.array(~known.earlier))
+        labelled[name] = pa.concat_tables([before, new]) if before is not None else new
         seconds = time.perf_counter() - clock
-        _share_out(name, shares, tables, distinct, values, tokens, ran, stats, seconds, found)
-    return shares
+        _share_out(name, shares, tables, distinct, values, tokens, known, stats, seconds)
+    return shares, labelled
 
 
-def _label(task: Any, distinct: pa.Table, found: Any) -> tuple[pa.Array, np.ndarray, np.ndarray, BatchStats]:
-    """Each distinct input's value and tokens, in order, which of them the model ran, and its batch statistics."""
-    hit = np.zeros(distinct.num_rows, bool) if found is None else found.hit
-    todo = distinct.filter(pa.array(~hit))
+def _label(task: Any, distinct: pa.Table, known: Known) -> tuple[pa.Array, np.ndarray, BatchStats]:
+    """Each distinct input's value and tokens, in order (the model's for the inputs not ``known``),
+    and the model's batch statistics."""
+    todo = distinct.filter(pa.array(~known.hit))
     rows = None
     inputs = [column for column in todo.column_names if column.startswith(INPUT_PREFIX)]
     if inputs:
@@ -161,16 +216,14 @@ def _label(task: Any, distinct: pa.Table, found: Any) -> tuple[pa.Array, np.ndar
     prepared = task.preprocess(todo.column("text").to_pylist(), rows)
     column, stats = task.complete(prepared)
     tokens = np.zeros(distinct.num_rows, np.int64)
-    tokens[~hit] = prepared.text_tokens()
-    if found is None:
-        return column, tokens, ~hit, stats
-    tokens[hit] = found.tokens
-    # Values in distinct order: the model's for the misses, the cache's for the hits.
+    tokens[~known.hit] = prepared.text_tokens()
+    tokens[known.hit] = known.tokens
+    # Values in distinct order: the model's for the rest, the known ones' for the hits.
     source = np.empty(distinct.num_rows, np.int64)
-    source[~hit] = np.arange(todo.num_rows)
-    source[hit] = todo.num_rows + np.arange(int(hit.sum()))
-    values = pa.concat_arrays([column, found.values]).take(pa.array(source))
-    return values, tokens, ~hit, stats
+    source[~known.hit] = np.arange(todo.num_rows)
+    source[known.hit] = todo.num_rows + np.arange(int(known.hit.sum()))
+    values = pa.concat_arrays([column.cast(task.output_type), known.values.cast(task.output_type)])
+    return values.take(pa.array(source)), tokens, stats
 
 
 def _share_out(
@@ -180,15 +233,15 @@ def _share_out(
     distinct: pa.Table,
     values: pa.Array,
     tokens: np.ndarray,
-    ran: np.ndarray,
+    known: Known,
     stats: BatchStats,
     seconds: float,
-    found: Any,
 ) -> None:
     """Each unit's answers from the bucket, and its part of the bucket's work: the tokens of the keys
     it owns, and in proportion to them the padding and seconds; the batch counts go to the first owner."""
     keys = distinct.column("key").combine_chunks()
     owner = distinct.column("unit").to_numpy()
+    ran = ~known.hit
     run_tokens = np.bincount(owner[ran], weights=tokens[ran], minlength=len(shares)).astype(np.int64)
     total = int(run_tokens.sum())
     padded = np.floor(run_tokens / total * stats.padded_tokens).astype(np.int64) if total else run_tokens * 0
@@ -196,7 +249,7 @@ def _share_out(
     if first is not None:
         padded[first] += stats.padded_tokens - int(padded.sum())
     for i, (share, table) in enumerate(zip(shares, tables, strict=True)):
-        own = owner == i
+        own = (owner == i) & ~known.earlier  # an earlier wave's unit owns what that wave labelled
         index = pc.index_in(table.column("key").combine_chunks(), value_set=keys)
         share.answers[name] = pa.table({"key": table.column("key"), "value": values.take(index)})
         counts = table.column("count").to_numpy()
@@ -216,10 +269,10 @@ def _share_out(
             "rows": int(counts.sum()),
             "distinct": int(own.sum()),
             "run": int((own & ran).sum()),
-            "cached": int((own & ~ran).sum()),
+            "cached": int((own & known.cached).sum()),
             "tokens_run": int(run_tokens[i]),
             "tokens_saved": int((counts * tokens[index.to_numpy()]).sum()) - int(run_tokens[i]),
-            **(found.cost if found is not None and i == 0 else {}),
+            **(known.cost if i == 0 else {}),
         }
 
 
@@ -251,30 +304,59 @@ class Labels:
 def submit(
     client: Any, units: Sequence[WorkUnit], job: UnitJob, run_id: str, threads: int, lookup: Any = None
 ) -> tuple[dict[Any, WorkUnit], dict[Any, Bucket]]:
-    """The three passes' tasks for ``units``: the parts' futures (each unit's, as the runner collects
-    them) and the buckets' (watched for stalls like units). Each unit's and bucket's key is its own."""
-    count = bucket_count(len(units), threads)
+    """The three passes' tasks for ``units``, wave after wave (:func:`waves`): the parts' futures (each
+    unit's, as the runner collects them) and the buckets' (watched for stalls like units). A wave's
+    buckets take the same buckets' labels of the wave before, so each distinct input runs once per run."""
+    size = wave_size(len(units), threads)
+    count = bucket_count(size, threads)
     prefix = f"batchnlp-{run_id}"
-    keys = [
-        client.submit(guarded, _keys, unit, job, count, key=f"{prefix}-keys-{unit.id}", pure=False) for unit in units
-    ]
+    earlier: list[Any] = [None] * count
+    parts: dict[Any, WorkUnit] = {}
     buckets: dict[Any, Bucket] = {}
-    for index in range(count):
-        bucket = Bucket(index, count)
-        pieces = [
-            client.submit(_element, future, index, key=f"{prefix}-piece-{unit.id}-{index}")
-            for future, unit in zip(keys, units, strict=True)
+    for wave, start in enumerate(range(0, len(units), size)):
+        members = units[start : start + size]
+        first = -wave  # Dask runs higher priorities first: wave after wave
+        keys = [
+            client.submit(guarded, _keys, unit, job, count, key=f"{prefix}-keys-{unit.id}", pure=False, priority=first)
+            for unit in members
         ]
-        future = client.submit(guarded, _labels, job, lookup, *pieces, key=f"{prefix}-{bucket.id}", pure=False)
-        buckets[future] = bucket
-    parts = {}
-    for position, unit in enumerate(units):
-        shares = [
-            client.submit(_element, future, position, key=f"{prefix}-share-{unit.id}-{bucket.id}")
-            for future, bucket in buckets.items()
-        ]
-        parts[client.submit(guarded, _part, unit, job, *shares, key=f"{prefix}-{unit.id}", pure=False)] = unit
+        labelled = []
+        for index in range(count):
+            bucket = Bucket(index, count, wave)
+            pieces = [
+                client.submit(_element, future, index, key=f"{prefix}-piece-{unit.id}-{index}", priority=first)
+                for future, unit in zip(keys, members, strict=True)
+            ]
+            future = client.submit(
+                guarded,
+                _labels,
+                job,
+                lookup,
+                earlier[index],
+                *pieces,
+                key=f"{prefix}-{bucket.id}",
+                pure=False,
+                priority=first,
+            )
+            buckets[future] = bucket
+            labelled.append(future)
+            earlier[index] = client.submit(_so_far, future, key=f"{prefix}-{bucket.id}-labels", priority=first)
+        for position, unit in enumerate(members):
+            shares = [
+                client.submit(_share, future, position, key=f"{prefix}-share-{unit.id}-{index}", priority=first)
+                for index, future in enumerate(labelled)
+            ]
+            part = client.submit(
+                guarded, _part, unit, job, *shares, key=f"{prefix}-{unit.id}", pure=False, priority=first
+            )
+            parts[part] = unit
     return parts, buckets
+
+
+def wave_size(units: int, threads: int) -> int:
+    """Units per wave: a wave's parts are written (and recorded for ``--resume``) as soon as its buckets
+    are labelled, so a run killed mid-way loses at most a wave's labelling; fewer waves, fewer tasks."""
+    return max(UNITS_PER_THREAD_IN_A_WAVE * max(threads, 1), math.ceil(units / MAX_WAVES))
 
 
 def _keys(unit: WorkUnit, job: UnitJob, buckets: int) -> list[dict[str, pa.Table]]:
@@ -282,11 +364,11 @@ def _keys(unit: WorkUnit, job: UnitJob, buckets: int) -> list[dict[str, pa.Table
     return unit_pieces(unit, job, plugin_of(job), buckets)
 
 
-def _labels(job: UnitJob, lookup: Any, *pieces: Any) -> list[Share] | Refused:
+def _labels(job: UnitJob, lookup: Any, earlier: Any, *pieces: Any) -> tuple[list[Share], dict[str, pa.Table]] | Refused:
     """The labels pass as a Dask task; a unit's refusal (its read failed) passes on."""
-    if (refused := refusal(pieces)) is not None:
+    if (refused := refusal([earlier, *pieces])) is not None:
         return refused
-    return label_bucket(plugin_of(job), lookup, pieces)
+    return label_bucket(plugin_of(job), lookup, pieces, earlier)
 
 
 def _part(unit: WorkUnit, job: UnitJob, *shares: Any) -> PartResult | Refused:
@@ -297,8 +379,18 @@ def _part(unit: WorkUnit, job: UnitJob, *shares: Any) -> PartResult | Refused:
 
 
 def _element(result: Any, index: int) -> Any:
-    """One element of a keys or labels task's list; a refusal passes on whole (the next task returns it)."""
+    """One bucket's piece of a keys task's list; a refusal passes on whole (the next task returns it)."""
     return result if isinstance(result, Refused) else result[index]
+
+
+def _share(result: Any, position: int) -> Any:
+    """One unit's :class:`Share` of a labels task's result; a refusal passes on whole."""
+    return result if isinstance(result, Refused) else result[0][position]
+
+
+def _so_far(result: Any) -> Any:
+    """A labels task's labels of its bucket so far, for the next wave's; a refusal passes on whole."""
+    return result if isinstance(result, Refused) else result[1]
 
 
 def _added(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:

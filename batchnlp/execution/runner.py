@@ -27,6 +27,7 @@ from batchnlp.errors import BatchnlpError, JobFailed, TooManyBadLines
 from batchnlp.execution import distinct
 from batchnlp.execution.collect import StallWatch, results
 from batchnlp.execution.context import RunContext
+from batchnlp.execution.label_lookup import add_to_cache, cache_record, open_lookup
 from batchnlp.execution.plan import Plan, check_columns, plan
 from batchnlp.execution.shards.plan import Shard
 from batchnlp.execution.shutdown import GracefulStop
@@ -148,6 +149,7 @@ def run(
     check_output(output.location)
     repeated = output.completed(committer, job, job_plan.listing)
     if repeated is not None:  # a retried submission of a committed run has nothing to do
+        add_to_cache(spec, repeated)  # unless its first attempt died between its commit and the cache's
         return RunSummary.complete_before(
             output=output.location.display(),
             run_id=repeated.run_id,
@@ -163,6 +165,7 @@ def run(
         on_part=on_part,
         on_start=on_start,
         stop=stop,
+        lookup=open_lookup(spec, output.run_id),
     )
     owner = owner_from(os.environ, spec.lock_owner)
     lock = OutputLock(output.location, output.run_id, spec.break_lock, owner=owner, fingerprint=spec.fingerprint())
@@ -172,6 +175,7 @@ def run(
             manifest, units_run = _run_locked(context, started, estimating)
         lock.check_held()
         table = output.commit(committer, manifest)
+        add_to_cache(spec, manifest)
         return RunSummary(
             output=output.location.display(),
             run_id=output.run_id,
@@ -535,4 +539,5 @@ def _manifest(context: RunContext, results: list[PartResult], wall: float) -> Ma
         totals=summary,
         wall_seconds=round(wall, 3),
         rows_per_second=round(summary.rows_out / wall, 2) if wall else None,
+        label_cache=cache_record(context.lookup, results),
     )

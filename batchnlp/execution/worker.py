@@ -109,7 +109,8 @@ class ModelPlugin(WorkerPlugin):
             task = self.tasks[spec.name] = TASKS[spec.kind].load()(spec, directory, engine, s.max_length)
             self.checksums[spec.name] = weights_of(checksums)
             self.backends[spec.name] = engine.backends[spec.model]
-            self.namespaces[spec.name] = namespace(spec, self.checksums[spec.name], self._engine_settings(engine, task))
+            digest = engine.digests[directory.resolve()]
+            self.namespaces[spec.name] = namespace(spec, digest, self._engine_settings(engine, task))
         self.export_seconds = engine.export_seconds
         self.loaded_at = time.time()
 

@@ -318,6 +318,8 @@ class Manifest:
     estimate: dict[str, Any] | None = (
         None  # the plan's estimate before the run (batchnlp.execution.estimate.estimate_from_plan)
     )
+    # --label-cache: its URL, the version the run read, and the files of new labels its commit adds
+    label_cache: dict[str, Any] | None = None
 
     def to_record(self) -> dict[str, Any]:
         record = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

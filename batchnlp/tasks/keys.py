@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from batchnlp.util.redaction import redact_url
+
 if TYPE_CHECKING:
     from batchnlp.spec import TaskSpec
 
@@ -32,19 +34,21 @@ KEY_BYTES = 16
 KEY_TYPE = pa.binary(KEY_BYTES)
 
 
-def namespace(spec: TaskSpec, weights: Mapping[str, str], engine: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+def namespace(spec: TaskSpec, digest: str, engine: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """The task's namespace (32 hex digits) and the description it hashes, which the label cache
-    keeps so that ``batchnlp cache inspect`` can say whose labels it holds.
+    keeps so that ``batchnlp cache inspect`` can say whose labels it holds (and ``compact --model``
+    find them).
 
-    ``weights``: the model's file checksums (the plugin's); ``engine``: how it runs (device, precision,
-    backend, max length) as the worker resolved it, never ``auto``.
+    ``digest``: the model's content digest (``sha256:…``, as ``batchnlp models digest`` prints it);
+    ``engine``: how it runs (device, precision, backend, max length) as the worker resolved it,
+    never ``auto``.
     """
     settings = {key: value for key, value in dataclasses.asdict(spec).items() if key not in ("name", "model")}
     description = {
         "labels_version": LABELS_VERSION,
         "task": spec.kind,
-        "model": spec.model,
-        "weights": hashlib.sha256(json.dumps(dict(weights), sort_keys=True).encode()).hexdigest(),
+        "model": redact_url(spec.model),
+        "model_digest": digest,
         "settings": settings,
         "engine": dict(engine),
     }

@@ -48,15 +48,25 @@ def prepared(directory: Path, texts: list[str | None], plugin: ModelPlugin) -> t
 
 
 def deduplicated(
-    directory: Path, corpus: list[list[str | None]], plugin: ModelPlugin, buckets: int
+    directory: Path, corpus: list[list[str | None]], plugin: ModelPlugin, buckets: int, wave: int = 2
 ) -> list[PartResult]:
-    """The run's three passes over ``corpus``'s units: keys, a label pass per bucket, parts."""
+    """The run's three passes over ``corpus``'s units, ``wave`` units a wave: keys, a label pass per
+    bucket (given the same bucket's labels of the waves before), parts."""
     units = [prepared(directory / f"unit-{i}", texts, plugin) for i, texts in enumerate(corpus)]
-    pieces = [unit_pieces(unit, job, plugin, buckets) for unit, job in units]
-    shares = [label_bucket(plugin, None, [piece[b] for piece in pieces]) for b in range(buckets)]
-    return [
-        annotate_unit(unit, job, plugin, Labels([share[i] for share in shares])) for i, (unit, job) in enumerate(units)
-    ]
+    earlier: list = [None] * buckets
+    results = []
+    for start in range(0, len(units), wave):
+        members = units[start : start + wave]
+        pieces = [unit_pieces(unit, job, plugin, buckets) for unit, job in members]
+        shares = []
+        for b in range(buckets):
+            share, earlier[b] = label_bucket(plugin, None, [piece[b] for piece in pieces], earlier[b])
+            shares.append(share)
+        results += [
+            annotate_unit(unit, job, plugin, Labels([share[i] for share in shares]))
+            for i, (unit, job) in enumerate(members)
+        ]
+    return results
 
 
 def every_row(directory: Path, corpus: list[list[str | None]], plugin: ModelPlugin) -> list[PartResult]:
@@ -86,11 +96,11 @@ def assert_same_part(name: str, once: pa.Table, each: pa.Table) -> None:
 
 
 @pytest.mark.parametrize("settings_key", list(SETTINGS))
-@pytest.mark.parametrize("buckets", [1, 3])
-def test_each_distinct_input_once_gives_the_parts_of_every_row(tmp_path, plugins, settings_key, buckets):
+@pytest.mark.parametrize("buckets, wave", [(1, 3), (3, 1), (2, 2)], ids=["one-bucket", "wave-per-unit", "two-waves"])
+def test_each_distinct_input_once_gives_the_parts_of_every_row(tmp_path, plugins, settings_key, buckets, wave):
     plugin = plugins[settings_key]
     name = plugin.settings.tasks[0].name
-    once = deduplicated(tmp_path / "once", CORPUS, plugin, buckets)
+    once = deduplicated(tmp_path / "once", CORPUS, plugin, buckets, wave)
     each = every_row(tmp_path / "each", CORPUS, plugin)
 
     for a, b in zip(once, each, strict=True):
@@ -101,6 +111,7 @@ def test_each_distinct_input_once_gives_the_parts_of_every_row(tmp_path, plugins
     figures = [r.dedup[name] for r in once]
     assert sum(f["rows"] for f in figures) == len(valid)
     assert sum(f["distinct"] for f in figures) == sum(f["run"] for f in figures) == len(set(valid)), "each one once"
+    assert sum(f["cached"] for f in figures) == 0
     # The model ran the tokens of the distinct inputs once, and every row's tokens are run or saved.
     distinct = every_row(tmp_path / "distinct", [sorted(set(valid), key=valid.index)], plugin)[0]
     assert sum(r.tokens for r in once) == sum(f["tokens_run"] for f in figures) == distinct.tokens
