@@ -82,6 +82,24 @@ class Bucket:
 
 
 @dataclass
+class Feeding:
+    """The tasks a deduplicated run's parts depend on, as the runner's collection loop
+    (:func:`batchnlp.execution.collect.results`) watches them."""
+
+    watched: dict[Any, WorkUnit | Bucket] = field(default_factory=dict)  # keys and labels tasks: stall-watched
+    waves: dict[str, int] = field(default_factory=dict)  # each part task's key → its wave
+
+    def in_flight(self, started: set[str]) -> set[str]:
+        """The part tasks a drain lets finish: those of every wave whose labelling has begun."""
+        going = {
+            item.wave
+            for future, item in self.watched.items()
+            if isinstance(item, Bucket) and (future.key in started or future.done())
+        }
+        return {key for key, wave in self.waves.items() if wave in going}
+
+
+@dataclass
 class Share:
     """One unit's share of one bucket: the answers to its keys there, and its part of the bucket's work."""
 
@@ -303,16 +321,17 @@ class Labels:
 
 def submit(
     client: Any, units: Sequence[WorkUnit], job: UnitJob, run_id: str, threads: int, lookup: Any = None
-) -> tuple[dict[Any, WorkUnit], dict[Any, Bucket]]:
-    """The three passes' tasks for ``units``, wave after wave (:func:`waves`): the parts' futures (each
-    unit's, as the runner collects them) and the buckets' (watched for stalls like units). A wave's
-    buckets take the same buckets' labels of the wave before, so each distinct input runs once per run."""
+) -> tuple[dict[Any, WorkUnit], Feeding]:
+    """The three passes' tasks for ``units``, wave after wave (:func:`wave_size`): the parts' futures
+    (each unit's, as the runner collects them) and the keys' and buckets' tasks that feed them
+    (watched for stalls as units are). A wave's buckets take the same buckets' labels of the wave
+    before, so each distinct input runs once per run."""
     size = wave_size(len(units), threads)
     count = bucket_count(size, threads)
     prefix = f"batchnlp-{run_id}"
     earlier: list[Any] = [None] * count
     parts: dict[Any, WorkUnit] = {}
-    buckets: dict[Any, Bucket] = {}
+    feeding = Feeding()
     for wave, start in enumerate(range(0, len(units), size)):
         members = units[start : start + size]
         first = -wave  # Dask runs higher priorities first: wave after wave
@@ -320,6 +339,7 @@ def submit(
             client.submit(guarded, _keys, unit, job, count, key=f"{prefix}-keys-{unit.id}", pure=False, priority=first)
             for unit in members
         ]
+        feeding.watched.update(zip(keys, members, strict=True))  # a keys task stalls as its unit's read would
         labelled = []
         for index in range(count):
             bucket = Bucket(index, count, wave)
@@ -338,7 +358,7 @@ def submit(
                 pure=False,
                 priority=first,
             )
-            buckets[future] = bucket
+            feeding.watched[future] = bucket
             labelled.append(future)
             earlier[index] = client.submit(_so_far, future, key=f"{prefix}-{bucket.id}-labels", priority=first)
         for position, unit in enumerate(members):
@@ -350,7 +370,8 @@ def submit(
                 guarded, _part, unit, job, *shares, key=f"{prefix}-{unit.id}", pure=False, priority=first
             )
             parts[part] = unit
-    return parts, buckets
+            feeding.waves[part.key] = wave
+    return parts, feeding
 
 
 def wave_size(units: int, threads: int) -> int:

@@ -327,10 +327,10 @@ def run_units(
     if not todo:
         return done
     with _submitted_job(context, resumed=bool(kept)) as job:
-        buckets: dict[Any, Any] = {}
+        feeding = None
         if spec.dedup:  # each distinct input labelled once, across units and workers
             workers = sum(client.nthreads().values())
-            futures, buckets = distinct.submit(client, todo, job, run_id, workers, context.lookup)
+            futures, feeding = distinct.submit(client, todo, job, run_id, workers, context.lookup)
         else:
             futures = {
                 client.submit(guarded, run_unit, unit, job, key=f"batchnlp-{run_id}-{unit.id}", pure=False): unit
@@ -339,7 +339,7 @@ def run_units(
         watch = StallWatch(client, spec.unit_timeout)
         bad_lines = sum(r.bad_lines for r in kept.values())
         with stop.draining() if stop is not None else nullcontext():
-            for _, result in results(client, futures, stop, watch, buckets):
+            for _, result in results(client, futures, stop, watch, feeding):
                 context.committer.record(result)
                 done[result.unit.id] = result
                 if context.on_part:
