@@ -64,6 +64,7 @@ class Sharding:
     settings: dict[str, Any]  # JobSpec.settings(): the job the commit step rebuilds
     planned_at: float  # wall clock: the run's figures span its shards, from this plan to the commit
     estimate: dict[str, Any] | None  # the plan's (batchnlp.execution.estimate), for the report
+    label_cache_version: int | None = None  # --label-cache: the version every shard and the commit read
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Sharding:
