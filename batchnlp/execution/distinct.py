@@ -16,8 +16,13 @@ labels each key once:
 On Dask (:func:`submit`) the pieces travel between workers as task results, never through the
 driver, and a lost worker's pieces are computed again like any task's. A bucket holds about
 :data:`UNITS_PER_BUCKET` units' distinct inputs, so no task holds more than a few units' worth of
-rows whatever the corpus's size; the pieces waiting for their bucket are spread over the workers,
-which spill them to local disk past Dask's memory thresholds.
+rows whatever the corpus's size.
+
+The units go in waves (:func:`wave_size`: at most :data:`MAX_WAVES`): a wave's parts are written,
+and recorded for ``--resume``, as soon as its buckets are labelled, so a run killed mid-way loses
+at most a wave's labelling, and a drain lets the waves in flight finish (:class:`Feeding`). Each
+bucket hands its labels so far (keys and values, not texts) to the same bucket of the next wave,
+so an input is run once per run however far apart its rows are.
 
 The model's work is attributed to the unit that owns each key: a unit's part record counts the
 tokens of the keys it owns (so the run's totals are what the model ran), its share of the bucket's
