@@ -37,6 +37,14 @@ class OutputError(BatchnlpError):
     exit_code = 2
 
 
+class CacheError(BatchnlpError):
+    """A label cache refuses the request: the location is not a cache, its log is damaged or of a
+    newer format, or a stored value does not fit the run's settings. The message names the file and
+    what to do; retrying the same command cannot help."""
+
+    exit_code = 2
+
+
 class JobFailed(BatchnlpError):
     """A unit failed for a reason that is not the user's input: retrying may help."""
 

@@ -30,6 +30,7 @@ COMMANDS = {
     "inspect": "batchnlp.cli.inspection:inspect_output",
     "distill": "batchnlp.cli.distill:distill_command",
     "models": "batchnlp.cli.models:models",
+    "cache": "batchnlp.cli.cache:cache",
 }
 
 

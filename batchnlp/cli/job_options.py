@@ -294,6 +294,21 @@ JOB_OPTIONS = [
         "its own: OUTPUT/run_id=ID/ for part files, an append for a table. Example: --incremental --run-id 2026-11-24",
     ),
     click.option(
+        "--no-dedup",
+        "dedup",
+        flag_value=False,
+        default=None,
+        help="Run the model on every row. By default each distinct input (the exact text, and question for qa) is "
+        "labelled once per run, across units and workers, and every row holding it gets the same answer.",
+    ),
+    click.option(
+        "--label-cache",
+        metavar="URI",
+        help="A label cache (a folder or s3:// prefix): inputs an earlier run labelled with the same model and "
+        "settings are taken from it, and this run's new labels are added as it commits. "
+        "Example: --label-cache s3://lake/label-cache/",
+    ),
+    click.option(
         "--run-id",
         metavar="ID",
         help="Name the run (manifest, lock, logs). Default: generated. Rerunning a committed run's id exits 0 "

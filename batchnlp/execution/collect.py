@@ -125,14 +125,20 @@ def results(
     futures: dict[Any, WorkUnit],
     stop: GracefulStop | None = None,
     watch: StallWatch | None = None,
+    feeding: Any = None,
 ) -> Iterator[tuple[WorkUnit, Any]]:
-    """(unit, result) as futures finish; the first failure cancels the rest and names its unit."""
+    """(unit, result) as futures finish; the first failure cancels the rest and names its unit.
+
+    ``feeding``: the tasks the units depend on (a deduplicated run's, :class:`batchnlp.execution.distinct.Feeding`):
+    its ``watched`` futures are watched for stalls as units are, each named by its value's ``id`` and
+    ``describe()``, and a drain lets the units its ``in_flight(started)`` names finish."""
     from distributed import as_completed
 
     from batchnlp.execution.worker import Refused
 
     pending = as_completed(futures)
-    units = {future.key: unit for future, unit in futures.items()}
+    watched = feeding.watched if feeding is not None else {}
+    units = {future.key: unit for future, unit in {**futures, **watched}.items()}
     draining = False
     try:
         while not pending.is_empty():
@@ -156,7 +162,7 @@ def results(
             if stop is not None and stop.requested.is_set():
                 if not draining:
                     draining = True
-                    _cancel_unstarted(client, futures)
+                    _cancel_unstarted(client, futures, feeding)
                 elif time.monotonic() >= stop.deadline:
                     running = [future for future in futures if not future.done()]
                     client.cancel(running)
@@ -168,6 +174,7 @@ def results(
             elif not ready:
                 time.sleep(POLL_SECONDS)
     finally:  # left early (a failure, a stop, a consumer that stopped reading): nothing of ours keeps running
+        # (the tasks that feed the units go with them: wanted by no unit, Dask releases them)
         left = [future for future in futures if not future.done()]
         if left:
             client.cancel(left)
@@ -176,14 +183,17 @@ def results(
     # else every unit finished during the drain: nothing is lost by committing now
 
 
-def _cancel_unstarted(client: Any, futures: dict[Any, WorkUnit]) -> None:
-    """Cancel every unit no worker has started; the running ones finish."""
+def _cancel_unstarted(client: Any, futures: dict[Any, WorkUnit], feeding: Any = None) -> None:
+    """Cancel every unit no worker has started; the running ones finish (and those whose inputs are
+    being computed, where ``feeding`` says so: a deduplicated run's wave in flight)."""
     started = {key for ages in running_silences(client).values() for key in ages}
-    waiting = [future for future in futures if not future.done() and future.key not in started]
+    going = started | (feeding.in_flight(started) if feeding is not None else set())
+    waiting = [future for future in futures if not future.done() and future.key not in going]
     client.cancel(waiting)
+    running = sum(1 for future in futures if not future.done()) - len(waiting)
     logger.info(
         "draining: %d running units may finish, %d not started are cancelled",
-        sum(1 for future in futures if not future.done()) - len(waiting),
+        running,
         len(waiting),
-        extra={"event": "draining", "units_running": len(started), "units_cancelled": len(waiting)},
+        extra={"event": "draining", "units_running": running, "units_cancelled": len(waiting)},
     )

@@ -34,6 +34,7 @@ class RunContext:
     stop: GracefulStop | None = None  # SIGTERM turned into a drain (batchnlp.execution.shutdown)
     client: Any = None  # the Dask client, while connected; None when no unit is left to run
     threads: int | None = None  # each worker's torch threads, when this process started the workers
+    lookup: Any = None  # --label-cache: the cache version this run reads and where its new labels go
 
     @property
     def run_id(self) -> str:

@@ -24,9 +24,11 @@ import pyarrow as pa
 
 from batchnlp.cluster.local import connect, run_forked, worker_imports_started
 from batchnlp.errors import BatchnlpError, JobFailed, TooManyBadLines
+from batchnlp.execution import distinct
 from batchnlp.execution.cascade import student_entry, student_versions
 from batchnlp.execution.collect import StallWatch, results
 from batchnlp.execution.context import RunContext
+from batchnlp.execution.label_lookup import add_to_cache, cache_record, open_lookup
 from batchnlp.execution.plan import Plan, check_columns, plan
 from batchnlp.execution.shards.plan import Shard
 from batchnlp.execution.shutdown import GracefulStop
@@ -149,6 +151,7 @@ def run(
     check_output(output.location)
     repeated = output.completed(committer, job, job_plan.listing)
     if repeated is not None:  # a retried submission of a committed run has nothing to do
+        add_to_cache(spec, repeated)  # unless its first attempt died between its commit and the cache's
         return RunSummary.complete_before(
             output=output.location.display(),
             run_id=repeated.run_id,
@@ -164,6 +167,7 @@ def run(
         on_part=on_part,
         on_start=on_start,
         stop=stop,
+        lookup=open_lookup(spec, output.run_id),
     )
     owner = owner_from(os.environ, spec.lock_owner)
     lock = OutputLock(output.location, output.run_id, spec.break_lock, owner=owner, fingerprint=spec.fingerprint())
@@ -173,6 +177,7 @@ def run(
             manifest, units_run = _run_locked(context, started, estimating)
         lock.check_held()
         table = output.commit(committer, manifest)
+        add_to_cache(spec, manifest)
         return RunSummary(
             output=output.location.display(),
             run_id=output.run_id,
@@ -324,14 +329,19 @@ def run_units(
     if not todo:
         return done
     with _submitted_job(context, resumed=bool(kept)) as job:
-        futures = {
-            client.submit(guarded, run_unit, unit, job, key=f"batchnlp-{run_id}-{unit.id}", pure=False): unit
-            for unit in todo
-        }
+        feeding = None
+        if spec.dedup:  # each distinct input labelled once, across units and workers
+            workers = sum(client.nthreads().values())
+            futures, feeding = distinct.submit(client, todo, job, run_id, workers, context.lookup)
+        else:
+            futures = {
+                client.submit(guarded, run_unit, unit, job, key=f"batchnlp-{run_id}-{unit.id}", pure=False): unit
+                for unit in todo
+            }
         watch = StallWatch(client, spec.unit_timeout)
         bad_lines = sum(r.bad_lines for r in kept.values())
         with stop.draining() if stop is not None else nullcontext():
-            for _, result in results(client, futures, stop, watch):
+            for _, result in results(client, futures, stop, watch, feeding):
                 context.committer.record(result)
                 done[result.unit.id] = result
                 if context.on_part:
@@ -533,4 +543,5 @@ def _manifest(context: RunContext, results: list[PartResult], wall: float) -> Ma
         totals=summary,
         wall_seconds=round(wall, 3),
         rows_per_second=round(summary.rows_out / wall, 2) if wall else None,
+        label_cache=cache_record(context.lookup, results),
     )

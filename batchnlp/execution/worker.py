@@ -32,6 +32,7 @@ from batchnlp.ledger.stats import column_stats
 from batchnlp.spec import TaskSpec
 from batchnlp.tasks.base import value_problem
 from batchnlp.tasks.columns import ERROR_COLUMN
+from batchnlp.tasks.keys import input_keys, namespace
 from batchnlp.version import __version__
 
 EXAMPLES_PER_PART = 5
@@ -75,6 +76,8 @@ class ModelPlugin(WorkerPlugin):
         self.backends: dict[str, str] = {}
         self.export_seconds = 0.0
         self.refused: Refused | None = None
+        # task name → its namespace and what it hashes (batchnlp.tasks.keys): whose labels its inputs' keys name
+        self.namespaces: dict[str, tuple[str, dict[str, Any]]] = {}
 
     async def setup(self, worker: Any = None) -> None:
         # Loading takes seconds: off the event loop, so the worker keeps answering heartbeats.
@@ -104,11 +107,14 @@ class ModelPlugin(WorkerPlugin):
             # A pinned ref is checked here too: a model replaced after the driver's check is caught.
             directory, checksums = stage_and_hash(spec.model, s.storage_options)
             engine.digests[directory.resolve()] = content_digest(checksums)  # the ONNX cache's key, hashed once
-            self.tasks[spec.name] = TASKS[spec.kind].load()(spec, directory, engine, s.max_length)
+            task = self.tasks[spec.name] = TASKS[spec.kind].load()(spec, directory, engine, s.max_length)
             self.checksums[spec.name] = weights_of(checksums)
             self.backends[spec.name] = engine.backends[spec.model]
             if spec.student:  # a cascade: the student labels first, the task's model its close calls
                 self.students[spec.name] = self._load_student(spec, engine)
+            digest = engine.digests[directory.resolve()]
+            settings = {**self._engine_settings(engine, task), "student_weights": self.students.get(spec.name)}
+            self.namespaces[spec.name] = namespace(spec, digest, settings)
         self.export_seconds = engine.export_seconds
         self.loaded_at = time.time()
 
@@ -121,6 +127,22 @@ class ModelPlugin(WorkerPlugin):
         engine.digests[directory.resolve()] = content_digest(checksums)
         self.tasks[spec.name].cascade_from(directory)
         return weights_of(checksums)
+
+    @staticmethod
+    def _engine_settings(engine: Any, task: Any) -> dict[str, Any]:
+        """How a task's model runs, as resolved here: part of its namespace (a change misses the cache)."""
+        return {
+            "device": engine.device,
+            "precision": engine.precision,
+            "backend": engine.backends[task.spec.model],
+            "max_length": task.max_length,
+            "rescore_margin": engine.rescore_margin,
+        }
+
+    def keys(self, name: str, inputs: TaskRows) -> pa.FixedSizeBinaryArray:
+        """The input key of each of ``inputs``' rows for task ``name`` (:mod:`batchnlp.tasks.keys`)."""
+        extra = [column.to_pylist() for column in inputs.rows.columns] if inputs.rows is not None else None
+        return input_keys(self.namespaces[name][0], inputs.texts, extra)
 
 
 @dataclass(frozen=True)
@@ -160,6 +182,11 @@ def guarded(function: Any, *args: Any) -> Any:
 
 def run_unit(unit: WorkUnit, job: UnitJob) -> PartResult:
     """The Dask task: annotate one unit with the worker's loaded models."""
+    return annotate_unit(unit, job, plugin_of(job))
+
+
+def plugin_of(job: UnitJob) -> ModelPlugin:
+    """This worker's loaded models for ``job``; their load error, raised, when they could not load."""
     from distributed import get_worker
 
     plugin = get_worker().plugins.get(job.plugin_name)
@@ -167,40 +194,89 @@ def run_unit(unit: WorkUnit, job: UnitJob) -> PartResult:
         raise plugin.refused.error(plugin.refused.message)
     if not isinstance(plugin, ModelPlugin) or len(plugin.tasks) != len(plugin.settings.tasks):
         raise JobFailed(f"models are not loaded on worker {get_worker().address}; see its log for the load error")
-    return annotate_unit(unit, job, plugin)
+    return plugin
 
 
-def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResult:
-    """Read, annotate and write one unit; every input row is in the part, valid or not."""
-    seconds: dict[str, float] = {}
+def refusal(values: Any) -> Refused | None:
+    """The first :class:`Refused` among a task's inputs (an earlier task's refusal passes on), or None."""
+    return next((value for value in values if isinstance(value, Refused)), None)
+
+
+@dataclass
+class UnitRows:
+    """A unit read and checked: its table, its texts, and why each text cannot be annotated."""
+
+    table: pa.Table
+    texts: list[Any]
+    text_errors: list[str | None]
+    bad_lines: list[Any]
+    read_seconds: float
+
+
+@dataclass
+class TaskRows:
+    """What one task annotates of a unit: why each row cannot be (None: it can), and the valid rows'
+    texts and input columns, in order."""
+
+    problems: list[str | None]
+    texts: list[str]
+    rows: pa.Table | None  # the task's input_columns of the valid rows (qa's questions); None: it reads none
+
+
+def read_rows(unit: WorkUnit, job: UnitJob) -> UnitRows:
+    """Read a unit and check every text; a row that is not annotatable keeps its reason."""
     clock = time.perf_counter()
     read = read_unit(job.input, unit, job.read, job.schema)
-    table = read.table
-    texts = table.column(job.read.text_column).to_pylist()
-    text_errors = [error or value_problem(text, "text") for error, text in zip(read.errors, texts, strict=True)]
-    errors = list(text_errors)
-    seconds["read"] = time.perf_counter() - clock
+    texts = read.table.column(job.read.text_column).to_pylist()
+    errors = [error or value_problem(text, "text") for error, text in zip(read.errors, texts, strict=True)]
+    return UnitRows(read.table, texts, errors, read.bad_lines, time.perf_counter() - clock)
+
+
+def task_rows(task: Any, unit: UnitRows) -> TaskRows:
+    """The rows of ``unit`` that ``task`` annotates: valid texts that pass the task's own checks."""
+    problems = [
+        error or problem for error, problem in zip(unit.text_errors, task.row_problems(unit.table), strict=True)
+    ]
+    valid = [i for i, problem in enumerate(problems) if problem is None]
+    taken = pa.array(valid, pa.int64())  # typed: an empty list alone would be a null array
+    rows = unit.table.select(list(task.input_columns)).take(taken) if task.input_columns else None
+    return TaskRows(problems, [unit.texts[i] for i in valid], rows)
+
+
+def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin, labels: Any = None) -> PartResult:
+    """Read, annotate and write one unit; every input row is in the part, valid or not.
+
+    ``labels``: where the run labelled each distinct input once (:mod:`batchnlp.execution.distinct`),
+    its answers for this unit's rows, looked up instead of running the model here.
+    """
+    seconds: dict[str, float] = {}
+    read = read_rows(unit, job)
+    table, errors = read.table, list(read.text_errors)
+    seconds["read"] = read.read_seconds
     beat()
 
     totals = BatchStats()
     task_stats: dict[str, dict[str, Any]] = {}
     labelled_by: dict[str, dict[str, int]] = {}  # a cascade's rows per model
+    dedup: dict[str, dict[str, float]] = {}
     for name, task in plugin.tasks.items():
         clock = time.perf_counter()
-        problems = [error or problem for error, problem in zip(text_errors, task.row_problems(table), strict=True)]
-        valid = [i for i, problem in enumerate(problems) if problem is None]
-        taken = pa.array(valid, pa.int64())  # typed: an empty list alone would be a null array
-        rows = table.select(list(task.input_columns)).take(taken) if task.input_columns else None
-        column, stats = task.annotate([texts[i] for i in valid], rows)
-        positions = pa.array(_positions(problems), pa.int64())
+        inputs = task_rows(task, read)
+        if labels is None:
+            column, stats = task.annotate(inputs.texts, inputs.rows)
+            model_seconds = time.perf_counter() - clock
+        else:
+            column, stats, dedup[name], model_seconds = labels.answer(name, plugin.keys(name, inputs), task.output_type)
+            model_seconds += time.perf_counter() - clock
+        positions = pa.array(_positions(inputs.problems), pa.int64())
         table = table.append_column(pa.field(name, task.output_type), column.take(positions))
         # _error keeps the first reason a row was not annotated: its text's, else a task's.
-        errors = [error or problem for error, problem in zip(errors, problems, strict=True)]
+        errors = [error or problem for error, problem in zip(errors, inputs.problems, strict=True)]
         totals.add(stats)
         if stats.labelled_by:
             labelled_by[name] = stats.labelled_by
         task_stats[name] = column_stats(column)
-        seconds[f"model:{name}"] = time.perf_counter() - clock
+        seconds[f"model:{name}"] = model_seconds
         # The engine's share of model:<name>; the rest is tokenising and decoding the outputs.
         seconds[f"engine:{name}"] = stats.engine_s
     seconds["input_wait"] = totals.input_wait_s
@@ -253,6 +329,8 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin) -> PartResu
         backends=plugin.backends,
         export_seconds=plugin.export_seconds,
         task_stats=task_stats,
+        dedup=dedup,
+        cache_files=labels.cache_files if labels is not None else [],
         finished_at=time.time(),
         schema=encode_schema(table.schema),
     )

@@ -125,6 +125,7 @@ class Output(ABC):
     def commit(self, committer: Committer, manifest: Manifest) -> Commit | None:
         """Seal the run: ``_manifest.json``, then ``_SUCCESS`` (what readers of part files trust)."""
         if not committer.finished():
+            ownership.clear_leftovers(self.location)
             committer.commit(manifest)
         return None
 

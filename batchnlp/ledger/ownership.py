@@ -21,6 +21,7 @@ Everything else is foreign: a run into a directory that holds any is refused, na
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
 import re
 from collections.abc import Callable
@@ -34,6 +35,8 @@ from batchnlp.io.storage import Location, stays_inside, storage_errors
 from batchnlp.ledger.lock import LOCK
 from batchnlp.ledger.record import JobRecord, PartResult
 from batchnlp.util.compat import strip_protocol
+
+logger = logging.getLogger(__name__)
 
 SHARD_LOCKS = re.compile(rf"{PROGRESS}/_lock-shard-\d+-of-\d+\.json")  # batchnlp.execution.shards.plan.shard_lock
 PROGRESS_RECORD = re.compile(rf"{PROGRESS}/part-\d+\.json")  # batchnlp.ledger.commit.Committer.record's
@@ -119,6 +122,19 @@ def clear(location: Location, stock: Stock) -> None:
             fs.rm(paths)
         if location.is_local:
             _remove_emptied(fs, root, own)
+
+
+def clear_leftovers(location: Location) -> None:
+    """Delete the temporary files crashed atomic writes left (``NAME.tmp-<hex>``, only where NAME is
+    batchnlp's own), so that a reader of the sealed folder never meets half a part. Local folders
+    only: an S3 object appears whole or not at all, and leaves none."""
+    if not location.is_local:
+        return
+    stock = take_stock(location)
+    leftovers = [name for name in stock.own if TEMPORARY.fullmatch(name)]
+    if leftovers:
+        logger.info("removing %d temporary files of crashed writes: %s", len(leftovers), ", ".join(leftovers[:NAMED]))
+        clear(location, Stock(own=leftovers, locks=[], foreign=[]))
 
 
 def _deletion_order(name: str) -> int:

@@ -66,6 +66,7 @@ class Sharding:
     settings: dict[str, Any]  # JobSpec.settings(): the job the commit step rebuilds
     planned_at: float  # wall clock: the run's figures span its shards, from this plan to the commit
     estimate: dict[str, Any] | None  # the plan's (batchnlp.execution.estimate), for the report
+    label_cache_version: int | None = None  # --label-cache: the version every shard and the commit read
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Sharding:
@@ -110,6 +111,11 @@ class PartResult:
     # to OUTPUT, COL=value/…/part-NNNNN.<suffix>), rows, bytes, sha256. Empty otherwise (``part`` holds the file).
     files: list[dict[str, Any]] = field(default_factory=list)
     schema: str = ""  # every column of the unit's rows (partition columns included), encode_schema
+    # Each distinct input labelled once per run (batchnlp.execution.distinct), per task: the unit's rows,
+    # the distinct inputs it was first to hold (run by the model, or found in the label cache), the
+    # tokens the model ran for them and the tokens its rows did not cost, and its share of cache lookups.
+    dedup: dict[str, dict[str, float]] = field(default_factory=dict)
+    cache_files: list[dict[str, Any]] = field(default_factory=list)  # label cache files its labels went to
 
     @property
     def busy_seconds(self) -> float:
@@ -168,6 +174,7 @@ class Totals:
     labelled_by: dict[str, dict[str, int]] = field(default_factory=dict)  # a cascade's task → rows per model
     bytes: int = 0
     worker_seconds: dict[str, float] = field(default_factory=dict)
+    dedup: dict[str, dict[str, float]] = field(default_factory=dict)  # per task: PartResult.dedup summed
 
     def __add__(self, other: PartResult | Totals) -> Totals:
         if isinstance(other, Totals):
@@ -190,6 +197,7 @@ class Totals:
             labelled_by={task: dict(counts) for task, counts in other.labelled_by.items()},
             bytes=other.bytes,
             worker_seconds=dict(other.seconds),
+            dedup=other.dedup,
         )
 
     @property
@@ -207,6 +215,27 @@ class Totals:
             "input_wait": round(wait / engine, 4) if engine else 0.0,
             "model": round((engine - wait) / busy, 4) if busy else 0.0,
         }
+
+    @property
+    def row_tokens(self) -> int:
+        """The tokens of every annotated row: those the model ran, and those a distinct input run once
+        (or the label cache) saved."""
+        return self.tokens + sum(int(figures.get("tokens_saved", 0)) for figures in self.dedup.values())
+
+    def saved(self, task: str | None = None) -> str | None:
+        """What labelling each distinct input once saved, in words (one task's, or every task's summed):
+        None where the run labelled every row (``--no-dedup``, or a record older than deduplication)."""
+        figures = [self.dedup[task]] if task is not None else list(self.dedup.values())
+        if not figures:
+            return None
+        total = {
+            key: sum(f.get(key, 0) for f in figures) for key in ("rows", "distinct", "run", "cached", "tokens_saved")
+        }
+        cached = f", {total['cached']:,} of them from the label cache" if total["cached"] else ""
+        return (
+            f"{total['rows']:,} rows, {total['distinct']:,} distinct inputs{cached}, "
+            f"{total['run']:,} run by the model; {total['tokens_saved']:,} tokens saved"
+        )
 
     def to_record(self) -> dict[str, Any]:
         """As the manifest stores them: reasons sorted, seconds rounded to the millisecond, and the shares."""
@@ -229,8 +258,8 @@ def busy_seconds(seconds: dict[str, float]) -> float:
 
 
 def _plus(a: Any, b: Any) -> Any:
-    """One field of two totals added: counts summed, per-key counts merged (nested too), example lists capped."""
-    if isinstance(a, dict):
+    """One field of two totals added: counts summed, per-key counts merged, example lists capped."""
+    if isinstance(a, dict):  # counts by key, or such dicts by key (dedup's per task)
         return {key: _plus(a[key], b[key]) if key in a and key in b else a.get(key, b.get(key)) for key in {**a, **b}}
     if isinstance(a, list):
         return (a + b)[:MAX_EXAMPLES]
@@ -297,6 +326,8 @@ class Manifest:
     estimate: dict[str, Any] | None = (
         None  # the plan's estimate before the run (batchnlp.execution.estimate.estimate_from_plan)
     )
+    # --label-cache: its URL, the version the run read, and the files of new labels its commit adds
+    label_cache: dict[str, Any] | None = None
 
     def to_record(self) -> dict[str, Any]:
         record = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -132,7 +132,7 @@ def estimate_beside_actual(manifest: Manifest) -> list[dict[str, Any]] | None:
     rate = estimate.get("tokens_per_second")
     figures = [
         ("rows", estimate.get("rows"), totals.rows_in),
-        ("tokens", estimate.get("tokens"), totals.tokens),
+        ("tokens", estimate.get("tokens"), totals.row_tokens),  # the rows' tokens, as the plan counts them
         ("padding share", estimate.get("padding_share"), padding),
         (
             "wall seconds" + (f" at {rate:,.0f} tokens/s" if rate else ""),
@@ -272,6 +272,10 @@ def _summary(report: dict[str, Any]) -> str:
             [("rows labelled by each model of a cascade", cascade_counts(t["labelled_by"]))]
             if t.get("labelled_by")
             else []
+        ),
+        *(
+            (f"{task}: each distinct input labelled once", Totals.from_record(t).saved(task))
+            for task in t.get("dedup", {})
         ),
         ("wall time", f"{num(report['wall_seconds'], 1)} s; {num(report['rows_per_second'], 1)} rows/s"),
         ("models loaded after", f"{num(startup.get('models_loaded_s'), 1)} s"),

@@ -121,6 +121,8 @@ class JobSpec:
     mode: WriteMode = "new"
     break_lock: bool = False  # take OUTPUT even if another run's lock says it is writing there
     incremental: bool = False  # label only input files no committed run at OUTPUT read (batchnlp.execution.incremental)
+    dedup: bool = True  # label each distinct input once per run (batchnlp.execution.distinct)
+    label_cache: str | None = None  # a label cache's URL: known inputs served from it (batchnlp.ledger.label_cache)
     run_id: str | None = None  # names the run; None: generated. A committed run of this id is not redone.
     catalog: str = DEFAULT_CATALOG  # Iceberg: the pyiceberg catalog holding INPUT/OUTPUT tables
     catalog_options: Mapping[str, str] = field(default_factory=dict)  # its properties, over its configuration
@@ -215,6 +217,22 @@ class JobSpec:
                 problems.append("--incremental adds a run beside the earlier ones; --overwrite would delete them")
             else:
                 values["incremental"] = s["incremental"]
+        if "dedup" in s:
+            if isinstance(s["dedup"], bool):
+                values["dedup"] = s["dedup"]
+            else:
+                problems.append(f"dedup must be true or false, got {s['dedup']!r}")
+        if "label_cache" in s:
+            if not isinstance(s["label_cache"], str) or not s["label_cache"].strip():
+                problems.append(
+                    f"label_cache must be a path or URL such as s3://lake/label-cache/, got {s['label_cache']!r}"
+                )
+            elif values.get("dedup") is False:
+                problems.append(
+                    "label_cache looks up each distinct input, which --no-dedup turns off; drop one of them"
+                )
+            else:
+                values["label_cache"] = s["label_cache"]
         if "break_lock" in s:
             if isinstance(s["break_lock"], bool):
                 values["break_lock"] = s["break_lock"]
@@ -272,7 +290,16 @@ class JobSpec:
     def fingerprint(self) -> str:
         """A hash of what the output depends on, so ``--resume`` can refuse a changed job."""
         relevant = dataclasses.asdict(self)
-        volatile = ("scheduler", "workers", "storage_options", "mode", "break_lock", "run_id", "catalog_options")
+        volatile = (
+            "scheduler",
+            "workers",
+            "storage_options",
+            "mode",
+            "break_lock",
+            "run_id",
+            "catalog_options",
+            "label_cache",  # where known labels come from: the same labels either way
+        )
         # How a run is supervised changes no output byte: a retry may change these and still resume.
         supervision = ("max_bad_lines", "grace_seconds", "unit_timeout", "lock_owner")
         for name in (*volatile, *TLS_SETTINGS, *supervision):
@@ -290,6 +317,7 @@ class JobSpec:
             ("table_version", None),
             ("rescore_margin", None),
             ("incremental", False),
+            ("dedup", True),
             ("max_line_bytes", DEFAULT_MAX_LINE_BYTES),
             ("max_decompressed_bytes", DEFAULT_MAX_DECOMPRESSED_BYTES),
         ):
@@ -309,6 +337,7 @@ class JobSpec:
         data = dataclasses.asdict(self)
         data["input"] = redact_url(self.input)
         data["output"] = redact_url(self.output)
+        data["label_cache"] = redact_url(self.label_cache) if self.label_cache else None
         data["storage_options"] = {key: "***" for key in self.storage_options}
         data["catalog_options"] = {key: "***" for key in self.catalog_options}
         for task in data["tasks"]:

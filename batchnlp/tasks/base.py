@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import pyarrow as pa
 
 from batchnlp.inference.engine import BatchStats, Engine
@@ -36,6 +37,10 @@ class ModelInputs:
 
     input_ids: list[list[int]]
     token_type_ids: list[list[int]] | None = None
+
+    def text_tokens(self) -> np.ndarray:
+        """The tokens the model runs for each text: one sequence per text here."""
+        return np.fromiter(map(len, self.input_ids), dtype=np.int64, count=len(self.input_ids))
 
 
 class Task(ABC):

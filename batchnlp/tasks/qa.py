@@ -44,6 +44,11 @@ class Windows(ModelInputs):
     encoding: Any  # the tokenizer's BatchEncoding: offsets, sequence and word ids per window (None: no rows)
     rows: np.ndarray  # [windows]: the row each window belongs to
 
+    def text_tokens(self) -> np.ndarray:
+        """The tokens of every window of each text (the question once per window)."""
+        lengths = np.fromiter(map(len, self.input_ids), dtype=np.int64, count=len(self.input_ids))
+        return np.bincount(self.rows, weights=lengths, minlength=len(self.contexts)).astype(np.int64)
+
 
 class QuestionAnswering(Task):
     """preprocess: question/context windows with ``doc_stride``; forward: start and end logits of

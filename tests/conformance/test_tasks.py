@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchnlp.execution.worker import ModelPlugin, ModelSettings, UnitJob, annotate_unit
+from batchnlp.execution.worker import ModelPlugin, UnitJob, annotate_unit
 from batchnlp.io.formats import ReadOptions, WorkUnit, plan_units
 from batchnlp.io.storage import InputFile, Location
 from batchnlp.ledger.output import open_output
@@ -72,30 +72,6 @@ def expected_error(text: str | None) -> str | None:
 
 def test_every_task_class_has_a_test_model():
     assert {info.target for info in TASKS.values()} <= set(MODELS)
-
-
-@pytest.fixture(scope="module")
-def plugins(request: pytest.FixtureRequest) -> dict[str, ModelPlugin]:
-    """One loaded ModelPlugin per task settings, as a worker holds them."""
-    loaded = {}
-    for key, settings in SETTINGS.items():
-        model = request.getfixturevalue(MODELS[TASKS[settings["task"]].target])
-        job = {"input": "in.jsonl", "output": "out/", "tasks": [{**settings, "model": str(model)}]}
-        spec = JobSpec.from_settings(job).tasks[0]  # with the defaults a run fills in
-        plugin = ModelPlugin(
-            ModelSettings(
-                tasks=(spec,),
-                device="cpu",
-                precision="fp32",
-                tokens_per_batch=4096,
-                max_length=None,
-                threads=1,
-                storage_options={},
-            )
-        )
-        plugin.load()
-        loaded[key] = plugin
-    return loaded
 
 
 def write_input(directory: Path, texts: list[str | None], fmt: str) -> Path:

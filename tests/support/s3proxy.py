@@ -9,7 +9,8 @@ A test can also arm faults: "the next N requests matching (method, path regex) g
 
 - ``"500"``: HTTP 500 InternalError, ``"503"``: HTTP 503 SlowDown (S3's throttling answer),
   ``"429"``: HTTP 429 TooManyRequests (how other stores and gateways throttle),
-  ``"403"``: HTTP 403 AccessDenied (permanent), each with S3's XML error body;
+  ``"403"``: HTTP 403 AccessDenied (permanent), ``"409"``: HTTP 409 ConditionalRequestConflict (S3's
+  answer to a conditional write racing another on the same key), each with S3's XML error body;
 - ``"reset"``: the request is read, then the socket is closed with a TCP reset and no answer;
 - ``"delay"``: the request reaches moto, and its answer is held back ``seconds`` before it is
   sent (a slow response: a write has happened when its answer is late or lost);
@@ -52,12 +53,18 @@ from xml.sax.saxutils import escape
 
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection"}
 
-Fault = Literal["500", "503", "429", "403", "reset", "delay", "hold"]
+Fault = Literal["500", "503", "429", "403", "409", "reset", "delay", "hold"]
 ERRORS: dict[str, tuple[int, str, str, str]] = {
     "500": (500, "Internal Server Error", "InternalError", "We encountered an internal error. Please try again."),
     "503": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
     "429": (429, "Too Many Requests", "TooManyRequests", "Too many requests."),
     "403": (403, "Forbidden", "AccessDenied", "Access Denied"),
+    "409": (
+        409,
+        "Conflict",
+        "ConditionalRequestConflict",
+        "A conflicting conditional operation is currently in progress against this resource. Please try again.",
+    ),
 }
 
 

@@ -17,6 +17,7 @@ from batchnlp.cluster.local import connect
 from batchnlp.errors import InputError, JobFailed, OutputError, SpecError
 from batchnlp.execution.cascade import student_versions
 from batchnlp.execution.context import RunContext
+from batchnlp.execution.label_lookup import add_to_cache, open_lookup
 from batchnlp.execution.plan import plan
 from batchnlp.execution.runner import (
     Estimating,
@@ -48,6 +49,7 @@ from batchnlp.io.storage import check_output
 from batchnlp.io.worker_credentials import hands_credentials_to_local_workers
 from batchnlp.ledger import ownership
 from batchnlp.ledger.commit import Committer
+from batchnlp.ledger.label_cache import LabelCache
 from batchnlp.ledger.lock import OutputLock, owner_from
 from batchnlp.ledger.output import Output, open_output
 from batchnlp.ledger.record import PartResult, Sharding, Totals
@@ -114,6 +116,7 @@ def run_shard(
             stop=stop,
             client=client,
             threads=threads,
+            lookup=open_lookup(spec, output.run_id, _cache_version(stored)),
         )
         units = shard.take(stored.plan.units)
         kept = committer.resumable(context.job, units)
@@ -189,6 +192,9 @@ def _store_new_plan(
         settings=spec.settings(),
         planned_at=time.time(),
         estimate=Estimating(spec, job_plan).result(),
+        label_cache_version=LabelCache(spec.label_cache, spec.storage_options).current().version
+        if spec.label_cache
+        else None,
     )
     job = job_record(spec, output.run_id, job_plan, models, sharding)
     stored = StoredPlan(plan=replace(job_plan, schema=schema), job=job, shards=shard.count)
@@ -230,6 +236,7 @@ def finalize(command: JobSpec) -> RunSummary:
             if manifest.run_id != output.run_id:
                 raise OutputError(f"{display} holds committed run {manifest.run_id}, not {output.run_id}")
             if output.sealed(committer) is None:  # part files: committed before, nothing to do
+                add_to_cache(spec, manifest)  # unless the cache's addition was not made yet
                 return RunSummary.complete_before(
                     output=display, run_id=output.run_id, manifest=manifest, units_kept=len(stored.plan.units)
                 )
@@ -237,13 +244,17 @@ def finalize(command: JobSpec) -> RunSummary:
             ownership.refuse_foreign(output.location, ownership.take_stock(output.location))  # before it seals them
             ordered = _every_part(committer, stored, display)
             check_bad_lines(spec, ordered, final=True)
-            context = RunContext(spec=spec, plan=stored.plan, output=output, committer=committer, job=stored.job)
+            lookup = open_lookup(spec, output.run_id, _cache_version(stored))
+            context = RunContext(
+                spec=spec, plan=stored.plan, output=output, committer=committer, job=stored.job, lookup=lookup
+            )
             wall = time.time() - sharding.planned_at
             manifest = finish(
                 context, ordered, wall=wall, kept={}, estimate=sharding.estimate, since=sharding.planned_at
             )
         lock.check_held()
         table = output.commit(committer, manifest)
+        add_to_cache(spec, manifest)
     # The run's figures span its shards, from the plan to this commit.
     return RunSummary(
         output=display,
@@ -255,6 +266,11 @@ def finalize(command: JobSpec) -> RunSummary:
         manifest=manifest,
         table=table,
     )
+
+
+def _cache_version(stored: StoredPlan) -> int | None:
+    """The label cache version the run's first shard planned with: every shard and the commit read it."""
+    return stored.job.sharding.label_cache_version if stored.job.sharding else None
 
 
 def _every_part(committer: Committer, stored: StoredPlan, display: str) -> list[PartResult]:
