@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from distill_student import write_corpus
+from distill_student import distill_arguments, write_corpus
 
 from batchnlp.testing import build_separating_classifier
 
@@ -77,14 +77,8 @@ def labels(out: Path, task: str) -> dict[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=4000, help="training corpus (the distill split holds out 10%%)")
+    distill_arguments(parser, "training corpus (the distill split holds out 10%%)")
     parser.add_argument("--eval-rows", type=int, default=2000, help="fresh rows the three runs label")
-    parser.add_argument("--size", choices=["tiny", "base"], default="base")
-    parser.add_argument("--layers", type=int, default=3, help="student layers (the teacher has 6)")
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--lr", default="1e-4")
-    parser.add_argument("--max-length", default="64")
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--margin", type=float, help="the cascade's margin (default: the one distill calibrated)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each, in turn; the median is shown")
     parser.add_argument("--work", type=Path, help="keep the corpus, outputs and models here (default: a temp dir)")

@@ -59,15 +59,20 @@ def timed(command: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=4000)
+def distill_arguments(parser: argparse.ArgumentParser, rows_help: str | None = None) -> None:
+    """The teacher, corpus and training settings this benchmark and ``cascade.py`` share."""
+    parser.add_argument("--rows", type=int, default=4000, help=rows_help)
     parser.add_argument("--size", choices=["tiny", "base"], default="base")
     parser.add_argument("--layers", type=int, default=3, help="student layers (the teacher has 6)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--lr", default="1e-4")
     parser.add_argument("--max-length", default="64")
     parser.add_argument("--device", default="cpu")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    distill_arguments(parser)
     parser.add_argument("--work", type=Path, help="keep the corpus, output and models here (default: a temp dir)")
     args = parser.parse_args()
 
