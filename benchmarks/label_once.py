@@ -61,6 +61,19 @@ def run(corpus: Path, model: Path, out: Path, *flags: str) -> dict:
     }
 
 
+def same_outputs(once: Path, each: Path) -> str:
+    """How the labels of a deduplicated run compare with labelling every row's."""
+    import numpy as np
+    import pyarrow.dataset as ds
+
+    a, b = (ds.dataset(str(out), format="parquet").to_table().sort_by("id") for out in (once, each))
+    x, y = a.column("sentiment").to_pylist(), b.column("sentiment").to_pylist()
+    labels = sum(p["label"] == q["label"] for p, q in zip(x, y, strict=True))
+    diff = np.abs(np.array([p["score"] for p in x]) - np.array([q["score"] for q in y])).max()
+    errors = a.column("_error").to_pylist() == b.column("_error").to_pylist()
+    return f"labels equal {labels:,}/{len(x):,}, largest score difference {diff:.2e}, _error equal: {errors}"
+
+
 def overhead(args: argparse.Namespace, model: Path, work: Path) -> None:
     texts = list(islice(cycle(reviews()), args.rows))
     corpora = {
@@ -78,6 +91,9 @@ def overhead(args: argparse.Namespace, model: Path, work: Path) -> None:
             print(f"  {setting:>11}: wall {walls} s; tokens run {runs[0]['tokens']:,}; {runs[0]['dedup'] or ''}")
         best = {setting: min(r["wall_s"] for r in runs) for setting, runs in figures.items()}
         print(f"  dedup / --no-dedup (best of {args.repeats}): {best['dedup'] / best['--no-dedup']:.3f}")
+        run(corpus, model, work / "once")
+        run(corpus, model, work / "each", "--no-dedup")
+        print(f"  outputs: {same_outputs(work / 'once', work / 'each')}")
 
 
 def nightly(args: argparse.Namespace, model: Path, work: Path) -> None:

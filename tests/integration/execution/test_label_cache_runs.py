@@ -144,3 +144,47 @@ def test_shards_on_s3_read_one_cache_version_and_commit_once(job, tmp_path, s3, 
     # Shards never talk: a new text in both shards runs in each; nothing the cache held runs.
     assert changed <= figures["run"] < 2 * changed and figures["cached"] + figures["run"] == figures["distinct"]
     assert s3_proxy.faults("503") == 3
+
+
+def test_a_resumed_night_adds_both_attempts_labels(tiny_model, tmp_path):
+    """A night killed after some parts (SIGKILL: no drain), then resumed: the commit adds the labels of
+    the parts the first attempt recorded and of those the second ran, so the next night runs nothing."""
+    import os
+    import signal
+
+    from tests.integration.execution.test_scheduler_lifecycle import ids, start, wait_for_parts
+
+    cache = tmp_path / "cache"
+    rows = [{"id": i, "text": f"review number {i % 1500} of the night"} for i in range(2400)]
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out"
+    args = [str(source), str(out), "--model", f"sentiment={tiny_model}", "--rows-per-partition", "100",
+            "--workers", "1", "--tokens-per-batch", "8", "--backend", "torch", "--label-cache", str(cache)]  # fmt: skip
+    first = start(args)
+    wait_for_parts(out, first, 4)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    resumed = start([*args, "--resume"])
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    assert "parts kept from the interrupted run" in output
+    assert ids(out) == list(range(2400))
+    assert LabelCache(str(cache)).inspect()["entries"] >= 1500
+    again = start([str(source), str(tmp_path / "again"), *args[2:]])
+    output, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, output
+    assert dedup_figures(tmp_path / "again")["run"] == 0, "every text was labelled by the resumed night"
+
+
+def test_incremental_nights_with_a_cache(job, tmp_path):
+    """--incremental labels the new file only; the cache serves the texts it repeats from the old one."""
+    landing = tmp_path / "landing"
+    cache = tmp_path / "cache"
+    write_jsonl(landing / "day-1.jsonl", night(1))
+    assert job(landing, tmp_path / "out", "--incremental", "--run-id", "d1", "--label-cache", cache).exit_code == 0
+    write_jsonl(landing / "day-2.jsonl", night(2))
+    second = job(landing, tmp_path / "out", "--incremental", "--run-id", "d2", "--label-cache", cache)
+    assert second.exit_code == 0, second.output
+    figures = json.loads((tmp_path / "out" / "run_id=d2" / "_manifest.json").read_text())["totals"]["dedup"]
+    changed = len({r["text"] for r in night(2)} - {r["text"] for r in night(1)})
+    assert figures["sentiment"]["rows"] == ROWS and figures["sentiment"]["run"] == changed
