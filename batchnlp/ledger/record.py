@@ -45,7 +45,12 @@ class JobRecord:
         """The file's JSON: every field at the top level (a sharded run's as well), as batchnlp
         has always written it, so an interrupted run of an earlier version resumes."""
         record = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "sharding"}
-        return record if self.sharding is None else {**record, **dataclasses.asdict(self.sharding)}
+        if self.sharding is None:
+            return record
+        sharding = dataclasses.asdict(self.sharding)
+        if sharding["label_cache_version"] is None:  # added later: a run without a cache writes what it wrote before
+            del sharding["label_cache_version"]
+        return {**record, **sharding}
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> JobRecord:

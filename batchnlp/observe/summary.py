@@ -40,8 +40,6 @@ def summary_lines(summary: RunSummary) -> list[str]:
         from batchnlp.ledger.report import cascade_counts
 
         lines.append(f"cascade, rows labelled by each model: {cascade_counts(t.labelled_by)}")
-    if saved := t.saved():
-        lines.append(f"each distinct input labelled once: {saved}")
     if table:
         done = "committed" if table.new else "found already committed"
         lines.append(f"{done} to {table.table} as {commit} (one commit, run id {summary.run_id})")
@@ -52,4 +50,6 @@ def summary_lines(summary: RunSummary) -> list[str]:
             f"{t.bad_lines} input line{'s' * (t.bad_lines != 1)} that were not JSON objects {where}, "
             f"first {first['source']}:{first['line']} ({first['reason']}); see _manifest.json"
         )
+    if saved := t.saved():
+        lines.append(f"each distinct input labelled once: {saved}")
     return lines
