@@ -98,7 +98,7 @@ def overhead(args: argparse.Namespace, model: Path, work: Path) -> None:
 
 def nightly(args: argparse.Namespace, model: Path, work: Path) -> None:
     base = reviews()
-    first = [f"{base[i % len(base)]} (#{i % args.distinct})" for i in range(args.rows)]
+    first = [f"{base[i % args.distinct % len(base)]} (#{i % args.distinct})" for i in range(args.rows)]
     step = round(1 / args.change)
     second = [f"{text} (edited)" if i % step == 0 else text for i, text in enumerate(first)]
     cache = work / "cache"

@@ -90,6 +90,19 @@ def problems(input_url: str, output_url: str, named: tuple[str | None, str | Non
     return found
 
 
+def cache_problems(cache_url: str, input_url: str, output_url: str, named: tuple[str | None, str | None]) -> list[str]:
+    """A label cache must be a place of its own: neither inside INPUT or OUTPUT nor holding them."""
+    found = []
+    for what, url, table in (("input", input_url, named[0]), ("output", output_url, named[1])):
+        if table is None and url != PLACEHOLDER and (overlap(url, cache_url) or overlap(cache_url, url)):
+            found.append(
+                f"label cache {redact_url(cache_url)} and {what} {redact_url(url)} overlap: the cache keeps its own "
+                "files under its folder, and a run's output or input may hold none of them; give the cache a "
+                "folder of its own, e.g. s3://lake/label-cache/"
+            )
+    return found
+
+
 def refused_destination(output_url: str, mode: str) -> list[str]:
     """A filesystem root, $HOME or a folder above it; with --overwrite, a bucket's root too."""
     store, path = place(output_url)

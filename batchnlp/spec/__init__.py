@@ -257,6 +257,8 @@ class JobSpec:
         if not problems:  # where the job reads and writes: only once both are known good
             named = tuple(_named_table(s.get(f"{key}_format")) for key in ("input", "output"))
             problems += paths.problems(s["input"], s["output"], named, mode)
+            if values.get("label_cache"):
+                problems += paths.cache_problems(values["label_cache"], s["input"], s["output"], named)
         if problems:
             raise SpecError("invalid job spec:\n  - " + "\n  - ".join(problems))
         return cls(

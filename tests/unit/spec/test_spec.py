@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from batchnlp.errors import SpecError
@@ -150,3 +152,31 @@ def test_a_spec_and_the_cli_share_one_lower_bound_per_setting(name, tmp_path):
     flag = "--" + name.replace("_", "-")
     result = CliRunner().invoke(main, ["run", "in.jsonl", "out/", flag, str(least - 1)])
     assert result.exit_code == 2 and f"x>={least}" in result.output
+
+
+@pytest.mark.parametrize(
+    "cache, where",
+    [("out/", "output"), ("out/cache/", "output"), ("./", "input"), ("lake/", "input"), ("s3://b/in/cache/", None)],
+)
+def test_a_label_cache_is_a_place_of_its_own(cache, where):
+    settings = {"input": "lake/raw/", "output": "out/", "label_cache": cache}
+    if where is None:
+        assert JobSpec.from_settings(settings).label_cache == cache
+        return
+    with pytest.raises(SpecError, match=f"label cache .* and {where} .* overlap"):
+        JobSpec.from_settings(settings)
+
+
+def test_dedup_and_the_label_cache_leave_fingerprints_alone_and_need_each_other():
+    base = {"input": "in/", "output": "out/"}
+    assert JobSpec.from_settings(base).dedup is True
+    assert JobSpec.from_settings(base).fingerprint() == JobSpec.from_settings({**base, "dedup": True}).fingerprint()
+    assert (
+        JobSpec.from_settings({**base, "label_cache": "cache/"}).fingerprint()
+        == JobSpec.from_settings(base).fingerprint()
+    )
+    assert JobSpec.from_settings({**base, "dedup": False}).fingerprint() != JobSpec.from_settings(base).fingerprint()
+    with pytest.raises(SpecError, match="label_cache looks up each distinct input, which --no-dedup turns off"):
+        JobSpec.from_settings({**base, "dedup": False, "label_cache": "cache/"})
+    secret = JobSpec.from_settings({**base, "label_cache": "s3://user:pass@lake/cache/"})
+    assert "pass" not in json.dumps(secret.redacted())
