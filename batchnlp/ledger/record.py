@@ -237,10 +237,11 @@ class Totals:
             key: sum(f.get(key, 0) for f in figures) for key in ("rows", "distinct", "run", "cached", "tokens_saved")
         }
         cached = f", {total['cached']:,} of them from the label cache" if total["cached"] else ""
-        return (
-            f"{total['rows']:,} rows, {total['distinct']:,} distinct inputs{cached}, "
-            f"{total['run']:,} run by the model; {total['tokens_saved']:,} tokens saved"
+        rows, distinct = (
+            f"{total[key]:,} {name}{'s' * (total[key] != 1)}"
+            for key, name in (("rows", "row"), ("distinct", "distinct input"))
         )
+        return f"{rows}, {distinct}{cached}, {total['run']:,} run by the model; {total['tokens_saved']:,} tokens saved"
 
     def to_record(self) -> dict[str, Any]:
         """As the manifest stores them: reasons sorted, seconds rounded to the millisecond, and the shares."""
