@@ -283,6 +283,7 @@ def _share_out(
             batches=stats.batches if i == first else 0,
             oom_splits=stats.oom_splits if i == first else 0,
             rescored=stats.rescored if i == first else 0,
+            labelled_by=dict(stats.labelled_by) if i == first else {},
             input_wait_s=stats.input_wait_s * part,
             engine_s=stats.engine_s * part,
             first_output_at=stats.first_output_at if run_tokens[i] else None,

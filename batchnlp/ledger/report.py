@@ -269,7 +269,7 @@ def _summary(report: dict[str, Any]) -> str:
         ("out-of-memory splits", f"{t.get('oom_splits', 0):,}"),
         ("int8 rows rescored in fp32 (near ties)", f"{t.get('rescored', 0):,}"),
         *(
-            [("rows labelled by each model of a cascade", cascade_counts(t["labelled_by"]))]
+            [("inputs labelled by each model of a cascade", cascade_counts(t["labelled_by"]))]
             if t.get("labelled_by")
             else []
         ),

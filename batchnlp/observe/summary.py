@@ -39,7 +39,7 @@ def summary_lines(summary: RunSummary) -> list[str]:
     if t.labelled_by:
         from batchnlp.ledger.report import cascade_counts
 
-        lines.append(f"cascade, rows labelled by each model: {cascade_counts(t.labelled_by)}")
+        lines.append(f"cascade, inputs labelled by each model: {cascade_counts(t.labelled_by)}")
     if table:
         done = "committed" if table.new else "found already committed"
         lines.append(f"{done} to {table.table} as {commit} (one commit, run id {summary.run_id})")

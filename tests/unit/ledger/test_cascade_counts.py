@@ -63,7 +63,7 @@ def test_the_report_and_the_summary_say_how_many_rows_each_model_labelled():
         cascade_counts(report["totals"]["labelled_by"]) == "sentiment: student 160, teacher 40 (20.0% by the teacher)"
     )
     page = render_html(report)
-    assert "rows labelled by each model of a cascade" in page and "student 160, teacher 40" in page
+    assert "inputs labelled by each model of a cascade" in page and "student 160, teacher 40" in page
     assert "./student" in page and "cascade&#x27;s student, margin 0.12" in page
 
     summary = SimpleNamespace(
@@ -71,7 +71,7 @@ def test_the_report_and_the_summary_say_how_many_rows_each_model_labelled():
         manifest=committed, output="out/", wall_seconds=1.0, rows_per_second=200.0, run_id="r1", units_kept=0,
     )  # fmt: skip
     lines = summary_lines(summary)
-    assert "cascade, rows labelled by each model: sentiment: student 160, teacher 40 (20.0% by the teacher)" in lines
+    assert "cascade, inputs labelled by each model: sentiment: student 160, teacher 40 (20.0% by the teacher)" in lines
     plain = manifest("r2", [part_result(0)])
     assert not [
         line
