@@ -102,7 +102,8 @@ def add_to_cache(spec: JobSpec, manifest: Manifest | None) -> CacheVersion | Non
     if not spec.label_cache or not record or not record["added"]:
         return None
     cache = LabelCache(spec.label_cache, spec.storage_options)
-    files = [CacheFile.from_record(added["file"]) for added in record["added"]]
+    # One file per path: two shards (or attempts) whose bucket held the very same keys wrote one name.
+    files = list({added["file"]["path"]: CacheFile.from_record(added["file"]) for added in record["added"]}.values())
     namespaces = {added["file"]["namespace"]: added["namespace"] for added in record["added"]}
     version = cache.commit(CacheVersion(record["read_version"]), files, namespaces, manifest.run_id)
     logger.info(

@@ -324,7 +324,8 @@ def test_a_cascade_run_labels_as_distills_calibration_counts(
     row = next(row for row in table if 0.3 * len(kept) < row["teacher_rows"] < 0.7 * len(kept))
 
     out = tmp_path / "cascade"
-    flags = ["--keep-probs", "--id-column", "id", "--scheduler", scheduler, "--workers", "1", "--quiet"]
+    # Every row through the models, as the calibration counts rows (deduplication would count distinct texts).
+    flags = ["--keep-probs", "--id-column", "id", "--scheduler", scheduler, "--workers", "1", "--quiet", "--no-dedup"]
     cascading = ["--cascade", f"classify={unsure}", "--cascade-margin", str(row["margin"])]
     result = invoke(write_jsonl(tmp_path / "held.jsonl", kept), out, "--task", "classify", "--model",
                     f"classify={teacher}", *cascading, *flags)  # fmt: skip

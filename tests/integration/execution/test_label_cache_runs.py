@@ -188,3 +188,30 @@ def test_incremental_nights_with_a_cache(job, tmp_path):
     figures = json.loads((tmp_path / "out" / "run_id=d2" / "_manifest.json").read_text())["totals"]["dedup"]
     changed = len({r["text"] for r in night(2)} - {r["text"] for r in night(1)})
     assert figures["sentiment"]["rows"] == ROWS and figures["sentiment"]["run"] == changed
+
+
+def test_concurrent_shards_share_one_cache_version_and_one_commit(tiny_model, tmp_path):
+    """Two shards of night 2 running at once (processes, as array children) read the version night 1
+    committed, write their labels beside it, and the one commit adds them in one version."""
+    from tests.integration.execution.test_scheduler_lifecycle import start
+
+    cache = tmp_path / "cache"
+    flags = ["--model", f"sentiment={tiny_model}", "--workers", "1", "--rows-per-partition", "50",
+             "--label-cache", str(cache)]  # fmt: skip
+    first = start([str(write_jsonl(tmp_path / "night-1.jsonl", night(1))), str(tmp_path / "out-1"), *flags])
+    assert first.wait(timeout=300) == 0, first.communicate()[0]
+    second = write_jsonl(tmp_path / "night-2.jsonl", night(2))
+    out = tmp_path / "out-2"
+    shards = [start([str(second), str(out), *flags, "--shard", f"{i}/2", "--run-id", "night-2"]) for i in range(2)]
+    for shard in shards:
+        output, _ = shard.communicate(timeout=300)
+        assert shard.returncode == 0, output
+    assert LabelCache(str(cache)).current().version == 1
+    committed = CliRunner().invoke(main, ["commit", str(out), "--run-id", "night-2"])
+    assert committed.exit_code == 0, committed.output
+    assert LabelCache(str(cache)).current().version == 2
+    again = start([str(second), str(tmp_path / "out-3"), *flags])
+    output, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, output
+    assert dedup_figures(tmp_path / "out-3")["run"] == 0, "night 2's shards labelled every new text into the cache"
+    assert rows(tmp_path / "out-3") == rows(out)

@@ -77,8 +77,9 @@ def test_array_children_one_killed_and_rerun_then_one_commit(tiny_model, source,
     (SIGKILL, no drain) costs that shard's unfinished units only, and its retry keeps its finished parts."""
     out = tmp_path / "out"
     args = [str(source), str(out), "--model", f"sentiment={tiny_model}", "--workers", "1", "--rows-per-partition", "50"]
-    # one row per batch, on torch (ONNX Runtime runs such batches far faster): slow enough
-    args += ["--tokens-per-batch", "8", "--backend", "torch", "--shards", "3", "--run-id", "night-1"]
+    # one row per batch, on torch (ONNX Runtime runs such batches far faster), each unit labelled on its own
+    # (deduplication writes a wave's parts together, at the end of its labelling): slow enough to kill mid-way
+    args += ["--tokens-per-batch", "8", "--backend", "torch", "--no-dedup", "--shards", "3", "--run-id", "night-1"]
     env = {i: {"AWS_BATCH_JOB_ARRAY_INDEX": str(i), "AWS_BATCH_JOB_ID": f"night:{i}"} for i in range(3)}
     children = {i: start(args, env[i]) for i in range(3)}
     deadline = time.time() + 240
