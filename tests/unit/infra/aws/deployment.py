@@ -71,6 +71,8 @@ SPOT = {
     "OutputPrefix": "labelled/reviews",  # jobs/nightly-labels.yaml (the JobSpec default) writes below it
     "ModelBucket": "acme-models",
     "ModelPrefix": "models",
+    "LabelCacheBucket": "acme-lake",
+    "LabelCachePrefix": "label-cache",  # jobs/nightly-labels.yaml keeps its cache below it
     "SingleNodeCapacity": "SPOT",
     "SingleNodeMaxVcpus": "96",
     "ScheduleTimezone": "Europe/Berlin",

@@ -26,6 +26,10 @@ def test_job_role_reaches_the_named_prefixes_and_key_only(aws: dict[str, Any]) -
             "Resource": objects("acme-lake", "labelled/reviews"),
         },
         "ReadModels": {"Action": ["s3:GetObject"], "Resource": objects("acme-models", "models")},
+        "ReadWriteLabelCache": {
+            "Action": ["s3:AbortMultipartUpload", "s3:DeleteObject", "s3:GetObject", "s3:PutObject"],
+            "Resource": objects("acme-lake", "label-cache"),
+        },
     }
     for sid, want in expected.items():
         assert sorted(as_list(statements[sid]["Action"])) == want["Action"], sid
@@ -33,15 +37,21 @@ def test_job_role_reaches_the_named_prefixes_and_key_only(aws: dict[str, Any]) -
         assert "Condition" not in statements[sid]
     # Key names in the whole buckets, never their contents: batchnlp's HeadBucket check of the
     # output bucket is s3:ListBucket without an s3:prefix.
-    for sid, bucket in {"ListInput": "acme-lake", "ListOutput": "acme-lake", "ListModels": "acme-models"}.items():
+    lists = {
+        "ListInput": "acme-lake",
+        "ListOutput": "acme-lake",
+        "ListModels": "acme-models",
+        "ListLabelCache": "acme-lake",
+    }
+    for sid, bucket in lists.items():
         assert (statements[sid]["Action"], statements[sid]["Resource"]) == ("s3:ListBucket", f"arn:aws:s3:::{bucket}")
         assert "Condition" not in statements[sid], sid
     key = statements["UseKeyThroughS3"]
     assert sorted(as_list(key["Action"])) == ["kms:Decrypt", "kms:GenerateDataKey"]
     assert key["Resource"] == KMS_KEY
     assert key["Condition"] == {"StringEquals": {"kms:ViaService": f"s3.{REGION}.amazonaws.com"}}
-    assert set(statements) == set(expected) | {"ListInput", "ListOutput", "ListModels", "UseKeyThroughS3"}
-    # Nothing else: no wildcard action, no resource outside the three prefixes, the buckets and the key.
+    assert set(statements) == set(expected) | set(lists) | {"UseKeyThroughS3"}
+    # Nothing else: no wildcard action, no resource outside the four prefixes, the buckets and the key.
     for statement in statements.values():
         assert all(not action.endswith("*") for action in as_list(statement["Action"]))
         assert all(resource != "*" for resource in as_list(statement["Resource"]))
