@@ -1,7 +1,8 @@
 """batchnlp: batch DistilBERT annotation of data lakes on Dask.
 
 The public API (:mod:`batchnlp.api`): ``run``, ``commit``, ``plan``, ``distill``, ``submit`` and
-``job_spec``, each doing what its command does, and ``JobSpec``. Nothing heavy is imported here,
+``job_spec``, each doing what its command does, ``JobSpec``, and ``LabelCache`` (what ``batchnlp
+cache`` inspects and compacts). Nothing heavy is imported here,
 so ``import batchnlp`` and ``batchnlp --help`` stay instant: each name loads on first use.
 """
 
@@ -22,6 +23,7 @@ API = {
     "Submitted": "batchnlp.api",
     "JobSpec": "batchnlp.spec",
     "RunSummary": "batchnlp.execution.runner",
+    "LabelCache": "batchnlp.ledger.label_cache",
 }
 __all__ = ["__version__", *API]
 
