@@ -23,11 +23,14 @@ def column_stats(column: pa.Array | pa.ChunkedArray) -> dict[str, Any]:
 
     ``annotated``: rows with a value; ``scores``: the score histogram's counts; ``labels``
     (classification: a ``label`` field): count per label; ``answered`` (qa: an ``answer``
-    field): rows whose answer is not empty.
+    field): rows whose answer is not empty. An embedding column (a list per row) has its norms'
+    statistics (:func:`embedding_stats`) instead of labels.
     """
-    names = {field.name for field in column.type}
     valid = column.drop_null() if column.null_count else column
     stats: dict[str, Any] = {"annotated": len(valid)}
+    if not pa.types.is_struct(column.type):  # embeddings: their norms (a list of floats per row)
+        return stats | embedding_stats(valid)
+    names = {field.name for field in column.type}
     scores = pc.struct_field(valid, "score").to_numpy(zero_copy_only=False).astype(np.float64)
     counts, _ = np.histogram(np.clip(scores, 0.0, 1.0), bins=SCORE_BINS, range=(0.0, 1.0))
     stats["scores"] = counts.tolist()
@@ -40,12 +43,33 @@ def column_stats(column: pa.Array | pa.ChunkedArray) -> dict[str, Any]:
     return stats
 
 
+def embedding_stats(valid: pa.Array | pa.ChunkedArray) -> dict[str, Any]:
+    """Embeddings' L2 norms: their sum, smallest and largest (``norm_*``), and as ``scores`` the norms'
+    histogram over [0, 1] (a normalised embedding's norm is 1.0: the end bin; larger norms fall there too)."""
+    if isinstance(valid, pa.ChunkedArray):
+        valid = pa.concat_arrays(valid.chunks) if valid.num_chunks else pa.array([], valid.type)
+    if not len(valid):
+        return {"scores": [0] * SCORE_BINS}
+    values = valid.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+    lengths = pc.list_value_length(valid).to_numpy(zero_copy_only=False)
+    rows = np.repeat(np.arange(len(valid)), lengths)
+    norms = np.sqrt(np.bincount(rows, weights=values * values, minlength=len(valid)))
+    counts, _ = np.histogram(np.clip(norms, 0.0, 1.0), bins=SCORE_BINS, range=(0.0, 1.0))
+    return {
+        "scores": counts.tolist(),
+        "norm_sum": float(norms.sum()),
+        "norm_min": float(norms.min()),
+        "norm_max": float(norms.max()),
+    }
+
+
 def merge(stats: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Sum per-unit statistics of one task (:func:`column_stats` results) over units.
 
     Every statistic is a count, so merging sums whatever the units have, key by key: a number, a
-    histogram (bin by bin) or a ``{value: count}`` map (most common first). A task that counts
-    something new needs no change here; a unit without statistics (an older record) adds nothing.
+    histogram (bin by bin) or a ``{value: count}`` map (most common first); a ``*_min`` or ``*_max``
+    figure (embeddings' norms) merges as the extreme. A task that counts something new needs no
+    change here; a unit without statistics (an older record) adds nothing.
     """
     merged: dict[str, Any] = {"annotated": 0, "scores": [0] * SCORE_BINS}
     maps: dict[str, Counter[str]] = {}
@@ -55,6 +79,9 @@ def merge(stats: Iterable[dict[str, Any]]) -> dict[str, Any]:
                 maps.setdefault(key, Counter()).update(value)
             elif isinstance(value, list):
                 merged[key] = [a + b for a, b in zip(merged.get(key, [0] * len(value)), value, strict=True)]
+            elif key.endswith(("_min", "_max")):  # extremes (embeddings' norms) merge as extremes, not sums
+                pick = min if key.endswith("_min") else max
+                merged[key] = value if key not in merged else pick(merged[key], value)
             else:
                 merged[key] = merged.get(key, 0) + value
     merged.update((key, dict(counts.most_common())) for key, counts in maps.items())

@@ -48,7 +48,7 @@ TLS_SETTINGS = ("tls_ca_file", "tls_cert", "tls_key")  # --scheduler tls://...: 
 DEFAULT_MAX_ANSWER_LENGTH = 15  # tokens, as transformers' question-answering pipeline
 QA_KEYS = ("question", "question_column", "doc_stride", "max_answer_length", "allow_no_answer")
 CASCADE_KEYS = ("cascade", "cascade_margin")  # a task's student ref and margin (job level: cascade maps TASK: REF)
-TASK_KEYS = ("name", "task", "model", "top_k", "keep_probs", *QA_KEYS, *CASCADE_KEYS)
+TASK_KEYS = ("name", "task", "model", "top_k", "keep_probs", *QA_KEYS, *CASCADE_KEYS, "embed_dtype")
 # The least value of each integer setting, for the spec and the CLI's options alike. A window
 # or a batch of fewer than 8 tokens holds little beyond [CLS] and [SEP].
 MINIMUMS = {
@@ -86,6 +86,8 @@ class TaskSpec:
     # (batchnlp.tasks.DEFAULT_CASCADE_MARGIN) is filled in, so the fingerprint holds the margin a run used.
     student: str | None = None
     cascade_margin: float | None = None
+    # embed only: the embeddings' float type, float32 or float16 (--embed-dtype); None for other tasks.
+    embed_dtype: str | None = None
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,7 @@ class JobSpec:
         """
         problems: list[str] = []
         s = {key.replace("-", "_"): value for key, value in settings.items() if value is not None}
-        extra = {"models", "top_k", "keep_probs", "overwrite", "resume", *QA_KEYS, *CASCADE_KEYS}
+        extra = {"models", "top_k", "keep_probs", "embed_dtype", "overwrite", "resume", *QA_KEYS, *CASCADE_KEYS}
         known = {f.name for f in dataclasses.fields(cls)} | extra
         for key in sorted(set(s) - known):
             problems.append(f"unknown setting {key!r}; known settings: {', '.join(sorted(known))}")
@@ -312,6 +314,8 @@ class JobSpec:
             if task["student"] is None:  # so did cascades
                 task.pop("student")
                 task.pop("cascade_margin")
+            if task["embed_dtype"] is None:  # and embeddings
+                task.pop("embed_dtype")
         # Added later: runs that do not use them keep the fingerprints they had.
         for later, unset in (
             ("partition_by", ()),
@@ -417,13 +421,18 @@ def _tasks_from_settings(s: Mapping[str, Any], problems: list[str]) -> list[Task
         qa = _qa_settings(name, kind, item, s, problems)
         keep_probs = _keep_probs(name, kind, item, s, problems)
         cascade = _cascade(name, kind, item, students, s, problems)
+        embed = _embed_dtype(name, kind, item, s, problems)
         tasks.append(
-            TaskSpec(name=name, kind=kind, model=str(model), top_k=top_k, keep_probs=keep_probs, **qa, **cascade)
+            TaskSpec(
+                name=name, kind=kind, model=str(model), top_k=top_k, keep_probs=keep_probs, **qa, **cascade, **embed
+            )
         )
     names = [t.name for t in tasks]
     given = [key for key in QA_KEYS if key in s]
     if given and not any(TASKS[t.kind].takes_question for t in tasks):
         problems.append(f"{', '.join(given)} apply to qa tasks only, and this job has none (add --task qa)")
+    if "embed_dtype" in s and not any(TASKS[t.kind].embeds for t in tasks):
+        problems.append("embed_dtype applies to embed tasks only, and this job has none (add --task embed)")
     if s.get("keep_probs") and not any(TASKS[t.kind].keeps_probs for t in tasks):
         problems.append("keep_probs applies to classify and sentiment tasks only, and this job has none")
     for name in sorted({n for n in names if names.count(n) > 1}):
@@ -473,6 +482,22 @@ def _cascade(
         )
         return {}
     return {"student": student, "cascade_margin": float(margin)}
+
+
+def _embed_dtype(name: str, kind: str, item: Mapping[str, Any], s: Mapping[str, Any], problems: list[str]) -> dict:
+    """An embed task's embed_dtype: its own key, else the job's, else float32; refused for other tasks."""
+    from batchnlp.tasks import TASKS
+    from batchnlp.tasks.columns import EMBED_DTYPES
+
+    if not TASKS[kind].embeds:
+        if "embed_dtype" in item:
+            problems.append(f"task {name!r} ({kind}) does not take embed_dtype; only embed tasks do")
+        return {}
+    value = item.get("embed_dtype", s.get("embed_dtype", "float32"))
+    if value not in EMBED_DTYPES:
+        problems.append(f"embed_dtype of task {name!r} must be one of {', '.join(EMBED_DTYPES)}, got {value!r}")
+        return {"embed_dtype": "float32"}
+    return {"embed_dtype": value}
 
 
 def _keep_probs(name: str, kind: str, item: Mapping[str, Any], s: Mapping[str, Any], problems: list[str]) -> bool:

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from batchnlp.tasks.columns import ERROR_COLUMN, answer_type, label_type
-from batchnlp.tasks.summaries import ANSWERS, LABELS, Summary
+from batchnlp.tasks.columns import ERROR_COLUMN, answer_type, embedding_type, label_type
+from batchnlp.tasks.summaries import ANSWERS, EMBEDDINGS, LABELS, Summary
 
 if TYPE_CHECKING:
     from batchnlp.spec import TaskSpec
@@ -47,6 +47,7 @@ class TaskInfo:
     takes_question: bool = False  # qa: --question / --question-column and the span settings
     keeps_probs: bool = False  # classifiers: --keep-probs writes every label's probability (batchnlp distill)
     cascades: bool = False  # classifiers: --cascade TASK=STUDENT, the teacher labelling the student's close calls
+    embeds: bool = False  # embed: --embed-dtype float32|float16
 
     def load(self) -> type[Task]:
         module, _, name = self.target.partition(":")
@@ -82,6 +83,16 @@ TASKS: dict[str, TaskInfo] = {
         output_type=answer_type,
         summary=ANSWERS,
         takes_question=True,
+    ),
+    "embed": TaskInfo(
+        target="batchnlp.tasks.embed:Embed",
+        default_model="sentence-transformers/all-MiniLM-L6-v2",
+        supports_top_k=False,
+        help="sentence embeddings (fixed_size_list<float32>[dim]), pooled as the checkpoint's sentence-transformers "
+        "files say (mean pooling by default); --embed-dtype float16 halves them",
+        output_type=embedding_type,
+        summary=EMBEDDINGS,
+        embeds=True,
     ),
 }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -22,6 +23,9 @@ PROBS = "probs"  # --keep-probs: every label's probability, in the order LABEL_O
 LABEL_ORDER_KEY = b"batchnlp.labels"  # metadata of the probs field: the labels as a JSON list
 MODEL = "model"  # --keep-probs with a cascade: which model labelled the row, one of LABELLERS
 LABELLERS = ("student", "teacher")  # a cascade's models, as the model field and the run's counts name them
+EMBED_DTYPES = {"float32": pa.float32(), "float16": pa.float16()}  # --embed-dtype
+# Metadata of an embedding column's value field: its length, pooling and normalisation, as JSON values.
+EMBEDDING_KEYS = (b"batchnlp.dimension", b"batchnlp.pooling", b"batchnlp.normalize")
 
 
 def label_type(spec: TaskSpec) -> pa.DataType:
@@ -58,3 +62,38 @@ def label_order(kind: pa.DataType) -> list[str] | None:
 def answer_type(spec: TaskSpec) -> pa.DataType:
     """Question answering: the answer text, its score and its character span in the text."""
     return ANSWER
+
+
+def embedding_type(spec: TaskSpec) -> pa.DataType:
+    """Embeddings: ``fixed_size_list<float32|float16>[dim]``, the dimension, pooling and normalisation in
+    the value field's metadata, read from the checkpoint's config (:mod:`batchnlp.inference.models.sentence`).
+
+    The driver knows them before any weights load when the model is a local directory; a Hub or
+    object-store ref is staged on the workers only, so its column is a ``list<float32|float16>``
+    (the same values, without a fixed length).
+    """
+    from batchnlp.inference.models.refs import parse_ref
+    from batchnlp.inference.models.sentence import read_settings
+
+    value = EMBED_DTYPES[spec.embed_dtype or "float32"]
+    parsed = parse_ref(spec.model)
+    if parsed.kind != "local" or not Path(parsed.location).is_dir():
+        return pa.list_(value)
+    settings = read_settings(Path(parsed.location), spec.model)
+    return embedding_of(value, settings.dimension, settings.pooling, settings.normalize)
+
+
+def embedding_of(value: pa.DataType, dimension: int, pooling: str, normalize: bool) -> pa.DataType:
+    """The fixed-size list of ``dimension`` ``value``s, described in its value field's metadata."""
+    metadata = dict(zip(EMBEDDING_KEYS, (json.dumps(v).encode() for v in (dimension, pooling, normalize)), strict=True))
+    return pa.list_(pa.field("item", value, metadata=metadata), dimension)
+
+
+def embedding_settings(kind: pa.DataType) -> dict[str, object] | None:
+    """An embedding column's dimension, pooling and normalize (:func:`embedding_of`); None for another column."""
+    if not (pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind)):
+        return None
+    metadata = kind.value_field.metadata or {}
+    return {
+        key.decode().removeprefix("batchnlp."): json.loads(metadata[key]) for key in EMBEDDING_KEYS if key in metadata
+    }

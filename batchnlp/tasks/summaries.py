@@ -48,6 +48,20 @@ def answer_figures(merged: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def embedding_figures(merged: dict[str, Any]) -> dict[str, Any]:
+    """Embeddings: the smallest, mean and largest L2 norm (1.0 throughout for a normalising model)."""
+    annotated = merged["annotated"]
+    return {
+        "norm_min": _rounded(merged.get("norm_min")),
+        "norm_mean": _rounded(merged.get("norm_sum", 0.0) / annotated) if annotated else None,
+        "norm_max": _rounded(merged.get("norm_max")),
+    }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
 def label_cell(value: dict[str, Any]) -> str:
     """``label (score)``; a multi-label list joined by commas."""
     label = value["label"]
@@ -58,6 +72,12 @@ def label_cell(value: dict[str, Any]) -> str:
 def answer_cell(value: dict[str, Any]) -> str:
     """``'answer' (score)``: quoted, so an empty answer shows."""
     return f"{value['answer']!r}{_score(value)}"
+
+
+def embedding_cell(value: list[float]) -> str:
+    """``[dim] 0.0123, -0.0456, 0.0789, …``: the length and the first values."""
+    head = ", ".join(f"{v:.4f}" for v in value[:3])
+    return f"[{len(value)}] {head}{', …' if len(value) > 3 else ''}"
 
 
 def _score(value: dict[str, Any]) -> str:
@@ -73,5 +93,19 @@ ANSWERS = Summary(
         "Question answering",
         "Rows given a non-empty answer, of the rows the task annotated.",
         (("annotated", "annotated"), ("answered", "answered"), ("answer_rate", "answer rate")),
+    ),
+)
+EMBEDDINGS = Summary(
+    embedding_figures,
+    embedding_cell,
+    ReportSection(
+        "Embeddings",
+        "L2 norms of the embeddings written (1.0 when the model normalises them).",
+        (
+            ("annotated", "annotated"),
+            ("norm_min", "smallest norm"),
+            ("norm_mean", "mean norm"),
+            ("norm_max", "largest norm"),
+        ),
     ),
 )

@@ -29,6 +29,19 @@ def load_question_answerer(directory: Path, ref: str) -> tuple[Any, Any]:
     return _load(directory, ref, "question_answerer", "a question-answering model")
 
 
+def load_encoder(directory: Path, ref: str) -> tuple[Any, Any]:
+    """(tokenizer, :class:`~batchnlp.inference.pooling.PooledEncoder`) of an encoder checkpoint, fp32 on the CPU:
+    its base model (any head left aside) pooled as its sentence-transformers files say
+    (:mod:`batchnlp.inference.models.sentence`). Its output has ``embeddings``. No backend exports it: on
+    onnxruntime it runs on torch."""
+    from batchnlp.inference.models.sentence import read_settings
+    from batchnlp.inference.pooling import PooledEncoder
+
+    settings = read_settings(directory, ref)
+    tokenizer, encoder = _load(directory, ref, "encoder", "an encoder")
+    return tokenizer, PooledEncoder(encoder, settings.pooling, settings.normalize).eval()
+
+
 def _load(directory: Path, ref: str, head: str, what: str) -> tuple[Any, Any]:
     """Safetensors only, no remote code, and a fast tokenizer: tasks need its offsets and windows.
 
@@ -44,7 +57,7 @@ def _load(directory: Path, ref: str, head: str, what: str) -> tuple[Any, Any]:
     auto_class: Any = None
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
-        model = distilbert.load(directory, head)
+        model = distilbert.load(directory, head) if head in distilbert.HEADS else None
         if model is None:
             auto_class = _auto_class(head)
             model = _with_attention(directory, ref, auto_class)
@@ -96,6 +109,7 @@ def _fast(tokenizer: Any, ref: str) -> Any:
 AUTO_CLASSES = {
     "sequence_classifier": "AutoModelForSequenceClassification",
     "question_answerer": "AutoModelForQuestionAnswering",
+    "encoder": "AutoModel",  # the base model, without a head (embeddings)
 }
 
 
