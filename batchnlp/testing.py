@@ -8,6 +8,7 @@ a random model mean nothing; speed and plumbing do not depend on them.
     python -m batchnlp.testing /tmp/tiny-sentiment            # tiny, 2 labels
     python -m batchnlp.testing /tmp/base-topics --size base --labels world,sports,business,tech
     python -m batchnlp.testing /tmp/tiny-qa --qa                # extractive QA (start/end logits)
+    python -m batchnlp.testing /tmp/tiny-encoder --encoder      # an encoder without a head (embeddings)
 """
 
 from __future__ import annotations
@@ -68,6 +69,14 @@ def build_question_answerer(dest: str | Path, *, size: str = "tiny", cased: bool
     from transformers import DistilBertForQuestionAnswering
 
     return _build(dest, DistilBertForQuestionAnswering, size, seed, do_lower_case=not cased)
+
+
+def build_encoder(dest: str | Path, *, size: str = "tiny", seed: int = 0) -> Path:
+    """Save a random DistilBERT encoder without a head (``last_hidden_state``) to ``dest``: an
+    embedding model with no sentence-transformers files, so mean pooling and no normalisation."""
+    from transformers import DistilBertModel
+
+    return _build(dest, DistilBertModel, size, seed)
 
 
 def build_separating_classifier(
@@ -168,8 +177,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--labels", default="NEGATIVE,POSITIVE", help="comma-separated label names")
     parser.add_argument("--multi-label", action="store_true")
     parser.add_argument("--qa", action="store_true", help="an extractive question-answering model instead")
+    parser.add_argument("--encoder", action="store_true", help="an encoder without a head (embed) instead")
     args = parser.parse_args(argv)
-    if args.qa:
+    if args.encoder:
+        path = build_encoder(args.dest, size=args.size)
+    elif args.qa:
         path = build_question_answerer(args.dest, size=args.size)
     else:
         path = build_classifier(args.dest, args.labels.split(","), multi_label=args.multi_label, size=args.size)

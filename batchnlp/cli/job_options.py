@@ -76,6 +76,12 @@ JOB_OPTIONS = [
         "field's metadata), the soft labels batchnlp distill trains a student on. Example: --keep-probs",
     ),
     click.option(
+        "--embed-dtype",
+        type=click.Choice(["float32", "float16"]),
+        help="embed: the embeddings' float type (fixed_size_list<float32|float16>[dim]); float16 halves the column. "
+        "Example: --embed-dtype float16",
+    ),
+    click.option(
         "--cascade",
         multiple=True,
         type=KeyValue("TASK"),

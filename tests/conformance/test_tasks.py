@@ -32,7 +32,11 @@ from batchnlp.tasks import TASKS, TaskInfo
 from tests.support.helpers import manifest, write_jsonl
 
 # The tiny random model (a fixture of tests/conftest.py) each task class is run with here.
-MODELS = {"batchnlp.tasks.classify:Classify": "tiny_model", "batchnlp.tasks.qa:QuestionAnswering": "qa_model"}
+MODELS = {
+    "batchnlp.tasks.classify:Classify": "tiny_model",
+    "batchnlp.tasks.qa:QuestionAnswering": "qa_model",
+    "batchnlp.tasks.embed:Embed": "embed_model",
+}
 QUESTION = "Who pays?"
 SCHEMA = pa.schema([("id", pa.int64()), ("text", pa.string()), ("question", pa.string())])
 HUGE = "the buyer pays the seller within thirty days of delivery " * 400  # ~4,000 tokens: far over any window
