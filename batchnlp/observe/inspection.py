@@ -247,9 +247,9 @@ def _cell(value: Any, kind: str | None) -> str:
     Either way :func:`printable`: the data cannot drive the terminal."""
     if value is None:
         return ""
+    if isinstance(value, dict | list) and kind in TASKS:  # a task's struct, or an embedding's list
+        return printable(TASKS[kind].summary.cell(value))
     if isinstance(value, dict):
-        if kind in TASKS:
-            return printable(TASKS[kind].summary.cell(value))
         return printable(json.dumps(value, default=str))[:TEXT_WIDTH]
     return printable(str(value))
 
