@@ -45,6 +45,7 @@ from batchnlp.ledger.record import JobRecord, Manifest, PartResult, Sharding, To
 from batchnlp.ledger.report import build_report
 from batchnlp.spec import JobSpec
 from batchnlp.tasks import output_schema
+from batchnlp.tasks.columns import embedding_settings
 from batchnlp.util.redaction import redact_url
 from batchnlp.version import __version__
 
@@ -433,12 +434,17 @@ def check_schema(spec: JobSpec, schema: pa.Schema, output: Output) -> None:
 
 
 def _schema_record(results: list[PartResult]) -> dict[str, Any] | None:
-    """The output's columns, readable and exact (a table commit creates its table from it)."""
+    """The output's columns, readable and exact (a table commit creates its table from it); an embedding
+    column's dimension, pooling and normalisation under ``embeddings``."""
     encoded = next((r.schema for r in results if r.schema), None)
     if encoded is None:
         return None
     schema = decode_schema(encoded)
-    return {"columns": {f.name: str(f.type) for f in schema}, "arrow": encoded}
+    record: dict[str, Any] = {"columns": {f.name: str(f.type) for f in schema}, "arrow": encoded}
+    embeddings = {f.name: described for f in schema if (described := embedding_settings(f.type))}
+    if embeddings:
+        record["embeddings"] = embeddings
+    return record
 
 
 def _startup(results: list[PartResult], since: float | None = None) -> dict[str, float | None]:

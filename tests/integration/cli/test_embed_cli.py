@@ -40,6 +40,8 @@ def test_every_review_gets_its_embedding_described_in_the_schema(embedded):
     assert embedding_settings(kind) == {"dimension": 384, "pooling": "mean", "normalize": True}
     valid = [v for v in table.column("embed").to_pylist() if v is not None]
     np.testing.assert_allclose(np.linalg.norm(np.asarray(valid), axis=1), 1.0, atol=1e-5)
+    manifest = json.loads((embedded / "_manifest.json").read_text())
+    assert manifest["schema"]["embeddings"] == {"embed": {"dimension": 384, "pooling": "mean", "normalize": True}}
     report = json.loads((embedded / "_report.json").read_text())["tasks"]["embed"]
     assert report["annotated"] == len(valid) and 0.9999 <= report["norm_min"] <= report["norm_max"] <= 1.0001
 
