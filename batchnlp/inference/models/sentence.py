@@ -57,7 +57,14 @@ def _read(directory: Path, ref: str) -> SentenceSettings:
         if kind == TRANSFORMER_MODULE:
             continue
         if kind == POOLING_MODULE:
-            pooling = _pooling(_json(directory / module.get("path", "") / "config.json", ref), ref)
+            path = directory / module.get("path", "") / "config.json"
+            if not path.is_file():  # an object-store prefix is staged without its subfolders
+                raise ModelError(
+                    f"model {ref!r} names a Pooling module in modules.json, but its {path.relative_to(directory)} is "
+                    "missing (batchnlp stages only the files directly under an s3:// or other object-store prefix): "
+                    "use a local directory or a Hub id for a sentence-transformers checkpoint"
+                )
+            pooling = _pooling(_json(path, ref), ref)
         elif kind == NORMALIZE_MODULE:
             normalize = True
         else:

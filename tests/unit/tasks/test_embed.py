@@ -135,6 +135,13 @@ def test_a_pooling_batchnlp_does_not_run_is_named(tmp_path, embed_model):
         read_settings(model_dir)
 
 
+def test_a_pooling_module_without_its_config_is_named(tmp_path, embed_model):
+    model_dir = pooled_copy(embed_model, tmp_path / "m", {"pooling_mode_mean_tokens": True})
+    shutil.rmtree(model_dir / "1_Pooling")
+    with pytest.raises(ModelError, match=r"1_Pooling/config\.json is missing"):
+        read_settings(model_dir)
+
+
 def test_embed_dtype_is_for_embed_tasks_only(embed_model):
     with pytest.raises(SpecError, match="embed_dtype applies to embed tasks only"):
         JobSpec.from_settings({"input": "a.jsonl", "output": "o/", "tasks": ["sentiment"], "embed_dtype": "float16"})
