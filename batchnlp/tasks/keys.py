@@ -44,6 +44,8 @@ def namespace(spec: TaskSpec, digest: str, engine: Mapping[str, Any]) -> tuple[s
     never ``auto``.
     """
     settings = {key: value for key, value in dataclasses.asdict(spec).items() if key not in ("name", "model")}
+    if settings.get("embed_dtype") is None:  # added later: other tasks' labels keep the namespaces they had
+        settings.pop("embed_dtype", None)
     description = {
         "labels_version": LABELS_VERSION,
         "task": spec.kind,

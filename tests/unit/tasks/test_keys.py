@@ -35,6 +35,7 @@ def test_exact_inputs_only():
         {"digest": "sha256:" + "cd" * 32},
         {"spec": dataclasses.replace(SPEC, keep_probs=True)},
         {"spec": dataclasses.replace(SPEC, kind="classify", top_k=2)},
+        {"spec": dataclasses.replace(SPEC, kind="embed", embed_dtype="float32")},
         {"precision": "int8"},
         {"backend": "torch"},
         {"max_length": 128},
@@ -43,6 +44,12 @@ def test_exact_inputs_only():
 )
 def test_any_changed_setting_or_model_is_another_namespace(changed):
     assert space(**changed) != space()
+
+
+def test_an_embed_dtype_added_later_leaves_other_tasks_namespaces_as_they_were():
+    assert "embed_dtype" not in namespace(SPEC, DIGEST, ENGINE)[1]["settings"]
+    embed = dataclasses.replace(SPEC, kind="embed", embed_dtype="float32")
+    assert space(embed) != space(dataclasses.replace(embed, embed_dtype="float16"))
 
 
 def test_a_ref_is_a_name_not_content_and_a_new_labels_version_misses_everything(monkeypatch):
