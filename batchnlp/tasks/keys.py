@@ -43,7 +43,14 @@ def namespace(spec: TaskSpec, digest: str, engine: Mapping[str, Any]) -> tuple[s
     ``engine``: how it runs (device, precision, backend, max length) as the worker resolved it,
     never ``auto``.
     """
-    settings = {key: value for key, value in dataclasses.asdict(spec).items() if key not in ("name", "model")}
+    # Settings at their defaults are left out, so a setting added to TaskSpec later (at its default)
+    # keeps every existing namespace, and the labels cached under it, as they were.
+    defaults = {f.name: f.default for f in dataclasses.fields(spec)}
+    settings = {
+        key: value
+        for key, value in dataclasses.asdict(spec).items()
+        if key not in ("name", "model") and value != defaults[key]
+    }
     description = {
         "labels_version": LABELS_VERSION,
         "task": spec.kind,
