@@ -224,7 +224,9 @@ def label_bucket(
         new = entries.filter(pa.array(~known.earlier))
         labelled[name] = pa.concat_tables([before, new]) if before is not None else new
         seconds = time.perf_counter() - clock
-        _share_out(name, shares, tables, distinct, values, tokens, known, stats, seconds)
+        # Each row of every piece's place among the distinct inputs: one hash of the keys for the whole bucket.
+        places = pc.index_in(combined.column("key"), value_set=keys).to_numpy(zero_copy_only=False)
+        _share_out(name, shares, tables, places, distinct, values, tokens, known, stats, seconds)
     return shares, labelled
 
 
@@ -253,6 +255,7 @@ def _share_out(
     name: str,
     shares: list[Share],
     tables: list[pa.Table],
+    places: np.ndarray,
     distinct: pa.Table,
     values: pa.Array,
     tokens: np.ndarray,
@@ -262,7 +265,6 @@ def _share_out(
 ) -> None:
     """Each unit's answers from the bucket, and its part of the bucket's work: the tokens of the keys
     it owns, and in proportion to them the padding and seconds; the batch counts go to the first owner."""
-    keys = distinct.column("key").combine_chunks()
     owner = distinct.column("unit").to_numpy()
     ran = ~known.hit
     run_tokens = np.bincount(owner[ran], weights=tokens[ran], minlength=len(shares)).astype(np.int64)
@@ -271,10 +273,11 @@ def _share_out(
     first = int(np.flatnonzero(run_tokens)[0]) if total else None
     if first is not None:
         padded[first] += stats.padded_tokens - int(padded.sum())
+    ends = np.cumsum([table.num_rows for table in tables])
     for i, (share, table) in enumerate(zip(shares, tables, strict=True)):
         own = (owner == i) & ~known.earlier  # an earlier wave's unit owns what that wave labelled
-        index = pc.index_in(table.column("key").combine_chunks(), value_set=keys)
-        share.answers[name] = pa.table({"key": table.column("key"), "value": values.take(index)})
+        index = places[ends[i] - table.num_rows : ends[i]]
+        share.answers[name] = pa.table({"key": table.column("key"), "value": values.take(pa.array(index))})
         counts = table.column("count").to_numpy()
         part = run_tokens[i] / total if total else 0.0
         share.stats[name] = BatchStats(
@@ -295,7 +298,7 @@ def _share_out(
             "run": int((own & ran).sum()),
             "cached": int((own & known.cached).sum()),
             "tokens_run": int(run_tokens[i]),
-            "tokens_saved": int((counts * tokens[index.to_numpy()]).sum()) - int(run_tokens[i]),
+            "tokens_saved": int((counts * tokens[index]).sum()) - int(run_tokens[i]),
             **(known.cost if i == 0 else {}),
         }
 
@@ -316,8 +319,6 @@ class Labels:
         if index.null_count:  # every key was in the unit's pieces: a missing one is a bug, never a silent null
             raise JobFailed(f"task {name!r}: {index.null_count} rows have no label from their bucket; run again")
         values = answers.column("value").combine_chunks().take(index)
-        if len(values) == 0:
-            values = pa.array([], output_type)
         stats, figures = BatchStats(), {}
         for share in self.shares:
             stats.add(share.stats[name])

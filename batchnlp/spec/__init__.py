@@ -90,6 +90,12 @@ class TaskSpec:
     embed_dtype: str | None = None
 
 
+# TaskSpec settings added after fingerprints were first recorded: left out of a fingerprint at their
+# defaults, so a run from before them still resumes (new settings join this tuple).
+LATER_TASK_SETTINGS = ("keep_probs", "student", "embed_dtype")
+TASK_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TaskSpec)}
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """Everything a run needs, validated. Build it with :meth:`from_settings`."""
@@ -308,14 +314,12 @@ class JobSpec:
         supervision = ("max_bad_lines", "grace_seconds", "unit_timeout", "lock_owner")
         for name in (*volatile, *TLS_SETTINGS, *supervision):
             relevant.pop(name)
-        for task in relevant["tasks"]:  # keep_probs came later: runs without it keep their fingerprints
-            if not task["keep_probs"]:
-                task.pop("keep_probs")
-            if task["student"] is None:  # so did cascades
-                task.pop("student")
+        for task in relevant["tasks"]:
+            if task["student"] is None:  # a margin without a cascade changes nothing
                 task.pop("cascade_margin")
-            if task["embed_dtype"] is None:  # and embeddings
-                task.pop("embed_dtype")
+            for later in LATER_TASK_SETTINGS:  # at their defaults, runs from before them keep their fingerprints
+                if task[later] == TASK_DEFAULTS[later]:
+                    task.pop(later)
         # Added later: runs that do not use them keep the fingerprints they had.
         for later, unset in (
             ("partition_by", ()),

@@ -43,9 +43,14 @@ def namespace(spec: TaskSpec, digest: str, engine: Mapping[str, Any]) -> tuple[s
     ``engine``: how it runs (device, precision, backend, max length) as the worker resolved it,
     never ``auto``.
     """
-    settings = {key: value for key, value in dataclasses.asdict(spec).items() if key not in ("name", "model")}
-    if settings.get("embed_dtype") is None:  # added later: other tasks' labels keep the namespaces they had
-        settings.pop("embed_dtype", None)
+    # Settings at their defaults are left out, so a setting added to TaskSpec later (at its default)
+    # keeps every existing namespace, and the labels cached under it, as they were.
+    defaults = {f.name: f.default for f in dataclasses.fields(spec)}
+    settings = {
+        key: value
+        for key, value in dataclasses.asdict(spec).items()
+        if key not in ("name", "model") and value != defaults[key]
+    }
     description = {
         "labels_version": LABELS_VERSION,
         "task": spec.kind,

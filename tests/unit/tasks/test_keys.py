@@ -66,3 +66,13 @@ def test_buckets_are_ranges_of_the_key_space():
     assert (np.diff(buckets[order]) >= 0).all(), "sorted keys fall in ascending buckets"
     assert set(buckets) == set(range(7))
     assert bucket_of(found.slice(5, 3), 7).tolist() == buckets[5:8].tolist()
+
+
+def test_a_setting_added_later_at_its_default_keeps_every_namespace():
+    """A new TaskSpec field (at its default) must not make every cached label miss after an upgrade."""
+    extended = dataclasses.make_dataclass(
+        "TaskSpec", [("new_setting", str | None, dataclasses.field(default=None))], bases=(TaskSpec,), frozen=True
+    )
+    later = extended(name="sentiment", kind="sentiment", model="s3://models/sst2/")
+    assert space(later) == space()
+    assert space(extended(name="sentiment", kind="sentiment", model="s3://models/sst2/", new_setting="x")) != space()
