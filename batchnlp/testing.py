@@ -9,6 +9,7 @@ a random model mean nothing; speed and plumbing do not depend on them.
     python -m batchnlp.testing /tmp/base-topics --size base --labels world,sports,business,tech
     python -m batchnlp.testing /tmp/tiny-qa --qa                # extractive QA (start/end logits)
     python -m batchnlp.testing /tmp/tiny-encoder --encoder      # an encoder without a head (embeddings)
+    python -m batchnlp.testing /tmp/tiny-ner --ner              # a token classifier (NER labels)
 """
 
 from __future__ import annotations
@@ -77,6 +78,43 @@ def build_encoder(dest: str | Path, *, size: str = "tiny", seed: int = 0) -> Pat
     from transformers import DistilBertModel
 
     return _build(dest, DistilBertModel, size, seed)
+
+
+NER_LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC")
+
+
+def build_token_classifier(
+    dest: str | Path,
+    labels: Sequence[str] = NER_LABELS,
+    *,
+    size: str = "tiny",
+    seed: int = 0,
+    cased: bool = False,
+) -> Path:
+    """Save a random DistilBERT token classifier (NER labels by default) to ``dest``. Its head is scaled
+    and biased so that about half the tokens get a label other than ``O`` and words mix B- and I- labels:
+    a random head would otherwise give most tokens one label and the aggregation little to do."""
+    from transformers import DistilBertForTokenClassification
+
+    def spread(model: Any, tokenizer: Any) -> None:
+        import torch
+
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            weight = torch.randn(model.classifier.weight.shape, generator=generator)
+            model.classifier.weight.copy_(weight / model.config.dim**0.5 * 3)
+            model.classifier.bias.copy_(torch.linspace(1.5, 0.0, len(labels)))
+
+    return _build(
+        dest,
+        DistilBertForTokenClassification,
+        size,
+        seed,
+        do_lower_case=not cased,
+        adjust=spread,
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
 
 
 def build_separating_classifier(
@@ -178,8 +216,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--multi-label", action="store_true")
     parser.add_argument("--qa", action="store_true", help="an extractive question-answering model instead")
     parser.add_argument("--encoder", action="store_true", help="an encoder without a head (embed) instead")
+    parser.add_argument("--ner", action="store_true", help="a token classifier with NER labels (ner) instead")
     args = parser.parse_args(argv)
-    if args.encoder:
+    if args.ner:
+        path = build_token_classifier(args.dest, size=args.size)
+    elif args.encoder:
         path = build_encoder(args.dest, size=args.size)
     elif args.qa:
         path = build_question_answerer(args.dest, size=args.size)

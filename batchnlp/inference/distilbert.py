@@ -3,10 +3,11 @@
 transformers' model classes cost a process ~3 s of CPU to import (its modeling code pulls in
 ``torch._dynamo``, ``torch.distributed.tensor`` and, where SciPy is installed, ``scipy.optimize``),
 none of which inference runs: on a 2-core machine that was most of a job's time to its first
-row. This module needs torch alone. It computes what ``DistilBertForSequenceClassification`` and
-``DistilBertForQuestionAnswering`` compute with SDPA attention, from the same safetensors, under
-the same parameter names; the classifier computes its last layer for the first token only, the
-one position its head reads (~14% of DistilBERT-base's arithmetic, same result to rounding).
+row. This module needs torch alone. It computes what ``DistilBertForSequenceClassification``,
+``DistilBertForQuestionAnswering`` and ``DistilBertForTokenClassification`` compute with SDPA
+attention, from the same safetensors, under the same parameter names; the classifier computes its
+last layer for the first token only, the one position its head reads (~14% of DistilBERT-base's
+arithmetic, same result to rounding).
 
 Only a checkpoint it recognises exactly is loaded here: model type ``distilbert``, no code of its
 own, an activation it knows, and every tensor the head needs, present with the config's shapes
@@ -159,7 +160,22 @@ class QuestionAnswerer(Model):
         return AnswerOutput(start.contiguous(), end.contiguous())
 
 
-HEADS: dict[str, type[Model]] = {"sequence_classifier": SequenceClassifier, "question_answerer": QuestionAnswerer}
+class TokenClassifier(Model):
+    """``DistilBertForTokenClassification``: label logits for every token, ``[rows, tokens, labels]``."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.classifier = nn.Linear(config.dim, config.num_labels)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> ClassifierOutput:
+        return ClassifierOutput(self.classifier(self.distilbert(input_ids, attention_mask)))
+
+
+HEADS: dict[str, type[Model]] = {
+    "sequence_classifier": SequenceClassifier,
+    "question_answerer": QuestionAnswerer,
+    "token_classifier": TokenClassifier,
+}
 
 
 def load(directory: Path, head: str) -> Model | None:

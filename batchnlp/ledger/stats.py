@@ -28,6 +28,8 @@ def column_stats(column: pa.Array | pa.ChunkedArray) -> dict[str, Any]:
     """
     valid = column.drop_null() if column.null_count else column
     stats: dict[str, Any] = {"annotated": len(valid)}
+    if pa.types.is_list(column.type) and pa.types.is_struct(column.type.value_type):  # ner: entities per row
+        return stats | entity_stats(valid)
     if not pa.types.is_struct(column.type):  # embeddings: their norms (a list of floats per row)
         return stats | embedding_stats(valid)
     names = {field.name for field in column.type}
@@ -41,6 +43,27 @@ def column_stats(column: pa.Array | pa.ChunkedArray) -> dict[str, Any]:
         lengths = pc.utf8_length(pc.struct_field(valid, "answer"))
         stats["answered"] = int(pc.sum(pc.greater(lengths, 0)).as_py() or 0)
     return stats
+
+
+def entity_stats(valid: pa.Array | pa.ChunkedArray) -> dict[str, Any]:
+    """Named entities (a list of entity structs per row): ``entities`` found, ``rows_with_entities``,
+    ``entity_types`` (count per entity type), and as ``scores`` the histogram, over the rows with
+    entities, of each row's least sure entity's score."""
+    if isinstance(valid, pa.ChunkedArray):
+        valid = pa.concat_arrays(valid.chunks) if valid.num_chunks else pa.array([], valid.type)
+    lengths = pc.list_value_length(valid).to_numpy(zero_copy_only=False) if len(valid) else np.zeros(0, np.int64)
+    flat = valid.flatten()
+    scores = pc.struct_field(flat, "score").to_numpy(zero_copy_only=False).astype(np.float64)
+    found = lengths > 0
+    least = np.minimum.reduceat(scores, np.cumsum(lengths)[found] - lengths[found]) if len(scores) else scores
+    counts, _ = np.histogram(np.clip(least, 0.0, 1.0), bins=SCORE_BINS, range=(0.0, 1.0))
+    types = pc.value_counts(pc.struct_field(flat, "entity")) if len(flat) else pa.array([])
+    return {
+        "scores": counts.tolist(),
+        "entities": len(flat),
+        "rows_with_entities": int(found.sum()),
+        "entity_types": {item["values"]: item["counts"] for item in types.to_pylist() if item["values"] is not None},
+    }
 
 
 def embedding_stats(valid: pa.Array | pa.ChunkedArray) -> dict[str, Any]:

@@ -48,7 +48,8 @@ TLS_SETTINGS = ("tls_ca_file", "tls_cert", "tls_key")  # --scheduler tls://...: 
 DEFAULT_MAX_ANSWER_LENGTH = 15  # tokens, as transformers' question-answering pipeline
 QA_KEYS = ("question", "question_column", "doc_stride", "max_answer_length", "allow_no_answer")
 CASCADE_KEYS = ("cascade", "cascade_margin")  # a task's student ref and margin (job level: cascade maps TASK: REF)
-TASK_KEYS = ("name", "task", "model", "top_k", "keep_probs", *QA_KEYS, *CASCADE_KEYS, "embed_dtype")
+NER_KEYS = ("aggregation", "entities", "redact")  # ner: how tokens become entities, which are kept, --redact
+TASK_KEYS = ("name", "task", "model", "top_k", "keep_probs", *QA_KEYS, *CASCADE_KEYS, "embed_dtype", *NER_KEYS)
 # The least value of each integer setting, for the spec and the CLI's options alike. A window
 # or a batch of fewer than 8 tokens holds little beyond [CLS] and [SEP].
 MINIMUMS = {
@@ -88,11 +89,17 @@ class TaskSpec:
     cascade_margin: float | None = None
     # embed only: the embeddings' float type, float32 or float16 (--embed-dtype); None for other tasks.
     embed_dtype: str | None = None
+    # ner only: how token labels become entities (simple|first|average|max|none, as transformers' token-classification
+    # pipeline's aggregation_strategy; filled in as simple), which entity groups are kept (None: all) and whether
+    # the text is also written with each kept entity replaced by [TYPE] (a <name>_redacted column).
+    aggregation: str | None = None
+    entities: tuple[str, ...] | None = None
+    redact: bool = False
 
 
 # TaskSpec settings added after fingerprints were first recorded: left out of a fingerprint at their
 # defaults, so a run from before them still resumes (new settings join this tuple).
-LATER_TASK_SETTINGS = ("keep_probs", "student", "embed_dtype")
+LATER_TASK_SETTINGS = ("keep_probs", "student", "embed_dtype", "aggregation", "entities", "redact")
 TASK_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TaskSpec)}
 
 
@@ -157,6 +164,7 @@ class JobSpec:
         problems: list[str] = []
         s = {key.replace("-", "_"): value for key, value in settings.items() if value is not None}
         extra = {"models", "top_k", "keep_probs", "embed_dtype", "overwrite", "resume", *QA_KEYS, *CASCADE_KEYS}
+        extra |= set(NER_KEYS)
         known = {f.name for f in dataclasses.fields(cls)} | extra
         for key in sorted(set(s) - known):
             problems.append(f"unknown setting {key!r}; known settings: {', '.join(sorted(known))}")
@@ -426,9 +434,18 @@ def _tasks_from_settings(s: Mapping[str, Any], problems: list[str]) -> list[Task
         keep_probs = _keep_probs(name, kind, item, s, problems)
         cascade = _cascade(name, kind, item, students, s, problems)
         embed = _embed_dtype(name, kind, item, s, problems)
+        ner = _ner_settings(name, kind, item, s, problems)
         tasks.append(
             TaskSpec(
-                name=name, kind=kind, model=str(model), top_k=top_k, keep_probs=keep_probs, **qa, **cascade, **embed
+                name=name,
+                kind=kind,
+                model=str(model),
+                top_k=top_k,
+                keep_probs=keep_probs,
+                **qa,
+                **cascade,
+                **embed,
+                **ner,
             )
         )
     names = [t.name for t in tasks]
@@ -437,6 +454,9 @@ def _tasks_from_settings(s: Mapping[str, Any], problems: list[str]) -> list[Task
         problems.append(f"{', '.join(given)} apply to qa tasks only, and this job has none (add --task qa)")
     if "embed_dtype" in s and not any(TASKS[t.kind].embeds for t in tasks):
         problems.append("embed_dtype applies to embed tasks only, and this job has none (add --task embed)")
+    ner_given = [key for key in NER_KEYS if key in s]
+    if ner_given and not any(TASKS[t.kind].names_entities for t in tasks):
+        problems.append(f"{', '.join(ner_given)} apply to ner tasks only, and this job has none (add --task ner)")
     if s.get("keep_probs") and not any(TASKS[t.kind].keeps_probs for t in tasks):
         problems.append("keep_probs applies to classify and sentiment tasks only, and this job has none")
     for name in sorted({n for n in names if names.count(n) > 1}):
@@ -502,6 +522,41 @@ def _embed_dtype(name: str, kind: str, item: Mapping[str, Any], s: Mapping[str, 
         problems.append(f"embed_dtype of task {name!r} must be one of {', '.join(EMBED_DTYPES)}, got {value!r}")
         return {"embed_dtype": "float32"}
     return {"embed_dtype": value}
+
+
+def _ner_settings(name: str, kind: str, item: Mapping[str, Any], s: Mapping[str, Any], problems: list[str]) -> dict:
+    """A ner task's aggregation, entities and redact: its own keys, else the job's; refused for other tasks."""
+    from batchnlp.tasks import AGGREGATIONS, DEFAULT_AGGREGATION, TASKS
+
+    if not TASKS[kind].names_entities:
+        for key in sorted(set(NER_KEYS) & set(item)):
+            problems.append(f"task {name!r} ({kind}) does not take {key}; only ner tasks do")
+        return {}
+    value = {key: item.get(key, s.get(key)) for key in NER_KEYS}
+    aggregation = DEFAULT_AGGREGATION if value["aggregation"] is None else value["aggregation"]
+    if aggregation not in AGGREGATIONS:
+        problems.append(
+            f"aggregation of task {name!r} must be one of {', '.join(AGGREGATIONS)} (as transformers' "
+            f"token-classification pipeline's aggregation_strategy), got {aggregation!r}"
+        )
+    entities = value["entities"]
+    if isinstance(entities, str):
+        entities = [part.strip() for part in entities.split(",")]
+    if entities is not None:
+        names = isinstance(entities, list | tuple) and all(isinstance(e, str) and e for e in entities)
+        if not names or not entities:
+            problems.append(
+                f"entities of task {name!r} must be entity group names, a list or comma-separated "
+                f"(--entities PER,LOC), got {value['entities']!r}"
+            )
+            entities = None
+        else:
+            entities = tuple(sorted(set(entities)))
+    redact = False if value["redact"] is None else value["redact"]
+    if not isinstance(redact, bool):
+        problems.append(f"redact of task {name!r} must be true or false, got {redact!r}")
+        redact = False
+    return {"aggregation": aggregation, "entities": entities, "redact": redact}
 
 
 def _keep_probs(name: str, kind: str, item: Mapping[str, Any], s: Mapping[str, Any], problems: list[str]) -> bool:

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from batchnlp.tasks.columns import ERROR_COLUMN, answer_type, embedding_type, label_type
-from batchnlp.tasks.summaries import ANSWERS, EMBEDDINGS, LABELS, Summary
+from batchnlp.tasks.columns import ERROR_COLUMN, answer_type, embedding_type, entity_type, label_type
+from batchnlp.tasks.summaries import ANSWERS, EMBEDDINGS, ENTITIES, LABELS, Summary
 
 if TYPE_CHECKING:
     from batchnlp.spec import TaskSpec
@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 # itself: at 0.2 it kept 97.1%. Like int8's rescore margin, the default errs on the side of the teacher's
 # labels; distill prints the margin of a student of one's own.
 DEFAULT_CASCADE_MARGIN = 0.75
+# ner (--aggregation): transformers' token-classification pipeline's aggregation strategies, by the same names.
+AGGREGATIONS = ("simple", "first", "average", "max", "none")
+DEFAULT_AGGREGATION = "simple"  # entity groups, as most NER model cards show them (the pipeline's own default is none)
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,11 @@ class TaskInfo:
     keeps_probs: bool = False  # classifiers: --keep-probs writes every label's probability (batchnlp distill)
     cascades: bool = False  # classifiers: --cascade TASK=STUDENT, the teacher labelling the student's close calls
     embeds: bool = False  # embed: --embed-dtype float32|float16
+    names_entities: bool = False  # ner: --aggregation, --entities, --redact
+    # A task whose one value per row is a struct written as several columns, where this says so for a spec (ner
+    # --redact): the struct's first field is the task's column, each other field the column <task>_<field>.
+    # Deduplication and the label cache keep the one value; only the written part is spread.
+    spreads: Callable[[TaskSpec], bool] | None = None
 
     def load(self) -> type[Task]:
         module, _, name = self.target.partition(":")
@@ -94,12 +102,44 @@ TASKS: dict[str, TaskInfo] = {
         summary=EMBEDDINGS,
         embeds=True,
     ),
+    "ner": TaskInfo(
+        target="batchnlp.tasks.ner:NamedEntities",
+        default_model="dslim/distilbert-NER",
+        supports_top_k=False,
+        help="named entities (any token-classification checkpoint): list<struct<entity, score, start, end, word>> "
+        "per row, grouped as --aggregation says; --entities keeps some types, --redact also writes the text with "
+        "each entity replaced by [TYPE]",
+        output_type=entity_type,
+        summary=ENTITIES,
+        names_entities=True,
+        spreads=lambda spec: spec.redact,
+    ),
 }
 
 
 def output_schema(input_schema: pa.Schema, tasks: tuple[TaskSpec, ...]) -> pa.Schema:
-    """Every part's columns: the input's (partition keys included), one per task in order, then ``_error``."""
+    """Every part's columns: the input's (partition keys included), each task's in order, then ``_error``."""
     schema = input_schema
     for task in tasks:
-        schema = schema.append(pa.field(task.name, TASKS[task.kind].output_type(task)))
+        for field in task_fields(task, TASKS[task.kind].output_type(task)):
+            schema = schema.append(field)
     return schema.append(ERROR_COLUMN)
+
+
+def task_fields(task: TaskSpec, kind: pa.DataType) -> list[pa.Field]:
+    """The columns a task writes, its value being of type ``kind``: one named after the task, or a spread
+    struct's fields (:attr:`TaskInfo.spreads`), the first named after the task, the others ``<task>_<field>``."""
+    spreads = TASKS[task.kind].spreads
+    if spreads is None or not spreads(task):
+        return [pa.field(task.name, kind)]
+    return [pa.field(task.name if i == 0 else f"{task.name}_{f.name}", f.type) for i, f in enumerate(kind)]
+
+
+def task_columns(task: TaskSpec, kind: pa.DataType, values: pa.Array) -> list[tuple[pa.Field, pa.Array]]:
+    """The written columns of a task's values (:func:`task_fields`); a null value is null in each of them."""
+    fields = task_fields(task, kind)
+    if len(fields) == 1:
+        return [(fields[0], values)]
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    return list(zip(fields, values.flatten(), strict=True))  # flatten: the struct's nulls in every child

@@ -24,6 +24,18 @@ LABEL_ORDER_KEY = b"batchnlp.labels"  # metadata of the probs field: the labels 
 MODEL = "model"  # --keep-probs with a cascade: which model labelled the row, one of LABELLERS
 LABELLERS = ("student", "teacher")  # a cascade's models, as the model field and the run's counts name them
 EMBED_DTYPES = {"float32": pa.float32(), "float16": pa.float16()}  # --embed-dtype
+# ner: one entity (a group of tokens under --aggregation, a token under none), offsets in characters of the text.
+ENTITY = pa.struct(
+    [
+        ("entity", pa.string()),
+        ("score", pa.float32()),
+        ("start", pa.int32()),
+        ("end", pa.int32()),
+        ("word", pa.string()),
+    ]
+)
+ENTITIES = pa.list_(ENTITY)
+REDACTED = "redacted"  # ner --redact: the text with each kept entity replaced by [TYPE], column <task>_redacted
 # Metadata of an embedding column's value field: its length, pooling and normalisation, as JSON values.
 EMBEDDING_KEYS = (b"batchnlp.dimension", b"batchnlp.pooling", b"batchnlp.normalize")
 
@@ -62,6 +74,14 @@ def label_order(kind: pa.DataType) -> list[str] | None:
 def answer_type(spec: TaskSpec) -> pa.DataType:
     """Question answering: the answer text, its score and its character span in the text."""
     return ANSWER
+
+
+def entity_type(spec: TaskSpec) -> pa.DataType:
+    """Named entities: a list of entities per row; with ``redact`` the row's value is a struct of that list
+    and the redacted text, which the registry writes as two columns (:func:`batchnlp.tasks.task_fields`)."""
+    if spec.redact:
+        return pa.struct([pa.field("entities", ENTITIES), pa.field(REDACTED, pa.string())])
+    return ENTITIES
 
 
 def embedding_type(spec: TaskSpec) -> pa.DataType:

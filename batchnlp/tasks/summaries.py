@@ -58,6 +58,20 @@ def embedding_figures(merged: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def entity_figures(merged: dict[str, Any]) -> dict[str, Any]:
+    """Named entities: entities found, rows with at least one and their share, count per entity type (most
+    common first) and the five commonest as one line for the report's table."""
+    annotated, rows = merged["annotated"], merged.get("rows_with_entities", 0)
+    types = merged.get("entity_types", {})
+    return {
+        "entities": merged.get("entities", 0),
+        "rows_with_entities": rows,
+        "entity_row_rate": round(rows / annotated, 4) if annotated else None,
+        "entity_types": types,
+        "top_entity_types": ", ".join(f"{kind} {count:,}" for kind, count in list(types.items())[:5]) or "–",
+    }
+
+
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
@@ -78,6 +92,16 @@ def embedding_cell(value: list[float]) -> str:
     """``[dim] 0.0123, -0.0456, 0.0789, …``: the length and the first values."""
     head = ", ".join(f"{v:.4f}" for v in value[:3])
     return f"[{len(value)}] {head}{', …' if len(value) > 3 else ''}"
+
+
+ENTITIES_SHOWN = 5  # inspect --rows: a row's first entities, then how many more
+
+
+def entity_cell(value: list[dict[str, Any]]) -> str:
+    """``PER 'Alice' (0.99), LOC 'Paris' (0.97)``: the first entities, the text each covers quoted; ``(none)``."""
+    shown = [f"{entity['entity']} {entity['word']!r}{_score(entity)}" for entity in value[:ENTITIES_SHOWN]]
+    more = len(value) - ENTITIES_SHOWN
+    return ", ".join(shown) + (f", … {more} more" if more > 0 else "") if shown else "(none)"
 
 
 def _score(value: dict[str, Any]) -> str:
@@ -106,6 +130,21 @@ EMBEDDINGS = Summary(
             ("norm_min", "smallest norm"),
             ("norm_mean", "mean norm"),
             ("norm_max", "largest norm"),
+        ),
+    ),
+)
+ENTITIES = Summary(
+    entity_figures,
+    entity_cell,
+    ReportSection(
+        "Named entities",
+        "Entities found, rows with at least one entity, of the rows the task annotated, and the commonest types.",
+        (
+            ("annotated", "annotated"),
+            ("entities", "entities"),
+            ("rows_with_entities", "rows with entities"),
+            ("entity_row_rate", "share of rows"),
+            ("top_entity_types", "top entity types"),
         ),
     ),
 )

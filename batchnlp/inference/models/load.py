@@ -7,6 +7,7 @@ pickle-only weights, a head or vocabulary unlike its config, a truncated weights
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,61 @@ def load_encoder(directory: Path, ref: str) -> tuple[Any, Any]:
     settings = read_settings(directory, ref)
     tokenizer, encoder = _load(directory, ref, "encoder", "an encoder")
     return tokenizer, PooledEncoder(encoder, settings.pooling, settings.normalize).eval()
+
+
+def load_token_classifier(directory: Path, ref: str) -> tuple[Any, Any]:
+    """(tokenizer, model) of a token-classification checkpoint (``logits`` ``[rows, tokens, labels]``), fp32 on
+    the CPU. Another kind of checkpoint is refused (:func:`check_kind`), and so is one whose safetensors lack
+    the head's weights: transformers would start them at random and label every token by chance."""
+    check_kind(json.loads((directory / "config.json").read_text()).get("architectures"), ref, "token_classifier")
+    tokenizer, model = _load(directory, ref, "token_classifier", KINDS["token_classifier"][1])
+    missing = _missing_head(directory, model)
+    if missing:
+        raise ModelError(
+            f"model {ref!r} is not a token classifier: its safetensors have no {', '.join(missing[:3])} (the "
+            "token-classification head), so transformers would start the head at random. --task ner needs a "
+            "token-classification (NER) checkpoint (*ForTokenClassification)"
+        )
+    return tokenizer, model
+
+
+# Head kinds: transformers' architecture suffix, and how an error names the kind.
+KINDS = {
+    "sequence_classifier": ("ForSequenceClassification", "a sequence classifier"),
+    "question_answerer": ("ForQuestionAnswering", "a question-answering model"),
+    "token_classifier": ("ForTokenClassification", "a token classifier"),
+    "masked_lm": ("ForMaskedLM", "a masked language model"),
+    "encoder": ("Model", "an encoder without a head"),
+}
+
+
+def check_kind(architectures: list[str] | None, ref: str, head: str) -> None:
+    """A checkpoint whose config.json names its architectures, none of them ``head``'s kind, is refused with
+    the kind found and the kind needed (a config that names none is checked by its weights, when loaded)."""
+    suffix, needed = KINDS[head]
+    if not architectures or any(name.endswith(suffix) for name in architectures):
+        return
+    found = next(
+        (what for end, what in KINDS.values() if any(name.endswith(end) for name in architectures)), "another kind"
+    )
+    task = {"token_classifier": "ner"}.get(head, head)
+    raise ModelError(
+        f"model {ref!r} is {found} ({', '.join(architectures)} in its config.json), but task {task} needs "
+        f"{needed} (*{suffix}): pass such a checkpoint with --model {task}=REF"
+    )
+
+
+def _missing_head(directory: Path, model: Any) -> list[str]:
+    """The model's own weights outside its base model that no safetensors file of the checkpoint holds."""
+    from safetensors import safe_open
+
+    prefix = getattr(model, "base_model_prefix", "distilbert")
+    names: set[str] = set()
+    for path in sorted(directory.glob("*.safetensors")):
+        with safe_open(str(path), "pt") as weights:
+            names.update(weights.keys())
+    own = [name for name in model.state_dict() if not name.startswith(f"{prefix}.")]
+    return [name for name in own if name not in names and f"{prefix}.{name}" not in names]
 
 
 def _load(directory: Path, ref: str, head: str, what: str) -> tuple[Any, Any]:
@@ -110,6 +166,7 @@ AUTO_CLASSES = {
     "sequence_classifier": "AutoModelForSequenceClassification",
     "question_answerer": "AutoModelForQuestionAnswering",
     "encoder": "AutoModel",  # the base model, without a head (embeddings)
+    "token_classifier": "AutoModelForTokenClassification",
 }
 
 
