@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from batchnlp.testing import build_classifier, build_encoder, build_question_answerer
+from batchnlp.testing import build_classifier, build_encoder, build_question_answerer, build_token_classifier
 from tests.support.helpers import cli_job, one_worker_cluster
 from tests.support.s3proxy import S3Proxy
 
@@ -62,6 +62,11 @@ def qa_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def embed_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_encoder(tmp_path_factory.mktemp("models") / "encoder")
+
+
+@pytest.fixture(scope="session")
+def ner_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_token_classifier(tmp_path_factory.mktemp("models") / "ner")
 
 
 @pytest.fixture(scope="session")

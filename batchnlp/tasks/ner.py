@@ -144,7 +144,9 @@ class NamedEntities(Task):
         if not self.spec.redact:
             return entities
         texts = inputs.texts
-        redacted = pa.array([redact(t, found, self.aggregation) for t, found in zip(texts, values, strict=True)])
+        redacted = pa.array(
+            [redact(t, found, self.aggregation) for t, found in zip(texts, values, strict=True)], pa.string()
+        )
         return pa.StructArray.from_arrays([entities, redacted], fields=list(self.output_type))
 
     def entities(self, text: str, ids: np.ndarray, offsets: np.ndarray, logits: np.ndarray) -> list[dict[str, Any]]:

@@ -28,7 +28,7 @@ from batchnlp.ledger.record import PartResult, Totals
 from batchnlp.ledger.report import build_report, render_html
 from batchnlp.observe.inspection import RunInfo, rows_table
 from batchnlp.spec import JobSpec, TaskSpec
-from batchnlp.tasks import TASKS, TaskInfo
+from batchnlp.tasks import TASKS, TaskInfo, task_fields
 from tests.support.helpers import manifest, write_jsonl
 
 # The tiny random model (a fixture of tests/conftest.py) each task class is run with here.
@@ -36,6 +36,7 @@ MODELS = {
     "batchnlp.tasks.classify:Classify": "tiny_model",
     "batchnlp.tasks.qa:QuestionAnswering": "qa_model",
     "batchnlp.tasks.embed:Embed": "embed_model",
+    "batchnlp.tasks.ner:NamedEntities": "ner_model",
 }
 QUESTION = "Who pays?"
 SCHEMA = pa.schema([("id", pa.int64()), ("text", pa.string()), ("question", pa.string())])
@@ -57,6 +58,8 @@ def variants(info: TaskInfo) -> dict[str, dict]:
         return {"question-column": {"question_column": "question"}, "fixed-question": {"question": QUESTION}}
     if info.supports_top_k:
         return {"top-k": {"top_k": 2}}
+    if info.names_entities:
+        return {"simple": {"aggregation": "simple"}, "redact": {"aggregation": "first", "redact": True}}
     return {"": {}}
 
 
@@ -124,19 +127,27 @@ def test_a_task_accounts_for_every_row_of_any_unit(tmp_path, plugins, settings_k
     if texts:
         part = pq.read_table(result.part.removeprefix("file://"))
         assert part.column("id").to_pylist() == list(range(len(texts))), "every row, in input order"
-        assert part.schema.field(task.name).type == info.output_type(task)
+        written = task_fields(task, info.output_type(task))
+        assert [part.schema.field(field.name).type for field in written] == [field.type for field in written]
         values = part.column(task.name).to_pylist()
+        for field in written[1:]:  # a spread value's other columns (ner --redact): null where the task's is
+            assert [value is None for value in part.column(field.name).to_pylist()] == [v is None for v in values]
         assert [value is None for value in values] == [error is not None for error in errors]
         assert part.column("_error").to_pylist() == errors
         assert all(isinstance(info.summary.cell(value), str) for value in values if value is not None)
         run = RunInfo("out/", "committed", "conformance", {"id_column": "id"}, record(task), Totals(), [])
         shown = rows_table(run, part.slice(0, 5).to_pylist())
         assert [str(column.header) for column in shown.columns] == ["id", "text", task.name, "_error"]
+        if info.names_entities and task.redact:
+            redacted = part.column(f"{task.name}_redacted").to_pylist()
+            assert all(isinstance(text, str) for text, error in zip(redacted, errors, strict=True) if error is None)
     else:
         assert result.part == "" and result.bytes == 0, "a unit without rows writes no part"
 
     figures = report_figures(task, result)
-    assert figures["annotated"] == sum(figures["scores"]["counts"]) == annotated
+    assert figures["annotated"] == annotated
+    # Each annotated row in the score histogram; ner's counts the rows with entities (by their least sure one).
+    assert sum(figures["scores"]["counts"]) == figures.get("rows_with_entities", annotated)
 
 
 def record(task: TaskSpec) -> dict[str, dict]:

@@ -49,12 +49,14 @@ def load_token_classifier(directory: Path, ref: str) -> tuple[Any, Any]:
     the head's weights: transformers would start them at random and label every token by chance."""
     check_kind(json.loads((directory / "config.json").read_text()).get("architectures"), ref, "token_classifier")
     tokenizer, model = _load(directory, ref, "token_classifier", KINDS["token_classifier"][1])
-    missing = _missing_head(directory, model)
-    if missing:
+    missing, other = _head_weights(directory, model)
+    if missing or other:
+        found = f"has no {', '.join(missing[:3])}" if missing else f"has another head's {', '.join(other[:3])}"
         raise ModelError(
-            f"model {ref!r} is not a token classifier: its safetensors have no {', '.join(missing[:3])} (the "
-            "token-classification head), so transformers would start the head at random. --task ner needs a "
-            "token-classification (NER) checkpoint (*ForTokenClassification)"
+            f"model {ref!r} is not a token classifier: its safetensors {found} (a token-classification head is "
+            "one classifier layer over every token), and transformers would start the head at random or read "
+            "another head's weights. --task ner needs a token-classification (NER) checkpoint "
+            "(*ForTokenClassification)"
         )
     return tokenizer, model
 
@@ -85,8 +87,9 @@ def check_kind(architectures: list[str] | None, ref: str, head: str) -> None:
     )
 
 
-def _missing_head(directory: Path, model: Any) -> list[str]:
-    """The model's own weights outside its base model that no safetensors file of the checkpoint holds."""
+def _head_weights(directory: Path, model: Any) -> tuple[list[str], list[str]]:
+    """The model's head weights (outside its base model) that no safetensors file of the checkpoint holds, and
+    the files' weights outside the base model that the model has no use for (another head's)."""
     from safetensors import safe_open
 
     prefix = getattr(model, "base_model_prefix", "distilbert")
@@ -94,8 +97,12 @@ def _missing_head(directory: Path, model: Any) -> list[str]:
     for path in sorted(directory.glob("*.safetensors")):
         with safe_open(str(path), "pt") as weights:
             names.update(weights.keys())
-    own = [name for name in model.state_dict() if not name.startswith(f"{prefix}.")]
-    return [name for name in own if name not in names and f"{prefix}.{name}" not in names]
+    state = model.state_dict()
+    own = [name for name in state if not name.startswith(f"{prefix}.")]
+    missing = [name for name in own if name not in names and f"{prefix}.{name}" not in names]
+    outside = (name for name in names if not name.startswith(f"{prefix}."))
+    other = sorted(name for name in outside if name not in state and f"{prefix}.{name}" not in state)
+    return missing, other
 
 
 def _load(directory: Path, ref: str, head: str, what: str) -> tuple[Any, Any]:
