@@ -25,7 +25,7 @@ from batchnlp.cli.options import (
 )
 from batchnlp.cli.params import KeyValue
 from batchnlp.spec import COMPRESSION_NAMES, INPUT_FORMATS, MINIMUMS, OUTPUT_FORMATS
-from batchnlp.tasks import DEFAULT_CASCADE_MARGIN
+from batchnlp.tasks import AGGREGATIONS, DEFAULT_AGGREGATION, DEFAULT_CASCADE_MARGIN
 
 if TYPE_CHECKING:
     from batchnlp.spec import JobSpec
@@ -80,6 +80,27 @@ JOB_OPTIONS = [
         type=click.Choice(["float32", "float16"]),
         help="embed: the embeddings' float type (fixed_size_list<float32|float16>[dim]); float16 halves the column. "
         "Example: --embed-dtype float16",
+    ),
+    click.option(
+        "--aggregation",
+        type=click.Choice(AGGREGATIONS),
+        help="ner: how token labels become entities, as transformers' token-classification pipeline's "
+        "aggregation_strategy: simple groups adjacent tokens of one type, first/average/max first give each word "
+        f"one label, none keeps each token (entity B-PER, I-PER...). Default: {DEFAULT_AGGREGATION}. "
+        "Example: --aggregation first",
+    ),
+    click.option(
+        "--entities",
+        metavar="TYPES",
+        help="ner: keep only these entity types, comma-separated, as the model names them (with --aggregation "
+        "none, the label less B-/I-). Default: all. Example: --entities PER,LOC",
+    ),
+    click.option(
+        "--redact",
+        is_flag=True,
+        default=None,
+        help="ner: also write the text with each kept entity replaced by its type ([PER]) in a column "
+        "<task>_redacted after the task's. The text column stays unless you drop it. Example: --redact",
     ),
     click.option(
         "--cascade",
