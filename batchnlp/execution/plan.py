@@ -22,6 +22,7 @@ from batchnlp.io.storage import InputFile, Location, list_input
 from batchnlp.io.tables import read_table
 from batchnlp.ledger.record import Manifest
 from batchnlp.spec import TABLE_FORMATS, JobSpec
+from batchnlp.tasks import column_names
 from batchnlp.tasks.columns import ERROR_COLUMN
 
 # Units are sized before connecting; on an external cluster without --workers, assume this many.
@@ -128,7 +129,8 @@ def _check_question_columns(spec: JobSpec, schema: pa.Schema) -> None:
 def _check_task_columns(spec: JobSpec, schema: pa.Schema) -> None:
     """The columns a run adds (one per task, ``_error``) are not in the input already: a part with two
     columns of one name is unreadable. The usual cause is an earlier run's output fed back in."""
-    taken = [name for name in (*(task.name for task in spec.tasks), ERROR_COLUMN.name) if name in schema.names]
+    written = [name for task in spec.tasks for name in column_names(task)]  # ner --redact: two
+    taken = [name for name in (*written, ERROR_COLUMN.name) if name in schema.names]
     if not taken:
         return
     fixes = []

@@ -135,6 +135,14 @@ def task_fields(task: TaskSpec, kind: pa.DataType) -> list[pa.Field]:
     return [pa.field(task.name if i == 0 else f"{task.name}_{f.name}", f.type) for i, f in enumerate(kind)]
 
 
+def column_names(task: TaskSpec) -> list[str]:
+    """The names of the columns a task writes (:func:`task_fields`), from its spec alone."""
+    spreads = TASKS[task.kind].spreads
+    if spreads is None or not spreads(task):
+        return [task.name]
+    return [field.name for field in task_fields(task, TASKS[task.kind].output_type(task))]
+
+
 def task_columns(task: TaskSpec, kind: pa.DataType, values: pa.Array) -> list[tuple[pa.Field, pa.Array]]:
     """The written columns of a task's values (:func:`task_fields`); a null value is null in each of them."""
     fields = task_fields(task, kind)

@@ -316,3 +316,13 @@ def test_a_ner_task_leaves_other_jobs_fingerprints_alone(tiny_model):
     assert settings["tasks"] == [
         {"name": "ner", "task": "ner", "model": "dslim/distilbert-NER", "aggregation": "simple", "redact": True}
     ]
+
+
+def test_an_input_that_has_the_redacted_column_already_is_refused(ner_model):
+    from batchnlp.errors import InputError
+    from batchnlp.execution.plan import check_columns
+
+    job = {"input": "in.jsonl", "output": "out/", "tasks": ["ner"], "models": {"ner": str(ner_model)}, "redact": True}
+    schema = pa.schema([("text", pa.string()), ("ner_redacted", pa.string())])
+    with pytest.raises(InputError, match="the input already has a column 'ner_redacted'"):
+        check_columns(JobSpec.from_settings(job), schema)
