@@ -326,3 +326,14 @@ def test_an_input_that_has_the_redacted_column_already_is_refused(ner_model):
     schema = pa.schema([("text", pa.string()), ("ner_redacted", pa.string())])
     with pytest.raises(InputError, match="the input already has a column 'ner_redacted'"):
         check_columns(JobSpec.from_settings(job), schema)
+
+
+def test_plan_counts_every_window_of_a_long_text(ner_model):
+    from batchnlp.execution.estimate import sequence_lengths
+
+    task = NamedEntities(spec_of(ner_model), ner_model, None, 64)  # as plan builds it: tokenizer and config only
+    text = " ".join(review_texts()[:5])
+    lengths = sequence_lengths(task, {"text": text, "_error": None}, "text")
+    tokens = len(task.tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert len(lengths) > 3 and max(lengths) == 64
+    assert sum(length - 2 for length in lengths) == tokens + task.stride * (len(lengths) - 1), "overlaps counted"
