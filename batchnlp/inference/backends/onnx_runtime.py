@@ -105,7 +105,7 @@ def load(
     kind = exported_as(model)
     if kind is None:  # decided before anything is written: the cache holds exports only
         _say_once(directory, "model %s is a %s checkpoint (%s); the onnxruntime backend exports DistilBERT and "
-                  "BERT classifiers and QA models, so it runs on torch", ref,
+                  "BERT sequence classifiers and QA models, so it runs on torch", ref,
                   getattr(model.config, "model_type", "?"), type(model).__name__)  # fmt: skip
         return tokenizer, model
     try:
