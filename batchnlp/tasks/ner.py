@@ -81,7 +81,8 @@ class NamedEntities(Task):
         self.stride = min(DEFAULT_STRIDE, room // 2)
         self.step = room - self.stride  # a window starts this many tokens after the one before it
         self.token_types = "token_type_ids" in self.tokenizer.model_input_names
-        model = getattr(getattr(self.tokenizer, "_tokenizer", None), "model", None)
+        # The pipeline's test (its tokenizer's _tokenizer is the public backend_tokenizer): "##" says so; BPE's "" not.
+        model = getattr(getattr(self.tokenizer, "backend_tokenizer", None), "model", None)
         self.word_aware = bool(getattr(model, "continuing_subword_prefix", None))
         self.aggregation = spec.aggregation or DEFAULT_AGGREGATION
         self.kept = set(spec.entities) if spec.entities else None
