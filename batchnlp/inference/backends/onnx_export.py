@@ -12,8 +12,9 @@ and the feed-forward for that token alone (``MultiHeadAttention`` over every key
 of DistilBERT-base's arithmetic, as the torch path's ``first_only`` spares.
 
 Inputs are ``input_ids`` and ``attention_mask`` (int32, right-padded: the engine pads so), and
-``token_type_ids`` for BERT. Outputs are ``logits`` (classifier) or ``start_logits`` and
-``end_logits`` (question answering).
+``token_type_ids`` for BERT. Outputs are ``logits`` (classifier: ``[batch, labels]``; token
+classifier: ``[batch, tokens, labels]``, every token's) or ``start_logits`` and ``end_logits``
+(question answering).
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ ACTIVATIONS = ("gelu", "relu")  # the feed-forward activations the export writes
 
 def export(model: Any, family: str, head: str) -> Any:
     """The ``onnx.ModelProto`` of ``model`` (fp32; ``family`` a :data:`FAMILIES` key) for ``head``
-    (``sequence_classifier`` or ``question_answerer``)."""
+    (``sequence_classifier``, ``question_answerer`` or ``token_classifier``)."""
     from onnx import TensorProto, helper
 
     config, kind = model.config, FAMILIES[family]
@@ -108,6 +109,10 @@ def export(model: Any, family: str, head: str) -> Any:
     if head == "sequence_classifier":
         outputs = {"logits": _classifier(graph, weights, kind, hidden)}
         shapes = {"logits": ["batch", config.num_labels]}
+    elif head == "token_classifier":  # one classifier layer over every token's final state
+        weight, bias = weights["classifier.weight"].T, weights["classifier.bias"]
+        outputs = {"logits": _linear(graph, hidden, weight, bias, "logits")}
+        shapes = {"logits": ["batch", "tokens", config.num_labels]}
     else:
         outputs = _answer_spans(graph, weights, hidden)
         shapes = {name: ["batch", "tokens"] for name in outputs}

@@ -31,8 +31,10 @@ logger = logging.getLogger(__name__)
 EXPORTED = {
     "SequenceClassifier": ("distilbert", "sequence_classifier"),  # batchnlp.inference.distilbert's
     "QuestionAnswerer": ("distilbert", "question_answerer"),
+    "TokenClassifier": ("distilbert", "token_classifier"),
     "BertForSequenceClassification": ("bert", "sequence_classifier"),  # transformers'
     "BertForQuestionAnswering": ("bert", "question_answerer"),
+    "BertForTokenClassification": ("bert", "token_classifier"),
 }
 # ONNX Runtime's graph fusions left out: SkipLayerNormalization's CPU kernel is slower than the
 # Adds and LayerNormalization it would replace (batchnlp.inference.backends.onnx_export._skip_norm).
@@ -105,7 +107,7 @@ def load(
     kind = exported_as(model)
     if kind is None:  # decided before anything is written: the cache holds exports only
         _say_once(directory, "model %s is a %s checkpoint (%s); the onnxruntime backend exports DistilBERT and "
-                  "BERT sequence classifiers and QA models, so it runs on torch", ref,
+                  "BERT classifiers (of texts or tokens) and QA models, so it runs on torch", ref,
                   getattr(model.config, "model_type", "?"), type(model).__name__)  # fmt: skip
         return tokenizer, model
     try:

@@ -33,11 +33,12 @@ from batchnlp.inference.engine import Engine
 from batchnlp.spec import TaskSpec
 from batchnlp.tasks.classify import Classify
 from batchnlp.tasks.columns import ANSWER
+from batchnlp.tasks.ner import NamedEntities
 from batchnlp.tasks.qa import QuestionAnswering
 from batchnlp.testing import vocabulary_dir
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
-HEADS = {"classify": "ForSequenceClassification", "qa": "ForQuestionAnswering"}
+HEADS = {"classify": "ForSequenceClassification", "qa": "ForQuestionAnswering", "ner": "ForTokenClassification"}
 TEXTS = [
     "a short review",
     "",
@@ -165,6 +166,13 @@ def test_every_family_loads_and_annotates_through_the_task_code(tmp_path, family
         empty, _ = task.annotate([])
         assert column.type == task.output_type and len(empty) == 0
         assert all(row["label"] in ("NEG", "POS") for row in column.to_pylist())
+    elif head == "ner":
+        spec = TaskSpec(name="ner", kind="ner", model=family, aggregation="first")
+        task = NamedEntities(spec, directory, engine, 128)
+        column, _ = task.annotate(TEXTS)
+        assert column.type == task.output_type and len(task.annotate([])[0]) == 0
+        for text, found in zip(TEXTS, column.to_pylist(), strict=True):
+            assert all(0 <= e["start"] < e["end"] <= len(text) and e["entity"] in ("NEG", "POS") for e in found)
     else:
         spec = TaskSpec(name="answer", kind="qa", model=family, question_column="question", max_answer_length=15)
         task = QuestionAnswering(spec, directory, engine, 128)

@@ -19,7 +19,7 @@ from batchnlp.inference.backends.onnx_cache import GRAPH, cached_export
 from batchnlp.inference.backends.onnx_export import export
 from batchnlp.inference.backends.onnx_runtime import OnnxModel
 from batchnlp.inference.engine import Engine
-from batchnlp.inference.models.load import load_question_answerer, load_sequence_classifier
+from batchnlp.inference.models.load import load_question_answerer, load_sequence_classifier, load_token_classifier
 from batchnlp.spec import JobSpec, TaskSpec
 from batchnlp.tasks.classify import Classify
 from tests.support import corpus
@@ -70,12 +70,13 @@ def padded(lengths: list[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("head, loader", [("sequence_classifier", load_sequence_classifier),
-                                          ("question_answerer", load_question_answerer)])  # fmt: skip
-def test_the_export_computes_what_the_torch_modules_compute(tiny_model, qa_model, tmp_path, head, loader):
+                                          ("question_answerer", load_question_answerer),
+                                          ("token_classifier", load_token_classifier)])  # fmt: skip
+def test_the_export_computes_what_the_torch_modules_compute(tiny_model, qa_model, ner_model, tmp_path, head, loader):
     """Fused attention over padded rows, and the classifier's first-token-only last layer."""
     import torch
 
-    directory = tiny_model if head == "sequence_classifier" else qa_model
+    directory = {"sequence_classifier": tiny_model, "question_answerer": qa_model, "token_classifier": ner_model}[head]
     model = distilbert.load(directory, head)
     graph, seconds = cached_export(tmp_path, "sha256:test", head, "fp32", lambda: export(model, "distilbert", head))
     assert seconds > 0 and graph.name == GRAPH
@@ -87,11 +88,11 @@ def test_the_export_computes_what_the_torch_modules_compute(tiny_model, qa_model
     assert type(got) is type(want)
     for ours, theirs in zip(got, want, strict=True):
         for row, length in enumerate(lengths):  # QA's logits past a row's length are padding
-            width = length if ours.ndim == 2 and head == "question_answerer" else None
+            width = length if ours.ndim >= 2 and head != "sequence_classifier" else None
             np.testing.assert_allclose(ours[row, :width].numpy(), theirs[row, :width].numpy(), atol=2e-5)
 
 
-@pytest.mark.parametrize("head", ["classify", "qa"])
+@pytest.mark.parametrize("head", ["classify", "qa", "ner"])
 def test_bert_exports_too_with_its_token_types(tmp_path, head):
     """transformers' BERT classes: segment embeddings, the tanh pooler, the config's LayerNorm epsilon."""
     import torch
@@ -99,7 +100,7 @@ def test_bert_exports_too_with_its_token_types(tmp_path, head):
     from batchnlp.inference.models.load import _load  # the loader batchnlp runs, through transformers for BERT
 
     directory = build(tmp_path / "bert", "bert", head)
-    kind = {"classify": "sequence_classifier", "qa": "question_answerer"}[head]
+    kind = {"classify": "sequence_classifier", "qa": "question_answerer", "ner": "token_classifier"}[head]
     _, model = _load(directory, "bert", kind, kind)
     graph = cached_export(tmp_path / "cache", "d", kind, "fp32", lambda: export(model, "bert", kind))[0]
     onnx_model = OnnxModel(graph, model.config, threads=1)
@@ -111,7 +112,7 @@ def test_bert_exports_too_with_its_token_types(tmp_path, head):
         plain = model(input_ids=ids, attention_mask=mask), onnx_model(ids, mask)  # no segments: all 0
     for ours, theirs in [*zip(got, want.values(), strict=True), *zip(plain[1], plain[0].values(), strict=True)]:
         for row, length in enumerate(lengths):
-            width = length if ours.ndim == 2 and head == "qa" else None
+            width = length if ours.ndim >= 2 and head != "classify" else None
             np.testing.assert_allclose(ours[row, :width].numpy(), theirs[row, :width].numpy(), atol=2e-5)
 
 

@@ -259,11 +259,18 @@ def test_int8_rescores_near_ties_in_fp32(ner_model):
         assert [(e["entity"], e["start"]) for e in mine] == [(e["entity"], e["start"]) for e in theirs]
 
 
-def test_onnxruntime_runs_a_token_classifier_on_torch(ner_model):
-    task = make_task(ner_model, backend="onnxruntime")
-    column, _ = task.annotate(["Alice went to Paris."])
-    assert task.engine.backends[str(ner_model)] == "torch"
-    assert column.to_pylist() == make_task(ner_model).annotate(["Alice went to Paris."])[0].to_pylist()
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_onnxruntime_exports_a_token_classifier(ner_model, tmp_path, monkeypatch, precision):
+    monkeypatch.setenv("BATCHNLP_CACHE", str(tmp_path))
+    texts = review_texts()[:20]
+    task = make_task(ner_model, backend="onnxruntime", precision=precision, rescore_margin=0.99)
+    column, stats = task.annotate(texts)
+    assert task.engine.backends[str(ner_model)] == "onnxruntime"
+    expected = make_task(ner_model).annotate(texts)[0].to_pylist()  # torch, fp32
+    for got, want in zip(column.to_pylist(), expected, strict=True):  # int8: every window rescored in fp32
+        assert [{**e, "score": 0} for e in got] == [{**e, "score": 0} for e in want]
+        np.testing.assert_allclose([e["score"] for e in got], [e["score"] for e in want], atol=1e-4)
+    assert stats.rescored == (len(texts) if precision == "int8" else 0)
 
 
 def test_a_sequence_classifier_is_refused_with_both_kinds(tiny_model, tmp_path):
