@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 if TYPE_CHECKING:
+    from batchnlp.inference.models.sentence import SentenceSettings
     from batchnlp.spec import TaskSpec
 
 LABEL_SCORE = pa.struct([("label", pa.string()), ("score", pa.float32())])
@@ -68,18 +69,18 @@ def embedding_type(spec: TaskSpec) -> pa.DataType:
     """Embeddings: ``fixed_size_list<float32|float16>[dim]``, the dimension, pooling and normalisation in
     the value field's metadata, read from the checkpoint's config (:mod:`batchnlp.inference.models.sentence`).
 
-    The driver knows them before any weights load when the model is a local directory; a Hub or
-    object-store ref is staged on the workers only, so its column is a ``list<float32|float16>``
-    (the same values, without a fixed length).
+    ``spec.model`` must be a directory holding at least the checkpoint's small files: the driver fetches a
+    remote checkpoint's first (:mod:`batchnlp.execution.columns`), a worker has it staged.
     """
     from batchnlp.inference.models.refs import parse_ref
     from batchnlp.inference.models.sentence import read_settings
 
+    return embedding_column(spec, read_settings(Path(parse_ref(spec.model).location), spec.model))
+
+
+def embedding_column(spec: TaskSpec, settings: SentenceSettings) -> pa.DataType:
+    """The embedding column of ``spec``'s float type for a checkpoint of these settings (:func:`embedding_of`)."""
     value = EMBED_DTYPES[spec.embed_dtype or "float32"]
-    parsed = parse_ref(spec.model)
-    if parsed.kind != "local" or not Path(parsed.location).is_dir():
-        return pa.list_(value)
-    settings = read_settings(Path(parsed.location), spec.model)
     return embedding_of(value, settings.dimension, settings.pooling, settings.normalize)
 
 

@@ -20,7 +20,7 @@ from batchnlp.inference.engine import Engine
 from batchnlp.inference.models.load import load_encoder
 from batchnlp.inference.models.sentence import read_settings
 from batchnlp.tasks.base import ModelInputs, Task
-from batchnlp.tasks.columns import EMBED_DTYPES, embedding_of
+from batchnlp.tasks.columns import embedding_column
 
 if TYPE_CHECKING:
     from batchnlp.spec import TaskSpec  # the spec reads the task registry: tasks sit below it
@@ -43,18 +43,9 @@ class Embed(Task):
 
     @property
     def output_type(self) -> pa.DataType:
-        """The spec's type (:func:`batchnlp.tasks.columns.embedding_type`): a fixed-size list where the
-        driver read the checkpoint's dimension, a list otherwise."""
-        kind = super().output_type
-        if pa.types.is_fixed_size_list(kind):
-            return kind
-        return pa.list_(pa.field("item", kind.value_type, metadata=self._described().value_field.metadata))
-
-    def _described(self) -> pa.DataType:
-        settings = self.settings
-        return embedding_of(
-            EMBED_DTYPES[self.spec.embed_dtype or "float32"], settings.dimension, settings.pooling, settings.normalize
-        )
+        """``fixed_size_list<float32|float16>[dim]``, described in its value field's metadata
+        (:func:`batchnlp.tasks.columns.embedding_of`): the staged checkpoint gives the dimension."""
+        return embedding_column(self.spec, self.settings)
 
     def preprocess(self, texts: list[str], rows: pa.Table | None = None) -> ModelInputs:
         """Token ids per text, truncated to ``max_length`` as sentence-transformers truncates them."""
@@ -74,7 +65,4 @@ class Embed(Task):
         dimension = self.settings.dimension
         rows = np.stack(outputs) if len(outputs) else np.zeros((0, dimension), dtype=np.float32)
         values = pa.array(rows.astype(kind.value_type.to_pandas_dtype()).ravel(), kind.value_type)
-        if pa.types.is_fixed_size_list(kind):
-            return pa.FixedSizeListArray.from_arrays(values, type=kind)
-        offsets = pa.array(np.arange(0, len(rows) * dimension + 1, dimension, dtype=np.int32))
-        return pa.ListArray.from_arrays(offsets, values, type=kind)
+        return pa.FixedSizeListArray.from_arrays(values, type=kind)

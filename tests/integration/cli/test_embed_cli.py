@@ -60,3 +60,33 @@ def test_duckdb_finds_a_review_s_nearest_neighbours(embedded):
     """  # noqa: E501
     nearest = duckdb.sql(query).fetchall()
     assert len(nearest) == 3 and 0 < nearest[2][1] <= nearest[1][1] <= nearest[0][1] < 1
+
+
+@pytest.mark.s3
+def test_a_sentence_transformers_checkpoint_in_s3_embeds_into_a_delta_table(tmp_path, s3, bucket):
+    """Staged from a prefix with its module folder (1_Pooling/config.json), and typed by the driver
+    from the checkpoint's small files: the table's column is the fixed-size list a local model gives."""
+    from deltalake import DeltaTable
+
+    from batchnlp.inference.models.stage import content_checksums, content_digest
+    from tests.support.helpers import upload_dir, write_jsonl
+
+    model = upload_dir(s3, vocabulary_dir(), bucket, "models/minilm")
+    digest = content_digest(content_checksums(vocabulary_dir()))
+    assert "1_Pooling/config.json" in content_checksums(vocabulary_dir()), "the module folder is in the digest"
+    texts = ["a cheap kettle that broke", "the kettle failed after a week", "lovely soft wool socks"]
+    source = write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in texts])
+    table = tmp_path / "table"
+    result = invoke(
+        source, table, "--task", "embed", "--model", f"embed={model}@{digest}", "--output-format", "delta",
+        "--workers", "1",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    kind = ds.dataset(DeltaTable(str(table)).file_uris(), format="parquet").schema.field("embed").type
+    record = json.loads(next(table.glob("**/_manifest.json")).read_text())
+    vectors = np.asarray(DeltaTable(str(table)).to_pyarrow_table().column("embed").to_pylist())
+    assert vectors.shape == (3, 384)
+    assert pa.types.is_fixed_size_list(kind) and kind.list_size == 384, "typed from the checkpoint's config"
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)  # 2_Normalize ran
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2], "the kettles are nearer each other than the socks"
+    assert record["schema"]["embeddings"]["embed"] == {"dimension": 384, "pooling": "mean", "normalize": True}

@@ -150,7 +150,20 @@ def test_embed_dtype_is_for_embed_tasks_only(embed_model):
         make_task(embed_model, embed_dtype="int8")
 
 
-def test_a_model_the_driver_cannot_read_gets_a_list_column():
-    spec = JobSpec.from_settings({"input": "a.jsonl", "output": "o/", "tasks": ["embed"]}).tasks[0]
-    assert spec.model == "sentence-transformers/all-MiniLM-L6-v2"
-    assert TASKS["embed"].output_type(spec) == pa.list_(pa.float32())
+def test_the_driver_types_a_remote_checkpoint_s_column_from_its_small_files(minilm):
+    """No weights fetched: config.json and the module folder's settings give the fixed-size list."""
+    import fsspec
+
+    from batchnlp.execution.columns import typed_output_schema
+
+    memory = fsspec.filesystem("memory")
+    for path in sorted(minilm.rglob("*.json")):
+        memory.pipe_file(f"/minilm/{path.relative_to(minilm).as_posix()}", path.read_bytes())
+    job = {"input": "a.jsonl", "output": "o/", "tasks": ["embed"], "models": {"embed": "memory://minilm/"}}
+    spec = JobSpec.from_settings({**job, "embed_dtype": "float16"})
+    kind = typed_output_schema(spec, pa.schema([("text", pa.string())])).field("embed").type
+    assert kind.list_size == 384 and kind.value_type == pa.float16()
+    assert embedding_settings(kind) == {"dimension": 384, "pooling": "mean", "normalize": True}
+    assert not memory.exists("/minilm/model.safetensors")
+
+
