@@ -90,3 +90,35 @@ def test_a_sentence_transformers_checkpoint_in_s3_embeds_into_a_delta_table(tmp_
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)  # 2_Normalize ran
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2], "the kettles are nearer each other than the socks"
     assert record["schema"]["embeddings"]["embed"] == {"dimension": 384, "pooling": "mean", "normalize": True}
+
+
+def test_chunks_of_long_reviews_are_searched_in_duckdb(tmp_path):
+    """--chunk-tokens: one embedding per window with its span; the query docs/tasks.md shows finds the
+    query chunk itself first."""
+    import duckdb
+
+    out = tmp_path / "chunks"
+    result = invoke(
+        REVIEWS, out, "--task", "embed", "--model", f"embed={vocabulary_dir()}", "--chunk-tokens", "32",
+        "--chunk-stride", "8", "--workers", "1", "--id-column", "review_id",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    table = ds.dataset(out, format="parquet").to_table()
+    for text, chunks in zip(table.column("text").to_pylist(), table.column("embed").to_pylist(), strict=True):
+        if chunks is not None:
+            assert chunks[0]["start"] >= 0 and chunks[-1]["end"] <= len(text) and text[chunks[0]["start"] :].strip()
+    report = json.loads((out / "_report.json").read_text())["tasks"]["embed"]
+    assert report["vectors"] > report["annotated"], "long reviews give several chunks"
+    query = f"""
+        with chunks as (
+          select review_id, unnest(embed) as chunk from read_parquet('{out}/part-*.parquet') where embed is not null
+        ), query as (
+          select chunk.embedding::FLOAT[384] as vector from chunks where review_id = 'r0001' limit 1
+        )
+        select review_id, chunk.start, chunk."end",
+               array_cosine_similarity(chunk.embedding::FLOAT[384], (select vector from query)) as similarity
+        from chunks order by similarity desc limit 3;
+    """
+    nearest = duckdb.sql(query).fetchall()
+    assert nearest[0][0] == "r0001" and nearest[0][3] == pytest.approx(1.0, abs=1e-5)
+    assert nearest[2][3] <= nearest[1][3] <= nearest[0][3]
