@@ -122,3 +122,23 @@ def test_chunks_of_long_reviews_are_searched_in_duckdb(tmp_path):
     nearest = duckdb.sql(query).fetchall()
     assert nearest[0][0] == "r0001" and nearest[0][3] == pytest.approx(1.0, abs=1e-5)
     assert nearest[2][3] <= nearest[1][3] <= nearest[0][3]
+
+
+def test_a_decoder_checkpoint_is_refused_before_any_work(tmp_path, embed_model):
+    """A GPT-2 language model is no sentence encoder: the driver says so, names the model, and exits 2."""
+    import shutil
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tests.support.helpers import write_jsonl
+
+    decoder = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=30522)).save_pretrained(decoder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (embed_model / name).exists():
+            shutil.copy(embed_model / name, decoder / name)
+    source = write_jsonl(tmp_path / "in.jsonl", [{"text": "a kettle"}])
+    result = invoke(source, tmp_path / "out", "--task", "embed", "--model", f"embed={decoder}", "--workers", "1")
+    assert result.exit_code == 2, result.output
+    assert str(decoder) in result.output and "no encoder" in result.output
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("part-*"))
