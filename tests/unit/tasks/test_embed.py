@@ -4,6 +4,7 @@ checkpoint's sentence-transformers files."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -200,7 +201,7 @@ def test_chunks_cover_a_long_text_with_exact_spans(minilm):
     assert len(single) == 1 and (single[0]["start"], single[0]["end"]) == (0, len("short one"))
     assert len(chunks) > 5 and chunks[0]["start"] == 0 and chunks[-1]["end"] == len(text)
     starts = [c["start"] for c in chunks]
-    assert starts == sorted(starts) and all(a["end"] > b["start"] for a, b in zip(chunks, chunks[1:])), "overlap"
+    assert starts == sorted(starts) and all(a["end"] > b["start"] for a, b in itertools.pairwise(chunks)), "overlap"
     alone, _ = make_task(minilm).annotate([text[c["start"] : c["end"]] for c in chunks])
     for chunk, expected in zip(chunks, alone.to_pylist(), strict=True):
         assert np.dot(chunk["embedding"], expected) > 0.999, (chunk["start"], chunk["end"])
