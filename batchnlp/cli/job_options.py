@@ -25,7 +25,7 @@ from batchnlp.cli.options import (
 )
 from batchnlp.cli.params import KeyValue
 from batchnlp.spec import COMPRESSION_NAMES, INPUT_FORMATS, MINIMUMS, OUTPUT_FORMATS
-from batchnlp.tasks import DEFAULT_CASCADE_MARGIN
+from batchnlp.tasks import DEFAULT_CASCADE_MARGIN, DEFAULT_HYPOTHESIS
 
 if TYPE_CHECKING:
     from batchnlp.spec import JobSpec
@@ -80,6 +80,25 @@ JOB_OPTIONS = [
         type=click.Choice(["float32", "float16"]),
         help="embed: the embeddings' float type (fixed_size_list<float32|float16>[dim]); float16 halves the column. "
         "Example: --embed-dtype float16",
+    ),
+    click.option(
+        "--labels",
+        metavar="A,B,C",
+        help="zero-shot (required there): the candidate labels, comma-separated (a label holding a comma goes in a "
+        'job spec\'s labels list). Example: --labels "sports,politics,technology"',
+    ),
+    click.option(
+        "--hypothesis",
+        metavar="TEMPLATE",
+        help=f"zero-shot: the hypothesis each label is tested as, {{}} standing for the label. Default: "
+        f'"{DEFAULT_HYPOTHESIS}" (the pipeline\'s). Example: --hypothesis "This review is about {{}}."',
+    ),
+    click.option(
+        "--multi-label",
+        is_flag=True,
+        default=None,
+        help="zero-shot: score each label on its own (entailment against contradiction), not as one softmax over "
+        "the labels. Example: --multi-label",
     ),
     click.option(
         "--cascade",

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from batchnlp.tasks.columns import ERROR_COLUMN, answer_type, embedding_type, label_type
-from batchnlp.tasks.summaries import ANSWERS, EMBEDDINGS, LABELS, Summary
+from batchnlp.tasks.columns import ERROR_COLUMN, answer_type, embedding_type, label_type, zero_shot_type
+from batchnlp.tasks.summaries import ANSWERS, EMBEDDINGS, LABELS, ZERO_SHOT, Summary
 
 if TYPE_CHECKING:
     from batchnlp.spec import TaskSpec
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 # itself: at 0.2 it kept 97.1%. Like int8's rescore margin, the default errs on the side of the teacher's
 # labels; distill prints the margin of a student of one's own.
 DEFAULT_CASCADE_MARGIN = 0.75
+DEFAULT_HYPOTHESIS = "This example is {}."  # zero-shot's --hypothesis: the pipeline's hypothesis_template
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class TaskInfo:
     keeps_probs: bool = False  # classifiers: --keep-probs writes every label's probability (batchnlp distill)
     cascades: bool = False  # classifiers: --cascade TASK=STUDENT, the teacher labelling the student's close calls
     embeds: bool = False  # embed: --embed-dtype float32|float16
+    takes_labels: bool = False  # zero-shot: --labels (required), --hypothesis, --multi-label
 
     def load(self) -> type[Task]:
         module, _, name = self.target.partition(":")
@@ -93,6 +95,17 @@ TASKS: dict[str, TaskInfo] = {
         output_type=embedding_type,
         summary=EMBEDDINGS,
         embeds=True,
+    ),
+    "zero-shot": TaskInfo(
+        target="batchnlp.tasks.zero_shot:ZeroShot",
+        default_model=None,
+        supports_top_k=False,
+        help="NLI-based zero-shot classification over --labels (any NLI sequence classifier, one forward pass "
+        "per label), scored as transformers' zero-shot-classification pipeline; --hypothesis, --multi-label",
+        output_type=zero_shot_type,
+        summary=ZERO_SHOT,
+        keeps_probs=True,
+        takes_labels=True,
     ),
 }
 

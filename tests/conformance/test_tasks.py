@@ -36,6 +36,7 @@ MODELS = {
     "batchnlp.tasks.classify:Classify": "tiny_model",
     "batchnlp.tasks.qa:QuestionAnswering": "qa_model",
     "batchnlp.tasks.embed:Embed": "embed_model",
+    "batchnlp.tasks.zero_shot:ZeroShot": "zero_shot_model",
 }
 QUESTION = "Who pays?"
 SCHEMA = pa.schema([("id", pa.int64()), ("text", pa.string()), ("question", pa.string())])
@@ -57,6 +58,9 @@ def variants(info: TaskInfo) -> dict[str, dict]:
         return {"question-column": {"question_column": "question"}, "fixed-question": {"question": QUESTION}}
     if info.supports_top_k:
         return {"top-k": {"top_k": 2}}
+    if info.takes_labels:
+        labels = ["sports", "politics", "business"]
+        return {"single-label": {"labels": labels}, "multi-label": {"labels": labels[:2], "multi_label": True}}
     return {"": {}}
 
 
