@@ -286,3 +286,16 @@ def test_no_texts_give_an_empty_column(zero_shot_model):
     column, stats = task.annotate([])
     assert len(column) == 0 and column.type == task.output_type and stats.tokens == 0
     assert isinstance(column, pa.StructArray)
+
+
+def test_distil_refuses_a_zero_shot_output_and_does_not_pick_it_by_default():
+    from batchnlp.distillation import data
+    from batchnlp.errors import InputError
+    from tests.support.helpers import manifest
+
+    models = {"zs": {"task": "zero-shot", "ref": "m/", "version": None}}
+    record = dataclasses.replace(manifest("r1"), models=models)
+    with pytest.raises(InputError, match="distil does not take zero-shot labels yet"):
+        data._task_column("out/", record, "zs")
+    with pytest.raises(InputError, match="pass --task NAME"):
+        data._task_name("out/", record, None)
