@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -46,9 +47,13 @@ pq.write_table(pa.Table.from_pylist([{**row, "labels": r["labels"], "scores": r[
 """
 
 
+LOADS: list[str] = []  # the 1-minute load average after each side: other work on the machine slows both
+
+
 def timed(command: list[str]) -> float:
     started = time.perf_counter()
     subprocess.run(command, check=True, cwd=ROOT)
+    LOADS.append(f"{os.getloadavg()[0]:.1f}")
     return time.perf_counter() - started
 
 
@@ -96,7 +101,8 @@ def main() -> None:
 
     print(f"{args.rows} texts x {len(labels)} labels = {args.rows * len(labels)} pairs, {tokens:,} tokens; "
           f"DistilBERT-{args.size} NLI (random weights)")  # fmt: skip
-    print(f"CPU: {platform.processor() or platform.machine()}, flags: {cpu_flags()}")
+    print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, flags: {cpu_flags()}")
+    print(f"1-minute load average after each side, in order: {', '.join(LOADS)}")
     naive = figures["naive pipeline"]
     print(f"naive pipeline (batch {args.batch_size}): {naive:.1f} s, {args.rows / naive:.1f} rows/s")
     for precision in precisions:
