@@ -33,7 +33,7 @@ from batchnlp.inference.models.load import load_sequence_classifier
 from batchnlp.tasks import DEFAULT_HYPOTHESIS
 from batchnlp.tasks.base import ModelInputs, Task
 from batchnlp.tasks.classify import close_calls
-from batchnlp.tasks.columns import LABEL_SCORE
+from batchnlp.tasks.columns import LABEL_SCORE, zero_shot_type
 from batchnlp.util.redaction import redact_url
 
 if TYPE_CHECKING:
@@ -134,8 +134,7 @@ class ZeroShot(Task):
 
     @property
     def output_type(self) -> pa.DataType:
-        from batchnlp.tasks.columns import zero_shot_type
-
+        """The registry's type: the spec's labels name the probs field's order, so the driver's type is this one."""
         return zero_shot_type(self.spec)
 
     def preprocess(self, texts: list[str], rows: pa.Table | None = None) -> Pairs:
