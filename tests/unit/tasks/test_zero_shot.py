@@ -299,3 +299,19 @@ def test_distil_refuses_a_zero_shot_output_and_does_not_pick_it_by_default():
         data._task_column("out/", record, "zs")
     with pytest.raises(InputError, match="pass --task NAME"):
         data._task_name("out/", record, None)
+
+
+def test_a_yaml_job_spec_gives_labels_with_commas_and_quotes(tmp_path):
+    from batchnlp.spec.load import load_spec_file
+
+    path = tmp_path / "topics.yaml"
+    path.write_text(
+        "input: in.jsonl\noutput: out/\n"
+        "tasks:\n"
+        "  - name: topic\n    task: zero-shot\n    model: ./nli\n"
+        '    labels: [sports, "arts, culture", \'say "hi"\', "it\'s {odd}"]\n'
+        '    hypothesis: "This review is about {}."\n'
+    )
+    spec = JobSpec.from_settings(load_spec_file(path)).tasks[0]
+    assert spec.labels == ("sports", "arts, culture", 'say "hi"', "it's {odd}")
+    assert spec.hypothesis == "This review is about {}." and spec.kind == "zero-shot" and not spec.multi_label
