@@ -72,8 +72,9 @@ JOB_OPTIONS = [
         "--keep-probs",
         is_flag=True,
         default=None,
-        help="classify, sentiment: also write every label's probability (probs: list<float>, label order in the "
-        "field's metadata), the soft labels batchnlp distill trains a student on. Example: --keep-probs",
+        help="classify, sentiment, zero-shot: also write every label's probability (probs: list<float>, label order "
+        "in the field's metadata), the soft labels batchnlp distill trains a student on (not zero-shot's). "
+        "Example: --keep-probs",
     ),
     click.option(
         "--embed-dtype",
