@@ -83,6 +83,21 @@ JOB_OPTIONS = [
         "Example: --embed-dtype float16",
     ),
     click.option(
+        "--chunk-tokens",
+        type=click.IntRange(min=MINIMUMS["chunk_tokens"]),
+        metavar="N",
+        help="embed: cut each text into windows of N tokens ([CLS] and [SEP] included; at most the model's maximum) "
+        "and write one embedding per window, with its character span (list<struct<embedding, start, end>>), "
+        "the form retrieval indexes take. Example: --chunk-tokens 128",
+    ),
+    click.option(
+        "--chunk-stride",
+        type=click.IntRange(min=MINIMUMS["chunk_stride"]),
+        metavar="S",
+        help="embed with --chunk-tokens: consecutive windows share S tokens, so a sentence cut at one window's end "
+        "is whole in the next. Default: 0. Example: --chunk-stride 32",
+    ),
+    click.option(
         "--labels",
         metavar="A,B,C",
         help="zero-shot (required there): the candidate labels, comma-separated (a label holding a comma goes in a "

@@ -38,7 +38,7 @@ import pyarrow as pa
 
 from batchnlp.errors import ModelError, SpecError
 from batchnlp.execution.plan import Plan
-from batchnlp.inference.backends import resolve_backend
+from batchnlp.inference.backends import resolve_backend, task_backend
 from batchnlp.inference.batching import PAD_MULTIPLE, token_budget_batches
 from batchnlp.inference.engine import choose, default_tokens_per_batch
 from batchnlp.io.formats import WorkUnit, jsonl, read_unit
@@ -485,8 +485,6 @@ def estimate_from_plan(
     """The run's estimate, for the manifest and ``batchnlp plan``: rows, tokens and padding per task, and
     the wall time of one shard. Cheap: reads a few hundred lines (or a few units) and tokenises them."""
     device, precision = planned_device(spec)
-    backend = resolve_backend(spec.backend, device, precision)
-    batching = Batching.planned(device, precision, spec.tokens_per_batch, backend)
     sample = sample_input(spec, job_plan, sample_rows)
     rows = sample.total(lambda s: [0.0 if row is None else 1.0 for row in s.rows])
     unit_rows = max(1, round(rows.value / max(1, len(job_plan.units))))
@@ -495,6 +493,11 @@ def estimate_from_plan(
     total_padded = Interval(0.0, 0.0, 0.0)
     parameters = 0
     with _tasks(spec) as built:
+        # The throughput of the backend the models run on: onnxruntime only where it exports one of them.
+        resolved = resolve_backend(spec.backend, device, precision)
+        backends = {task_backend(resolved, getattr(t.config, "model_type", None), t.loader.__name__) for _, t in built}
+        backend = resolved if resolved in backends else "torch"
+        batching = Batching.planned(device, precision, spec.tokens_per_batch, backend)
         for task_spec, task in built:
             counted: dict[int, list[int]] = {}  # by row object: a line drawn many times is tokenised once
             per_item = {id(s): [_counted(counted, task, row, spec) for row in s.rows] for s in sample.strata}

@@ -27,6 +27,7 @@ from batchnlp.errors import BatchnlpError, JobFailed, TooManyBadLines
 from batchnlp.execution import distinct
 from batchnlp.execution.cascade import student_entry, student_versions
 from batchnlp.execution.collect import StallWatch, results
+from batchnlp.execution.columns import typed_output_schema
 from batchnlp.execution.context import RunContext
 from batchnlp.execution.label_lookup import add_to_cache, cache_record, open_lookup
 from batchnlp.execution.plan import Plan, check_columns, plan
@@ -44,7 +45,6 @@ from batchnlp.ledger.output import Output, open_output
 from batchnlp.ledger.record import JobRecord, Manifest, PartResult, Sharding, Totals, decode_schema
 from batchnlp.ledger.report import build_report
 from batchnlp.spec import JobSpec
-from batchnlp.tasks import output_schema
 from batchnlp.tasks.columns import embedding_settings
 from batchnlp.util.redaction import redact_url
 from batchnlp.version import __version__
@@ -430,7 +430,7 @@ def _submitted_job(context: RunContext, resumed: bool) -> Iterator[UnitJob]:
 def check_schema(spec: JobSpec, schema: pa.Schema, output: Output) -> None:
     """The input has the columns the spec names, and the rows the tasks add to it fit the output."""
     check_columns(spec, schema)
-    output.check(output_schema(schema, spec.tasks))
+    output.check(typed_output_schema(spec, schema))
 
 
 def _schema_record(results: list[PartResult]) -> dict[str, Any] | None:

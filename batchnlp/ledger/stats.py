@@ -15,6 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from batchnlp.tasks.columns import embedding_vectors
+
 SCORE_BINS = 10  # equal bins over [0, 1]; a score outside falls in the end bin
 
 
@@ -25,11 +27,12 @@ def column_stats(column: pa.Array | pa.ChunkedArray) -> dict[str, Any]:
     (classification: a ``label`` field): count per label; ``answered`` (qa: an ``answer``
     field): rows whose answer is not empty; ``above_half`` (zero-shot: a ``labels`` list of every
     candidate's score): per label, the rows in which it scores at least 0.5. An embedding column (a
-    list per row) has its norms' statistics (:func:`embedding_stats`) instead of labels.
+    list per row, or a list of chunks with one each) has its vectors' norms (:func:`embedding_stats`)
+    instead of labels.
     """
     valid = column.drop_null() if column.null_count else column
     stats: dict[str, Any] = {"annotated": len(valid)}
-    if not pa.types.is_struct(column.type):  # embeddings: their norms (a list of floats per row)
+    if embedding_vectors(column.type) is not None:  # embeddings (or each row's chunks'): their norms
         return stats | embedding_stats(valid)
     names = {field.name for field in column.type}
     scores = pc.struct_field(valid, "score").to_numpy(zero_copy_only=False).astype(np.float64)
@@ -50,19 +53,27 @@ def column_stats(column: pa.Array | pa.ChunkedArray) -> dict[str, Any]:
 
 
 def embedding_stats(valid: pa.Array | pa.ChunkedArray) -> dict[str, Any]:
-    """Embeddings' L2 norms: their sum, smallest and largest (``norm_*``), and as ``scores`` the norms'
-    histogram over [0, 1] (a normalised embedding's norm is 1.0: the end bin; larger norms fall there too)."""
+    """Embeddings' L2 norms: how many (``vectors``: a row's, or each of its chunks'), their sum, smallest and
+    largest (``norm_*``), and as ``scores`` a histogram over [0, 1] of each row's (mean) norm (a normalised
+    embedding's norm is 1.0: the end bin; larger norms fall there too)."""
     if isinstance(valid, pa.ChunkedArray):
         valid = pa.concat_arrays(valid.chunks) if valid.num_chunks else pa.array([], valid.type)
     if not len(valid):
-        return {"scores": [0] * SCORE_BINS}
+        return {"scores": [0] * SCORE_BINS, "vectors": 0}
+    annotated = len(valid)
+    owners = np.arange(annotated)
+    if pa.types.is_struct(valid.type.value_type):  # --chunk-tokens: each chunk's embedding, and its row
+        owners = np.repeat(owners, pc.list_value_length(valid).to_numpy(zero_copy_only=False))
+        valid = pc.struct_field(pc.list_flatten(valid), "embedding")
     values = valid.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
     lengths = pc.list_value_length(valid).to_numpy(zero_copy_only=False)
-    rows = np.repeat(np.arange(len(valid)), lengths)
-    norms = np.sqrt(np.bincount(rows, weights=values * values, minlength=len(valid)))
-    counts, _ = np.histogram(np.clip(norms, 0.0, 1.0), bins=SCORE_BINS, range=(0.0, 1.0))
+    vectors = np.repeat(np.arange(len(valid)), lengths)
+    norms = np.sqrt(np.bincount(vectors, weights=values * values, minlength=len(valid)))
+    rows = np.bincount(owners, weights=norms, minlength=annotated) / np.bincount(owners, minlength=annotated)
+    counts, _ = np.histogram(np.clip(rows, 0.0, 1.0), bins=SCORE_BINS, range=(0.0, 1.0))
     return {
         "scores": counts.tolist(),
+        "vectors": len(norms),
         "norm_sum": float(norms.sum()),
         "norm_min": float(norms.min()),
         "norm_max": float(norms.max()),

@@ -49,7 +49,8 @@ DEFAULT_MAX_ANSWER_LENGTH = 15  # tokens, as transformers' question-answering pi
 QA_KEYS = ("question", "question_column", "doc_stride", "max_answer_length", "allow_no_answer")
 CASCADE_KEYS = ("cascade", "cascade_margin")  # a task's student ref and margin (job level: cascade maps TASK: REF)
 ZERO_SHOT_KEYS = ("labels", "hypothesis", "multi_label")  # zero-shot: its candidate labels, template and scoring
-TASK_KEYS = ("name", "task", "model", "top_k", "keep_probs", *QA_KEYS, *CASCADE_KEYS, "embed_dtype", *ZERO_SHOT_KEYS)
+EMBED_KEYS = ("embed_dtype", "chunk_tokens", "chunk_stride")  # embed: the float type; long texts as chunks
+TASK_KEYS = ("name", "task", "model", "top_k", "keep_probs", *QA_KEYS, *CASCADE_KEYS, *EMBED_KEYS, *ZERO_SHOT_KEYS)
 # The least value of each integer setting, for the spec and the CLI's options alike. A window
 # or a batch of fewer than 8 tokens holds little beyond [CLS] and [SEP].
 MINIMUMS = {
@@ -60,6 +61,8 @@ MINIMUMS = {
     "top_k": 1,
     "doc_stride": 0,
     "max_answer_length": 1,
+    "chunk_tokens": 8,
+    "chunk_stride": 0,
     "table_version": 0,
 }
 
@@ -89,6 +92,10 @@ class TaskSpec:
     cascade_margin: float | None = None
     # embed only: the embeddings' float type, float32 or float16 (--embed-dtype); None for other tasks.
     embed_dtype: str | None = None
+    # embed only: a text cut into windows of chunk_tokens tokens (special tokens included), consecutive
+    # windows sharing chunk_stride tokens, one embedding per window (batchnlp.tasks.embed). None: one per text.
+    chunk_tokens: int | None = None
+    chunk_stride: int | None = None
     # zero-shot only: the candidate labels (required), the hypothesis template ({} is the label; from settings
     # the pipeline's default is filled in) and whether labels are scored independently (--multi-label).
     labels: tuple[str, ...] | None = None
@@ -98,7 +105,7 @@ class TaskSpec:
 
 # TaskSpec settings added after fingerprints were first recorded: left out of a fingerprint at their
 # defaults, so a run from before them still resumes (new settings join this tuple).
-LATER_TASK_SETTINGS = ("keep_probs", "student", "embed_dtype", "labels", "hypothesis", "multi_label")
+LATER_TASK_SETTINGS = ("keep_probs", "student", *EMBED_KEYS, *ZERO_SHOT_KEYS)
 TASK_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TaskSpec)}
 
 
@@ -162,10 +169,8 @@ class JobSpec:
         """
         problems: list[str] = []
         s = {key.replace("-", "_"): value for key, value in settings.items() if value is not None}
-        extra = {
-            "models", "top_k", "keep_probs", "embed_dtype", "overwrite", "resume", *QA_KEYS, *CASCADE_KEYS,
-            *ZERO_SHOT_KEYS,
-        }  # fmt: skip
+        extra = {"models", "top_k", "keep_probs", "overwrite", "resume", *QA_KEYS, *CASCADE_KEYS, *EMBED_KEYS}
+        extra |= set(ZERO_SHOT_KEYS)
         known = {f.name for f in dataclasses.fields(cls)} | extra
         for key in sorted(set(s) - known):
             problems.append(f"unknown setting {key!r}; known settings: {', '.join(sorted(known))}")
@@ -434,7 +439,7 @@ def _tasks_from_settings(s: Mapping[str, Any], problems: list[str]) -> list[Task
         qa = _qa_settings(name, kind, item, s, problems)
         keep_probs = _keep_probs(name, kind, item, s, problems)
         cascade = _cascade(name, kind, item, students, s, problems)
-        embed = _embed_dtype(name, kind, item, s, problems)
+        embed = _embed_settings(name, kind, item, s, problems)
         zero_shot = _zero_shot_settings(name, kind, item, s, problems)
         tasks.append(
             TaskSpec(
@@ -453,8 +458,10 @@ def _tasks_from_settings(s: Mapping[str, Any], problems: list[str]) -> list[Task
     given = [key for key in QA_KEYS if key in s]
     if given and not any(TASKS[t.kind].takes_question for t in tasks):
         problems.append(f"{', '.join(given)} apply to qa tasks only, and this job has none (add --task qa)")
-    if "embed_dtype" in s and not any(TASKS[t.kind].embeds for t in tasks):
-        problems.append("embed_dtype applies to embed tasks only, and this job has none (add --task embed)")
+    given = [key for key in EMBED_KEYS if key in s]
+    if given and not any(TASKS[t.kind].embeds for t in tasks):
+        verb = "applies" if len(given) == 1 else "apply"
+        problems.append(f"{', '.join(given)} {verb} to embed tasks only, and this job has none (add --task embed)")
     if s.get("keep_probs") and not any(TASKS[t.kind].keeps_probs for t in tasks):
         problems.append("keep_probs applies to classify, sentiment and zero-shot tasks only, and this job has none")
     given = [key for key in ZERO_SHOT_KEYS if key in s]
@@ -511,20 +518,34 @@ def _cascade(
     return {"student": student, "cascade_margin": float(margin)}
 
 
-def _embed_dtype(name: str, kind: str, item: Mapping[str, Any], s: Mapping[str, Any], problems: list[str]) -> dict:
-    """An embed task's embed_dtype: its own key, else the job's, else float32; refused for other tasks."""
+def _embed_settings(name: str, kind: str, item: Mapping[str, Any], s: Mapping[str, Any], problems: list[str]) -> dict:
+    """An embed task's embed_dtype and chunking, each its own key, else the job's (embed_dtype: float32;
+    no chunking); refused for other tasks."""
     from batchnlp.tasks import TASKS
     from batchnlp.tasks.columns import EMBED_DTYPES
 
     if not TASKS[kind].embeds:
-        if "embed_dtype" in item:
-            problems.append(f"task {name!r} ({kind}) does not take embed_dtype; only embed tasks do")
+        for key in EMBED_KEYS:
+            if key in item:
+                problems.append(f"task {name!r} ({kind}) does not take {key}; only embed tasks do")
         return {}
     value = item.get("embed_dtype", s.get("embed_dtype", "float32"))
     if value not in EMBED_DTYPES:
         problems.append(f"embed_dtype of task {name!r} must be one of {', '.join(EMBED_DTYPES)}, got {value!r}")
-        return {"embed_dtype": "float32"}
-    return {"embed_dtype": value}
+        value = "float32"
+    chunking = {key: item.get(key, s.get(key)) for key in ("chunk_tokens", "chunk_stride")}
+    for key, number in chunking.items():
+        if number is not None:
+            chunking[key] = _integer(f"{key} of task {name!r}", number, problems, MINIMUMS[key])
+    tokens, stride = chunking["chunk_tokens"], chunking["chunk_stride"]
+    if stride is not None and tokens is None:
+        problems.append(f"chunk_stride of task {name!r} applies to chunks: give their length with chunk_tokens")
+    elif tokens is not None and stride is not None and stride >= tokens - 2:
+        problems.append(
+            f"chunk_stride of task {name!r} must be smaller than chunk_tokens less [CLS] and [SEP] ({tokens - 2}), "
+            f"got {stride}: consecutive chunks would not move forward"
+        )
+    return {"embed_dtype": value, **chunking}
 
 
 def _zero_shot_settings(

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 if TYPE_CHECKING:
+    from batchnlp.inference.models.sentence import SentenceSettings
     from batchnlp.spec import TaskSpec
 
 LABEL_SCORE = pa.struct([("label", pa.string()), ("score", pa.float32())])
@@ -81,19 +82,34 @@ def embedding_type(spec: TaskSpec) -> pa.DataType:
     """Embeddings: ``fixed_size_list<float32|float16>[dim]``, the dimension, pooling and normalisation in
     the value field's metadata, read from the checkpoint's config (:mod:`batchnlp.inference.models.sentence`).
 
-    The driver knows them before any weights load when the model is a local directory; a Hub or
-    object-store ref is staged on the workers only, so its column is a ``list<float32|float16>``
-    (the same values, without a fixed length).
+    ``spec.model`` must be a directory holding at least the checkpoint's small files: the driver fetches a
+    remote checkpoint's first (:mod:`batchnlp.execution.columns`), a worker has it staged.
     """
     from batchnlp.inference.models.refs import parse_ref
     from batchnlp.inference.models.sentence import read_settings
 
+    return embedding_column(spec, read_settings(Path(parse_ref(spec.model).location), spec.model))
+
+
+def embedding_column(spec: TaskSpec, settings: SentenceSettings) -> pa.DataType:
+    """The embedding column of ``spec``'s float type for a checkpoint of these settings (:func:`embedding_of`)."""
     value = EMBED_DTYPES[spec.embed_dtype or "float32"]
-    parsed = parse_ref(spec.model)
-    if parsed.kind != "local" or not Path(parsed.location).is_dir():
-        return pa.list_(value)
-    settings = read_settings(Path(parsed.location), spec.model)
-    return embedding_of(value, settings.dimension, settings.pooling, settings.normalize)
+    vector = embedding_of(value, settings.dimension, settings.pooling, settings.normalize)
+    return vector if spec.chunk_tokens is None else chunks_of(vector)
+
+
+def chunks_of(vector: pa.DataType) -> pa.DataType:
+    """``--chunk-tokens``: a text's windows, each its embedding and the character span of the text it covers."""
+    return pa.list_(pa.struct([("embedding", vector), ("start", pa.int32()), ("end", pa.int32())]))
+
+
+def embedding_vectors(kind: pa.DataType) -> pa.DataType | None:
+    """The embedding type of an embedding column: itself, or its chunks' ``embedding``; None for another column."""
+    if pa.types.is_list(kind) and pa.types.is_struct(kind.value_type):
+        chunk = kind.value_type
+        return chunk.field("embedding").type if chunk.get_field_index("embedding") >= 0 else None
+    floats = pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind)
+    return kind if floats and pa.types.is_floating(kind.value_type) else None
 
 
 def embedding_of(value: pa.DataType, dimension: int, pooling: str, normalize: bool) -> pa.DataType:
@@ -103,10 +119,12 @@ def embedding_of(value: pa.DataType, dimension: int, pooling: str, normalize: bo
 
 
 def embedding_settings(kind: pa.DataType) -> dict[str, object] | None:
-    """An embedding column's dimension, pooling and normalize (:func:`embedding_of`); None for another column."""
-    if not (pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind)):
+    """An embedding column's dimension, pooling and normalize (:func:`embedding_of`), chunked or not;
+    None for another column."""
+    vector = embedding_vectors(kind)
+    if vector is None:
         return None
-    metadata = kind.value_field.metadata or {}
+    metadata = vector.value_field.metadata or {}
     return {
         key.decode().removeprefix("batchnlp."): json.loads(metadata[key]) for key in EMBEDDING_KEYS if key in metadata
     }

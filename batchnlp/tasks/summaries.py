@@ -72,11 +72,13 @@ def answer_figures(merged: dict[str, Any]) -> dict[str, Any]:
 
 
 def embedding_figures(merged: dict[str, Any]) -> dict[str, Any]:
-    """Embeddings: the smallest, mean and largest L2 norm (1.0 throughout for a normalising model)."""
-    annotated = merged["annotated"]
+    """Embeddings: how many were written (one per row, or per chunk with --chunk-tokens), and the smallest,
+    mean and largest L2 norm (1.0 throughout for a normalising model)."""
+    vectors = merged.get("vectors", merged["annotated"])
     return {
+        "vectors": vectors,
         "norm_min": _rounded(merged.get("norm_min")),
-        "norm_mean": _rounded(merged.get("norm_sum", 0.0) / annotated) if annotated else None,
+        "norm_mean": _rounded(merged.get("norm_sum", 0.0) / vectors) if vectors else None,
         "norm_max": _rounded(merged.get("norm_max")),
     }
 
@@ -97,8 +99,12 @@ def answer_cell(value: dict[str, Any]) -> str:
     return f"{value['answer']!r}{_score(value)}"
 
 
-def embedding_cell(value: list[float]) -> str:
-    """``[dim] 0.0123, -0.0456, 0.0789, …``: the length and the first values."""
+def embedding_cell(value: list[Any]) -> str:
+    """``[dim] 0.0123, -0.0456, 0.0789, …``: the length and the first values; chunks: how many, and the
+    first one's span and values."""
+    if value and isinstance(value[0], dict):
+        first = value[0]
+        return f"{len(value)} chunks; {first['start']}-{first['end']}: {embedding_cell(first['embedding'])}"
     head = ", ".join(f"{v:.4f}" for v in value[:3])
     return f"[{len(value)}] {head}{', …' if len(value) > 3 else ''}"
 
@@ -123,9 +129,11 @@ EMBEDDINGS = Summary(
     embedding_cell,
     ReportSection(
         "Embeddings",
-        "L2 norms of the embeddings written (1.0 when the model normalises them).",
+        "Embeddings written (one per row, or per chunk with --chunk-tokens) and their L2 norms (1.0 when the "
+        "model normalises them).",
         (
             ("annotated", "annotated"),
+            ("vectors", "embeddings"),
             ("norm_min", "smallest norm"),
             ("norm_mean", "mean norm"),
             ("norm_max", "largest norm"),

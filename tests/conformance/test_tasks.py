@@ -58,6 +58,8 @@ def variants(info: TaskInfo) -> dict[str, dict]:
         return {"question-column": {"question_column": "question"}, "fixed-question": {"question": QUESTION}}
     if info.supports_top_k:
         return {"top-k": {"top_k": 2}}
+    if info.embeds:
+        return {"": {}, "chunked": {"chunk_tokens": 16, "chunk_stride": 4}}
     if info.takes_labels:
         labels = ["sports", "politics", "business"]
         return {"single-label": {"labels": labels}, "multi-label": {"labels": labels[:2], "multi_label": True}}

@@ -26,8 +26,9 @@ def cpu_job(source: Path | str, out: Path | str, model: Path | str, **settings: 
 
 
 def upload_dir(s3: Any, local: Path, bucket: str, prefix: str) -> str:
-    for path in sorted(local.iterdir()):
-        s3.upload_file(str(path), bucket, f"{prefix}/{path.name}")
+    for path in sorted(local.rglob("*")):
+        if path.is_file():
+            s3.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(local).as_posix()}")
     return f"s3://{bucket}/{prefix}/"
 
 

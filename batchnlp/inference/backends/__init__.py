@@ -35,8 +35,15 @@ from batchnlp.errors import SpecError
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 Backend = Literal["auto", "torch", "onnxruntime"]
-# What the onnxruntime backend runs: the device and precisions its export and kernels cover.
+# What the onnxruntime backend runs: the device and precisions its export and kernels cover, and the
+# (model family, head) pairs it exports (a head is a loader's name less load_); any other runs on torch.
 ONNXRUNTIME_RUNS = {("cpu", "fp32"), ("cpu", "int8")}
+ONNXRUNTIME_EXPORTS = {
+    ("distilbert", "sequence_classifier"),
+    ("distilbert", "question_answerer"),
+    ("bert", "sequence_classifier"),
+    ("bert", "question_answerer"),
+}
 
 
 def choose_backend(backend: str, device: str, precision: str, *, onnxruntime_installed: bool) -> str:
@@ -66,3 +73,10 @@ def resolve_backend(backend: str, device: str, precision: str) -> str:
 def onnxruntime_installed() -> bool:
     """Whether onnxruntime and onnx (for the export) can be imported here, without importing them."""
     return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
+
+
+def task_backend(backend: str, model_type: str | None, loader_name: str) -> str:
+    """The backend a task's model runs on, given the run's resolved ``backend``: onnxruntime only for
+    a checkpoint it exports (``batchnlp plan`` quotes that backend's throughput only then)."""
+    exported = (model_type, loader_name.removeprefix("load_")) in ONNXRUNTIME_EXPORTS
+    return backend if backend != "onnxruntime" or exported else "torch"

@@ -58,11 +58,10 @@ def _read(directory: Path, ref: str) -> SentenceSettings:
             continue
         if kind == POOLING_MODULE:
             path = directory / module.get("path", "") / "config.json"
-            if not path.is_file():  # an object-store prefix is staged without its subfolders
+            if not path.is_file():
                 raise ModelError(
                     f"model {ref!r} names a Pooling module in modules.json, but its {path.relative_to(directory)} is "
-                    "missing (batchnlp stages only the files directly under an s3:// or other object-store prefix): "
-                    "use a local directory or a Hub id for a sentence-transformers checkpoint"
+                    "missing: copy the checkpoint again with its module folders (batchnlp models pull does)"
                 )
             pooling = _pooling(_json(path, ref), ref)
         elif kind == NORMALIZE_MODULE:

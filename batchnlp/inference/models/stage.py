@@ -1,11 +1,13 @@
 """Model refs → a local directory of safe files, checked: staging, the cache, checksums and digests.
 
 Remote checkpoints are staged once per machine into a cache keyed by the remote listing (so a
-changed model is fetched again); only config, tokenizer and ``*.safetensors`` files are copied.
+changed model is fetched again); only config, tokenizer and ``*.safetensors`` files are copied,
+and the JSON settings of sentence-transformers' module folders (``1_Pooling/config.json``).
 
 The digest of a pinned ref (:func:`content_digest`) is sha256 over ``sha256sum``-style lines,
 one per file directly under the checkpoint whose name matches :data:`STAGED_PATTERNS` (all but
-``batchnlp-model.json``), sorted by name: the same for a directory and its copy in S3. A pinned
+``batchnlp-model.json``), and per JSON file of a module folder (named by its relative path), sorted
+by name: the same for a directory and its copy in S3. A pinned
 ref is checked where it is staged, on the driver and again on every worker, so weights replaced
 between two nights, or between the driver's check and a worker's download, stop the run.
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Mapping
@@ -31,6 +34,9 @@ from batchnlp.inference.models.refs import ModelRef, parse_ref
 
 STAGED_PATTERNS = ("*.json", "*.txt", "*.model", "*.safetensors")
 PROVENANCE = "batchnlp-model.json"  # written by `batchnlp models pull`; outside the digest (it holds a time)
+# sentence-transformers keeps each module's settings in a folder named by its index and kind
+# (1_Pooling/, 2_Normalize/): its JSON files are part of the checkpoint, by their relative paths.
+MODULE_FOLDER = re.compile(r"[0-9]+_[A-Za-z]+")
 STAGE_ATTEMPTS = 3  # downloads of a remote model that kept changing while it was copied
 
 
@@ -140,13 +146,20 @@ def weights_of(checksums: Mapping[str, str]) -> dict[str, str]:
 
 
 def is_content(name: str) -> bool:
-    """A file the digest covers: one batchnlp stages (config, tokenizer, weights), not the provenance."""
+    """A file the digest covers: one batchnlp stages (config, tokenizer, weights, a module folder's
+    settings), not the provenance. ``name`` is relative to the checkpoint, ``/``-separated."""
+    folder, _, base = name.rpartition("/")
+    if folder:
+        return bool(MODULE_FOLDER.fullmatch(folder)) and fnmatchcase(base, "*.json")
     return name != PROVENANCE and any(fnmatchcase(name, pattern) for pattern in STAGED_PATTERNS)
 
 
 def content_checksums(directory: Path) -> dict[str, str]:
-    """sha256 of each file directly in ``directory`` that the digest covers, by name."""
-    return {p.name: file_sha256(p) for p in sorted(directory.iterdir()) if p.is_file() and is_content(p.name)}
+    """sha256 of each file of ``directory`` that the digest covers, by relative name."""
+    folders = [p for p in directory.iterdir() if p.is_dir() and MODULE_FOLDER.fullmatch(p.name)]
+    files = [p for place in (directory, *folders) for p in place.iterdir() if p.is_file()]
+    named = {p.relative_to(directory).as_posix(): p for p in files}
+    return {name: file_sha256(named[name]) for name in sorted(named) if is_content(name)}
 
 
 def content_digest(checksums: Mapping[str, str]) -> str:
@@ -155,8 +168,8 @@ def content_digest(checksums: Mapping[str, str]) -> str:
     Those are the lines ``sha256sum`` prints, so in a checkpoint directory (or a copy of an S3
     prefix) this reproduces it::
 
-        ls -A | grep -E '[.](json|txt|model|safetensors)$' | grep -vx batchnlp-model.json \\
-           | LC_ALL=C sort | xargs -d '\\n' sha256sum | sha256sum
+        { ls -A | grep -E '[.](json|txt|model|safetensors)$' | grep -vx batchnlp-model.json
+          ls -d [0-9]*_*/*.json 2>/dev/null; } | LC_ALL=C sort | xargs -d '\\n' sha256sum | sha256sum
     """
     lines = "".join(f"{checksums[name]}  {name}\n" for name in sorted(checksums))
     return "sha256:" + hashlib.sha256(lines.encode()).hexdigest()
@@ -175,18 +188,23 @@ def _digest(value: Any) -> str:
 
 
 def remote_listing(parsed: ModelRef, storage_options: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(file name, version tag) of every file directly under a remote prefix."""
+    """(relative name, version tag) of every file directly under a remote prefix or in one of its module
+    folders (:data:`MODULE_FOLDER`)."""
     from batchnlp.io.storage import Location, storage_errors
 
     fs, path = Location(parsed.location, storage_options).split()  # with batchnlp.util.retry's policy
+    root = path.rstrip("/")
     with storage_errors("list", fs.unstrip_protocol(path), ModelError, what="model"):
         try:
             # refresh: a long-lived worker's cached listing would hide a re-uploaded model
-            entries = fs.ls(path.rstrip("/"), detail=True, refresh=True)
+            entries = fs.ls(root, detail=True, refresh=True)
         except FileNotFoundError:
             entries = []
+        for folder in [e["name"] for e in entries if e.get("type") == "directory"]:
+            if MODULE_FOLDER.fullmatch(folder.rstrip("/").rsplit("/", 1)[-1]):
+                entries += fs.ls(folder.rstrip("/"), detail=True, refresh=True)
     files = [
-        (entry["name"].rsplit("/", 1)[-1], str(entry.get("ETag") or entry.get("size")))
+        (entry["name"].removeprefix(root + "/"), str(entry.get("ETag") or entry.get("size")))
         for entry in entries
         if entry.get("type") == "file"
     ]
@@ -216,8 +234,9 @@ def _stage_remote(parsed: ModelRef, storage_options: Mapping[str, Any], cache: P
         partial.mkdir(parents=True)
         try:
             for name, _ in listing:
-                if any(fnmatchcase(name, pattern) for pattern in STAGED_PATTERNS):
+                if is_content(name) or name == PROVENANCE:
                     source = f"{path.rstrip('/')}/{name}"
+                    (partial / name).parent.mkdir(exist_ok=True)
                     with storage_errors("read", fs.unstrip_protocol(source), ModelError, what="model"):
                         fs.get_file(source, str(partial / name))
             copied, listing = listing, remote_listing(parsed, storage_options)

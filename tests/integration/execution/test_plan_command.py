@@ -336,3 +336,22 @@ def test_the_estimate_imports_no_model_code(tmp_path: Path, tiny_model: Path, qa
     assert done.returncode == 0, done.stderr
     loaded = done.stdout.strip().splitlines()[-1]
     assert loaded == "[]", loaded
+
+
+def test_an_encoder_is_planned_on_torch_and_its_chunks_counted(tmp_path: Path, embed_model: Path) -> None:
+    """The onnxruntime backend exports classifiers and QA models only: an embed run's encoder runs on torch,
+    so the plan quotes torch's figure; with --chunk-tokens it counts every window's tokens."""
+    from transformers import AutoTokenizer
+
+    contexts = texts(200, seed=7, max_sentences=20)
+    source = write_jsonl(tmp_path / "in.jsonl", [{"text": c} for c in contexts])
+    args = [source, tmp_path / "out", "--task", "embed", "--model", f"embed={embed_model}", "--workers", 1]
+    result = plan_cli(*args, "--device", "cpu", "--chunk-tokens", 32, "--chunk-stride", 8, "--json")
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.stdout)
+    assert figures["backend"] == "torch" and figures["tokens_per_second"] % measured("cpu", "fp32").rate == 0
+    encoded = AutoTokenizer.from_pretrained(embed_model)(
+        contexts, truncation=True, max_length=32, stride=8, return_overflowing_tokens=True
+    )
+    assert len(encoded["input_ids"]) > 1.5 * len(contexts)
+    assert within(figures["tasks"]["embed"]["tokens"], sum(map(len, encoded["input_ids"])))

@@ -226,3 +226,15 @@ def test_another_family_runs_on_torch_and_says_so_once(tmp_path, caplog, monkeyp
     assert len(said) == 1 and "roberta checkpoint" in said[0]
     assert len(tasks[0].annotate(["a short text", "another one"])[0]) == 2
     assert not (tmp_path / "cache").exists(), "nothing is written for a model that does not export"
+
+
+def test_the_plan_knows_what_the_backend_exports():
+    """batchnlp plan decides which backend a task runs on without importing the exporter: both lists agree."""
+    from batchnlp.inference.backends import ONNXRUNTIME_EXPORTS, task_backend
+    from batchnlp.inference.backends.onnx_runtime import EXPORTED
+
+    assert set(EXPORTED.values()) == ONNXRUNTIME_EXPORTS
+    assert task_backend("onnxruntime", "distilbert", "load_question_answerer") == "onnxruntime"
+    assert task_backend("onnxruntime", "bert", "load_encoder") == "torch"
+    assert task_backend("onnxruntime", "roberta", "load_sequence_classifier") == "torch"
+    assert task_backend("torch", "distilbert", "load_sequence_classifier") == "torch"

@@ -4,6 +4,7 @@ checkpoint's sentence-transformers files."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -150,7 +151,62 @@ def test_embed_dtype_is_for_embed_tasks_only(embed_model):
         make_task(embed_model, embed_dtype="int8")
 
 
-def test_a_model_the_driver_cannot_read_gets_a_list_column():
-    spec = JobSpec.from_settings({"input": "a.jsonl", "output": "o/", "tasks": ["embed"]}).tasks[0]
-    assert spec.model == "sentence-transformers/all-MiniLM-L6-v2"
-    assert TASKS["embed"].output_type(spec) == pa.list_(pa.float32())
+def test_the_driver_types_a_remote_checkpoint_s_column_from_its_small_files(minilm):
+    """No weights fetched: config.json and the module folder's settings give the fixed-size list."""
+    import fsspec
+
+    from batchnlp.execution.columns import typed_output_schema
+
+    memory = fsspec.filesystem("memory")
+    for path in sorted(minilm.rglob("*.json")):
+        memory.pipe_file(f"/minilm/{path.relative_to(minilm).as_posix()}", path.read_bytes())
+    job = {"input": "a.jsonl", "output": "o/", "tasks": ["embed"], "models": {"embed": "memory://minilm/"}}
+    spec = JobSpec.from_settings({**job, "embed_dtype": "float16"})
+    kind = typed_output_schema(spec, pa.schema([("text", pa.string())])).field("embed").type
+    assert kind.list_size == 384 and kind.value_type == pa.float16()
+    assert embedding_settings(kind) == {"dimension": 384, "pooling": "mean", "normalize": True}
+    assert not memory.exists("/minilm/model.safetensors")
+
+
+def test_chunking_settings_are_checked():
+    def problems(**settings) -> str:
+        with pytest.raises(SpecError) as raised:
+            JobSpec.from_settings({"input": "a.jsonl", "output": "o/", **settings})
+        return str(raised.value)
+
+    assert "chunk_tokens applies to embed tasks only" in problems(tasks=["sentiment"], chunk_tokens=64)
+    assert "give their length with chunk_tokens" in problems(tasks=["embed"], chunk_stride=8)
+    assert "must be smaller than chunk_tokens less [CLS] and [SEP] (30)" in problems(
+        tasks=["embed"], chunk_tokens=32, chunk_stride=30
+    )
+    assert "at least 8" in problems(tasks=["embed"], chunk_tokens=4)
+
+
+def test_chunks_cover_a_long_text_with_exact_spans(minilm):
+    """Windows of 32 tokens sharing 8: every window's span is the text its tokens came from, the spans
+    walk through the whole text, and each window's embedding is the one the same words get alone."""
+    text = " ".join(f"Review {i}: the kettle boiled fast, but the lid cracked after {i} weeks." for i in range(12))
+    task = make_task(minilm, chunk_tokens=32, chunk_stride=8)
+    column, _ = task.annotate([text, "short one"])
+    assert column.type == pa.list_(
+        pa.struct(
+            [
+                ("embedding", task.output_type.value_type.field("embedding").type),
+                ("start", pa.int32()),
+                ("end", pa.int32()),
+            ]
+        )
+    )
+    chunks, single = column.to_pylist()
+    assert len(single) == 1 and (single[0]["start"], single[0]["end"]) == (0, len("short one"))
+    assert len(chunks) > 5 and chunks[0]["start"] == 0 and chunks[-1]["end"] == len(text)
+    starts = [c["start"] for c in chunks]
+    assert starts == sorted(starts) and all(a["end"] > b["start"] for a, b in itertools.pairwise(chunks)), "overlap"
+    alone, _ = make_task(minilm).annotate([text[c["start"] : c["end"]] for c in chunks])
+    for chunk, expected in zip(chunks, alone.to_pylist(), strict=True):
+        assert np.dot(chunk["embedding"], expected) > 0.999, (chunk["start"], chunk["end"])
+
+
+def test_chunk_tokens_past_the_model_s_length_are_refused(minilm):
+    with pytest.raises(ModelError, match="give --chunk-tokens 256 or fewer"):
+        make_task(minilm, chunk_tokens=512)
