@@ -10,6 +10,7 @@ a random model mean nothing; speed and plumbing do not depend on them.
     python -m batchnlp.testing /tmp/tiny-qa --qa                # extractive QA (start/end logits)
     python -m batchnlp.testing /tmp/tiny-encoder --encoder      # an encoder without a head (embeddings)
     python -m batchnlp.testing /tmp/tiny-ner --ner              # a token classifier (NER labels)
+    python -m batchnlp.testing /tmp/tiny-nli --labels contradiction,neutral,entailment  # zero-shot's NLI shape
 """
 
 from __future__ import annotations
@@ -58,6 +59,18 @@ def build_classifier(
         label2id={label: i for i, label in enumerate(labels)},
         problem_type=problem_type,
     )
+
+
+def build_nli_classifier(
+    dest: str | Path,
+    labels: Sequence[str] = ("contradiction", "neutral", "entailment"),
+    *,
+    size: str = "tiny",
+    seed: int = 0,
+) -> Path:
+    """Save a random DistilBERT NLI-shaped classifier (``labels``: the order its logits come in, one
+    starting with "entail") to ``dest``: a checkpoint for ``--task zero-shot``."""
+    return build_classifier(dest, labels, size=size, seed=seed)
 
 
 def build_question_answerer(dest: str | Path, *, size: str = "tiny", cased: bool = False, seed: int = 0) -> Path:

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from batchnlp.testing import build_classifier, build_encoder, build_question_answerer, build_token_classifier
+from batchnlp.testing import (
+    build_classifier,
+    build_encoder,
+    build_nli_classifier,
+    build_question_answerer,
+    build_token_classifier,
+)
 from tests.support.helpers import cli_job, one_worker_cluster
 from tests.support.s3proxy import S3Proxy
 
@@ -67,6 +73,12 @@ def embed_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def ner_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_token_classifier(tmp_path_factory.mktemp("models") / "ner")
+
+
+@pytest.fixture(scope="session")
+def zero_shot_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An NLI-shaped classifier (contradiction, neutral, entailment) for --task zero-shot."""
+    return build_nli_classifier(tmp_path_factory.mktemp("models") / "nli")
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ from batchnlp.cli.options import (
 )
 from batchnlp.cli.params import KeyValue
 from batchnlp.spec import COMPRESSION_NAMES, INPUT_FORMATS, MINIMUMS, OUTPUT_FORMATS
-from batchnlp.tasks import AGGREGATIONS, DEFAULT_AGGREGATION, DEFAULT_CASCADE_MARGIN
+from batchnlp.tasks import AGGREGATIONS, DEFAULT_AGGREGATION, DEFAULT_CASCADE_MARGIN, DEFAULT_HYPOTHESIS
 
 if TYPE_CHECKING:
     from batchnlp.spec import JobSpec
@@ -72,8 +72,9 @@ JOB_OPTIONS = [
         "--keep-probs",
         is_flag=True,
         default=None,
-        help="classify, sentiment: also write every label's probability (probs: list<float>, label order in the "
-        "field's metadata), the soft labels batchnlp distill trains a student on. Example: --keep-probs",
+        help="classify, sentiment, zero-shot: also write every label's probability (probs: list<float>, label order "
+        "in the field's metadata), the soft labels batchnlp distill trains a student on (not zero-shot's). "
+        "Example: --keep-probs",
     ),
     click.option(
         "--embed-dtype",
@@ -116,6 +117,25 @@ JOB_OPTIONS = [
         default=None,
         help="ner: also write the text with each kept entity replaced by its type ([PER]) in a column "
         "<task>_redacted after the task's. The text column stays unless you drop it. Example: --redact",
+    ),
+    click.option(
+        "--labels",
+        metavar="A,B,C",
+        help="zero-shot (required there): the candidate labels, comma-separated (a label holding a comma goes in a "
+        'job spec\'s labels list). Example: --labels "sports,politics,technology"',
+    ),
+    click.option(
+        "--hypothesis",
+        metavar="TEMPLATE",
+        help=f"zero-shot: the hypothesis each label is tested as, {{}} standing for the label. Default: "
+        f'"{DEFAULT_HYPOTHESIS}" (the pipeline\'s). Example: --hypothesis "This review is about {{}}."',
+    ),
+    click.option(
+        "--multi-label",
+        is_flag=True,
+        default=None,
+        help="zero-shot: score each label on its own (entailment against contradiction), not as one softmax over "
+        "the labels. Example: --multi-label",
     ),
     click.option(
         "--cascade",

@@ -143,7 +143,7 @@ def _task_name(display: str, manifest: Manifest, task: str | None) -> str:
     """``task``, which the output must have; by default its one classifier."""
     tasks = ", ".join(f"{name} ({model['task']})" for name, model in manifest.models.items())
     if task is None:
-        classifiers = [name for name, model in manifest.models.items() if TASKS[model["task"]].keeps_probs]
+        classifiers = [name for name, model in manifest.models.items() if _distillable(model["task"])]
         if len(classifiers) == 1:
             return classifiers[0]
         raise InputError(f"{display} has the tasks {tasks}: pass --task NAME to say which one to distil")
@@ -152,9 +152,20 @@ def _task_name(display: str, manifest: Manifest, task: str | None) -> str:
     return task
 
 
+def _distillable(kind: str) -> bool:
+    """A task kind whose output distil learns from: a classifier's probabilities (zero-shot's are refused)."""
+    return TASKS[kind].keeps_probs and not TASKS[kind].takes_labels
+
+
 def _task_column(display: str, manifest: Manifest, task: str) -> tuple[str, list[str]]:
     """(task kind, label order) of the task column, which must hold probabilities (--keep-probs)."""
     kind = manifest.models.get(task, {}).get("task")
+    if kind is not None and TASKS[kind].takes_labels:
+        raise InputError(
+            f"task {task!r} of {display} is {kind}: distil does not take zero-shot labels yet. It starts the "
+            "student from the teacher's layers and measures the teacher as a classifier of the labels it learns, "
+            "and a zero-shot teacher is an NLI model that scores (text, hypothesis) pairs, not such a classifier"
+        )
     if kind is None or not TASKS[kind].keeps_probs:
         raise InputError(
             f"task {task!r} of {display} is {kind or 'missing'}: distil takes a classify or sentiment task, "

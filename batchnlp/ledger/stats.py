@@ -25,8 +25,10 @@ def column_stats(column: pa.Array | pa.ChunkedArray) -> dict[str, Any]:
 
     ``annotated``: rows with a value; ``scores``: the score histogram's counts; ``labels``
     (classification: a ``label`` field): count per label; ``answered`` (qa: an ``answer``
-    field): rows whose answer is not empty. An embedding column (a list per row, or a list of
-    chunks with one each) has its vectors' norms (:func:`embedding_stats`) instead of labels.
+    field): rows whose answer is not empty; ``above_half`` (zero-shot: a ``labels`` list of every
+    candidate's score): per label, the rows in which it scores at least 0.5. An embedding column (a
+    list per row, or a list of chunks with one each) has its vectors' norms (:func:`embedding_stats`)
+    instead of labels, and an entity column (ner: a list of entities per row) :func:`entity_stats`.
     """
     valid = column.drop_null() if column.null_count else column
     stats: dict[str, Any] = {"annotated": len(valid)}
@@ -41,6 +43,11 @@ def column_stats(column: pa.Array | pa.ChunkedArray) -> dict[str, Any]:
     if "label" in names:
         labels = pc.value_counts(pc.struct_field(valid, "label"))
         stats["labels"] = {item["values"]: item["counts"] for item in labels.to_pylist() if item["values"] is not None}
+    if "labels" in names:  # zero-shot: every candidate label's score; the rows in which each reaches 0.5
+        candidates = pc.list_flatten(pc.struct_field(valid, "labels"))
+        over = candidates.filter(pc.greater_equal(pc.struct_field(candidates, "score"), 0.5))
+        counts = pc.value_counts(pc.struct_field(over, "label")).to_pylist()
+        stats["above_half"] = {item["values"]: item["counts"] for item in counts if item["values"] is not None}
     if "answer" in names:
         lengths = pc.utf8_length(pc.struct_field(valid, "answer"))
         stats["answered"] = int(pc.sum(pc.greater(lengths, 0)).as_py() or 0)

@@ -48,9 +48,12 @@ TLS_SETTINGS = ("tls_ca_file", "tls_cert", "tls_key")  # --scheduler tls://...: 
 DEFAULT_MAX_ANSWER_LENGTH = 15  # tokens, as transformers' question-answering pipeline
 QA_KEYS = ("question", "question_column", "doc_stride", "max_answer_length", "allow_no_answer")
 CASCADE_KEYS = ("cascade", "cascade_margin")  # a task's student ref and margin (job level: cascade maps TASK: REF)
+ZERO_SHOT_KEYS = ("labels", "hypothesis", "multi_label")  # zero-shot: its candidate labels, template and scoring
 EMBED_KEYS = ("embed_dtype", "chunk_tokens", "chunk_stride")  # embed: the float type; long texts as chunks
 NER_KEYS = ("aggregation", "entities", "redact")  # ner: how tokens become entities, which are kept, --redact
-TASK_KEYS = ("name", "task", "model", "top_k", "keep_probs", *QA_KEYS, *CASCADE_KEYS, *EMBED_KEYS, *NER_KEYS)
+TASK_KEYS = (
+    "name", "task", "model", "top_k", "keep_probs", *QA_KEYS, *CASCADE_KEYS, *EMBED_KEYS, *NER_KEYS, *ZERO_SHOT_KEYS,
+)  # fmt: skip
 # The least value of each integer setting, for the spec and the CLI's options alike. A window
 # or a batch of fewer than 8 tokens holds little beyond [CLS] and [SEP].
 MINIMUMS = {
@@ -102,11 +105,16 @@ class TaskSpec:
     aggregation: str | None = None
     entities: tuple[str, ...] | None = None
     redact: bool = False
+    # zero-shot only: the candidate labels (required), the hypothesis template ({} is the label; from settings
+    # the pipeline's default is filled in) and whether labels are scored independently (--multi-label).
+    labels: tuple[str, ...] | None = None
+    hypothesis: str | None = None
+    multi_label: bool = False
 
 
 # TaskSpec settings added after fingerprints were first recorded: left out of a fingerprint at their
 # defaults, so a run from before them still resumes (new settings join this tuple).
-LATER_TASK_SETTINGS = ("keep_probs", "student", *EMBED_KEYS, *NER_KEYS)
+LATER_TASK_SETTINGS = ("keep_probs", "student", *EMBED_KEYS, *NER_KEYS, *ZERO_SHOT_KEYS)
 TASK_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TaskSpec)}
 
 
@@ -172,6 +180,7 @@ class JobSpec:
         s = {key.replace("-", "_"): value for key, value in settings.items() if value is not None}
         extra = {"models", "top_k", "keep_probs", "overwrite", "resume", *QA_KEYS, *CASCADE_KEYS, *EMBED_KEYS}
         extra |= set(NER_KEYS)
+        extra |= set(ZERO_SHOT_KEYS)
         known = {f.name for f in dataclasses.fields(cls)} | extra
         for key in sorted(set(s) - known):
             problems.append(f"unknown setting {key!r}; known settings: {', '.join(sorted(known))}")
@@ -442,6 +451,7 @@ def _tasks_from_settings(s: Mapping[str, Any], problems: list[str]) -> list[Task
         cascade = _cascade(name, kind, item, students, s, problems)
         embed = _embed_settings(name, kind, item, s, problems)
         ner = _ner_settings(name, kind, item, s, problems)
+        zero_shot = _zero_shot_settings(name, kind, item, s, problems)
         tasks.append(
             TaskSpec(
                 name=name,
@@ -453,6 +463,7 @@ def _tasks_from_settings(s: Mapping[str, Any], problems: list[str]) -> list[Task
                 **cascade,
                 **embed,
                 **ner,
+                **zero_shot,
             )
         )
     names = [t.name for t in tasks]
@@ -467,7 +478,12 @@ def _tasks_from_settings(s: Mapping[str, Any], problems: list[str]) -> list[Task
     if ner_given and not any(TASKS[t.kind].names_entities for t in tasks):
         problems.append(f"{', '.join(ner_given)} apply to ner tasks only, and this job has none (add --task ner)")
     if s.get("keep_probs") and not any(TASKS[t.kind].keeps_probs for t in tasks):
-        problems.append("keep_probs applies to classify and sentiment tasks only, and this job has none")
+        problems.append("keep_probs applies to classify, sentiment and zero-shot tasks only, and this job has none")
+    given = [key for key in ZERO_SHOT_KEYS if key in s]
+    if given and not any(TASKS[t.kind].takes_labels for t in tasks):
+        problems.append(
+            f"{', '.join(given)} apply to zero-shot tasks only, and this job has none (add --task zero-shot)"
+        )
     for name in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"task {name!r} is given twice; give each task a distinct name in a job spec")
     for name in sorted(set(models) - set(names)):
@@ -582,6 +598,64 @@ def _ner_settings(name: str, kind: str, item: Mapping[str, Any], s: Mapping[str,
     return {"aggregation": aggregation, "entities": entities, "redact": redact}
 
 
+def _zero_shot_settings(
+    name: str, kind: str, item: Mapping[str, Any], s: Mapping[str, Any], problems: list[str]
+) -> dict[str, Any]:
+    """A zero-shot task's labels, hypothesis and multi_label: its own keys, else the job's; refused for
+    other tasks. Labels come as a list, or as one comma-separated string (``--labels "a,b,c"``, each
+    stripped, as the pipeline splits them); none may be empty or given twice."""
+    from batchnlp.tasks import DEFAULT_HYPOTHESIS, TASKS
+
+    if not TASKS[kind].takes_labels:
+        for key in sorted(set(ZERO_SHOT_KEYS) & set(item)):
+            problems.append(f"task {name!r} ({kind}) does not take {key}; only zero-shot tasks do")
+        return {}
+    value = {key: item.get(key, s.get(key)) for key in ZERO_SHOT_KEYS}
+    labels = value["labels"]
+    if isinstance(labels, str):
+        labels = [label.strip() for label in labels.split(",")]
+    if labels is None:
+        problems.append(
+            f'task {name!r} (zero-shot) needs its candidate labels: --labels "sports,politics,tech" '
+            "(labels: [sports, politics, tech] in a job spec)"
+        )
+        labels = []
+    elif not isinstance(labels, list | tuple) or not all(isinstance(label, str) for label in labels):
+        problems.append(
+            f"labels of task {name!r} must be a list of strings or one comma-separated string, got {labels!r}"
+        )
+        labels = []
+    elif not labels or any(not label.strip() for label in labels):
+        problems.append(
+            f"labels of task {name!r} has an empty label ({labels!r}): give each label as a non-empty string "
+            '(a label holding a comma goes in a job spec\'s list: labels: ["a, b", c])'
+        )
+    else:
+        for label in sorted({label for label in labels if labels.count(label) > 1}):
+            problems.append(f"labels of task {name!r} give {label!r} twice; give each label once")
+    hypothesis = DEFAULT_HYPOTHESIS if value["hypothesis"] is None else value["hypothesis"]
+    if not isinstance(hypothesis, str) or not hypothesis.strip():
+        problems.append(f"hypothesis of task {name!r} must be a template such as 'This text is about {{}}.', got "
+                        f"{hypothesis!r}")  # fmt: skip
+    else:
+        try:
+            filled = hypothesis.format("LABEL")
+        except (IndexError, KeyError, ValueError) as e:
+            filled = None
+            reason = f"it does not format with one label ({type(e).__name__}: {e}); write literal braces as {{{{ }}}}"
+        else:
+            reason = "it has no {} where the label goes"
+        if filled is None or filled == hypothesis:
+            problems.append(
+                f"hypothesis of task {name!r} ({hypothesis!r}) must hold {{}} where the label goes, as "
+                f"'This text is about {{}}.': {reason}"
+            )
+    multi_label = False if value["multi_label"] is None else value["multi_label"]
+    if not isinstance(multi_label, bool):
+        problems.append(f"multi_label of task {name!r} must be true or false, got {multi_label!r}")
+    return {"labels": tuple(labels), "hypothesis": hypothesis, "multi_label": multi_label is True}
+
+
 def _keep_probs(name: str, kind: str, item: Mapping[str, Any], s: Mapping[str, Any], problems: list[str]) -> bool:
     """A classifier's keep_probs: its own key, else the job's; refused for a task without label probabilities (qa)."""
     from batchnlp.tasks import TASKS
@@ -591,7 +665,7 @@ def _keep_probs(name: str, kind: str, item: Mapping[str, Any], s: Mapping[str, A
         problems.append(f"keep_probs of task {name!r} must be true or false, got {value!r}")
         return False
     if value and not TASKS[kind].keeps_probs:
-        problems.append(f"task {name!r} ({kind}) does not take keep_probs: only classify and sentiment do")
+        problems.append(f"task {name!r} ({kind}) does not take keep_probs: only classify, sentiment and zero-shot do")
     return value
 
 

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from batchnlp.tasks.columns import ERROR_COLUMN, answer_type, embedding_type, entity_type, label_type
-from batchnlp.tasks.summaries import ANSWERS, EMBEDDINGS, ENTITIES, LABELS, Summary
+from batchnlp.tasks.columns import ERROR_COLUMN, answer_type, embedding_type, entity_type, label_type, zero_shot_type
+from batchnlp.tasks.summaries import ANSWERS, EMBEDDINGS, ENTITIES, LABELS, ZERO_SHOT, Summary
 
 if TYPE_CHECKING:
     from batchnlp.spec import TaskSpec
@@ -35,6 +35,7 @@ DEFAULT_CASCADE_MARGIN = 0.75
 # ner (--aggregation): transformers' token-classification pipeline's aggregation strategies, by the same names.
 AGGREGATIONS = ("simple", "first", "average", "max", "none")
 DEFAULT_AGGREGATION = "simple"  # entity groups, as most NER model cards show them (the pipeline's own default is none)
+DEFAULT_HYPOTHESIS = "This example is {}."  # zero-shot's --hypothesis: the pipeline's hypothesis_template
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class TaskInfo:
     # --redact): the struct's first field is the task's column, each other field the column <task>_<field>.
     # Deduplication and the label cache keep the one value; only the written part is spread.
     spreads: Callable[[TaskSpec], bool] | None = None
+    takes_labels: bool = False  # zero-shot: --labels (required), --hypothesis, --multi-label
 
     def load(self) -> type[Task]:
         module, _, name = self.target.partition(":")
@@ -113,6 +115,17 @@ TASKS: dict[str, TaskInfo] = {
         summary=ENTITIES,
         names_entities=True,
         spreads=lambda spec: spec.redact,
+    ),
+    "zero-shot": TaskInfo(
+        target="batchnlp.tasks.zero_shot:ZeroShot",
+        default_model=None,
+        supports_top_k=False,
+        help="NLI-based zero-shot classification over --labels (any NLI sequence classifier, one forward pass "
+        "per label), scored as transformers' zero-shot-classification pipeline; --hypothesis, --multi-label",
+        output_type=zero_shot_type,
+        summary=ZERO_SHOT,
+        keeps_probs=True,
+        takes_labels=True,
     ),
 }
 

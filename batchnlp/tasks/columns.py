@@ -24,6 +24,7 @@ PROBS = "probs"  # --keep-probs: every label's probability, in the order LABEL_O
 LABEL_ORDER_KEY = b"batchnlp.labels"  # metadata of the probs field: the labels as a JSON list
 MODEL = "model"  # --keep-probs with a cascade: which model labelled the row, one of LABELLERS
 LABELLERS = ("student", "teacher")  # a cascade's models, as the model field and the run's counts name them
+ZERO_SHOT_LABELS = "labels"  # zero-shot: every candidate label and its score, best first
 EMBED_DTYPES = {"float32": pa.float32(), "float16": pa.float16()}  # --embed-dtype
 # ner: one entity (a group of tokens under --aggregation, a token under none), offsets in characters of the text.
 ENTITY = pa.struct(
@@ -70,6 +71,18 @@ def label_order(kind: pa.DataType) -> list[str] | None:
         return None
     metadata = kind.field(PROBS).metadata or {}
     return json.loads(metadata[LABEL_ORDER_KEY]) if LABEL_ORDER_KEY in metadata else None
+
+
+def zero_shot_type(spec: TaskSpec) -> pa.DataType:
+    """Zero-shot: the best label and its score, every candidate label with its score (``labels``,
+    best first), and with ``keep_probs`` the scores in the spec's label order (named in the probs
+    field's metadata, as :func:`with_label_order`). The labels are the spec's, so the driver's type
+    is the worker's, metadata included."""
+    fields = [*LABEL_SCORE, pa.field(ZERO_SHOT_LABELS, pa.list_(LABEL_SCORE))]
+    if spec.keep_probs:
+        fields.append(pa.field(PROBS, pa.list_(pa.float32())))
+        return with_label_order(pa.struct(fields), spec.labels or ())
+    return pa.struct(fields)
 
 
 def answer_type(spec: TaskSpec) -> pa.DataType:

@@ -39,6 +39,29 @@ def label_figures(merged: dict[str, Any]) -> dict[str, Any]:
     return {"labels": merged.get("labels", {})}
 
 
+def zero_shot_figures(merged: dict[str, Any]) -> dict[str, Any]:
+    """Zero-shot: rows per best label (``labels``, charted as classification's), and, shown in its report
+    section, each label's share of the annotated rows as the best label and the rows in which it scores
+    at least 0.5 (``above_half``: multi-label, each label on its own; single-label, the label holding most
+    of a row's probability)."""
+    annotated, labels, above = merged["annotated"], merged.get("labels", {}), merged.get("above_half", {})
+    return {
+        "labels": labels,
+        "above_half": above,
+        "best_label_shares": _shares(labels, annotated),
+        "above_half_shares": _shares(above, annotated),
+    }
+
+
+def _shares(counts: dict[str, int], annotated: int, shown: int = 12) -> str:
+    """``sports 41 (41.0%), world 30 (30.0%), …``: the most common first, at most ``shown`` of them."""
+    if not counts or not annotated:
+        return "–"
+    ranked = sorted(counts.items(), key=lambda item: -item[1])
+    text = ", ".join(f"{label} {count:,} ({count / annotated:.1%})" for label, count in ranked[:shown])
+    return text + (f", and {len(ranked) - shown} more" if len(ranked) > shown else "")
+
+
 def answer_figures(merged: dict[str, Any]) -> dict[str, Any]:
     """Question answering: rows given a non-empty answer, and their share of the annotated rows."""
     answered = merged.get("answered", 0)
@@ -153,6 +176,20 @@ ENTITIES = Summary(
             ("rows_with_entities", "rows with entities"),
             ("entity_row_rate", "share of rows"),
             ("top_entity_types", "top entity types"),
+        ),
+    ),
+)
+ZERO_SHOT = Summary(
+    zero_shot_figures,
+    label_cell,
+    ReportSection(
+        "Zero-shot classification",
+        "Rows per best label, and rows per label scoring at least 0.5 (multi-label: each label on its own; "
+        "single-label: the label holding most of the row's probability), each with its share of the annotated rows.",
+        (
+            ("annotated", "annotated"),
+            ("best_label_shares", "best label: rows (share)"),
+            ("above_half_shares", "score ≥ 0.5: rows (share)"),
         ),
     ),
 )

@@ -37,6 +37,7 @@ MODELS = {
     "batchnlp.tasks.qa:QuestionAnswering": "qa_model",
     "batchnlp.tasks.embed:Embed": "embed_model",
     "batchnlp.tasks.ner:NamedEntities": "ner_model",
+    "batchnlp.tasks.zero_shot:ZeroShot": "zero_shot_model",
 }
 QUESTION = "Who pays?"
 SCHEMA = pa.schema([("id", pa.int64()), ("text", pa.string()), ("question", pa.string())])
@@ -62,6 +63,9 @@ def variants(info: TaskInfo) -> dict[str, dict]:
         return {"": {}, "chunked": {"chunk_tokens": 16, "chunk_stride": 4}}
     if info.names_entities:
         return {"simple": {"aggregation": "simple"}, "redact": {"aggregation": "first", "redact": True}}
+    if info.takes_labels:
+        labels = ["sports", "politics", "business"]
+        return {"single-label": {"labels": labels}, "multi-label": {"labels": labels[:2], "multi_label": True}}
     return {"": {}}
 
 

@@ -106,7 +106,7 @@ def test_keep_probs_is_off_by_default_and_refused_for_qa():
     assert kept.fingerprint() != spec.fingerprint()
     result = invoke("in.jsonl", "out", "--task", "qa", "--question", "Why?", "--keep-probs")
     assert result.exit_code == 2
-    assert "keep_probs applies to classify and sentiment tasks only" in result.output
+    assert "keep_probs applies to classify, sentiment and zero-shot tasks only" in result.output
 
 
 def test_the_student_agrees_with_its_teacher_well_beyond_the_majority_label(student: Path, labelled: Path):
