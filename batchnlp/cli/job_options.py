@@ -25,7 +25,7 @@ from batchnlp.cli.options import (
 )
 from batchnlp.cli.params import KeyValue
 from batchnlp.spec import COMPRESSION_NAMES, INPUT_FORMATS, MINIMUMS, OUTPUT_FORMATS
-from batchnlp.tasks import AGGREGATIONS, DEFAULT_AGGREGATION, DEFAULT_CASCADE_MARGIN, DEFAULT_HYPOTHESIS
+from batchnlp.tasks import AGGREGATIONS, DEFAULT_AGGREGATION, DEFAULT_CASCADE_MARGIN, DEFAULT_HYPOTHESIS, TASKS
 
 if TYPE_CHECKING:
     from batchnlp.spec import JobSpec
@@ -52,7 +52,7 @@ JOB_OPTIONS = [
         "--task",
         multiple=True,
         metavar="NAME",
-        help="Task to run, repeatable: sentiment, classify, qa. Default: sentiment. "
+        help=f"Task to run, repeatable: {', '.join(TASKS)}. Default: sentiment. "
         "Example: --task sentiment --task classify",
     ),
     click.option(

@@ -410,7 +410,7 @@ def valid_run_id(value: Any) -> bool:
 
 def _tasks_from_settings(s: Mapping[str, Any], problems: list[str]) -> list[TaskSpec]:
     """Tasks come as names (``[sentiment, classify]``) or mappings with name/task/model/top_k."""
-    from batchnlp.tasks import TASKS
+    from batchnlp.tasks import TASKS, column_names
 
     raw = s.get("tasks") or ["sentiment"]
     if isinstance(raw, str):
@@ -486,6 +486,12 @@ def _tasks_from_settings(s: Mapping[str, Any], problems: list[str]) -> list[Task
         )
     for name in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"task {name!r} is given twice; give each task a distinct name in a job spec")
+    spread = {column: t.name for t in tasks for column in column_names(t)[1:]}  # ner --redact: <name>_redacted
+    for name in sorted(set(names) & set(spread)):
+        problems.append(
+            f"task {name!r} has the name of a column task {spread[name]!r} writes beside its own; give it another "
+            "name in a job spec"
+        )
     for name in sorted(set(models) - set(names)):
         problems.append(f"--model {name}=... names no task of this job (tasks: {', '.join(names)})")
     for name in sorted(set(students) - set(names)):

@@ -345,3 +345,9 @@ def test_plan_counts_every_window_of_a_long_text(ner_model):
     tokens = len(task.tokenizer(text, add_special_tokens=False)["input_ids"])
     assert len(lengths) > 3 and max(lengths) == 64
     assert sum(length - 2 for length in lengths) == tokens + task.stride * (len(lengths) - 1), "overlaps counted"
+
+
+def test_a_task_named_as_another_task_s_redacted_column_is_refused():
+    tasks = [{"name": "ner", "task": "ner", "redact": True}, {"name": "ner_redacted", "task": "sentiment"}]
+    with pytest.raises(SpecError, match="task 'ner_redacted' has the name of a column task 'ner' writes"):
+        JobSpec.from_settings({"input": "a.jsonl", "output": "o/", "tasks": tasks})
