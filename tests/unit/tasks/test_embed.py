@@ -210,3 +210,22 @@ def test_chunks_cover_a_long_text_with_exact_spans(minilm):
 def test_chunk_tokens_past_the_model_s_length_are_refused(minilm):
     with pytest.raises(ModelError, match="give --chunk-tokens 256 or fewer"):
         make_task(minilm, chunk_tokens=512)
+
+
+def test_strangers_one_character_huge_and_unknown_scripts_match_sentence_transformers(minilm):
+    """A one-character text, a 100,000-character one (truncated alike, or cut into chunks that reach its
+    end), and scripts the WordPiece vocabulary has no pieces for ([UNK]): the peer's embeddings, and
+    chunk spans inside the text."""
+    from sentence_transformers import SentenceTransformer
+
+    huge = "The kettle boiled, the lid cracked. " * 2800
+    texts = ["a", huge, "ሰላም ለዓለም", "สวัสดีชาวโลก", "😀🙃 ❤️‍🔥", "e\u0301te\u0301 cafe\u0301", "line one\r\nline two"]
+    column, _ = make_task(minilm).annotate(texts)
+    expected = SentenceTransformer(str(minilm), device="cpu").encode(texts)
+    ours = np.asarray(column.to_pylist())
+    cosine = np.einsum("ij,ij->i", ours, expected) / np.linalg.norm(expected, axis=1) / np.linalg.norm(ours, axis=1)
+    assert cosine.min() >= 0.99999, cosine
+    chunks, _ = make_task(minilm, chunk_tokens=128, chunk_stride=16).annotate(texts)
+    for text, windows in zip(texts, chunks.to_pylist(), strict=True):
+        assert 0 <= windows[0]["start"] <= windows[-1]["end"] <= len(text)
+    assert len(chunks.to_pylist()[1]) > 100 and chunks.to_pylist()[1][-1]["end"] == len(huge.rstrip())
