@@ -7,6 +7,7 @@ interrupted one has no manifest, only ``_progress/_job.json`` (the job record) a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
@@ -223,7 +224,8 @@ def rows_table(info: RunInfo, rows: list[dict[str, Any]], width: int = 100) -> A
     kinds = {name: model.get("task") for name, model in info.models.items()} or {
         task["name"]: task.get("kind") for task in info.spec.get("tasks", [])
     }
-    columns = ([id_column] if id_column else []) + [text_column, *kinds, "_error"]
+    written = [column for name in kinds for column in _task_columns(info, name)]  # ner --redact: two
+    columns = ([id_column] if id_column else []) + [text_column, *written, "_error"]
     cells = [{name: _cell(row.get(name), kinds.get(name)) for name in columns} for row in rows]
     natural = {name: min(max([len(name), *(len(c[name]) for c in cells)]), 40) for name in columns}
     others = sum(natural[name] + 3 for name in columns if name != text_column) + 4
@@ -236,6 +238,19 @@ def rows_table(info: RunInfo, rows: list[dict[str, Any]], width: int = 100) -> A
         row[text_column] = _cut(row[text_column], text_width)
         table.add_row(*(Text(row[name]) for name in columns))
     return table
+
+
+def _task_columns(info: RunInfo, name: str) -> list[str]:
+    """The columns task ``name`` wrote, as its spec says (:func:`batchnlp.tasks.column_names`): its own, and
+    a spread value's others; its own alone for a spec this version cannot read."""
+    from batchnlp.spec import TaskSpec
+    from batchnlp.tasks import column_names
+
+    known = {f.name for f in dataclasses.fields(TaskSpec)}
+    for task in info.spec.get("tasks", []):
+        if task.get("name") == name and task.get("kind") in TASKS:
+            return column_names(TaskSpec(**{key: value for key, value in task.items() if key in known}))
+    return [name]
 
 
 def _cut(text: str, width: int) -> str:

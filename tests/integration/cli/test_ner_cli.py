@@ -81,6 +81,8 @@ def test_the_report_and_inspect_summarise_the_entities(outputs):
     shown = CliRunner().invoke(main, ["inspect", str(outputs["dedup"]), "--rows", "3"])
     assert shown.exit_code == 0, shown.output
     assert "ner" in shown.output and "(0." in shown.output
+    wide = CliRunner().invoke(main, ["inspect", str(outputs["dedup"]), "--rows", "3"], env={"COLUMNS": "200"})
+    assert "ner_redacted" in wide.output, "the redacted column beside the entities"
 
 
 def test_a_delta_table_holds_both_columns(ner_model, tmp_path):
