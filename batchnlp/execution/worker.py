@@ -34,6 +34,7 @@ from batchnlp.tasks import task_columns
 from batchnlp.tasks.base import value_problem
 from batchnlp.tasks.columns import ERROR_COLUMN
 from batchnlp.tasks.keys import input_keys, namespace
+from batchnlp.util.compat import import_past_ast_race
 from batchnlp.version import __version__
 
 EXAMPLES_PER_PART = 5
@@ -88,6 +89,7 @@ class ModelPlugin(WorkerPlugin):
             self.refused = Refused(type(e), str(e))
 
     def load(self) -> None:
+        import_past_ast_race("transformers")  # its first import in this worker (batchnlp.util.compat says why)
         from transformers.utils import logging as transformers_logging
 
         from batchnlp.inference.allocator import keep_freed_memory

@@ -102,3 +102,27 @@ def mkldnn_bf16_supported() -> bool:
 
     check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     return bool(check()) if check is not None else True
+
+
+AST_RACE = "AST constructor recursion depth mismatch"
+
+
+def import_past_ast_race(name: str) -> Any:
+    """``import name``, tried once more if the interpreter's AST race stopped it.
+
+    CPython before 3.11.8 and 3.12.1 keeps one AST-construction depth per interpreter, not per thread,
+    and a conversion that fails or is interleaved with another thread's leaves it off, so a later
+    ``compile(..., ast.PyCF_ONLY_AST)`` raises ``SystemError: AST constructor recursion depth mismatch``
+    (python/cpython#106905). anyio (which huggingface_hub, and so transformers, imports) compiles its own
+    source to an AST at import: a worker importing transformers in its loading thread met it once in CI
+    on 3.11.7. Nothing was wrong with the import, and the depth is right again once the other conversion
+    ends, so the import is tried again; any other error, or a second failure, is raised.
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except SystemError as e:
+        if AST_RACE not in str(e):
+            raise
+    return importlib.import_module(name)
