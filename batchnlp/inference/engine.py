@@ -79,6 +79,15 @@ class BatchStats:
         firsts = [t for t in (self.first_output_at, other.first_output_at) if t is not None]
         self.first_output_at = min(firsts, default=None)
 
+    def add_second_pass(self, other: BatchStats) -> None:
+        """A second model's pass over some of these rows (int8's fp32 rescoring, a cascade's teacher): its
+        time, waits, out-of-memory splits and rescored rows join these; its tokens do not, since these
+        count the first pass's."""
+        self.engine_s += other.engine_s
+        self.input_wait_s += other.input_wait_s
+        self.oom_splits += other.oom_splits
+        self.rescored += other.rescored
+
 
 def default_tokens_per_batch(device: str, precision: str, backend: str = "torch") -> int:
     """The token budget of a batch when none is given (:data:`DEFAULT_TOKENS_PER_BATCH`; int8's and

@@ -204,10 +204,7 @@ def hand_off(
     if len(near):
         replaced, extra = second(near)
         logits[near] = replaced
-        stats.engine_s += extra.engine_s
-        stats.input_wait_s += extra.input_wait_s
-        stats.oom_splits += extra.oom_splits
-        stats.rescored += extra.rescored
+        stats.add_second_pass(extra)
     return near
 
 
@@ -227,10 +224,11 @@ def best_two_gap(scores: np.ndarray) -> np.ndarray:
 
 def probabilities(logits: np.ndarray, sigmoid: bool) -> np.ndarray:
     """The pipeline's scores: a sigmoid per label, or a softmax over them."""
-    return _sigmoid(logits) if sigmoid else _softmax(logits)
+    return _sigmoid(logits) if sigmoid else softmax(logits)
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """A softmax over the last axis, shifted by its maximum (ner's tokens and zero-shot's labels use it too)."""
     shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return shifted / shifted.sum(axis=-1, keepdims=True)
 

@@ -35,6 +35,7 @@ from batchnlp.inference.engine import BatchStats, Engine
 from batchnlp.inference.models.load import check_kind, load_token_classifier
 from batchnlp.tasks import DEFAULT_AGGREGATION
 from batchnlp.tasks.base import ModelInputs, Task
+from batchnlp.tasks.classify import softmax
 from batchnlp.tasks.columns import ENTITIES
 
 if TYPE_CHECKING:
@@ -131,9 +132,7 @@ class NamedEntities(Task):
             )
             for w, window in zip(near, again, strict=True):
                 logits[w] = window
-            stats.engine_s += extra.engine_s
-            stats.input_wait_s += extra.input_wait_s
-            stats.oom_splits += extra.oom_splits
+            stats.add_second_pass(extra)
             stats.rescored += len(near)
         return logits, stats
 
@@ -165,7 +164,7 @@ def _closest_call(window: np.ndarray, special: list[int]) -> float:
     content = np.flatnonzero(np.asarray(special) == 0)
     if not len(content) or window.shape[-1] < 2:
         return np.inf
-    probs = _softmax(window[content])
+    probs = softmax(window[content])
     top = np.sort(probs, axis=-1)[:, -2:]
     return float((top[:, 1] - top[:, 0]).min())
 
@@ -219,7 +218,7 @@ def entities_of(
     entity, score, start, end and word: ``gather_pre_entities``, ``aggregate`` and the ``O`` filter."""
     if not len(ids):
         return []
-    scores = _softmax(logits.astype(np.float32))
+    scores = softmax(logits.astype(np.float32))
     tokens = tokenizer.convert_ids_to_tokens([int(i) for i in ids])
     unknown = tokenizer.unk_token_id
     pieces = []  # gather_pre_entities: (word, start, end, is_subword)
@@ -333,7 +332,3 @@ def redact(text: str, entities: list[dict[str, Any]], aggregation: str = DEFAULT
     out.append(text[at:])
     return "".join(out)
 
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)

@@ -32,7 +32,7 @@ from batchnlp.inference.engine import BatchStats, Engine
 from batchnlp.inference.models.load import load_sequence_classifier
 from batchnlp.tasks import DEFAULT_HYPOTHESIS
 from batchnlp.tasks.base import ModelInputs, Task
-from batchnlp.tasks.classify import close_calls
+from batchnlp.tasks.classify import close_calls, softmax
 from batchnlp.tasks.columns import LABEL_SCORE, zero_shot_type
 from batchnlp.util.redaction import redact_url
 
@@ -178,9 +178,7 @@ class ZeroShot(Task):
                     reference,
                 )
                 logits[near] = again.reshape(len(near), inputs.labels, self.config.num_labels)
-                stats.engine_s += extra.engine_s
-                stats.input_wait_s += extra.input_wait_s
-                stats.oom_splits += extra.oom_splits
+                stats.add_second_pass(extra)
                 stats.rescored += len(near)
         return logits, stats
 
@@ -198,12 +196,8 @@ class ZeroShot(Task):
         """``[rows, labels]`` scores from ``[rows, labels, classes]`` logits, as the pipeline's postprocess."""
         logits = logits.astype(np.float32)
         if self.multi_label:
-            pair = logits[..., [self.contradiction, self.entailment]]
-            shifted = np.exp(pair - pair.max(axis=-1, keepdims=True))
-            return (shifted / shifted.sum(axis=-1, keepdims=True))[..., 1]
-        entail = logits[..., self.entailment]
-        shifted = np.exp(entail - entail.max(axis=-1, keepdims=True))
-        return shifted / shifted.sum(axis=-1, keepdims=True)
+            return softmax(logits[..., [self.contradiction, self.entailment]])[..., 1]
+        return softmax(logits[..., self.entailment])
 
     def postprocess(self, inputs: ModelInputs, logits: np.ndarray) -> pa.Array:
         """Per row: the best label and its score, every label by descending score (ties as the pipeline
