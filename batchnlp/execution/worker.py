@@ -272,15 +272,15 @@ def annotate_unit(unit: WorkUnit, job: UnitJob, plugin: ModelPlugin, labels: Any
             column, stats, dedup[name], model_seconds = labels.answer(name, plugin.keys(name, inputs), task.output_type)
             model_seconds += time.perf_counter() - clock
         positions = pa.array(_positions(inputs.problems), pa.int64())
-        written = task_columns(task.spec, task.output_type, column.take(positions))
-        for field, values in written:  # one column per task, or a spread value's (ner --redact)
-            table = table.append_column(field, values)
+        written = task_columns(task.spec, task.output_type, column)  # one per task, or a spread value's (ner --redact)
+        for field, values in written:
+            table = table.append_column(field, values.take(positions))
         # _error keeps the first reason a row was not annotated: its text's, else a task's.
         errors = [error or problem for error, problem in zip(errors, inputs.problems, strict=True)]
         totals.add(stats)
         if stats.labelled_by:
             labelled_by[name] = stats.labelled_by
-        task_stats[name] = column_stats(task_columns(task.spec, task.output_type, column)[0][1])
+        task_stats[name] = column_stats(written[0][1])
         seconds[f"model:{name}"] = model_seconds
         # The engine's share of model:<name>; the rest is tokenising and decoding the outputs.
         seconds[f"engine:{name}"] = stats.engine_s

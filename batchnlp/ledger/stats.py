@@ -58,8 +58,7 @@ def entity_stats(valid: pa.Array | pa.ChunkedArray) -> dict[str, Any]:
     """Named entities (a list of entity structs per row): ``entities`` found, ``rows_with_entities``,
     ``entity_types`` (count per entity type), and as ``scores`` the histogram, over the rows with
     entities, of each row's least sure entity's score."""
-    if isinstance(valid, pa.ChunkedArray):
-        valid = pa.concat_arrays(valid.chunks) if valid.num_chunks else pa.array([], valid.type)
+    valid = _one_array(valid)
     lengths = pc.list_value_length(valid).to_numpy(zero_copy_only=False) if len(valid) else np.zeros(0, np.int64)
     flat = valid.flatten()
     scores = pc.struct_field(flat, "score").to_numpy(zero_copy_only=False).astype(np.float64)
@@ -79,8 +78,7 @@ def embedding_stats(valid: pa.Array | pa.ChunkedArray) -> dict[str, Any]:
     """Embeddings' L2 norms: how many (``vectors``: a row's, or each of its chunks'), their sum, smallest and
     largest (``norm_*``), and as ``scores`` a histogram over [0, 1] of each row's (mean) norm (a normalised
     embedding's norm is 1.0: the end bin; larger norms fall there too)."""
-    if isinstance(valid, pa.ChunkedArray):
-        valid = pa.concat_arrays(valid.chunks) if valid.num_chunks else pa.array([], valid.type)
+    valid = _one_array(valid)
     if not len(valid):
         return {"scores": [0] * SCORE_BINS, "vectors": 0}
     annotated = len(valid)
@@ -101,6 +99,13 @@ def embedding_stats(valid: pa.Array | pa.ChunkedArray) -> dict[str, Any]:
         "norm_min": float(norms.min()),
         "norm_max": float(norms.max()),
     }
+
+
+def _one_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """``values`` as one array (a unit's column may come in chunks): list kernels and ``flatten`` want one."""
+    if isinstance(values, pa.ChunkedArray):
+        return pa.concat_arrays(values.chunks) if values.num_chunks else pa.array([], values.type)
+    return values
 
 
 def merge(stats: Iterable[dict[str, Any]]) -> dict[str, Any]:

@@ -539,6 +539,14 @@ def _cascade(
     return {"student": student, "cascade_margin": float(margin)}
 
 
+def _refuse_keys(
+    name: str, kind: str, item: Mapping[str, Any], keys: tuple[str, ...], owner: str, problems: list[str]
+) -> None:
+    """Each of ``keys`` in task ``name``'s own mapping is a problem: only ``owner`` tasks take them."""
+    for key in sorted(set(keys) & set(item)):
+        problems.append(f"task {name!r} ({kind}) does not take {key}; only {owner} tasks do")
+
+
 def _embed_settings(name: str, kind: str, item: Mapping[str, Any], s: Mapping[str, Any], problems: list[str]) -> dict:
     """An embed task's embed_dtype and chunking, each its own key, else the job's (embed_dtype: float32;
     no chunking); refused for other tasks."""
@@ -546,9 +554,7 @@ def _embed_settings(name: str, kind: str, item: Mapping[str, Any], s: Mapping[st
     from batchnlp.tasks.columns import EMBED_DTYPES
 
     if not TASKS[kind].embeds:
-        for key in EMBED_KEYS:
-            if key in item:
-                problems.append(f"task {name!r} ({kind}) does not take {key}; only embed tasks do")
+        _refuse_keys(name, kind, item, EMBED_KEYS, "embed", problems)
         return {}
     value = item.get("embed_dtype", s.get("embed_dtype", "float32"))
     if value not in EMBED_DTYPES:
@@ -574,8 +580,7 @@ def _ner_settings(name: str, kind: str, item: Mapping[str, Any], s: Mapping[str,
     from batchnlp.tasks import AGGREGATIONS, DEFAULT_AGGREGATION, TASKS
 
     if not TASKS[kind].names_entities:
-        for key in sorted(set(NER_KEYS) & set(item)):
-            problems.append(f"task {name!r} ({kind}) does not take {key}; only ner tasks do")
+        _refuse_keys(name, kind, item, NER_KEYS, "ner", problems)
         return {}
     value = {key: item.get(key, s.get(key)) for key in NER_KEYS}
     aggregation = DEFAULT_AGGREGATION if value["aggregation"] is None else value["aggregation"]
@@ -613,8 +618,7 @@ def _zero_shot_settings(
     from batchnlp.tasks import DEFAULT_HYPOTHESIS, TASKS
 
     if not TASKS[kind].takes_labels:
-        for key in sorted(set(ZERO_SHOT_KEYS) & set(item)):
-            problems.append(f"task {name!r} ({kind}) does not take {key}; only zero-shot tasks do")
+        _refuse_keys(name, kind, item, ZERO_SHOT_KEYS, "zero-shot", problems)
         return {}
     value = {key: item.get(key, s.get(key)) for key in ZERO_SHOT_KEYS}
     labels = value["labels"]
@@ -684,8 +688,7 @@ def _qa_settings(name: str, kind: str, item: Mapping[str, Any], s: Mapping[str, 
     from batchnlp.tasks import TASKS
 
     if not TASKS[kind].takes_question:
-        for key in sorted(set(QA_KEYS) & set(item)):
-            problems.append(f"task {name!r} ({kind}) does not take {key}; only qa tasks do")
+        _refuse_keys(name, kind, item, QA_KEYS, "qa", problems)
         return {}
     defaults = {key: s.get(key) for key in QA_KEYS}
     if "question" in item or "question_column" in item:

@@ -142,18 +142,23 @@ def output_schema(input_schema: pa.Schema, tasks: tuple[TaskSpec, ...]) -> pa.Sc
 def task_fields(task: TaskSpec, kind: pa.DataType) -> list[pa.Field]:
     """The columns a task writes, its value being of type ``kind``: one named after the task, or a spread
     struct's fields (:attr:`TaskInfo.spreads`), the first named after the task, the others ``<task>_<field>``."""
-    spreads = TASKS[task.kind].spreads
-    if spreads is None or not spreads(task):
+    if not _spreads(task):
         return [pa.field(task.name, kind)]
     return [pa.field(task.name if i == 0 else f"{task.name}_{f.name}", f.type) for i, f in enumerate(kind)]
 
 
 def column_names(task: TaskSpec) -> list[str]:
-    """The names of the columns a task writes (:func:`task_fields`), from its spec alone."""
-    spreads = TASKS[task.kind].spreads
-    if spreads is None or not spreads(task):
+    """The names of the columns a task writes (:func:`task_fields`), from its spec alone: a task that writes
+    one column needs no type for its name (an embedding's would read the checkpoint's config)."""
+    if not _spreads(task):
         return [task.name]
     return [field.name for field in task_fields(task, TASKS[task.kind].output_type(task))]
+
+
+def _spreads(task: TaskSpec) -> bool:
+    """Whether the task's value is written as several columns (:attr:`TaskInfo.spreads`)."""
+    spreads = TASKS[task.kind].spreads
+    return spreads is not None and spreads(task)
 
 
 def task_columns(task: TaskSpec, kind: pa.DataType, values: pa.Array) -> list[tuple[pa.Field, pa.Array]]:

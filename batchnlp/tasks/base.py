@@ -40,7 +40,16 @@ class ModelInputs:
 
     def text_tokens(self) -> np.ndarray:
         """The tokens the model runs for each text: one sequence per text here."""
+        return self.lengths()
+
+    def lengths(self) -> np.ndarray:
+        """The tokens of each sequence."""
         return np.fromiter(map(len, self.input_ids), dtype=np.int64, count=len(self.input_ids))
+
+    def tokens_by_text(self, rows: np.ndarray, texts: int) -> np.ndarray:
+        """The tokens of every sequence of each of ``texts`` texts, ``rows`` naming each sequence's text: what
+        ``text_tokens`` gives where a text is cut into several sequences (qa's, ner's and chunks' windows)."""
+        return np.bincount(rows, weights=self.lengths(), minlength=texts).astype(np.int64)
 
 
 class Task(ABC):

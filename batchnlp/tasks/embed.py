@@ -45,8 +45,7 @@ class Chunks(ModelInputs):
 
     def text_tokens(self) -> np.ndarray:
         """The tokens of every window of each text."""
-        lengths = np.fromiter(map(len, self.input_ids), dtype=np.int64, count=len(self.input_ids))
-        return np.bincount(self.rows, weights=lengths, minlength=self.texts).astype(np.int64)
+        return self.tokens_by_text(self.rows, self.texts)
 
 
 class Embed(Task):

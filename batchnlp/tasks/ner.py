@@ -59,8 +59,7 @@ class Windows(ModelInputs):
 
     def text_tokens(self) -> np.ndarray:
         """The tokens of every window of each text (special tokens included)."""
-        lengths = np.fromiter(map(len, self.input_ids), dtype=np.int64, count=len(self.input_ids))
-        return np.bincount(self.rows, weights=lengths, minlength=len(self.texts)).astype(np.int64)
+        return self.tokens_by_text(self.rows, len(self.texts))
 
 
 class NamedEntities(Task):
@@ -331,4 +330,3 @@ def redact(text: str, entities: list[dict[str, Any]], aggregation: str = DEFAULT
         at = end
     out.append(text[at:])
     return "".join(out)
-

@@ -46,8 +46,7 @@ class Windows(ModelInputs):
 
     def text_tokens(self) -> np.ndarray:
         """The tokens of every window of each text (the question once per window)."""
-        lengths = np.fromiter(map(len, self.input_ids), dtype=np.int64, count=len(self.input_ids))
-        return np.bincount(self.rows, weights=lengths, minlength=len(self.contexts)).astype(np.int64)
+        return self.tokens_by_text(self.rows, len(self.contexts))
 
 
 class QuestionAnswering(Task):

@@ -50,8 +50,7 @@ class Pairs(ModelInputs):
 
     def text_tokens(self) -> np.ndarray:
         """The tokens of every pair of each text: one pair per label."""
-        lengths = np.fromiter(map(len, self.input_ids), dtype=np.int64, count=len(self.input_ids))
-        return lengths.reshape(self.rows, self.labels).sum(axis=1) if self.rows else np.zeros(0, np.int64)
+        return self.lengths().reshape(self.rows, self.labels).sum(axis=1) if self.rows else np.zeros(0, np.int64)
 
 
 def entailment_id(config: Any) -> int:
